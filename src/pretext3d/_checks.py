@@ -1,0 +1,82 @@
+"""Argument checks shared by the public API.
+
+Every failure names the argument, the value it got and what would be accepted
+(see ``docs/conventions.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_spatial_dims(spatial_dims: object) -> int:
+    """Return ``spatial_dims`` if it is 2 or 3, else raise ``ValueError``/``TypeError``."""
+    if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int):
+        raise TypeError(
+            f"spatial_dims must be the int 2 or 3, got {spatial_dims!r} ({type(spatial_dims).__name__})"
+        )
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    return spatial_dims
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` if it is an int ``>= minimum``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_batch(
+    x: object, spatial_dims: int, *, name: str = "x", check_finite: bool = True
+) -> tuple[Tensor, bool]:
+    """Validate an image batch and add a batch axis to a single sample.
+
+    Args:
+        x: ``(B, C, *spatial)`` or a single sample ``(C, *spatial)``, floating point.
+        spatial_dims: 2 or 3.
+        name: the argument's name in error messages.
+        check_finite: also reject NaN and infinite values. It costs one read of ``x``
+            (a reduction, no copy) and, on a GPU, one synchronisation.
+
+    Returns:
+        ``(batch, was_single)``: ``batch`` is ``(B, C, *spatial)``; ``was_single`` says
+        whether a batch axis was added.
+
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (e.g. torch.float32), got dtype {x.dtype}; "
+            f"convert it with {name}.float()"
+        )
+    rank = spatial_dims + 2
+    if x.dim() not in (rank, rank - 1):
+        raise ValueError(
+            f"{name} must have shape (B, C, *spatial) with {spatial_dims} spatial axes "
+            f"(rank {rank}) or be a single sample (C, *spatial) (rank {rank - 1}); "
+            f"got shape {tuple(x.shape)} (rank {x.dim()})"
+        )
+    single = x.dim() == rank - 1
+    if single:
+        x = x.unsqueeze(0)
+    if x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    # One reduction instead of an elementwise mask: a finite sum proves every value
+    # finite; only a non-finite sum (NaN/inf, or an overflow) needs the exact check.
+    if check_finite and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x, single

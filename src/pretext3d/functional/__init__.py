@@ -1,0 +1,13 @@
+"""Pure tensor maths that the task modules call."""
+
+from pretext3d.functional.patches import cell_origins, extract_patches, random_crops
+from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix, rotation_group
+
+__all__ = [
+    "apply_rotations",
+    "cell_origins",
+    "extract_patches",
+    "plane_rotation_matrix",
+    "random_crops",
+    "rotation_group",
+]

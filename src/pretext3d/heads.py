@@ -1,0 +1,118 @@
+"""Heads that sit on any encoder and produce what a task's loss needs."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pretext3d._checks import check_int
+
+__all__ = ["ClassifierHead", "MultiPatchClassifierHead", "global_pool"]
+
+
+def global_pool(features: Tensor) -> Tensor:
+    """Average any spatial axes away: ``(N, F, *spatial) -> (N, F)``; ``(N, F)`` passes."""
+    if features.dim() < 2:
+        raise ValueError(
+            f"encoder features must be (N, F) or (N, F, *spatial), got shape {tuple(features.shape)}"
+        )
+    return features.flatten(2).mean(-1) if features.dim() > 2 else features
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool, then a one-hidden-layer MLP (e.g. for rotation).
+
+    Args:
+        num_features: encoder output channels ``F``.
+        num_classes: classes to predict.
+        hidden: width of the hidden layer; ``0`` for a single linear layer.
+        dropout: dropout before each linear layer.
+
+    Shapes:
+        ``(N, F)`` or ``(N, F, *spatial)`` -> logits ``(N, num_classes)``.
+
+    """
+
+    def __init__(self, num_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mlp = _mlp(
+            check_int("num_features", num_features, 1),
+            check_int("num_classes", num_classes, 1),
+            check_int("hidden", hidden, 0),
+            dropout,
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Logits ``(N, num_classes)`` of encoder features ``(N, F[, *spatial])``."""
+        out: Tensor = self.mlp(global_pool(features))
+        return out
+
+
+class MultiPatchClassifierHead(nn.Module):
+    """Siamese head for patch tasks (jigsaw, relative patch location).
+
+    The encoder has seen all ``B * P`` patches in one batch (``P`` consecutive rows per
+    sample). Each patch's pooled features are projected by a shared linear layer to
+    ``patch_features``, the ``P`` projections of a sample are concatenated in slot order
+    and an MLP classifies them. The shared projection keeps the head small: for
+    ``F = 256``, 27 patches and 100 classes about 0.5 M parameters, where the original
+    put 16-36 M parameters into its heads.
+
+    Args:
+        num_features: encoder output channels ``F``.
+        num_patches: patches per sample ``P``.
+        num_classes: classes to predict.
+        patch_features: width of each patch's projection.
+        hidden: width of the MLP's hidden layer; ``0`` for a single linear layer.
+        dropout: dropout before each linear layer of the MLP.
+
+    Shapes:
+        ``(B * P, F)`` or ``(B * P, F, *spatial)`` -> logits ``(B, num_classes)``.
+
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_patches: int,
+        num_classes: int,
+        patch_features: int = 64,
+        hidden: int = 256,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_patches = check_int("num_patches", num_patches, 1)
+        check_int("patch_features", patch_features, 1)
+        self.project = nn.Sequential(
+            nn.Linear(check_int("num_features", num_features, 1), patch_features), nn.ReLU(inplace=True)
+        )
+        self.mlp = _mlp(
+            num_patches * patch_features,
+            check_int("num_classes", num_classes, 1),
+            check_int("hidden", hidden, 0),
+            dropout,
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of the features of ``B * P`` patches."""
+        pooled = global_pool(features)
+        if pooled.shape[0] % self.num_patches:
+            raise ValueError(
+                f"features must hold B * num_patches = B * {self.num_patches} rows, got {pooled.shape[0]}"
+            )
+        per_sample = self.project(pooled).reshape(pooled.shape[0] // self.num_patches, -1)
+        out: Tensor = self.mlp(per_sample)
+        return out
+
+
+def _mlp(in_features: int, out_features: int, hidden: int, dropout: float) -> nn.Sequential:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    if hidden == 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_features, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, out_features),
+    )

@@ -1,0 +1,5 @@
+"""Reference encoders."""
+
+from pretext3d.models.conv import ConvEncoder
+
+__all__ = ["ConvEncoder"]

@@ -1,0 +1,118 @@
+"""Jigsaw puzzles (Noroozi & Favaro, ECCV 2016; in 3D, Taleb et al., NeurIPS 2020)."""
+
+from __future__ import annotations
+
+import math
+from os import PathLike
+
+import torch
+from torch import Tensor
+
+from pretext3d._checks import check_int
+from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
+from pretext3d.tasks._grid import GridPatchTask
+
+__all__ = ["Jigsaw"]
+
+
+class Jigsaw(GridPatchTask):
+    """Shuffle the grid cells of each image by one permutation of a fixed set.
+
+    The class is the permutation's index.
+
+    Cells are numbered in row-major order over the spatial axes. Slot ``p`` of the
+    output receives cell ``perm[p]`` of the sample's permutation ``perm``, so
+    ``views[b, p] == patch(x[b], cell=permutations[labels[b], p])``; undo it with
+    ``views[:, permutations[labels].argsort(-1)]``.
+
+    The default set comes from :func:`~pretext3d.permutation_set`: for the 3D 3x3x3 grid
+    every pair of its 100 permutations differs in at least 26 of the 27 cells (the
+    original's random set: 19).
+
+    Args:
+        spatial_dims: 2 or 3.
+        grid: cells per axis (``grid**spatial_dims`` cells in all).
+        num_permutations: size of the permutation set, i.e. ``num_classes``.
+        jitter: the patch is ``jitter`` voxels smaller than its cell per axis; in training
+            it sits at a random offset in ``[0, jitter]`` (so borders cannot be matched),
+            in eval mode in the centre.
+        seed: seed of the permutation set (not of the sampling; pass a ``generator`` to
+            the call for that).
+        permutations: a set to use instead: a ``(num_permutations, grid**d)`` integer
+            tensor or the path of a ``.npy`` file (0- or 1-based).
+        check_finite: reject NaN/inf input.
+
+    Attributes:
+        permutations: ``LongTensor (num_permutations, grid**d)``.
+        num_patches: ``grid**d``.
+
+    Shapes:
+        input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)``, labels ``(B,)``,
+        where ``patch = spatial // grid - jitter``.
+
+    """
+
+    permutations: Tensor
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        grid: int = 3,
+        num_permutations: int = 100,
+        jitter: int = 3,
+        seed: int = 0,
+        *,
+        permutations: Tensor | str | PathLike[str] | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(spatial_dims, check_int("grid", grid, 2), jitter, check_finite=check_finite)
+        check_int("num_permutations", num_permutations, 1)
+        if self.num_cells <= 20 and num_permutations > math.factorial(self.num_cells):
+            raise ValueError(
+                f"num_permutations must be <= {self.num_cells}! = {math.factorial(self.num_cells)}, "
+                f"the number of distinct permutations of a {grid}**{spatial_dims} grid; "
+                f"got {num_permutations}"
+            )
+        if permutations is None:
+            perms = permutation_set(self.num_cells, num_permutations, seed=seed)
+        else:
+            perms = _external_set(permutations, self.num_cells)
+            if len(perms) != num_permutations:
+                raise ValueError(
+                    f"permutations holds {len(perms)} permutations but num_permutations="
+                    f"{num_permutations}; pass num_permutations={len(perms)}"
+                )
+        self.register_buffer("permutations", perms, persistent=True)
+        self.num_classes = num_permutations
+        self.num_patches = self.num_cells
+
+    @property
+    def hamming(self) -> HammingStats:
+        """Minimum and mean pairwise Hamming distance of the permutation set."""
+        return hamming_stats(self.permutations)
+
+    def _views(self, x: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self._crop(x, self.permutations[labels], generator)
+
+    def extra_repr(self) -> str:
+        """The constructor arguments, for ``repr``."""
+        return (
+            f"spatial_dims={self.spatial_dims}, grid={self.grid}, "
+            f"num_permutations={self.num_classes}, jitter={self.jitter}"
+        )
+
+
+def _external_set(perms: Tensor | str | PathLike[str], num_cells: int) -> Tensor:
+    if not isinstance(perms, Tensor):
+        return load_permutation_set(perms, num_cells)
+    if perms.dim() != 2 or perms.shape[1] != num_cells or perms.is_floating_point():
+        raise ValueError(
+            f"permutations must be an integer tensor (count, {num_cells}), got dtype "
+            f"{perms.dtype} and shape {tuple(perms.shape)}"
+        )
+    perms = perms.long().cpu()
+    if not torch.equal(perms.sort(dim=1).values, torch.arange(num_cells).expand_as(perms)):
+        raise ValueError(f"every row of permutations must be a permutation of 0..{num_cells - 1}")
+    if len(torch.unique(perms, dim=0)) != len(perms):
+        raise ValueError("permutations contains repeated rows")
+    return perms.clone()

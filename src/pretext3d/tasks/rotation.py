@@ -1,0 +1,171 @@
+"""Rotation prediction (Gidaris et al., ICLR 2018; in 3D, Taleb et al., NeurIPS 2020)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from pretext3d._checks import check_batch, check_choice
+from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix, rotation_group
+from pretext3d.tasks.base import PretextTask
+
+__all__ = ["Rotation"]
+
+RotationSet = Literal["plane4", "taleb10", "cube24"]
+
+
+class Rotation(PretextTask):
+    """Rotate each sample by a random multiple of 90 degrees; the class is the rotation.
+
+    Rotations are exact (``flip`` and ``permute``, no interpolation). Axis order and
+    direction: spatial axis ``a`` is tensor dim ``2 + a``; turning "in the plane
+    ``(a, b)``" moves axis ``a`` towards axis ``b``, i.e. ``torch.rot90(x, k, dims=(2 + a,
+    2 + b))``; "about axis ``k``" in 3D is the plane ``((k + 1) % 3, (k + 2) % 3)``.
+
+    Rotation sets (``rotations``):
+
+    * ``"plane4"`` (the 2D default): class ``q`` turns ``q`` times by 90 degrees in
+      ``plane`` (``q = 0..3``).
+    * ``"taleb10"`` (the 3D default; Taleb et al.'s 10 classes): class 0 is the identity,
+      class ``1 + 3k + (q - 1)`` turns ``q`` times (``q = 1, 2, 3``) about axis ``k``.
+    * ``"cube24"`` (3D): the whole proper rotation group of the cube; its first 10
+      classes are ``"taleb10"``'s, the other 14 follow in a fixed order.
+
+    Rotations that carry one axis onto another need those axes equally long: ``taleb10``
+    and ``cube24`` need a cube, ``plane4`` a square plane. Crop first (random sub-crops
+    also make the task harder to solve from global shortcuts, see the docs).
+
+    Args:
+        spatial_dims: 2 or 3.
+        rotations: the label set; default ``"plane4"`` in 2D, ``"taleb10"`` in 3D.
+        plane: the two spatial axes of ``"plane4"``; default ``(0, 1)`` in 2D and
+            ``(1, 2)`` (rotation about axis 0) in 3D.
+        check_finite: reject NaN/inf input.
+
+    Attributes:
+        matrices: ``LongTensor (num_classes, d, d)``: class ``k`` moves the voxel at
+            centred coordinates ``v`` to ``matrices[k] @ v``.
+        inverse_classes: ``LongTensor (num_classes,)``: the class that undoes class ``k``.
+
+    Example:
+        >>> task = Rotation(spatial_dims=3)
+        >>> views, labels = task(torch.randn(2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(0))
+        >>> views.shape, task.num_classes
+        (torch.Size([2, 1, 8, 8, 8]), 10)
+
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        rotations: RotationSet | None = None,
+        *,
+        plane: tuple[int, int] | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(spatial_dims, check_finite=check_finite)
+        d = self.spatial_dims
+        allowed = ("plane4",) if d == 2 else ("plane4", "taleb10", "cube24")
+        if rotations is None:
+            rotations = "plane4" if d == 2 else "taleb10"
+        self.rotations = check_choice(f"rotations (for spatial_dims={d})", rotations, allowed)
+        if plane is not None and rotations != "plane4":
+            raise ValueError(f"plane only applies to rotations='plane4', got rotations={rotations!r}")
+        if plane is None:
+            plane = (0, 1) if d == 2 else (1, 2)
+        if (
+            not isinstance(plane, tuple)
+            or len(plane) != 2
+            or not all(isinstance(a, int) and 0 <= a < d for a in plane)
+            or plane[0] == plane[1]
+        ):
+            raise ValueError(
+                f"plane must be a tuple of two distinct spatial axes in 0..{d - 1}, got {plane!r}"
+            )
+        self.plane = plane
+        matrices = _rotation_set(d, self.rotations, plane)
+        self.num_classes = len(matrices)
+        self.register_buffer("matrices", matrices, persistent=False)
+        self.register_buffer("inverse_classes", _inverses(matrices), persistent=False)
+        # Axes that some rotation of the set carries onto another axis.
+        moved = (matrices.abs() != torch.eye(d, dtype=torch.long)).any(0).any(0)
+        self._moved_axes = tuple(int(a) for a in torch.nonzero(moved).flatten())
+
+    matrices: Tensor
+    inverse_classes: Tensor
+
+    def rotate(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Rotate sample ``i`` of ``x`` by class ``labels[i]`` (deterministic).
+
+        ``task.rotate(task.rotate(x, labels), task.inverse_classes[labels])`` gives ``x`` back,
+        and ``task(x)`` returns ``(task.rotate(x, labels), labels)``. (The method is not
+        called ``apply``: that name is ``nn.Module.apply(fn)``, which ``model.apply(init)``
+        relies on for every submodule, tasks included.)
+
+        Args:
+            x: ``(B, C, *spatial)`` or ``(C, *spatial)``.
+            labels: ``(B,)`` (or 0-dim for one sample) class indices in ``[0, num_classes)``.
+
+        Returns:
+            The rotated batch, shaped like ``x``.
+
+        """
+        batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
+        self._check_input(batch)
+        labels = _check_labels(labels, batch.shape[0], self.num_classes)
+        out = self._views(batch, labels.to(batch.device), None)
+        return out[0] if single else out
+
+    def _check_input(self, x: Tensor) -> None:
+        sizes = [x.shape[2 + a] for a in self._moved_axes]
+        if len(set(sizes)) > 1:
+            what = "a cube" if len(sizes) == 3 else f"a square plane {self.plane}"
+            raise ValueError(
+                f"Rotation(rotations={self.rotations!r}) moves spatial axes {self._moved_axes} "
+                f"onto each other, so x needs equal sizes there ({what}); got spatial shape "
+                f"{tuple(x.shape[2:])}. Crop x first."
+            )
+
+    def _views(self, x: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
+        return apply_rotations(x, labels, self.matrices)
+
+    def extra_repr(self) -> str:
+        """The constructor arguments, for ``repr``."""
+        return (
+            f"spatial_dims={self.spatial_dims}, rotations={self.rotations!r}, num_classes={self.num_classes}"
+        )
+
+
+def _rotation_set(spatial_dims: int, name: str, plane: tuple[int, int]) -> Tensor:
+    if name == "plane4":
+        return torch.stack([plane_rotation_matrix(spatial_dims, plane, q) for q in range(4)])
+    taleb = [torch.eye(3, dtype=torch.long)]
+    for axis in range(3):
+        axis_plane = ((axis + 1) % 3, (axis + 2) % 3)
+        taleb += [plane_rotation_matrix(3, axis_plane, q) for q in (1, 2, 3)]
+    if name == "taleb10":
+        return torch.stack(taleb)
+    rest = [m for m in rotation_group(3) if not any(torch.equal(m, t) for t in taleb)]
+    return torch.stack(taleb + rest)
+
+
+def _inverses(matrices: Tensor) -> Tensor:
+    inverse = matrices.transpose(1, 2)
+    hits = (inverse[:, None] == matrices[None, :]).flatten(2).all(-1)
+    return hits.int().argmax(dim=1)
+
+
+def _check_labels(labels: object, batch: int, num_classes: int) -> Tensor:
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor of shape ({batch},), got {labels!r}")
+    labels = labels.reshape(-1) if labels.dim() == 0 else labels
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},) to match x, got {tuple(labels.shape)}")
+    if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got values from {int(labels.min())} "
+            f"to {int(labels.max())}"
+        )
+    return labels.long()

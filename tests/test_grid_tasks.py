@@ -1,0 +1,273 @@
+"""Jigsaw and relative patch location: geometry, labels, randomness, errors."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import pretext3d as p3
+from pretext3d.functional import cell_origins, extract_patches, random_crops
+from pretext3d.tasks import Jigsaw, RelativePatchLocation
+from tests.conftest import coordinate_image
+
+
+def reference_patch(
+    x: torch.Tensor,
+    cell: int,
+    grid: int,
+    cell_size: tuple[int, ...],
+    patch: tuple[int, ...],
+    offset: tuple[int, ...],
+) -> torch.Tensor:
+    """Patch of cell ``cell`` (row-major) of one sample ``(C, *spatial)``, by hand."""
+    d = len(cell_size)
+    position = [(cell // grid ** (d - 1 - a)) % grid for a in range(d)]
+    region = tuple(
+        slice(p * c + o, p * c + o + s) for p, c, o, s in zip(position, cell_size, offset, patch, strict=True)
+    )
+    return x[(slice(None), *region)]
+
+
+def test_cell_origins_are_row_major() -> None:
+    origins = cell_origins((4, 5, 6), 2)
+    expected = [[i * 4, j * 5, k * 6] for i, j, k in itertools.product(range(2), repeat=3)]
+    assert origins.tolist() == expected
+
+
+@given(
+    spatial_dims=st.sampled_from([2, 3]),
+    batch=st.integers(1, 3),
+    patches=st.integers(1, 4),
+    patch=st.integers(1, 4),
+    seed=st.integers(0, 1000),
+)
+def test_extract_patches_matches_slicing(
+    spatial_dims: int, batch: int, patches: int, patch: int, seed: int
+) -> None:
+    size = 7
+    x = coordinate_image(batch, 2, (size,) * spatial_dims)
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, size - patch + 1, (batch, patches, spatial_dims), generator=gen)
+    out = extract_patches(x, starts, (patch,) * spatial_dims)
+    assert out.shape == (batch, patches, 2, *[patch] * spatial_dims) and out.is_contiguous()
+    for b, p in itertools.product(range(batch), range(patches)):
+        region = tuple(slice(s, s + patch) for s in starts[b, p].tolist())
+        assert torch.equal(out[b, p], x[(b, slice(None), *region)])
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+def test_extract_patches_on_strided_views(spatial_dims: int, layout: str) -> None:
+    base = coordinate_image(3, 2, (9,) * spatial_dims)
+    if layout == "transposed":
+        x = base.transpose(2, -1)
+    elif layout == "sliced":
+        x = base[1:, :, 1:, ::2]
+    else:
+        x = base[:1].expand(3, *base.shape[1:])
+    starts = torch.zeros(x.shape[0], 2, spatial_dims, dtype=torch.long)
+    starts[:, 1] = 1
+    out = extract_patches(x, starts, (3,) * spatial_dims)
+    for b, p in itertools.product(range(x.shape[0]), range(2)):
+        region = tuple(slice(p, p + 3) for _ in range(spatial_dims))
+        assert torch.equal(out[b, p], x[(b, slice(None), *region)])
+
+
+def test_random_crops_are_uniform_windows(spatial_dims: int) -> None:
+    shape = (6, 7, 8)[:spatial_dims]
+    x = coordinate_image(400, 1, shape)
+    size = (3, 4, 5)[:spatial_dims]
+    crops = random_crops(x, size, torch.Generator().manual_seed(0))
+    assert crops.shape == (400, 1, *size)
+    corners = set()
+    for b in range(400):
+        flat = int(crops[(b, 0, *[0] * spatial_dims)]) - b * int(torch.tensor(shape).prod())
+        corner = tuple(int(c) for c in torch.unravel_index(torch.tensor(flat), shape))
+        region = tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))
+        assert torch.equal(crops[b], x[(b, slice(None), *region)])
+        corners.add(corner)
+    assert len(corners) == 4**spatial_dims  # every placement occurs: 4 per axis
+    with pytest.raises(ValueError, match=r"size must give one crop edge in 1\.\.n per spatial axis"):
+        random_crops(x, (7,) * spatial_dims)
+
+
+@pytest.mark.parametrize("shape_extra", [0, 2], ids=["exact", "remainder"])
+def test_jigsaw_slots_hold_documented_cells(spatial_dims: int, shape_extra: int) -> None:
+    grid, cell = 3, 4
+    shape = tuple(grid * cell + shape_extra + a for a in range(spatial_dims))  # non-cubic
+    x = coordinate_image(5, 2, shape)
+    task = Jigsaw(spatial_dims, grid=grid, num_permutations=20, jitter=0)
+    views, labels = task(x, generator=torch.Generator().manual_seed(0))
+    cell_size = tuple(s // grid for s in shape)
+    assert views.shape == (5, grid**spatial_dims, 2, *cell_size)
+    for b in range(5):
+        perm = task.permutations[labels[b]].tolist()
+        for slot, c in enumerate(perm):
+            expected = reference_patch(x[b], c, grid, cell_size, cell_size, (0,) * spatial_dims)
+            assert torch.equal(views[b, slot], expected)
+    # undoing the shuffle gives the cells in row-major order
+    order = task.permutations[labels].argsort(dim=1)
+    unshuffled = views[torch.arange(5)[:, None], order]
+    identity = Jigsaw(
+        spatial_dims,
+        grid=grid,
+        jitter=0,
+        permutations=torch.arange(grid**spatial_dims)[None],
+        num_permutations=1,
+    )
+    assert torch.equal(unshuffled, identity(x)[0])
+
+
+@pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
+def test_jittered_patches_stay_inside_their_cell(spatial_dims: int, task_cls: type) -> None:
+    grid, jitter, cell = 3, 3, 7
+    shape = (grid * cell,) * spatial_dims
+    x = coordinate_image(16, 1, shape)
+    task = task_cls(spatial_dims, grid=grid, jitter=jitter)
+    views, labels = task(x, generator=torch.Generator().manual_seed(1))
+    patch = cell - jitter
+    cells = (
+        task.permutations[labels]
+        if task_cls is Jigsaw
+        else torch.stack([torch.full_like(labels, task.centre), task.query_cells(labels)], 1)
+    )
+    offsets_seen = set()
+    for b, slot in itertools.product(range(16), range(cells.shape[1])):
+        # the patch's first voxel tells its corner; the rest must be the block from there
+        flat = int(views[(b, slot, 0, *[0] * spatial_dims)]) - b * cell**spatial_dims * grid**spatial_dims
+        corner = [
+            (flat // (grid * cell) ** (spatial_dims - 1 - a)) % (grid * cell) for a in range(spatial_dims)
+        ]
+        position = [
+            (int(cells[b, slot]) // grid ** (spatial_dims - 1 - a)) % grid for a in range(spatial_dims)
+        ]
+        offset = tuple(c - p * cell for c, p in zip(corner, position, strict=True))
+        assert all(0 <= o <= jitter for o in offset)
+        offsets_seen.add(offset)
+        expected = reference_patch(
+            x[b], int(cells[b, slot]), grid, (cell,) * spatial_dims, (patch,) * spatial_dims, offset
+        )
+        assert torch.equal(views[b, slot], expected)
+    assert len(offsets_seen) > 10  # offsets really vary per patch
+
+
+@pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
+def test_eval_mode_takes_centre_crops(spatial_dims: int, task_cls: type) -> None:
+    grid, jitter, cell = 3, 3, 6
+    x = coordinate_image(4, 1, (grid * cell,) * spatial_dims)
+    task = task_cls(spatial_dims, grid=grid, jitter=jitter).eval()
+    a, la = task(x, generator=torch.Generator().manual_seed(0))
+    b, _ = task(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    cells = task.permutations[la] if task_cls is Jigsaw else task.query_cells(la)[:, None]
+    slot = 0 if task_cls is Jigsaw else 1
+    expected = reference_patch(
+        x[0],
+        int(cells[0, 0]),
+        grid,
+        (cell,) * spatial_dims,
+        (cell - jitter,) * spatial_dims,
+        (jitter // 2,) * spatial_dims,
+    )
+    assert torch.equal(a[0, slot], expected)
+
+
+def test_rpl_labels_skip_the_centre(spatial_dims: int) -> None:
+    task = RelativePatchLocation(spatial_dims, grid=3, jitter=0)
+    assert task.num_classes == (8 if spatial_dims == 2 else 26)
+    centre = task.centre
+    assert centre == (4 if spatial_dims == 2 else 13)
+    labels = torch.arange(task.num_classes)
+    cells = task.query_cells(labels)
+    assert cells.tolist() == [c for c in range(3**spatial_dims) if c != centre]
+    x = coordinate_image(600, 1, (9,) * spatial_dims)
+    views, drawn = task(x, generator=torch.Generator().manual_seed(0))
+    assert views.shape == (600, 2, 1, *[3] * spatial_dims)
+    assert set(drawn.tolist()) == set(range(task.num_classes))
+    for b in range(5):
+        centre_patch = reference_patch(
+            x[b], centre, 3, (3,) * spatial_dims, (3,) * spatial_dims, (0,) * spatial_dims
+        )
+        query = reference_patch(
+            x[b],
+            int(task.query_cells(drawn[b])),
+            3,
+            (3,) * spatial_dims,
+            (3,) * spatial_dims,
+            (0,) * spatial_dims,
+        )
+        assert torch.equal(views[b, 0], centre_patch) and torch.equal(views[b, 1], query)
+
+
+@pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
+def test_determinism_per_seed(spatial_dims: int, task_cls: type) -> None:
+    task = task_cls(spatial_dims)
+    x = torch.randn(6, 1, *[15] * spatial_dims)
+    v1, l1 = task(x, generator=torch.Generator().manual_seed(5))
+    v2, l2 = task(x, generator=torch.Generator().manual_seed(5))
+    v3, _ = task(x, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(v1, v2) and torch.equal(l1, l2) and not torch.equal(v1, v3)
+
+
+@pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
+def test_single_sample_and_device(spatial_dims: int, task_cls: type, device: torch.device) -> None:
+    task = task_cls(spatial_dims).to(device)
+    view, label = task(torch.randn(1, *[15] * spatial_dims, device=device))
+    assert view.shape == (task.num_patches, 1, *[2] * spatial_dims)
+    assert label.shape == () and view.device.type == device.type
+
+
+def test_jigsaw_default_set_and_distances(spatial_dims: int) -> None:
+    task = Jigsaw(spatial_dims)
+    cells = 3**spatial_dims
+    assert torch.equal(task.permutations, p3.permutation_set(cells, 100, seed=0))
+    assert task.hamming.min == (26 if spatial_dims == 3 else 7)
+    assert task.num_classes == 100 and task.num_patches == cells
+    assert "permutations" in task.state_dict()
+
+
+def test_jigsaw_external_sets(tmp_path: Path) -> None:
+    perms = p3.permutation_set(9, 10, seed=7)
+    path = tmp_path / "perms.npy"
+    np.save(path, perms.numpy() + 1)
+    from_file = Jigsaw(2, num_permutations=10, permutations=path)
+    from_tensor = Jigsaw(2, num_permutations=10, permutations=perms)
+    assert torch.equal(from_file.permutations, perms) and torch.equal(from_tensor.permutations, perms)
+    with pytest.raises(ValueError, match="holds 10 permutations but num_permutations=100"):
+        Jigsaw(2, permutations=perms)
+    with pytest.raises(ValueError, match=r"integer tensor \(count, 9\)"):
+        Jigsaw(2, num_permutations=1, permutations=torch.arange(27)[None])
+    with pytest.raises(ValueError, match=r"must be a permutation of 0\.\.8"):
+        Jigsaw(2, num_permutations=1, permutations=torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: Jigsaw(3, jitter=-1), ValueError, "jitter must be an int >= 0, got -1"),
+        (lambda: Jigsaw(2, grid=2, num_permutations=25), ValueError, r"num_permutations must be <= 4! = 24"),
+        (lambda: Jigsaw(3, grid=1), ValueError, "grid must be an int >= 2, got 1"),
+        (lambda: Jigsaw(5), ValueError, "spatial_dims must be 2 or 3, got 5"),
+        (lambda: RelativePatchLocation(3, grid=4), ValueError, "grid must be odd"),
+        (lambda: RelativePatchLocation(2, jitter=1.5), TypeError, "jitter must be an int"),
+    ],
+)
+def test_bad_construction(make: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
+def test_too_small_volume(spatial_dims: int, task_cls: type) -> None:
+    task = task_cls(spatial_dims, grid=3, jitter=3)
+    with pytest.raises(
+        ValueError, match=r"too small for grid=3 and jitter=3: every axis needs at least .* = 12"
+    ):
+        task(torch.randn(2, 1, *[11] * spatial_dims))
+    with pytest.raises(TypeError, match="floating-point"):
+        task(torch.ones(2, 1, *[12] * spatial_dims, dtype=torch.uint8))
