@@ -54,7 +54,6 @@ def check_batch(
     Returns:
         ``(batch, was_single)``: ``batch`` is ``(B, C, *spatial)``; ``was_single`` says
         whether a batch axis was added.
-
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

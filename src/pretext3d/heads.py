@@ -29,7 +29,6 @@ class ClassifierHead(nn.Module):
 
     Shapes:
         ``(N, F)`` or ``(N, F, *spatial)`` -> logits ``(N, num_classes)``.
-
     """
 
     def __init__(self, num_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.0) -> None:
@@ -67,7 +66,6 @@ class MultiPatchClassifierHead(nn.Module):
 
     Shapes:
         ``(B * P, F)`` or ``(B * P, F, *spatial)`` -> logits ``(B, num_classes)``.
-
     """
 
     def __init__(

@@ -57,7 +57,6 @@ class HammingStats:
     Attributes:
         min: smallest distance between two distinct permutations of the set.
         mean: mean distance over all unordered pairs.
-
     """
 
     min: int
@@ -72,7 +71,6 @@ def hamming_stats(perms: Tensor | np.ndarray) -> HammingStats:
 
     Returns:
         The :class:`HammingStats` of the set.
-
     """
     arr = perms.detach().cpu().numpy() if isinstance(perms, Tensor) else np.asarray(perms)
     if arr.ndim != 2 or arr.shape[0] < 2:
@@ -109,7 +107,6 @@ def permutation_set(num_cells: int, count: int, seed: int = 0, method: Method = 
         ValueError: for a count above ``num_cells!``, an unknown method, or a
             construction that does not exist for ``num_cells`` or has fewer than
             ``count`` elements.
-
     """
     check_int("num_cells", num_cells, 2)
     check_int("count", count, 1)
@@ -138,7 +135,6 @@ def load_permutation_set(path: str | PathLike[str], num_cells: int | None = None
     Raises:
         ValueError: if a row is not a permutation, rows repeat, or the width differs
             from ``num_cells``.
-
     """
     arr = np.load(path, allow_pickle=False)
     if arr.ndim != 2 or (not np.issubdtype(arr.dtype, np.integer) and not _is_integral(arr)):

@@ -35,7 +35,6 @@ class PretextModel(nn.Module):
         >>> model = PretextModel(my_encoder, task)
         >>> views, labels = task(volumes)
         >>> loss = task.loss(model(views), labels)
-
     """
 
     def __init__(
@@ -84,7 +83,6 @@ def infer_num_features(encoder: nn.Module, spatial_dims: int, probe_size: int = 
 
     Raises:
         ValueError: if neither works; pass ``num_features`` explicitly then.
-
     """
     for name in ("num_features", "out_channels"):
         value = getattr(encoder, name, None)

@@ -38,7 +38,6 @@ def toy_images(
 
     Returns:
         ``(count, 1, *[size] * spatial_dims)`` float32, roughly zero mean and unit scale.
-
     """
     check_int("count", count, 1)
     d = check_spatial_dims(spatial_dims)

@@ -24,7 +24,6 @@ def cell_origins(cell_size: Sequence[int], grid: int, device: torch.device | Non
 
     Returns:
         ``LongTensor (grid**d, d)``: row ``c`` is the first voxel of cell ``c``.
-
     """
     axes = [torch.arange(grid, device=device) * size for size in cell_size]
     return torch.cartesian_prod(*axes).reshape(grid ** len(cell_size), len(cell_size))

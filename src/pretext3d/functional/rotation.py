@@ -39,7 +39,6 @@ def plane_rotation_matrix(spatial_dims: int, plane: tuple[int, int], quarter_tur
 
     Returns:
         ``LongTensor (spatial_dims, spatial_dims)``.
-
     """
     a, b = plane
     step = torch.eye(spatial_dims, dtype=torch.long)
@@ -59,7 +58,6 @@ def rotation_group(spatial_dims: int) -> Tensor:
     Returns:
         ``LongTensor (4 or 24, d, d)`` of signed permutation matrices with determinant 1,
         in lexicographic order of their entries after the identity.
-
     """
     mats = []
     for perm in itertools.permutations(range(spatial_dims)):
@@ -157,7 +155,6 @@ def apply_rotations(x: Tensor, labels: Tensor, matrices: Tensor) -> Tensor:
 
     Returns:
         ``(B, C, *spatial)`` rotated batch, new memory, contiguous.
-
     """
     x = x.contiguous()
     out = torch.empty_like(x)

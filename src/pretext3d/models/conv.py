@@ -29,7 +29,6 @@ class ConvEncoder(nn.Module):
     Shapes:
         ``(N, C, *spatial)`` -> ``(N, widths[-1], *ceil(spatial / 2**(len(widths) - 1)))``;
         any spatial size >= 1 works (pooling rounds up).
-
     """
 
     def __init__(self, spatial_dims: int, in_channels: int = 1, widths: Sequence[int] = (8, 16, 32)) -> None:

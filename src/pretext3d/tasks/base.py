@@ -29,7 +29,6 @@ class PretextTask(nn.Module, abc.ABC):
             when views are ``(B, P, C, *patch)`` patches that one shared encoder sees
             separately.
         check_finite: reject NaN/inf input (costs one reduction over the batch).
-
     """
 
     num_classes: int
@@ -52,7 +51,6 @@ class PretextTask(nn.Module, abc.ABC):
         Returns:
             ``(views, labels)``: views as described by the subclass, ``labels`` a
             ``LongTensor (B,)`` of class indices.
-
         """
         batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
         self._check_input(batch)

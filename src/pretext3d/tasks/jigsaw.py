@@ -49,7 +49,6 @@ class Jigsaw(GridPatchTask):
     Shapes:
         input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)``, labels ``(B,)``,
         where ``patch = spatial // grid - jitter``.
-
     """
 
     permutations: Tensor
@@ -92,7 +91,7 @@ class Jigsaw(GridPatchTask):
         return hamming_stats(self.permutations)
 
     def _views(self, x: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self._crop(x, self.permutations[labels], generator)
+        return self._crop(x, self.permutations.to(labels.device)[labels], generator)
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""

@@ -54,7 +54,6 @@ class Rotation(PretextTask):
         >>> views, labels = task(torch.randn(2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(0))
         >>> views.shape, task.num_classes
         (torch.Size([2, 1, 8, 8, 8]), 10)
-
     """
 
     def __init__(
@@ -110,7 +109,6 @@ class Rotation(PretextTask):
 
         Returns:
             The rotated batch, shaped like ``x``.
-
         """
         batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
         self._check_input(batch)

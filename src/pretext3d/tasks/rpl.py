@@ -28,7 +28,6 @@ class RelativePatchLocation(GridPatchTask):
     Shapes:
         input ``(B, C, *spatial)`` -> views ``(B, 2, C, *patch)`` (slot 0 the centre,
         slot 1 the query), labels ``(B,)`` in ``[0, grid**d - 1)``.
-
     """
 
     def __init__(
