@@ -24,6 +24,7 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tasks.py
+	$(BIN)/python benchmarks/backbones.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

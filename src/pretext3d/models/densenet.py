@@ -1,0 +1,297 @@
+"""DenseNet-121 in 2D and 3D (Huang et al., "Densely Connected Convolutional Networks", CVPR 2017).
+
+The 2D model has exactly torchvision's ``densenet121`` layers and parameter count
+(6,958,981 with 3 input channels and 5 classes); the 3D model is the same design with
+3D layers. Taleb et al. (NeurIPS 2020) pretrained it on fundus images for
+diabetic-retinopathy grading.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretext3d._checks import check_int, check_spatial_dims
+from pretext3d.models import _layers as L
+
+__all__ = ["DenseNet", "DenseNet121", "DenseNetEncoder"]
+
+
+class _DenseLayer(nn.Module):
+    def __init__(self, spatial_dims: int, cin: int, growth: int, bn_size: int, drop_rate: float) -> None:
+        super().__init__()
+        conv = L.conv(spatial_dims)
+        self.norm1 = L.norm("batch", spatial_dims, cin)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = conv(cin, bn_size * growth, 1, bias=False)
+        self.norm2 = L.norm("batch", spatial_dims, bn_size * growth)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = conv(bn_size * growth, growth, 3, padding=1, bias=False)
+        self.drop_rate = drop_rate
+        self.checkpointing = False
+
+    def _bottleneck(self, *inputs: Tensor) -> Tensor:
+        out: Tensor = self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
+        return out
+
+    def forward(self, inputs: list[Tensor]) -> Tensor:
+        if L.use_checkpoint(self.checkpointing):
+            # The concatenation and its normalisation are the memory hog of a DenseNet
+            # (Pleiss et al., "Memory-Efficient Implementation of DenseNets", 2017).
+            bottleneck = L.checkpointed(self, self._bottleneck, *inputs)
+        else:
+            bottleneck = self._bottleneck(*inputs)
+        out: Tensor = self.conv2(self.relu2(self.norm2(bottleneck)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return out
+
+
+class _DenseBlock(nn.ModuleDict):
+    def __init__(
+        self, spatial_dims: int, num_layers: int, cin: int, growth: int, bn_size: int, drop_rate: float
+    ) -> None:
+        super().__init__()
+        for i in range(num_layers):
+            self.add_module(
+                f"denselayer{i + 1}", _DenseLayer(spatial_dims, cin + i * growth, growth, bn_size, drop_rate)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class _Transition(nn.Sequential):
+    def __init__(self, spatial_dims: int, cin: int, cout: int) -> None:
+        super().__init__()
+        self.add_module("norm", L.norm("batch", spatial_dims, cin))
+        self.add_module("relu", nn.ReLU(inplace=True))
+        self.add_module("conv", L.conv(spatial_dims)(cin, cout, 1, bias=False))
+        self.add_module("pool", L.avg_pool(spatial_dims)(2, stride=2))
+
+
+class DenseNetEncoder(nn.Module):
+    """The convolutional part of a DenseNet, ending in batch norm and ReLU.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        growth_rate: channels each dense layer adds.
+        block_config: dense layers per block.
+        init_features: channels of the stem convolution.
+        bn_size: bottleneck width as a multiple of ``growth_rate``.
+        drop_rate: dropout after each dense layer.
+        checkpointing: recompute each dense layer's concatenation and bottleneck in
+            backward (memory-efficient DenseNet).
+
+    Attributes:
+        num_features: channels of the output feature map.
+        feature_info: per stage (stem and dense blocks) ``{"num_chs", "reduction", "module"}``.
+        config: the constructor arguments, for saving and rebuilding.
+
+    Shapes:
+        ``(N, C, *spatial)`` -> ``(N, num_features, *spatial / 32)``; every spatial size
+        must be at least ``2 ** (len(block_config) + 1)`` (32 for DenseNet-121).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        growth_rate: int = 32,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        init_features: int = 64,
+        bn_size: int = 4,
+        drop_rate: float = 0.0,
+        *,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        d = check_spatial_dims(spatial_dims)
+        check_int("in_channels", in_channels, 1)
+        check_int("growth_rate", growth_rate, 1)
+        check_int("init_features", init_features, 1)
+        check_int("bn_size", bn_size, 1)
+        if not block_config:
+            raise ValueError("block_config must name at least one dense block, got ()")
+        for i, n in enumerate(block_config):
+            check_int(f"block_config[{i}]", n, 1)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must lie in [0, 1), got {drop_rate}")
+        self.config: dict[str, Any] = {
+            "spatial_dims": d,
+            "in_channels": in_channels,
+            "growth_rate": growth_rate,
+            "block_config": tuple(block_config),
+            "init_features": init_features,
+            "bn_size": bn_size,
+            "drop_rate": drop_rate,
+        }
+        self.spatial_dims = d
+        self.in_channels = in_channels
+        self.features = nn.Sequential()
+        self.features.add_module(
+            "conv0", L.conv(d)(in_channels, init_features, 7, stride=2, padding=3, bias=False)
+        )
+        self.features.add_module("norm0", L.norm("batch", d, init_features))
+        self.features.add_module("relu0", nn.ReLU(inplace=True))
+        self.features.add_module("pool0", L.max_pool(d)(3, stride=2, padding=1))
+        channels = init_features
+        self.feature_info = [{"num_chs": channels, "reduction": 4, "module": "features.pool0"}]
+        for i, num_layers in enumerate(block_config):
+            self.features.add_module(
+                f"denseblock{i + 1}", _DenseBlock(d, num_layers, channels, growth_rate, bn_size, drop_rate)
+            )
+            channels += num_layers * growth_rate
+            reduction = 4 * 2**i
+            self.feature_info.append(
+                {"num_chs": channels, "reduction": reduction, "module": f"features.denseblock{i + 1}"}
+            )
+            if i != len(block_config) - 1:
+                self.features.add_module(f"transition{i + 1}", _Transition(d, channels, channels // 2))
+                channels //= 2
+        self.features.add_module("norm5", L.norm("batch", d, channels))
+        self.features.add_module("relu5", nn.ReLU(inplace=True))
+        self.num_features = channels
+        self.min_size = 2 ** (len(block_config) + 1)
+        self.checkpointing = checkpointing
+        for m in self.modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether dense layers recompute their bottleneck in backward."""
+        return self._checkpointing
+
+    @checkpointing.setter
+    def checkpointing(self, value: bool) -> None:
+        self._checkpointing = bool(value)
+        for m in self.modules():
+            if isinstance(m, _DenseLayer):
+                m.checkpointing = self._checkpointing
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Feature map ``(N, num_features, *reduced)``."""
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have shape (N, {self.in_channels}, *spatial) with {self.spatial_dims} "
+                f"spatial axes, got {tuple(x.shape)}"
+            )
+        if min(x.shape[2:]) < self.min_size:
+            raise ValueError(
+                f"every spatial size must be at least {self.min_size} for this DenseNet, "
+                f"got {tuple(x.shape[2:])}"
+            )
+        out: Tensor = self.features(x)
+        return out
+
+
+class DenseNet(nn.Module):
+    """A DenseNet classifier: :class:`DenseNetEncoder`, global average pooling, a linear layer.
+
+    Args:
+        spatial_dims, in_channels, growth_rate, block_config, init_features, bn_size,
+            drop_rate, checkpointing: as for :class:`DenseNetEncoder`.
+        num_classes: output classes.
+
+    Shapes:
+        ``(N, in_channels, *spatial)`` -> logits ``(N, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        num_classes: int = 5,
+        growth_rate: int = 32,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        init_features: int = 64,
+        bn_size: int = 4,
+        drop_rate: float = 0.0,
+        *,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        encoder = DenseNetEncoder(
+            spatial_dims,
+            in_channels,
+            growth_rate,
+            block_config,
+            init_features,
+            bn_size,
+            drop_rate,
+            checkpointing=checkpointing,
+        )
+        self._build(encoder, num_classes)
+
+    def _build(self, encoder: DenseNetEncoder, num_classes: int) -> None:
+        check_int("num_classes", num_classes, 1)
+        self.features = encoder
+        self.classifier = nn.Linear(encoder.num_features, num_classes)
+        nn.init.constant_(self.classifier.bias, 0)
+        self.num_features = encoder.num_features
+
+    @property
+    def encoder(self) -> DenseNetEncoder:
+        """The convolutional part (``features``), to pretrain or to load weights into."""
+        return self.features
+
+    @classmethod
+    def from_encoder(
+        cls, encoder: DenseNetEncoder, num_classes: int, *, copy_encoder: bool = True
+    ) -> DenseNet:
+        """A classifier around a (pretrained) encoder, with a new linear layer.
+
+        Args:
+            encoder: a :class:`DenseNetEncoder`, e.g. ``pretext_model.encoder``.
+            num_classes: output classes.
+            copy_encoder: use a deep copy (default) so fine-tuning leaves it untouched.
+        """
+        if not isinstance(encoder, DenseNetEncoder):
+            raise TypeError(f"encoder must be a DenseNetEncoder, got {type(encoder).__name__}")
+        net = cls.__new__(cls)
+        nn.Module.__init__(net)
+        net._build(copy.deepcopy(encoder) if copy_encoder else encoder, num_classes)
+        return net
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, num_classes)``."""
+        out: Tensor = self.classifier(self.features(x).flatten(2).mean(-1))
+        return out
+
+
+def DenseNet121(  # noqa: N802 - named like the architecture, as in torchvision
+    spatial_dims: int = 2,
+    in_channels: int = 3,
+    num_classes: int = 5,
+    *,
+    drop_rate: float = 0.0,
+    checkpointing: bool = False,
+) -> DenseNet:
+    """DenseNet-121: growth 32, blocks (6, 12, 24, 16), 64 stem features, bottleneck 4.
+
+    In 2D with 3 input channels and 5 classes: 6,958,981 parameters, as torchvision's.
+    """
+    return DenseNet(
+        spatial_dims,
+        in_channels,
+        num_classes,
+        32,
+        (6, 12, 24, 16),
+        64,
+        4,
+        drop_rate,
+        checkpointing=checkpointing,
+    )

@@ -1,0 +1,98 @@
+"""Save and load encoder weights alone, between pretext and fine-tuning models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from os import PathLike
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pretext3d.models.densenet import DenseNetEncoder
+from pretext3d.models.unet import UNetEncoder
+
+__all__ = ["load_encoder", "load_encoder_weights", "save_encoder"]
+
+_FORMAT = "pretext3d-encoder-v1"
+_BUILDERS: dict[str, type[nn.Module]] = {"UNetEncoder": UNetEncoder, "DenseNetEncoder": DenseNetEncoder}
+# Where an encoder sits inside the models that hold one.
+_PREFIXES = ("encoder.", "features.", "module.encoder.")
+
+
+def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
+    """Write an encoder's weights (and, for the library's encoders, its config) to ``path``.
+
+    Args:
+        encoder: any module; for :class:`UNetEncoder` and :class:`DenseNetEncoder` the
+            file also records the constructor arguments, so :func:`load_encoder` can
+            rebuild it.
+        path: file to write (``torch.save`` format).
+    """
+    config = getattr(encoder, "config", None)
+    torch.save(
+        {
+            "format": _FORMAT,
+            "class": type(encoder).__name__,
+            "config": dict(config) if isinstance(config, Mapping) else None,
+            "state_dict": encoder.state_dict(),
+        },
+        path,
+    )
+
+
+def load_encoder(path: str | PathLike[str]) -> nn.Module:
+    """Rebuild a :class:`UNetEncoder` or :class:`DenseNetEncoder` saved by :func:`save_encoder`."""
+    payload = _read(path)
+    cls = _BUILDERS.get(str(payload.get("class")))
+    if cls is None or payload.get("config") is None:
+        raise ValueError(
+            f"{str(path)!r} holds a {payload.get('class')} encoder without a config that "
+            f"pretext3d can rebuild ({sorted(_BUILDERS)}); build the module yourself and "
+            "call load_encoder_weights(module, path)"
+        )
+    encoder = cls(**payload["config"])
+    encoder.load_state_dict(payload["state_dict"])
+    return encoder
+
+
+def load_encoder_weights(
+    encoder: nn.Module,
+    source: str | PathLike[str] | Mapping[str, Tensor],
+    *,
+    strict: bool = True,
+) -> None:
+    """Load encoder weights into ``encoder`` from a file or a state dict.
+
+    ``source`` may be a :func:`save_encoder` file, the encoder's own state dict, or the
+    state dict of a model that holds the encoder (a :class:`~pretext3d.PretextModel`, a
+    :class:`~pretext3d.models.UNet`, a :class:`~pretext3d.models.DenseNet`): keys under
+    ``encoder.`` or ``features.`` are taken and the rest (heads, decoders) ignored.
+
+    Raises:
+        ValueError: when ``strict`` and keys are missing or left over, naming them.
+    """
+    state = _read(source)["state_dict"] if not isinstance(source, Mapping) else dict(source)
+    own = set(encoder.state_dict())
+    # The raw dict or the part under a known prefix, whichever matches more of the
+    # encoder's keys (a U-Net's decoder has keys like its encoder's, so "any match" won't do).
+    candidates = [state] + [
+        {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} for prefix in _PREFIXES
+    ]
+    state = max(candidates, key=lambda c: len(own & set(c)))
+    missing = sorted(own - set(state))
+    unexpected = sorted(set(state) - own)
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"encoder weights do not match {type(encoder).__name__}: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all), unexpected "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all)"
+        )
+    encoder.load_state_dict(state, strict=strict)
+
+
+def _read(path: str | PathLike[str]) -> dict[str, Any]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(f"{str(path)!r} is not an encoder file written by pretext3d.models.save_encoder")
+    return payload
