@@ -4,7 +4,7 @@ Tasks (rotation, jigsaw, relative patch location) after Taleb et al., "3D
 Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
 """
 
-from pretext3d import data, functional, heads, models, tasks
+from pretext3d import data, distributed, functional, heads, losses, miners, models, tasks
 from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
 from pretext3d.pretext_model import PretextModel, infer_num_features
 
@@ -15,11 +15,14 @@ __all__ = [
     "PretextModel",
     "__version__",
     "data",
+    "distributed",
     "functional",
     "hamming_stats",
     "heads",
     "infer_num_features",
     "load_permutation_set",
+    "losses",
+    "miners",
     "models",
     "permutation_set",
     "tasks",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_int
 
-__all__ = ["ClassifierHead", "MultiPatchClassifierHead", "global_pool"]
+__all__ = ["ClassifierHead", "MultiPatchClassifierHead", "ProjectionHead", "global_pool"]
 
 
 def global_pool(features: Tensor) -> Tensor:
@@ -100,6 +101,34 @@ class MultiPatchClassifierHead(nn.Module):
         per_sample = self.project(pooled).reshape(pooled.shape[0] // self.num_patches, -1)
         out: Tensor = self.mlp(per_sample)
         return out
+
+
+class ProjectionHead(nn.Module):
+    """Global average pool, an MLP, then L2 normalisation (for metric and contrastive losses).
+
+    Shared by every view of the exemplar task, so all branches embed alike.
+
+    Args:
+        num_features: encoder output channels ``F``.
+        out_features: embedding dimension ``D``.
+        hidden: width of the hidden layer; ``0`` for a single linear layer.
+
+    Shapes:
+        ``(N, F)`` or ``(N, F, *spatial)`` -> unit-length embeddings ``(N, D)``.
+    """
+
+    def __init__(self, num_features: int, out_features: int = 128, hidden: int = 256) -> None:
+        super().__init__()
+        self.mlp = _mlp(
+            check_int("num_features", num_features, 1),
+            check_int("out_features", out_features, 1),
+            check_int("hidden", hidden, 0),
+            0.0,
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Unit-length embeddings ``(N, out_features)``."""
+        return F.normalize(self.mlp(global_pool(features)), dim=1)
 
 
 def _mlp(in_features: int, out_features: int, hidden: int, dropout: float) -> nn.Sequential:

@@ -130,8 +130,9 @@ def _reverse_rows_into(out: Tensor, view: Tensor, dims: list[int]) -> None:
         out.copy_(view)
         return
     if len(dims) == 2:
-        # Only the identity permutation flips both outer axes of a 3D volume (an odd
-        # permutation needs an odd number of flips), so they merge into one axis.
+        # Reversing both outer axes of a 3D volume is reversing them merged into one.
+        # For proper rotations the outer permutation is then the identity (an odd one
+        # needs an odd number of flips) and the merge is free; otherwise it copies.
         view = view.reshape(*view.shape[:2], -1, view.shape[-1])
         out = out.view(view.shape)
         dims = [2]
@@ -140,7 +141,7 @@ def _reverse_rows_into(out: Tensor, view: Tensor, dims: list[int]) -> None:
 
 
 def apply_rotations(x: Tensor, labels: Tensor, matrices: Tensor) -> Tensor:
-    """Rotate sample ``i`` of ``x`` by ``matrices[labels[i]]``.
+    """Rotate (or reflect) sample ``i`` of ``x`` by ``matrices[labels[i]]``.
 
     Works per rotation class: the samples of a class are gathered and rotated in one
     call. Samples of 65536 values or more are instead rotated straight from views of
@@ -151,7 +152,8 @@ def apply_rotations(x: Tensor, labels: Tensor, matrices: Tensor) -> Tensor:
         x: ``(B, C, *spatial)``; every axis that a used rotation moves onto another must
             have that axis's length (checked by the caller).
         labels: ``(B,)`` integer class indices into ``matrices``.
-        matrices: ``(K, d, d)`` signed permutation matrices.
+        matrices: ``(K, d, d)`` signed permutation matrices (reflections, with determinant
+            -1, work too).
 
     Returns:
         ``(B, C, *spatial)`` rotated batch, new memory, contiguous.

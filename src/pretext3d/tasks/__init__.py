@@ -1,8 +1,18 @@
 """Pretext tasks: each turns an unlabelled batch into ``(views, labels)``."""
 
-from pretext3d.tasks.base import PretextTask
+from pretext3d.tasks.base import ClassificationTask, PretextTask
+from pretext3d.tasks.exemplar import AugmentParams, Exemplar, ExemplarAugmenter
 from pretext3d.tasks.jigsaw import Jigsaw
 from pretext3d.tasks.rotation import Rotation
 from pretext3d.tasks.rpl import RelativePatchLocation
 
-__all__ = ["Jigsaw", "PretextTask", "RelativePatchLocation", "Rotation"]
+__all__ = [
+    "AugmentParams",
+    "ClassificationTask",
+    "Exemplar",
+    "ExemplarAugmenter",
+    "Jigsaw",
+    "PretextTask",
+    "RelativePatchLocation",
+    "Rotation",
+]

@@ -7,10 +7,10 @@ from torch import Tensor
 
 from pretext3d._checks import check_int
 from pretext3d.functional.patches import cell_origins, extract_patches
-from pretext3d.tasks.base import PretextTask
+from pretext3d.tasks.base import ClassificationTask
 
 
-class GridPatchTask(PretextTask):
+class GridPatchTask(ClassificationTask):
     """A task that cuts each image into ``grid`` cells per axis and crops a patch per cell.
 
     The cell edge along an axis is ``size // grid`` (the remainder at the far end is

@@ -10,21 +10,19 @@ from torch import Tensor, nn
 
 from pretext3d._checks import check_batch, check_spatial_dims
 
-__all__ = ["PretextTask"]
+__all__ = ["ClassificationTask", "PretextTask"]
 
 
 class PretextTask(nn.Module, abc.ABC):
-    """Turns an unlabelled batch into pretext views and the labels to predict.
+    """Turns an unlabelled batch into pretext views and the targets to predict.
 
     A task holds no trainable weights. It is an ``nn.Module`` so that ``.to(device)``
     moves its buffers and ``.train()``/``.eval()`` switch its random augmentation off
-    and on. Calling it on ``(B, C, *spatial)`` returns ``(views, labels)`` on the
-    input's device; a single sample ``(C, *spatial)`` gives views without the batch
-    axis and a 0-dim label, as a ``Dataset`` would want.
+    and on (a :class:`~pretext3d.PretextModel` holding it switches it too).
 
     Attributes:
         spatial_dims: 2 or 3.
-        num_classes: number of pretext classes.
+        num_classes: number of pretext classes (0 for tasks that are not classifiers).
         num_patches: ``None`` when views are whole images ``(B, C, *spatial)``; ``P``
             when views are ``(B, P, C, *patch)`` patches that one shared encoder sees
             separately.
@@ -38,6 +36,39 @@ class PretextTask(nn.Module, abc.ABC):
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.check_finite = check_finite
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``(views, labels)`` for the batch ``x``."""
+
+    @abc.abstractmethod
+    def loss(self, output: Tensor, labels: Tensor) -> Tensor:
+        """The pretext loss of the head's ``output``."""
+
+    @abc.abstractmethod
+    def make_head(self, num_features: int) -> nn.Module:
+        """The task's default head for an encoder with ``num_features`` output channels."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def accuracy(output: Tensor, labels: Tensor) -> Tensor:
+        """A pretext accuracy to log, in ``[0, 1]`` (a 0-dim tensor)."""
+
+    @staticmethod
+    def _randint(high: int, size: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Uniform integers in ``[0, high)`` drawn on the generator's device, moved to ``like``'s."""
+        device = generator.device if generator is not None else like.device
+        values = torch.randint(high, size, generator=generator, device=device)
+        return values.to(like.device)
+
+
+class ClassificationTask(PretextTask):
+    """A task whose label is a class drawn per sample (rotation, jigsaw, relative patch location).
+
+    Calling it on ``(B, C, *spatial)`` returns ``(views, labels)`` on the input's device;
+    a single sample ``(C, *spatial)`` gives views without the batch axis and a 0-dim
+    label, as a ``Dataset`` would want.
+    """
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw a label per sample and build its views.
@@ -82,10 +113,3 @@ class PretextTask(nn.Module, abc.ABC):
     @abc.abstractmethod
     def _views(self, x: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
         """Views of ``x`` for ``labels``."""
-
-    @staticmethod
-    def _randint(high: int, size: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Uniform integers in ``[0, high)`` drawn on the generator's device, moved to ``like``'s."""
-        device = generator.device if generator is not None else like.device
-        values = torch.randint(high, size, generator=generator, device=device)
-        return values.to(like.device)

@@ -9,14 +9,14 @@ from torch import Tensor
 
 from pretext3d._checks import check_batch, check_choice
 from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix, rotation_group
-from pretext3d.tasks.base import PretextTask
+from pretext3d.tasks.base import ClassificationTask
 
 __all__ = ["Rotation"]
 
 RotationSet = Literal["plane4", "taleb10", "cube24"]
 
 
-class Rotation(PretextTask):
+class Rotation(ClassificationTask):
     """Rotate each sample by a random multiple of 90 degrees; the class is the rotation.
 
     Rotations are exact (``flip`` and ``permute``, no interpolation). Axis order and

@@ -1,0 +1,274 @@
+"""Triplet miners: choose ``(anchor, positive, negative)`` index triplets from a batch.
+
+A miner sees embeddings ``(N, D)`` and labels ``(N,)`` (samples with equal labels belong
+together) and returns three ``LongTensor``s of equal length; a loss such as
+:class:`~pretext3d.losses.TripletMarginLoss` consumes them (the split of
+pytorch-metric-learning). Every miner works on the ``(N, N)`` distance matrix, or on
+``(pairs, N)`` rows of it, never on ``(N, N, N)`` masks.
+
+Guarantees of every built-in miner, tested: the anchor and positive share a label, the
+anchor and negative do not, and no index is paired with itself. A batch in which an
+anchor has no positive or no negative yields no triplet for it, never a false one (the
+original code made a sample its own negative in a batch of one).
+
+Write your own by subclassing :class:`Miner` and implementing :meth:`Miner.mine`::
+
+    class HardestPairMiner(Miner):
+        def mine(self, dist, same, num_anchors, generator):
+            a, p = self.positive_pairs(same, num_anchors)
+            neg_dist = dist[a].masked_fill(same[a], float("inf"))
+            n = neg_dist.argmin(dim=1)
+            keep = torch.isfinite(neg_dist[torch.arange(len(a)), n])
+            return a[keep], p[keep], n[keep]
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BatchHardMiner",
+    "DistanceWeightedMiner",
+    "Miner",
+    "RandomNegativeMiner",
+    "SemiHardMiner",
+    "Triplets",
+    "check_embeddings",
+]
+
+Triplets = tuple[Tensor, Tensor, Tensor]
+
+
+def check_embeddings(embeddings: object, labels: object) -> tuple[Tensor, Tensor]:
+    """Validate ``(N, D)`` float embeddings and ``(N,)`` integer labels."""
+    if not isinstance(embeddings, Tensor) or not embeddings.is_floating_point():
+        raise TypeError(
+            f"embeddings must be a floating-point torch.Tensor (N, D), got {type(embeddings).__name__}"
+        )
+    if embeddings.dim() != 2:
+        raise ValueError(
+            f"embeddings must have shape (N, D); got {tuple(embeddings.shape)}. Pool or flatten "
+            "feature maps first (the projection head does)."
+        )
+    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dim() != 1:
+        raise TypeError(
+            f"labels must be a 1-D integer tensor (N,), got "
+            f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}"
+        )
+    if len(labels) != len(embeddings):
+        raise ValueError(
+            f"embeddings and labels must have the same length, got {len(embeddings)} and {len(labels)}"
+        )
+    return embeddings, labels
+
+
+class Miner(abc.ABC):
+    """Base class: validation, the distance matrix, the triplet cap.
+
+    Args:
+        max_triplets: keep at most this many triplets, chosen at random (``None``: all).
+    """
+
+    def __init__(self, max_triplets: int | None = None) -> None:
+        if max_triplets is not None and (isinstance(max_triplets, bool) or max_triplets < 1):
+            raise ValueError(f"max_triplets must be None or an int >= 1, got {max_triplets!r}")
+        self.max_triplets = max_triplets
+
+    def __call__(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        *,
+        num_anchors: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Triplets:
+        """Mine triplets.
+
+        Args:
+            embeddings: ``(N, D)``.
+            labels: ``(N,)``; equal labels mark views of the same instance.
+            num_anchors: only the first ``num_anchors`` rows are anchors (the rest are
+                candidates only, e.g. a memory of earlier batches); default all.
+            generator: randomness of random miners and of the cap.
+
+        Returns:
+            ``(anchor, positive, negative)`` index tensors of equal length.
+        """
+        embeddings, labels = check_embeddings(embeddings, labels)
+        n = len(embeddings)
+        num_anchors = n if num_anchors is None else num_anchors
+        if not 0 <= num_anchors <= n:
+            raise ValueError(f"num_anchors must lie in [0, {n}], got {num_anchors}")
+        with torch.no_grad():
+            dist = torch.cdist(embeddings[:num_anchors].float(), embeddings.float())
+            same = labels[:num_anchors, None] == labels[None, :]
+            a, p, neg = self.mine(dist, same, num_anchors, generator)
+        if self.max_triplets is not None and len(a) > self.max_triplets:
+            keep = torch.randperm(len(a), generator=generator, device=_gen_device(generator, a))
+            keep = keep[: self.max_triplets].to(a.device)
+            a, p, neg = a[keep], p[keep], neg[keep]
+        return a, p, neg
+
+    @abc.abstractmethod
+    def mine(
+        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+    ) -> Triplets:
+        """Choose triplets.
+
+        Args:
+            dist: ``(num_anchors, N)`` Euclidean distances from each anchor to every sample.
+            same: ``(num_anchors, N)`` bool, ``True`` where labels are equal (the diagonal
+                ``same[i, i]`` included: exclude it yourself).
+            num_anchors: rows of ``dist``.
+            generator: source of randomness.
+
+        Returns:
+            ``(anchor, positive, negative)`` index tensors.
+        """
+
+    @staticmethod
+    def positive_pairs(same: Tensor, num_anchors: int) -> tuple[Tensor, Tensor]:
+        """All ``(anchor, positive)`` pairs: equal labels, distinct indices."""
+        pos = same.clone()
+        diagonal = torch.arange(num_anchors, device=same.device)
+        pos[diagonal, diagonal] = False
+        a, p = torch.nonzero(pos, as_tuple=True)
+        return a, p
+
+
+def _gen_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
+    return generator.device if generator is not None else like.device
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    return torch.rand(shape, generator=generator, device=_gen_device(generator, like)).to(like.device)
+
+
+class RandomNegativeMiner(Miner):
+    """Every positive pair with one negative drawn uniformly from the other instances.
+
+    The protocol of the original exemplar code, done right: a sample is never its own
+    negative, and an instance alone in the batch gives no triplet.
+    """
+
+    def mine(
+        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+    ) -> Triplets:
+        """Draw one negative per positive pair."""
+        a, p = self.positive_pairs(same, num_anchors)
+        scores = _rand((len(a), same.shape[1]), generator, dist).masked_fill(same[a], -1.0)
+        n = scores.argmax(dim=1)
+        keep = scores[torch.arange(len(a), device=a.device), n] >= 0
+        return a[keep], p[keep], n[keep]
+
+
+class BatchHardMiner(Miner):
+    """Per anchor, its farthest positive and its nearest negative (Hermans et al., 2017)."""
+
+    def mine(
+        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+    ) -> Triplets:
+        """One triplet per anchor that has a positive and a negative."""
+        rows = torch.arange(num_anchors, device=dist.device)
+        pos_dist = dist.masked_fill(~same, -1.0)
+        pos_dist[rows, rows] = -1.0
+        neg_dist = dist.masked_fill(same, math.inf)
+        p = pos_dist.argmax(dim=1)
+        n = neg_dist.argmin(dim=1)
+        keep = (pos_dist[rows, p] >= 0) & torch.isfinite(neg_dist[rows, n])
+        return rows[keep], p[keep], n[keep]
+
+
+class SemiHardMiner(Miner):
+    """Negatives farther than the positive but within the margin (Schroff et al., FaceNet 2015).
+
+    For every positive pair, the nearest negative ``n`` with
+    ``d(a, p) < d(a, n) < d(a, p) + margin``; pairs without one give no triplet.
+
+    Args:
+        margin: the triplet margin, ``> 0``.
+        max_triplets: as for :class:`Miner`.
+    """
+
+    def __init__(self, margin: float = 1.0, max_triplets: int | None = None) -> None:
+        super().__init__(max_triplets)
+        if not margin > 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
+        self.margin = margin
+
+    def mine(
+        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+    ) -> Triplets:
+        """One semi-hard negative per positive pair, where one exists."""
+        a, p = self.positive_pairs(same, num_anchors)
+        d_ap = dist[a, p].unsqueeze(1)
+        d_an = dist[a]
+        ok = ~same[a] & (d_an > d_ap) & (d_an < d_ap + self.margin)
+        candidates = d_an.masked_fill(~ok, math.inf)
+        n = candidates.argmin(dim=1)
+        keep = torch.isfinite(candidates[torch.arange(len(a), device=a.device), n])
+        return a[keep], p[keep], n[keep]
+
+
+class DistanceWeightedMiner(Miner):
+    """Negatives sampled by inverse density of distances on the sphere (Wu et al., ICCV 2017).
+
+    For L2-normalised embeddings in ``D`` dimensions, pairwise distances of uniformly
+    spread points have density ``q(d) ∝ d^(D-2) (1 - d²/4)^((D-3)/2)``. Drawing each
+    negative with probability ``∝ 1 / q(d)`` spreads the chosen negatives over all
+    distances instead of the crowded middle. Distances are clipped below at ``cutoff``
+    (which bounds the weights), and negatives at ``d >= nonzero_loss_cutoff`` (which
+    cannot contribute to a margin loss) are never drawn.
+
+    Args:
+        cutoff: lower clip of distances (0.5 in the paper).
+        nonzero_loss_cutoff: largest distance a negative may have (1.4 in the paper).
+        max_triplets: as for :class:`Miner`.
+    """
+
+    def __init__(
+        self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, max_triplets: int | None = None
+    ) -> None:
+        super().__init__(max_triplets)
+        if not 0 < cutoff < nonzero_loss_cutoff <= 2:
+            raise ValueError(
+                f"need 0 < cutoff < nonzero_loss_cutoff <= 2, got cutoff={cutoff}, "
+                f"nonzero_loss_cutoff={nonzero_loss_cutoff}"
+            )
+        self.cutoff = cutoff
+        self.nonzero_loss_cutoff = nonzero_loss_cutoff
+        self.dim: int | None = None
+
+    def __call__(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        *,
+        num_anchors: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Triplets:
+        """Mine triplets (see :meth:`Miner.__call__`); embeddings should be L2-normalised."""
+        self.dim = int(check_embeddings(embeddings, labels)[0].shape[1])
+        return super().__call__(embeddings, labels, num_anchors=num_anchors, generator=generator)
+
+    def mine(
+        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+    ) -> Triplets:
+        """One distance-weighted negative per positive pair."""
+        dim = max(self.dim or 2, 4)
+        a, p = self.positive_pairs(same, num_anchors)
+        d = dist[a].clamp(min=self.cutoff, max=2.0 - 1e-4)
+        log_q = (dim - 2) * torch.log(d) + (dim - 3) / 2 * torch.log1p(-(d**2) / 4)
+        allowed = ~same[a] & (dist[a] < self.nonzero_loss_cutoff)
+        log_w = (-log_q).masked_fill(~allowed, -math.inf)
+        log_w = log_w - log_w.max(dim=1, keepdim=True).values.nan_to_num(neginf=0.0)
+        # Gumbel-max draws one index per row with probability proportional to exp(log_w).
+        gumbel = -torch.log(-torch.log(_rand(tuple(log_w.shape), generator, log_w).clamp(1e-12, 1 - 1e-7)))
+        scores = log_w + gumbel
+        n = scores.argmax(dim=1)
+        keep = allowed[torch.arange(len(a), device=a.device), n]
+        return a[keep], p[keep], n[keep]
