@@ -357,3 +357,15 @@ def test_exemplar_rejects_single_samples_and_mismatched_augmenters() -> None:
         Exemplar(3)(torch.randn(1, 8, 8, 8))
     with pytest.raises(ValueError, match="augmenter works in 2D but spatial_dims=3"):
         Exemplar(3, ExemplarAugmenter(2))
+
+
+def test_the_documented_custom_miner_works() -> None:
+    import pretext3d.miners as miners_module
+
+    namespace: dict[str, object] = {"Miner": Miner, "torch": torch}
+    source = miners_module.__doc__.split("::", 1)[1]  # type: ignore[union-attr]
+    exec("\n".join(line[4:] for line in source.splitlines()), namespace)
+    miner = namespace["HardestPairMiner"]()  # type: ignore[operator]
+    emb = torch.tensor([[0.0], [1.0], [1.5], [5.0]])
+    a, p, n = miner(emb, torch.tensor([0, 0, 1, 1]))
+    assert a.tolist() == [0, 1, 2, 3] and p.tolist() == [1, 0, 3, 2] and n.tolist() == [2, 2, 1, 1]
