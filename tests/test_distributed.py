@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pretext3d import distributed
-from pretext3d.losses import TripletMarginLoss
+from pretext3d.losses import InfoNCELoss, TripletMarginLoss
 from pretext3d.miners import BatchHardMiner
 
 BATCH, FEATURES, DIM = 6, 5, 3
@@ -81,3 +81,38 @@ def test_without_a_process_group_gather_is_the_identity() -> None:
     labels = torch.tensor([1, 2, 3])
     assert distributed.world_size() == 1 and distributed.rank() == 0
     assert distributed.gather_with_grad(x) is x and distributed.gather_labels(labels) is labels
+
+
+def _infonce_worker(rank: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        model = _model()
+        x, _ = _data()
+        mine = x[rank * BATCH : (rank + 1) * BATCH]
+        q = torch.nn.functional.normalize(model(mine), dim=1)
+        k = torch.nn.functional.normalize(model(mine.flip(0)), dim=1)
+        loss = InfoNCELoss(0.5, gather=True)(q, k)
+        loss.backward()
+        for p in model.parameters():
+            assert p.grad is not None
+            dist.all_reduce(p.grad)
+        if rank == 0:
+            torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_infonce_gathered_over_two_ranks_matches_one_process(tmp_path: Path) -> None:
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_infonce_worker, args=(f"file://{tmp_path / 'init'}", str(out)), nprocs=2, join=True)
+    result = torch.load(out)
+    model = _model()
+    x, _ = _data()
+    halves = x.view(2, BATCH, FEATURES)
+    q = torch.nn.functional.normalize(model(x), dim=1)
+    k = torch.nn.functional.normalize(model(halves.flip(1).reshape(-1, FEATURES)), dim=1)
+    loss = InfoNCELoss(0.5)(q, k)
+    loss.backward()
+    assert torch.allclose(result["loss"], loss.detach(), atol=1e-6)
+    for got, p in zip(result["grads"], model.parameters(), strict=True):
+        assert torch.allclose(got, p.grad, atol=1e-6)

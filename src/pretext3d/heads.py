@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_int
 
-__all__ = ["ClassifierHead", "MultiPatchClassifierHead", "ProjectionHead", "global_pool"]
+__all__ = ["CPCHead", "ClassifierHead", "MultiPatchClassifierHead", "ProjectionHead", "global_pool"]
 
 
 def global_pool(features: Tensor) -> Tensor:
@@ -129,6 +130,83 @@ class ProjectionHead(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         """Unit-length embeddings ``(N, out_features)``."""
         return F.normalize(self.mlp(global_pool(features)), dim=1)
+
+
+class CPCHead(nn.Module):
+    """Contrastive predictive coding over a grid of patch codes (van den Oord et al., 2018).
+
+    The encoder has seen the ``B * grid**d`` patches of ``B`` images (row-major cell
+    order, as the CPC task makes them). Each patch's pooled features are projected to a
+    code ``z`` of ``code_dim``. Rows are the cells along spatial axis 0. For every column
+    (a position along the other axes) a GRU runs down the rows, so the context ``c_r``
+    of row ``r`` summarises rows ``0..r`` of its column and never a row below; a linear
+    map per step ``k`` (1..``steps``) predicts ``z`` of row ``r + k`` from ``c_r``.
+    (Taleb et al. aggregated with a GRU too; a masked convolution would also see
+    neighbouring columns.)
+
+    Args:
+        num_features: encoder output channels ``F``.
+        spatial_dims: 2 or 3.
+        grid: cells per axis ``G``.
+        steps: rows predicted ahead ``K``, ``1 <= K < G``.
+        code_dim: size of the codes ``D``.
+        context_dim: GRU hidden size.
+
+    Shapes:
+        ``(B * G**d, F[, *spatial])`` -> ``(2, B, K, G - 1, G, ..., D)``: index 0 holds the
+        unit-length predictions from context rows ``0..G-2``, index 1 the unit-length
+        targets, row ``r + 1 + k`` for prediction ``(k, r)`` (zero where that row does not
+        exist: ``r + 1 + k >= G``).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        spatial_dims: int,
+        grid: int,
+        steps: int,
+        code_dim: int = 128,
+        context_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.grid = check_int("grid", grid, 2)
+        self.steps = check_int("steps", steps, 1)
+        if steps >= grid:
+            raise ValueError(f"steps must be < grid = {grid} (rows to predict from row 0), got {steps}")
+        self.code_dim = check_int("code_dim", code_dim, 1)
+        self.encode = nn.Linear(check_int("num_features", num_features, 1), code_dim)
+        self.context = nn.GRU(code_dim, check_int("context_dim", context_dim, 1), batch_first=True)
+        self.predict = nn.ModuleList(nn.Linear(context_dim, code_dim) for _ in range(steps))
+
+    def codes(self, features: Tensor) -> Tensor:
+        """Codes ``(B, G, ..., G, D)`` of the patches' features (rows first)."""
+        cells = self.grid**self.spatial_dims
+        pooled = global_pool(features)
+        if pooled.shape[0] % cells:
+            raise ValueError(f"features must hold B * grid**d = B * {cells} rows, got {pooled.shape[0]}")
+        z: Tensor = self.encode(pooled)
+        return z.view(-1, *[self.grid] * self.spatial_dims, self.code_dim)
+
+    def contexts(self, z: Tensor) -> Tensor:
+        """Contexts ``(B, G, ..., G, context_dim)``: row ``r`` has seen rows ``0..r`` of its column."""
+        g, d = self.grid, self.spatial_dims
+        columns = z.movedim(1, d).reshape(-1, g, self.code_dim)  # (B * G**(d-1), G rows, D)
+        out: Tensor = self.context(columns)[0]
+        return out.reshape(z.shape[0], *[g] * (d - 1), g, -1).movedim(d, 1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Stacked predictions and targets, see the class docstring."""
+        z = self.codes(features)
+        c = self.contexts(z)[:, :-1]  # context rows 0..G-2
+        preds = torch.stack([F.normalize(p(c), dim=-1) for p in self.predict], dim=1)
+        z = F.normalize(z, dim=-1)
+        targets = torch.zeros_like(preds)
+        for k in range(self.steps):
+            rows = self.grid - 1 - k
+            targets[:, k, :rows] = z[:, k + 1 : k + 1 + rows]
+        out = torch.stack([preds, targets])
+        return out
 
 
 def _mlp(in_features: int, out_features: int, hidden: int, dropout: float) -> nn.Sequential:

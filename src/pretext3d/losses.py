@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretext3d import distributed
 from pretext3d._checks import check_int
 from pretext3d.miners import Miner, Triplets, check_embeddings
 
-__all__ = ["CrossBatchMemory", "TripletMarginLoss"]
+__all__ = ["BinaryCPCLoss", "CrossBatchMemory", "InfoNCELoss", "TripletMarginLoss"]
 
 
 class TripletMarginLoss(nn.Module):
@@ -112,3 +114,97 @@ class CrossBatchMemory(nn.Module):
         self.memory_labels[slots] = labels.to(self.memory_labels.device)
         self.position = (self.position + count) % self.size
         self.filled = min(self.filled + count, self.size)
+
+
+def _check_pairs(queries: Tensor, keys: Tensor) -> None:
+    if queries.dim() != 2 or keys.dim() != 2 or queries.shape[1] != keys.shape[1]:
+        raise ValueError(
+            f"queries and keys must be (Q, D) and (K, D) with the same D, got "
+            f"{tuple(queries.shape)} and {tuple(keys.shape)}"
+        )
+    if len(keys) < len(queries):
+        raise ValueError(
+            f"keys must hold at least one key per query (the positives first), got {len(keys)} keys "
+            f"for {len(queries)} queries"
+        )
+
+
+class InfoNCELoss(nn.Module):
+    """InfoNCE (van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018).
+
+    Query ``i``'s positive is key ``i``; every other key is a negative. The loss is the
+    cross-entropy of ``queries @ keys.T / temperature`` against ``arange(Q)``:
+    ``-mean_i log(exp(q_i·k_i / t) / sum_j exp(q_i·k_j / t))``. Normalise queries and
+    keys first for cosine similarities (the CPC head does).
+
+    Args:
+        temperature: ``> 0``.
+        gather: gather queries and keys of all ``torch.distributed`` ranks, so that
+            every rank computes the loss of the global batch (every key a negative for
+            every query); this rank's slices keep their gradient, as described in
+            :mod:`pretext3d.distributed`.
+
+    Shapes:
+        ``queries (Q, D)``, ``keys (K, D)`` with ``K >= Q`` (keys beyond ``Q`` are extra
+        negatives) -> scalar.
+    """
+
+    def __init__(self, temperature: float = 0.1, *, gather: bool = False) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.gather = gather
+
+    def logits(self, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits (Q', K'), targets (Q',))``, over all ranks' queries and keys if gathering."""
+        _check_pairs(queries, keys)
+        target = torch.arange(len(queries), device=queries.device)
+        world = distributed.world_size() if self.gather else 1
+        if world > 1:
+            # rank r's query j pairs with rank r's key j, at r * K + j among the gathered keys
+            offsets = torch.arange(world, device=queries.device)[:, None] * len(keys)
+            target = (offsets + target[None, :]).flatten()
+            queries, keys = distributed.gather_with_grad(queries), distributed.gather_with_grad(keys)
+        return queries @ keys.T / self.temperature, target
+
+    def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """The mean InfoNCE loss of the queries."""
+        logits, target = self.logits(queries, keys)
+        return F.cross_entropy(logits, target)
+
+
+class BinaryCPCLoss(nn.Module):
+    """The original 3D CPC's loss: one negative per positive, binary cross-entropy.
+
+    For each query, its positive key ``i`` and one key drawn uniformly among the others
+    are scored with ``q·k / temperature`` and classified as positive and negative. Kept
+    to compare with :class:`InfoNCELoss`, which uses every other key as a negative.
+
+    Args:
+        temperature: ``> 0``.
+
+    Shapes:
+        ``queries (Q, D)``, ``keys (K, D)``, ``K >= max(Q, 2)`` -> scalar.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, queries: Tensor, keys: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Mean binary cross-entropy over positives and drawn negatives."""
+        _check_pairs(queries, keys)
+        if len(keys) < 2:
+            raise ValueError("BinaryCPCLoss needs at least 2 keys: one positive and one negative")
+        q = len(queries)
+        device = generator.device if generator is not None else queries.device
+        shift = torch.randint(1, len(keys), (q,), generator=generator, device=device).to(queries.device)
+        negative = (torch.arange(q, device=queries.device) + shift) % len(keys)
+        pos = (queries * keys[:q]).sum(1) / self.temperature
+        neg = (queries * keys[negative]).sum(1) / self.temperature
+        scores = torch.cat([pos, neg])
+        labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
+        return F.binary_cross_entropy_with_logits(scores, labels)
