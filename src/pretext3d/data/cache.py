@@ -1,0 +1,51 @@
+"""An on-disk cache of preprocessed cases that a crash can never corrupt."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CaseCache"]
+
+
+class CaseCache:
+    """Preprocessed arrays under ``root/<key>/``, one ``.npy`` per case and part.
+
+    ``key`` should change whenever the preprocessing does (e.g.
+    :meth:`~pretext3d.data.preprocess.CTPreprocessing.key`), so stale results are never
+    read. Files are written under a temporary name and renamed; the image is written
+    last, and a case counts as cached only when its image file exists, so an
+    interrupted write is simply redone.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], key: str) -> None:
+        self.folder = Path(root) / key
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, case: str, part: str) -> Path:
+        """Where part ``part`` (``"image"`` or ``"label"``) of ``case`` is stored."""
+        return self.folder / f"{case}_{part}.npy"
+
+    def has(self, case: str) -> bool:
+        """Whether ``case`` is completely cached."""
+        return self.path(case, "image").exists()
+
+    def load(self, case: str, *, label: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The cached image (and label, when ``label``) of ``case``."""
+        image = np.load(self.path(case, "image"), allow_pickle=False)
+        return image, np.load(self.path(case, "label"), allow_pickle=False) if label else None
+
+    def store(self, case: str, image: np.ndarray, label: np.ndarray | None = None) -> None:
+        """Write ``case`` atomically (label first, image last)."""
+        if label is not None:
+            self._write(self.path(case, "label"), label)
+        self._write(self.path(case, "image"), image)
+
+    @staticmethod
+    def _write(path: Path, array: np.ndarray) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        tmp.replace(path)

@@ -1,0 +1,231 @@
+"""Datasets over folders of unlabelled scans and fundus images, and the shared loading code."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from pretext3d.data.cache import CaseCache
+from pretext3d.data.io import Volume, read_dicom_series, read_rgb, read_volume
+from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing
+
+__all__ = ["DicomFolder", "FundusFolder", "UKBiobankName", "VolumeDataset", "VolumeFolder", "random_crop"]
+
+OnError = Literal["raise", "skip"]
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def is_junk(path: Path) -> bool:
+    """MacOS resource forks (``._name``) and other hidden files."""
+    return path.name.startswith(".")
+
+
+def check_on_error(on_error: str) -> OnError:
+    """Validate the ``on_error`` argument."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    return on_error  # type: ignore[return-value]
+
+
+def random_crop(
+    array: np.ndarray, size: Sequence[int], generator: torch.Generator | None = None
+) -> np.ndarray:
+    """A uniformly placed crop of ``size`` from the last ``len(size)`` axes, zero-padded where too small."""
+    spatial = array.shape[-len(size) :]
+    pad = [(0, 0)] * (array.ndim - len(size)) + [
+        (0, max(0, s - n)) for s, n in zip(size, spatial, strict=True)
+    ]
+    if any(p[1] for p in pad):
+        array = np.pad(array, pad)
+    spatial = array.shape[-len(size) :]
+    starts = [
+        int(torch.randint(0, n - s + 1, (1,), generator=generator))
+        for s, n in zip(size, spatial, strict=True)
+    ]
+    lead = array.ndim - len(size)
+    region = [slice(None)] * lead + [slice(a, a + s) for a, s in zip(starts, size, strict=True)]
+    crop: np.ndarray = array[tuple(region)]
+    return crop
+
+
+@dataclass
+class _Source:
+    """One unlabelled scan: a volume file or a DICOM series folder."""
+
+    name: str
+    path: Path
+
+    def read(self) -> Volume:
+        return read_dicom_series(self.path) if self.path.is_dir() else read_volume(self.path)
+
+
+class VolumeDataset(Dataset[Tensor]):
+    """Unlabelled 3D scans, preprocessed (and cached), optionally randomly cropped.
+
+    Args:
+        sources: ``(name, path)`` of each scan: a NIfTI / ``.npy`` file or a DICOM folder.
+        preprocessing: a :class:`CTPreprocessing`, or ``None`` to return the raw values
+            as float32.
+        cache_dir: where to cache preprocessed scans (keyed by the preprocessing).
+        patch_size: return a random crop of this size (zero-padded if the scan is
+            smaller) instead of the whole scan, for pretraining.
+        transform: applied to the returned tensor.
+
+    Returns (``__getitem__``):
+        ``(1, X, Y, Z)`` float32 tensor.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[tuple[str, str | os.PathLike[str]]],
+        *,
+        preprocessing: CTPreprocessing | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        patch_size: Sequence[int] | None = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.sources = [_Source(name, Path(path)) for name, path in sources]
+        self.preprocessing = preprocessing
+        key = preprocessing.key() if preprocessing is not None else "raw"
+        self.cache = CaseCache(cache_dir, key) if cache_dir is not None else None
+        if patch_size is not None and (len(patch_size) != 3 or min(patch_size) < 1):
+            raise ValueError(f"patch_size must be three sizes >= 1, got {patch_size!r}")
+        self.patch_size = tuple(patch_size) if patch_size is not None else None
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def array(self, index: int) -> np.ndarray:
+        """The preprocessed scan ``index`` as an ``(X, Y, Z)`` array (cached if a cache is set)."""
+        source = self.sources[index]
+        if self.cache is not None and self.cache.has(source.name):
+            return self.cache.load(source.name, label=False)[0]
+        volume = source.read()
+        if self.preprocessing is None:
+            image = volume.array.astype(np.float32)
+        else:
+            image, _ = self.preprocessing(volume.array, volume.spacing)
+        if self.cache is not None:
+            self.cache.store(source.name, image)
+        return image
+
+    def __getitem__(self, index: int) -> Tensor:
+        image = self.array(index)
+        if self.patch_size is not None:
+            image = random_crop(image, self.patch_size)
+        out = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        return self.transform(out) if self.transform is not None else out
+
+
+class VolumeFolder(VolumeDataset):
+    """Every NIfTI (``.nii``, ``.nii.gz``) and ``.npy`` volume under a folder (recursively).
+
+    Hidden files and macOS ``._*`` junk are skipped. Keyword arguments as for
+    :class:`VolumeDataset`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], **kwargs: object) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"volume folder {str(root)!r} does not exist")
+        files = sorted(
+            p for p in root.rglob("*") if p.is_file() and p.name.endswith(VOLUME_SUFFIXES) and not is_junk(p)
+        )
+        if not files:
+            raise ValueError(f"no .nii, .nii.gz or .npy files under {str(root)!r}")
+        names = [str(p.relative_to(root)).replace(os.sep, "__") for p in files]
+        super().__init__(list(zip(names, files, strict=True)), **kwargs)  # type: ignore[arg-type]
+
+
+class DicomFolder(VolumeDataset):
+    """One DICOM series per sub-folder of ``root`` (read with pydicom, in HU).
+
+    Keyword arguments as for :class:`VolumeDataset`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], **kwargs: object) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"DICOM folder {str(root)!r} does not exist")
+        series = sorted(p for p in root.iterdir() if p.is_dir() and not is_junk(p))
+        if not series:
+            raise ValueError(f"no series sub-folders under {str(root)!r}")
+        super().__init__([(p.name, p) for p in series], **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class UKBiobankName:
+    """The parts of a UK Biobank image name ``{eid}_{field}_{instance}_{array}.png``."""
+
+    eid: int
+    field: int
+    instance: int
+    array: int
+
+
+_UKB = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.(png|jpe?g)$", re.IGNORECASE)
+
+
+class FundusFolder(Dataset[Tensor]):
+    """Every PNG/JPEG fundus image under a folder (unlabelled).
+
+    Args:
+        root: the folder (searched recursively; hidden files skipped).
+        preprocessing: applied to each image (default: resize to 224).
+        ukbiobank: require UK Biobank names ``{eid}_{field}_{instance}_{array}.png`` and
+            parse them into :attr:`names`.
+        transform: applied to the returned tensor.
+
+    Returns (``__getitem__``):
+        ``(3, size, size)`` float32 in ``[0, 1]``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        preprocessing: FundusPreprocessing | None = None,
+        ukbiobank: bool = False,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"image folder {str(root)!r} does not exist")
+        self.files = sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_junk(p)
+        )
+        if not self.files:
+            raise ValueError(f"no .png, .jpg or .jpeg files under {str(root)!r}")
+        self.names: list[UKBiobankName] | None = None
+        if ukbiobank:
+            self.names = []
+            for p in self.files:
+                match = _UKB.match(p.name)
+                if match is None:
+                    raise ValueError(
+                        f"{str(p)!r} is not named like a UK Biobank image "
+                        "'{eid}_{field}_{instance}_{array}.png'; pass ukbiobank=False"
+                    )
+                self.names.append(UKBiobankName(*(int(g) for g in match.groups()[:4])))
+        self.preprocessing = preprocessing if preprocessing is not None else FundusPreprocessing()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Tensor:
+        out = torch.from_numpy(self.preprocessing(read_rgb(self.files[index])))
+        return self.transform(out) if self.transform is not None else out

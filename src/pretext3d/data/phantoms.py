@@ -1,0 +1,470 @@
+"""Built-in SYNTHETIC phantoms: an abdominal CT and a colour fundus photograph.
+
+The CT has the shape of an MSD Task07 case, the photograph that of an APTOS 2019 image.
+
+They are procedural drawings, not patient data, made so that a pretext task has
+something real to learn and a downstream task cannot be solved by intensity alone. No
+result on them says anything about real scans; every figure made on them must say so.
+
+CT: values in Hounsfield units (int16), labels 0 background, 1 pancreas, 2 cancer, in
+RAS+ orientation (array axis 0 to the patient's right, 1 anterior, 2 superior). The
+anatomy is a set of implicit shapes evaluated on randomly warped coordinates (a small
+rotation, anisotropic scale, shift and a smooth elastic warp): body wall and fat, liver,
+spleen, stomach with a gas cap on its anterior side, kidneys with enhancing cortex, a
+spine with vertebral bodies, discs and canal, aorta and IVC, bowel loops, and a lobulated
+pancreas along a random curve (head in the duodenal C-loop by the IVC, body in front of
+the aorta, tail towards the spleen) whose intensity overlaps the duodenal wall, bowel and
+splenic vein. Most cases carry a hypodense tumour (sometimes a cyst) on the pancreas
+curve that may bulge out of the gland. Scans vary in soft-tissue gain and offset, blur
+and noise.
+
+Fundus: RGB uint8, a circular field of view (sometimes clipped top and bottom), camera
+colour cast, vignetting and uneven illumination, an optic disc with its cup on the nasal
+side, a darker macula and fovea, four vessel arcades with branches, and lesions by grade
+0-4 drawn from the APTOS label prior (about 49/10/27/5/8 %): microaneurysms;
+haemorrhages and hard exudates near the macula; cotton-wool spots and venous beading;
+neovascularisation, pre-retinal haemorrhage and laser scars. Lesions are drawn larger
+than life so that they survive 64 px.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+__all__ = [
+    "APTOS_PRIOR",
+    "CTPhantom",
+    "ct_phantom",
+    "ct_phantom_batch",
+    "fundus_phantom",
+    "fundus_phantom_batch",
+    "write_aptos_phantom",
+    "write_task07_phantom",
+]
+
+APTOS_PRIOR = (1805 / 3662, 370 / 3662, 999 / 3662, 193 / 3662, 295 / 3662)  # APTOS 2019 train.csv
+_EXTENT_MM = np.array([400.0, 300.0, 250.0])  # field of view per axis (R, A, S)
+
+
+@dataclass
+class CTPhantom:
+    """One synthetic CT case.
+
+    Attributes:
+        image: ``(X, Y, Z)`` int16 Hounsfield units, RAS+.
+        label: ``(X, Y, Z)`` uint8, 0 background, 1 pancreas, 2 cancer.
+        spacing: voxel size in mm.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel-to-world matrix (RAS+, centred)."""
+        affine = np.diag([*self.spacing, 1.0])
+        affine[:3, 3] = -np.array(self.spacing) * (np.array(self.image.shape) - 1) / 2
+        return affine
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], coarse: int) -> np.ndarray:
+    """Smooth random field in about [-1, 1], from a coarse grid upsampled with cubic splines."""
+    grid = rng.standard_normal((coarse,) * len(shape))
+    field: np.ndarray = ndimage.zoom(
+        grid, [s / coarse for s in shape], order=3, grid_mode=True, mode="nearest"
+    )
+    return field[tuple(slice(0, s) for s in shape)]
+
+
+def _bezier(points: np.ndarray, n: int) -> np.ndarray:
+    t = np.linspace(0, 1, n)[:, None]
+    p0, p1, p2 = points
+    out: np.ndarray = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+    return out
+
+
+def _tube(coords: np.ndarray, curve: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every voxel: distance to the curve over the local radius, and the nearest curve index."""
+    flat = coords.reshape(3, -1).T
+    d2 = ((flat[:, None, :] - curve[None, :, :]) ** 2).sum(-1)
+    nearest = d2.argmin(1)
+    ratio = np.sqrt(d2[np.arange(len(flat)), nearest]) / radius[nearest]
+    shape = coords.shape[1:]
+    return ratio.reshape(shape), nearest.reshape(shape)
+
+
+def ct_phantom(
+    seed: int, size: int | tuple[int, int, int] = 40, *, tumour_probability: float = 0.8
+) -> CTPhantom:
+    """Draw one synthetic abdominal CT case (deterministic per ``seed``).
+
+    Args:
+        seed: the case.
+        size: voxels per axis (or per axis as a tuple); the field of view stays
+            400 x 300 x 250 mm, so the spacing follows.
+        tumour_probability: chance that the case has a tumour.
+    """
+    rng = np.random.default_rng(seed)
+    shape = (size,) * 3 if isinstance(size, int) else tuple(size)
+    spacing = tuple(float(v) for v in _EXTENT_MM / np.array(shape))
+    axes = [np.linspace(-1, 1, n) for n in shape]
+    u = np.stack(np.meshgrid(*axes, indexing="ij"))  # (3, X, Y, Z)
+
+    # random pose: small rotation, anisotropic scale, shift, smooth elastic warp
+    angles = np.radians(rng.uniform(-4, 4, 3))
+    rot = np.eye(3)
+    for axis, angle in enumerate(angles):
+        a, b = [i for i in range(3) if i != axis]
+        r = np.eye(3)
+        r[a, a] = r[b, b] = np.cos(angle)
+        r[a, b], r[b, a] = -np.sin(angle), np.sin(angle)
+        rot = r @ rot
+    scale = rng.uniform(0.9, 1.1, 3)
+    shift = rng.uniform(-0.05, 0.05, 3)
+    b = np.einsum("ij,j...->i...", rot, (u - shift[:, None, None, None]) / scale[:, None, None, None])
+    b = b + 0.04 * np.stack([_smooth_noise(rng, shape, 4) for _ in range(3)])
+    x, y, z = b
+
+    def ellipsoid(c: tuple[float, ...], r: tuple[float, ...]) -> np.ndarray:
+        inside: np.ndarray = (
+            ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2
+        ) < 1
+        return inside
+
+    def cylinder(cx: float, cy: float, r: float) -> np.ndarray:
+        inside: np.ndarray = ((x - cx) ** 2 + (y - cy) ** 2) < r**2
+        return inside
+
+    hu = np.full(shape, -1000.0)
+    body = ((x / 0.95) ** 2 + (y / 0.9) ** 2) < 1
+    hu[body] = -100  # subcutaneous fat
+    wall = ((x / 0.86) ** 2 + (y / 0.8) ** 2) < 1
+    hu[wall] = 50  # muscle wall
+    cavity = ((x / 0.8) ** 2 + (y / 0.73) ** 2) < 1
+    hu[cavity] = -90 + 20 * _smooth_noise(rng, shape, 6)[cavity]  # visceral fat
+    for side in (-1, 1):  # paraspinal muscles
+        hu[ellipsoid((side * 0.25, -0.72, 0), (0.16, 0.12, 9))] = 55
+
+    hu[ellipsoid((0.45, 0.12, 0.35), (0.42, 0.5, 0.6)) & cavity] = 95  # liver
+    hu[ellipsoid((-0.6, -0.32, 0.35), (0.2, 0.28, 0.35)) & cavity] = 105  # spleen
+    stomach_c, stomach_r = (-0.3, 0.35, 0.35), (0.28, 0.22, 0.3)
+    stomach = ellipsoid(stomach_c, stomach_r) & cavity
+    lumen = ellipsoid(stomach_c, tuple(v * 0.75 for v in stomach_r)) & cavity
+    hu[stomach] = 60
+    hu[lumen] = 15
+    hu[lumen & (y > stomach_c[1] + 0.05)] = -1000  # gas rises anteriorly in a supine patient
+    for side in (-1, 1):  # kidneys: enhancing cortex, darker medulla
+        kidney = (side * 0.42, -0.45, -0.05)
+        hu[ellipsoid(kidney, (0.13, 0.14, 0.3))] = 170
+        hu[ellipsoid(kidney, (0.078, 0.084, 0.18))] = 60
+    vertebra = cylinder(0, -0.62, 0.14)
+    hu[vertebra] = 800
+    hu[cylinder(0, -0.62, 0.11)] = 350
+    hu[vertebra & (np.cos(z * 12 + rng.uniform(0, 6)) > 0.8)] = 90  # discs along z
+    hu[cylinder(0, -0.82, 0.06)] = 15  # canal
+    hu[ellipsoid((0, -0.93, 0), (0.05, 0.05, 9))] = 600  # spinous process
+    hu[cylinder(-0.1, -0.42, 0.09)] = 200  # aorta
+    hu[cylinder(0.18, -0.36, 0.1)] = 150  # IVC
+
+    for _ in range(int(rng.integers(3, 6))):  # bowel loops, anterior and caudal
+        start = np.array([rng.uniform(-0.5, 0.5), rng.uniform(0.1, 0.5), rng.uniform(-0.7, -0.1)])
+        ctrl = start + rng.uniform(-0.3, 0.3, 3)
+        end = start + rng.uniform(-0.4, 0.4, 3)
+        loop, _ = _tube(b, _bezier(np.stack([start, ctrl, end]), 24), np.full(24, 0.07))
+        hu[(loop < 1) & cavity] = 95
+        hu[(loop < 0.55) & cavity] = -900 if rng.random() < 0.4 else 10
+
+    # pancreas: head in the duodenal C-loop by the IVC, body before the aorta, tail at the spleen
+    head = np.array([0.2, -0.08, -0.1]) + rng.uniform(-0.05, 0.05, 3)
+    neck = np.array([-0.05, -0.1, 0.05]) + rng.uniform(-0.05, 0.05, 3)
+    tail = np.array([-0.5, -0.24, 0.15]) + rng.uniform(-0.05, 0.05, 3)
+    n = 48
+    curve = _bezier(np.stack([head, neck, tail]), n)
+    lobules = 1 + 0.15 * np.sin(np.linspace(0, rng.uniform(10, 18), n) + rng.uniform(0, 6))
+    radius = np.linspace(0.2, 0.11, n) * lobules
+    duodenum, _ = _tube(
+        b,
+        np.array(
+            [
+                head + 0.22 * np.array([np.cos(t), 0.6 * np.sin(t), 0.8 * np.sin(t)])
+                for t in np.linspace(-1.8, 1.8, 24)
+            ]
+        ),
+        np.full(24, 0.07),
+    )
+    hu[(duodenum < 1) & cavity] = 100  # duodenal wall, like the pancreas
+    hu[(duodenum < 0.5) & cavity] = 20
+    vein, _ = _tube(b, curve[n // 3 :] + np.array([0, -0.12, 0]), np.full(n - n // 3, 0.04))
+    hu[vein < 1] = 135  # splenic vein behind the body and tail
+    gland_ratio, _ = _tube(b, curve, radius)
+    gland = gland_ratio < 1
+    hu[gland] = 110 + 8 * _smooth_noise(rng, shape, 8)[gland]
+    label = np.zeros(shape, dtype=np.uint8)
+    label[gland] = 1
+
+    if rng.random() < tumour_probability:
+        centre = curve[int(rng.integers(n // 6, n - n // 8))] + rng.uniform(-0.06, 0.06, 3)
+        radii = rng.uniform(0.15, 0.24, 3)
+        tumour = ellipsoid(tuple(centre), tuple(radii)) & cavity
+        cyst = rng.random() < 0.2
+        hu[tumour] = 10 if cyst else 45 + 6 * _smooth_noise(rng, shape, 8)[tumour]
+        label[tumour] = 2  # cancer overrides pancreas
+
+    # scan-level variation: soft-tissue gain and offset, blur, noise
+    soft = (hu > -150) & (hu < 300)
+    hu[soft] = hu[soft] * rng.uniform(0.85, 1.15) + rng.uniform(-15, 15)
+    hu = ndimage.gaussian_filter(hu, rng.uniform(0.3, 0.9))
+    hu += rng.normal(0, rng.uniform(8, 25), shape)
+    image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+    return CTPhantom(image, label, spacing)  # type: ignore[arg-type]
+
+
+def _draw_disc(
+    canvas: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float], alpha: float | np.ndarray = 1.0
+) -> None:
+    weight = mask * alpha
+    canvas[:] = canvas * (1 - weight[..., None]) + np.array(colour) * weight[..., None]
+
+
+def fundus_phantom(
+    seed: int, size: int = 64, *, grade: int | None = None, label_noise: float = 0.0
+) -> tuple[np.ndarray, int]:
+    """Draw one synthetic colour fundus photograph (deterministic per ``seed``).
+
+    Args:
+        seed: the image.
+        size: edge in pixels.
+        grade: the DR grade 0-4 to draw; default drawn from :data:`APTOS_PRIOR`.
+        label_noise: probability that the returned grade is off by one from the drawn
+            lesions (graders disagree too).
+
+    Returns:
+        ``(image (size, size, 3) uint8, grade)``.
+    """
+    rng = np.random.default_rng(seed)
+    true_grade = int(rng.choice(5, p=APTOS_PRIOR)) if grade is None else int(grade)
+    if true_grade not in range(5):
+        raise ValueError(f"grade must be 0-4, got {grade}")
+    yy, xx = np.mgrid[:size, :size]
+    x = (xx - (size - 1) / 2) / (size / 2)
+    y = (yy - (size - 1) / 2) / (size / 2)
+    r2 = x**2 + y**2
+    eye = rng.choice([-1, 1])  # which side the disc (nasal) is on
+    cast = rng.uniform(0.85, 1.15, 3)
+    illumination = 1 + 0.15 * _smooth_noise(rng, (size, size), 4)
+    base = np.array([190.0, 80.0, 35.0]) * cast
+    canvas = base * (illumination * (1 - 0.35 * r2))[..., None]
+    canvas += 6 * rng.standard_normal((size, size, 1))  # choroidal texture
+
+    macula = np.array([-eye * 0.05, 0.0])
+    _draw_disc(canvas, np.exp(-((x - macula[0]) ** 2 + (y - macula[1]) ** 2) / 0.03), (110, 40, 20), 0.45)
+    _draw_disc(canvas, np.exp(-((x - macula[0]) ** 2 + (y - macula[1]) ** 2) / 0.002), (80, 25, 15), 0.6)
+    disc = np.array([eye * 0.4, rng.uniform(-0.05, 0.05)])
+    disc_d2 = (x - disc[0]) ** 2 + (y - disc[1]) ** 2
+
+    beading = true_grade >= 3
+    for sign in (-1, 1):  # superior and inferior arcades, temporal and nasal
+        for reach, spread in ((-eye * 1.0, 0.42), (eye * 0.45, 0.3)):
+            t = np.linspace(0, 1, 40)
+            px = disc[0] + reach * t
+            py = disc[1] + sign * spread * np.sin(np.pi * t * 0.9) * (1 + rng.uniform(-0.1, 0.1))
+            width = np.linspace(0.05, 0.018, 40)
+            if beading:
+                width = width * (1 + 0.5 * np.sin(t * 60) ** 2)
+            _draw_vessel(canvas, x, y, px, py, width, rng)
+            for _ in range(2):  # branches
+                k = int(rng.integers(10, 30))
+                bx = px[k] + np.linspace(0, rng.uniform(0.2, 0.35) * np.sign(reach), 15)
+                by = py[k] + sign * np.linspace(0, rng.uniform(0.15, 0.3), 15)
+                _draw_vessel(canvas, x, y, bx, by, np.linspace(width[k] * 0.7, 0.012, 15), rng)
+    _draw_disc(canvas, np.clip(1.3 - disc_d2 / 0.012, 0, 1), (240, 200, 120))
+    _draw_disc(
+        canvas,
+        np.clip(1.3 - ((x - disc[0] - eye * 0.02) ** 2 + (y - disc[1]) ** 2) / 0.003, 0, 1),
+        (255, 235, 170),
+    )
+
+    def spots(
+        count: int,
+        radius: tuple[float, float],
+        colour: tuple[float, float, float],
+        near: np.ndarray | None,
+        spread: float,
+        soft: bool = False,
+    ) -> None:
+        for _ in range(count):
+            centre = (near if near is not None else np.zeros(2)) + rng.normal(0, spread, 2)
+            rad = rng.uniform(*radius)
+            d2 = (x - centre[0]) ** 2 + (y - centre[1]) ** 2
+            mask = np.exp(-d2 / (2 * rad**2)) if soft else np.clip(1.5 - d2 / rad**2, 0, 1)
+            _draw_disc(canvas, mask, colour)
+
+    if true_grade >= 1:
+        spots({1: 4, 2: 8, 3: 14, 4: 10}[true_grade], (0.018, 0.028), (150, 20, 20), macula, 0.35)
+    if true_grade >= 2:
+        spots({2: 3, 3: 14, 4: 8}[true_grade], (0.035, 0.06), (120, 15, 15), macula, 0.4)
+        spots({2: 6, 3: 10, 4: 6}[true_grade], (0.018, 0.03), (250, 220, 90), macula, 0.18)
+    if true_grade >= 3:
+        spots(int(rng.integers(2, 5)), (0.04, 0.07), (240, 235, 215), macula, 0.35, soft=True)
+    if true_grade == 4:
+        for _ in range(6):  # neovascularisation: fine tangled vessels at the disc
+            t = np.linspace(0, 1, 12)
+            angle = rng.uniform(0, 2 * np.pi)
+            px = disc[0] + 0.18 * t * np.cos(angle) + 0.04 * np.sin(t * 15)
+            py = disc[1] + 0.18 * t * np.sin(angle) + 0.04 * np.cos(t * 13)
+            _draw_vessel(canvas, x, y, px, py, np.full(12, 0.012), rng)
+        centre = macula + rng.normal(0, 0.25, 2)  # boat-shaped pre-retinal haemorrhage
+        boat = (((x - centre[0]) / 0.2) ** 2 + ((y - centre[1]) / 0.12) ** 2 < 1) & (y > centre[1])
+        _draw_disc(canvas, boat.astype(float), (110, 10, 10))
+        if rng.random() < 0.6:  # laser scars in the periphery
+            for angle in rng.uniform(0, 2 * np.pi, 14):
+                rad = rng.uniform(0.65, 0.85)
+                d2 = (x - rad * np.cos(angle)) ** 2 + (y - rad * np.sin(angle)) ** 2
+                _draw_disc(canvas, ((d2 < 0.0016) & (d2 > 0.0005)).astype(float), (60, 40, 20))
+                _draw_disc(canvas, (d2 <= 0.0005).astype(float), (200, 170, 110))
+
+    field = r2 < 0.95**2
+    if rng.random() < 0.3:  # field of view clipped at top and bottom
+        field &= np.abs(y) < rng.uniform(0.75, 0.85)
+    image = np.clip(canvas, 0, 255) * field[..., None]
+    reported = true_grade
+    if label_noise and rng.random() < label_noise:
+        reported = int(np.clip(true_grade + rng.choice([-1, 1]), 0, 4))
+    return image.astype(np.uint8), reported
+
+
+def _draw_vessel(
+    canvas: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    width: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    d2 = (x[..., None] - px) ** 2 + (y[..., None] - py) ** 2
+    nearest = d2.argmin(-1)
+    dist = np.sqrt(np.take_along_axis(d2, nearest[..., None], -1)[..., 0])
+    mask = np.clip(1.5 - dist / width[nearest], 0, 1)
+    colour = (120, 25, 20) if rng.random() < 0.5 else (150, 40, 30)  # veins darker than arteries
+    _draw_disc(canvas, mask, colour, 0.85)
+
+
+def ct_phantom_batch(
+    count: int, size: int = 32, *, seed: int = 0, window: tuple[float, float] = (-96.0, 215.0)
+) -> tuple[Tensor, Tensor]:
+    """``count`` CT phantoms in memory, windowed and z-scored, for quick experiments.
+
+    Case ``i`` is ``ct_phantom(seed * 100_003 + i, size)`` (as :func:`write_task07_phantom`
+    numbers them). Each image is clipped to ``window`` HU and z-scored.
+
+    Returns:
+        ``(images (count, 1, size, size, size) float32, labels (count, size, size, size) int64)``.
+    """
+    from pretext3d.data.preprocess import window as apply_window
+
+    cases = [ct_phantom(seed * 100_003 + i, size) for i in range(count)]
+    images = np.stack([apply_window(c.image, *window) for c in cases])[:, None]
+    labels = np.stack([c.label for c in cases]).astype(np.int64)
+    return torch.from_numpy(images.astype(np.float32)), torch.from_numpy(labels)
+
+
+def fundus_phantom_batch(
+    count: int, size: int = 64, *, seed: int = 0, label_noise: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """``count`` fundus phantoms in memory, as :func:`write_aptos_phantom` numbers them.
+
+    Returns:
+        ``(images (count, 3, size, size) float32 in [0, 1], grades (count,) int64)``.
+    """
+    drawn = [fundus_phantom(seed * 100_003 + i, size, label_noise=label_noise) for i in range(count)]
+    images = np.stack([image for image, _ in drawn]).transpose(0, 3, 1, 2).astype(np.float32) / 255
+    return torch.from_numpy(images), torch.tensor([grade for _, grade in drawn])
+
+
+def write_task07_phantom(
+    root: str | os.PathLike[str], num_train: int = 8, num_test: int = 4, *, size: int = 40, seed: int = 0
+) -> Path:
+    """Write phantom cases as a Task07-style folder that :class:`~pretext3d.data.Task07Pancreas` reads.
+
+    Creates ``root/Task07_Pancreas/`` with ``dataset.json`` (the real file's keys,
+    including its spellings ``licence`` and ``relase``), ``imagesTr``, ``labelsTr`` and
+    ``imagesTs`` NIfTI files. Needs nibabel (``pip install 'pretext3d[nifti]'``).
+
+    Returns:
+        The ``Task07_Pancreas`` folder.
+    """
+    from pretext3d.data.io import write_nifti
+
+    folder = Path(root) / "Task07_Pancreas"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    training, test = [], []
+    for i in range(num_train + num_test):
+        case = ct_phantom(seed * 100_003 + i, size)
+        name = f"pancreas_{i + 1:03d}.nii.gz"
+        if i < num_train:
+            write_nifti(folder / "imagesTr" / name, case.image, case.affine)
+            write_nifti(folder / "labelsTr" / name, case.label, case.affine)
+            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        else:
+            write_nifti(folder / "imagesTs" / name, case.image, case.affine)
+            test.append(f"./imagesTs/{name}")
+    meta = {
+        "name": "Pancreas",
+        "description": "SYNTHETIC phantom in the layout of MSD Task07 (not patient data)",
+        "reference": "pretext3d built-in phantom",
+        "licence": "CC-BY-SA 4.0",
+        "relase": "1.0 04/05/2018",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+        "numTraining": num_train,
+        "numTest": num_test,
+        "training": training,
+        "test": test,
+    }
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=4))
+    return folder
+
+
+def write_aptos_phantom(
+    root: str | os.PathLike[str],
+    num_train: int = 20,
+    num_test: int = 5,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    label_noise: float = 0.0,
+) -> Path:
+    """Write phantom images as an APTOS-style folder that :class:`~pretext3d.data.APTOS` reads.
+
+    Creates ``root/aptos2019/`` with ``train.csv`` (``id_code,diagnosis``),
+    ``train_images/<id>.png``, ``test.csv`` and ``test_images/``. Needs pillow
+    (``pip install 'pretext3d[images]'``).
+
+    Returns:
+        The ``aptos2019`` folder.
+    """
+    from pretext3d.data.io import write_png
+
+    folder = Path(root) / "aptos2019"
+    for split, count, offset in (("train", num_train, 0), ("test", num_test, num_train)):
+        (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)
+        lines = ["id_code,diagnosis" if split == "train" else "id_code"]
+        for i in range(count):
+            image, grade = fundus_phantom(seed * 100_003 + offset + i, size, label_noise=label_noise)
+            ident = f"phantom{seed:03d}{offset + i:05d}"
+            write_png(folder / f"{split}_images" / f"{ident}.png", image)
+            lines.append(f"{ident},{grade}" if split == "train" else ident)
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return folder

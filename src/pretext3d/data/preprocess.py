@@ -1,0 +1,268 @@
+"""Medical preprocessing: CT resampling, windowing and cropping; fundus preprocessing.
+
+CT (Taleb et al.'s pancreas pipeline, done right):
+
+* orientation: volumes are read in the closest canonical orientation, RAS+ (see
+  :func:`pretext3d.data.io.read_nifti`);
+* spacing-aware resampling to a target spacing: images with linear (or cubic)
+  interpolation, labels with nearest neighbour (the original interpolated labels
+  linearly and created spurious pancreas voxels around tumours);
+* an HU window with z-scoring (clip to ``[-96, 215]``, then standardise) or the
+  paper's min-max scaling;
+* a crop to the body or a fixed box, and the paper's "resize to 128³" as an option.
+
+Fundus: Ben Graham's preprocessing (crop the dark border, resize, subtract the local
+Gaussian mean, circular mask) or a plain resize to 224, as the paper did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+__all__ = [
+    "CTPreprocessing",
+    "FundusPreprocessing",
+    "ben_graham",
+    "crop_or_pad",
+    "crop_to_body",
+    "resample_to_spacing",
+    "resize_image",
+    "resize_volume",
+    "window",
+]
+
+
+def _target_shape(
+    shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]
+) -> tuple[int, ...]:
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+
+
+def resize_volume(array: np.ndarray, shape: tuple[int, ...], *, label: bool = False) -> np.ndarray:
+    """Resize a 3D array to ``shape``: linear for images, nearest neighbour for labels.
+
+    Voxels are treated as cells (``align_corners=False``), so the physical extent is kept.
+    Label values are never mixed: every output voxel takes one input voxel's value.
+    """
+    tensor = torch.from_numpy(np.array(array, copy=True))[None, None]
+    if label:
+        out = F.interpolate(tensor.float(), size=shape, mode="nearest-exact")
+        return out[0, 0].numpy().astype(array.dtype)
+    out = F.interpolate(tensor.float(), size=shape, mode="trilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def resample_to_spacing(
+    array: np.ndarray,
+    spacing: tuple[float, ...],
+    target: tuple[float, ...],
+    *,
+    label: bool = False,
+) -> np.ndarray:
+    """Resample a 3D array from ``spacing`` to ``target`` spacing (mm).
+
+    The new size is ``round(size * spacing / target)`` per axis, so the physical extent
+    changes by less than one target voxel.
+    """
+    return resize_volume(array, _target_shape(array.shape, spacing, target), label=label)
+
+
+def window(
+    array: np.ndarray, low: float, high: float, mode: Literal["zscore", "minmax"] = "zscore"
+) -> np.ndarray:
+    """Clip to ``[low, high]`` HU, then standardise (``zscore``) or scale to ``[0, 1]`` (``minmax``)."""
+    clipped = np.clip(array.astype(np.float32), low, high)
+    if mode == "minmax":
+        return (clipped - low) / (high - low)
+    std = float(clipped.std())
+    return (clipped - float(clipped.mean())) / (std if std > 0 else 1.0)
+
+
+def crop_to_body(array: np.ndarray, threshold: float = -500.0, margin: int = 2) -> tuple[slice, ...]:
+    """Bounding box (as slices) of the voxels above ``threshold`` HU, plus a margin.
+
+    The largest connected component is taken, so the scanner table and stray air
+    voxels do not widen the box. The whole volume if nothing is above the threshold.
+    """
+    mask = array > threshold
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return tuple(slice(0, n) for n in array.shape)
+    sizes = np.bincount(labels.ravel())[1:]
+    body = labels == (int(np.argmax(sizes)) + 1)
+    boxes = ndimage.find_objects(body.astype(np.int8))[0]
+    return tuple(
+        slice(max(0, b.start - margin), min(n, b.stop + margin))
+        for b, n in zip(boxes, array.shape, strict=True)
+    )
+
+
+def crop_or_pad(array: np.ndarray, shape: tuple[int, ...], fill: float = 0.0) -> np.ndarray:
+    """Centre-crop or pad (with ``fill``) to ``shape``."""
+    out = np.full(shape, fill, dtype=array.dtype)
+    src, dst = [], []
+    for n, m in zip(array.shape, shape, strict=True):
+        if n >= m:
+            start = (n - m) // 2
+            src.append(slice(start, start + m))
+            dst.append(slice(0, m))
+        else:
+            start = (m - n) // 2
+            src.append(slice(0, n))
+            dst.append(slice(start, start + n))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+@dataclass(frozen=True)
+class CTPreprocessing:
+    """The CT pipeline's arguments; call it on an image (and label) to apply them.
+
+    Args:
+        spacing: target spacing in mm per axis, or ``None`` to keep the scan's.
+        interpolation: ``"linear"`` or ``"cubic"`` for images (labels: nearest always).
+        window: HU range to clip to.
+        normalize: ``"zscore"`` or the paper's ``"minmax"``.
+        crop: ``"body"`` (bounding box of the body), ``None``, or a fixed box size.
+        resize: a final size, e.g. ``(128, 128, 128)`` as in the paper, or ``None``.
+        dtype: ``"float16"`` or ``"float32"`` for the stored image.
+    """
+
+    spacing: tuple[float, float, float] | None = (1.5, 1.5, 2.5)
+    interpolation: Literal["linear", "cubic"] = "linear"
+    window: tuple[float, float] = (-96.0, 215.0)
+    normalize: Literal["zscore", "minmax"] = "zscore"
+    crop: Literal["body"] | tuple[int, int, int] | None = "body"
+    resize: tuple[int, int, int] | None = None
+    dtype: Literal["float16", "float32"] = "float16"
+
+    def __post_init__(self) -> None:
+        """Check the arguments."""
+        if self.interpolation not in ("linear", "cubic"):
+            raise ValueError(f"interpolation must be 'linear' or 'cubic', got {self.interpolation!r}")
+        if self.normalize not in ("zscore", "minmax"):
+            raise ValueError(f"normalize must be 'zscore' or 'minmax', got {self.normalize!r}")
+        if not (
+            self.crop is None or self.crop == "body" or (isinstance(self.crop, tuple) and len(self.crop) == 3)
+        ):
+            raise ValueError(f"crop must be 'body', None or a 3-tuple of sizes, got {self.crop!r}")
+        if self.window[0] >= self.window[1]:
+            raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be 'float16' or 'float32', got {self.dtype!r}")
+
+    def key(self) -> str:
+        """A short hash of every argument: changes whenever any of them does."""
+        text = json.dumps({"version": 1, **asdict(self)}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def __call__(
+        self, image: np.ndarray, spacing: tuple[float, ...], label: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Preprocess a canonical-orientation CT image in HU (and its label).
+
+        Returns:
+            ``(image, label)``: the image normalised, in ``dtype``; the label as int16.
+        """
+        if label is not None and label.shape != image.shape:
+            raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+        image = image.astype(np.float32)
+        if self.spacing is not None:
+            shape = _target_shape(image.shape, spacing, self.spacing)
+            image = self._resize_image(image, shape)
+            label = None if label is None else resize_volume(label, shape, label=True)
+        if self.crop == "body":
+            box = crop_to_body(image)
+            image = image[box]
+            label = None if label is None else label[box]
+        elif self.crop is not None:
+            image = crop_or_pad(image, self.crop, fill=float(image.min()))
+            label = None if label is None else crop_or_pad(label, self.crop)
+        if self.resize is not None:
+            image = self._resize_image(image, self.resize)
+            label = None if label is None else resize_volume(label, self.resize, label=True)
+        image = window(image, *self.window, mode=self.normalize).astype(self.dtype)
+        return image, None if label is None else label.astype(np.int16)
+
+    def _resize_image(self, image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if self.interpolation == "linear":
+            return resize_volume(image, shape)
+        zoom = [m / n for m, n in zip(shape, image.shape, strict=True)]
+        out: np.ndarray = ndimage.zoom(image, zoom, order=3, mode="nearest", grid_mode=True)
+        return out
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an ``(H, W, 3)`` image to ``size x size`` (antialiased bilinear), float32 in [0, 255]."""
+    tensor = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    out = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].permute(1, 2, 0).clamp(0, 255).numpy()
+
+
+def ben_graham(
+    image: np.ndarray, size: int = 224, *, tolerance: float = 7.0, sigma_fraction: float = 1 / 30
+) -> np.ndarray:
+    """Ben Graham's fundus preprocessing (Kaggle Diabetic Retinopathy 2015).
+
+    Crops the dark border (rows and columns whose grey value never exceeds
+    ``tolerance``), resizes to ``size``, subtracts the local average colour
+    (``4 * image - 4 * gaussian(image) + 128``, sigma ``size * sigma_fraction``) and
+    greys out everything outside a circle of 95 % of the radius.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        size: output edge.
+        tolerance: grey level up to which border rows and columns count as dark.
+        sigma_fraction: the Gaussian's sigma as a fraction of ``size``.
+
+    Returns:
+        ``(size, size, 3)`` float32 in ``[0, 255]``.
+    """
+    grey = image.astype(np.float32).mean(axis=2)
+    rows = np.nonzero((grey > tolerance).any(axis=1))[0]
+    cols = np.nonzero((grey > tolerance).any(axis=0))[0]
+    if len(rows) and len(cols):
+        image = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    resized = resize_image(image, size)
+    sigma = size * sigma_fraction
+    blurred = ndimage.gaussian_filter(resized, sigma=(sigma, sigma, 0))
+    out = np.clip(4 * resized - 4 * blurred + 128, 0, 255)
+    yy, xx = np.mgrid[:size, :size]
+    centre = (size - 1) / 2
+    outside = (yy - centre) ** 2 + (xx - centre) ** 2 > (0.95 * size / 2) ** 2
+    out[outside] = 128
+    result: np.ndarray = out.astype(np.float32)
+    return result
+
+
+@dataclass(frozen=True)
+class FundusPreprocessing:
+    """Fundus image preprocessing.
+
+    Args:
+        method: ``"ben_graham"``, or ``"resize"`` (the paper: plain resize).
+        size: output edge (224 in the paper).
+    """
+
+    method: Literal["ben_graham", "resize"] = "resize"
+    size: int = 224
+
+    def __post_init__(self) -> None:
+        """Check the arguments."""
+        if self.method not in ("ben_graham", "resize"):
+            raise ValueError(f"method must be 'ben_graham' or 'resize', got {self.method!r}")
+        if self.size < 8:
+            raise ValueError(f"size must be >= 8, got {self.size}")
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> ``(3, size, size)`` float32 in ``[0, 1]``."""
+        out = ben_graham(image, self.size) if self.method == "ben_graham" else resize_image(image, self.size)
+        return np.ascontiguousarray(out.transpose(2, 0, 1) / 255.0, dtype=np.float32)
