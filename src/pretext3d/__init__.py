@@ -4,7 +4,7 @@ Tasks (rotation, jigsaw, relative patch location) after Taleb et al., "3D
 Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
 """
 
-from pretext3d import data, distributed, functional, heads, losses, miners, models, tasks
+from pretext3d import data, distributed, finetune, functional, heads, losses, miners, models, tasks
 from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
 from pretext3d.pretext_model import PretextModel, infer_num_features
 
@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "data",
     "distributed",
+    "finetune",
     "functional",
     "hamming_stats",
     "heads",

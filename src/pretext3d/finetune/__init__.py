@@ -1,0 +1,41 @@
+"""Fine-tuning: losses, metrics, the training loop, and the data-efficiency runner."""
+
+from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, SoftDiceLoss, ordinal_decode, ordinal_encode
+from pretext3d.finetune.metrics import (
+    PANCREAS_REGIONS,
+    dice_per_case,
+    pooled_mean_dice,
+    quadratic_weighted_kappa,
+    region_dice,
+)
+from pretext3d.finetune.recipes import GradingRecipe, SegmentationRecipe
+from pretext3d.finetune.report import paper_curves, summarize, write_report
+from pretext3d.finetune.runner import DataEfficiencyConfig, run_data_efficiency, run_name
+from pretext3d.finetune.subsets import Split, nested_subsets, split_cases
+from pretext3d.finetune.trainer import TrainConfig, Trainer
+
+__all__ = [
+    "PANCREAS_REGIONS",
+    "DataEfficiencyConfig",
+    "DiceCELoss",
+    "GradingRecipe",
+    "OrdinalLoss",
+    "SegmentationRecipe",
+    "SoftDiceLoss",
+    "Split",
+    "TrainConfig",
+    "Trainer",
+    "dice_per_case",
+    "nested_subsets",
+    "ordinal_decode",
+    "ordinal_encode",
+    "paper_curves",
+    "pooled_mean_dice",
+    "quadratic_weighted_kappa",
+    "region_dice",
+    "run_data_efficiency",
+    "run_name",
+    "split_cases",
+    "summarize",
+    "write_report",
+]

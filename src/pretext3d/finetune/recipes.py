@@ -1,0 +1,233 @@
+"""The two downstream experiments of Taleb et al.: pancreas segmentation and DR grading.
+
+A recipe builds the model (from scratch or around a pretrained encoder), samples
+augmented training batches, and evaluates on whole test images. Every method of a
+data-efficiency comparison uses the same recipe, so baseline and pretrained encoders get
+the same budget, optimizer and augmentation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
+from pretext3d.finetune.metrics import (
+    PANCREAS_REGIONS,
+    dice_per_case,
+    pooled_mean_dice,
+    quadratic_weighted_kappa,
+    region_dice,
+)
+from pretext3d.models import DenseNet, UNet, load_encoder_weights
+
+__all__ = ["GradingRecipe", "SegmentationRecipe"]
+
+Path = str | os.PathLike[str]
+
+
+def _flip(
+    x: Tensor, y: Tensor | None, generator: torch.Generator, spatial_dims: int
+) -> tuple[Tensor, Tensor | None]:
+    """Flip each sample along each spatial axis with probability 0.5, images and labels alike."""
+    for axis in range(spatial_dims):
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        if flip.any():
+            x[flip] = x[flip].flip(1 + axis)
+            if y is not None:
+                y[flip] = y[flip].flip(axis)
+    return x, y
+
+
+@dataclass
+class SegmentationRecipe:
+    """3D U-Net segmentation of the pancreas and its tumour (MSD Task07 or the CT phantoms).
+
+    Attributes:
+        num_classes: 3 (background, pancreas, cancer).
+        widths: the U-Net encoder's stage widths; must match a pretrained encoder's.
+        crop: edge of the random training crops (a multiple of ``2**(len(widths)-1)``),
+            ``None`` for whole volumes.
+        foreground_oversampling: fraction of crops centred on a labelled voxel.
+        flip: random flips along each axis.
+        dice_weight: weight of the soft Dice term of the loss.
+        ce_weight: weight of the cross-entropy term.
+        class_weights: Dice weights of the foreground classes.
+    """
+
+    num_classes: int = 3
+    widths: tuple[int, ...] = (8, 16, 32)
+    crop: int | None = 24
+    foreground_oversampling: float = 0.67
+    flip: bool = True
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    class_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        factor = 2 ** (len(self.widths) - 1)
+        if self.crop is not None and self.crop % factor:
+            raise ValueError(
+                f"crop must be a multiple of {factor} for {len(self.widths)} U-Net stages, got {self.crop}"
+            )
+        if not 0 <= self.foreground_oversampling <= 1:
+            raise ValueError(
+                f"foreground_oversampling must lie in [0, 1], got {self.foreground_oversampling}"
+            )
+
+    metric = "pancreas_dice"
+
+    def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
+        """A U-Net (and its encoder), with the encoder's weights loaded from ``encoder_file`` if given."""
+        model = UNet(3, in_channels, self.num_classes, self.widths)
+        if encoder_file is not None:
+            load_encoder_weights(model.encoder, encoder_file)
+        return model, model.encoder
+
+    def loss(self) -> nn.Module:
+        """Soft Dice (foreground, weighted) plus cross-entropy."""
+        return DiceCELoss(
+            self.num_classes,
+            dice_weight=self.dice_weight,
+            ce_weight=self.ce_weight,
+            class_weights=self.class_weights,
+        )
+
+    def sample(
+        self, images: Tensor, labels: Tensor, indices: Sequence[int], batch: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """A training batch of (crops of) the cases ``indices``."""
+        pick = torch.tensor(indices)[torch.randint(len(indices), (batch,), generator=generator)]
+        x, y = images[pick].clone(), labels[pick].clone()
+        if self.crop is not None:
+            x, y = self._crops(x, y, generator)
+        if self.flip:
+            x, _ = _flip(x, y, generator, 3)
+        return x, y
+
+    def _crops(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        size = self.crop
+        assert size is not None
+        shape = torch.tensor(y.shape[1:])
+        if (shape < size).any():
+            raise ValueError(f"crop={size} exceeds the volume shape {tuple(y.shape[1:])}")
+        xs, ys = [], []
+        for i in range(x.shape[0]):
+            fg = torch.nonzero(y[i] > 0)
+            if len(fg) and float(torch.rand(1, generator=generator)) < self.foreground_oversampling:
+                centre = fg[int(torch.randint(len(fg), (1,), generator=generator))]
+                start = (centre - size // 2).clamp(min=0)
+                start = torch.minimum(start, shape - size)
+            else:
+                start = (torch.rand(3, generator=generator) * (shape - size + 1)).long()
+            region = tuple(slice(int(s), int(s) + size) for s in start)
+            xs.append(x[i][(slice(None), region[0], region[1], region[2])])
+            ys.append(y[i][region])
+        return torch.stack(xs), torch.stack(ys)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, device: torch.device | str = "cpu") -> Tensor:
+        """Label maps of whole volumes (padded to the U-Net's size rule, one at a time)."""
+        factor = 2 ** (len(self.widths) - 1)
+        model.eval()
+        out = []
+        for image in images:
+            spatial = image.shape[1:]
+            pad = [math.ceil(s / factor) * factor - s for s in spatial]
+            padded = F.pad(image[None], [p for d in reversed(pad) for p in (0, d)], value=float(image.min()))
+            logits = model(padded.to(device))[0, :, : spatial[0], : spatial[1], : spatial[2]]
+            out.append(logits.argmax(0).cpu())
+        return torch.stack(out)
+
+    def evaluate(
+        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
+    ) -> dict[str, float]:
+        """Per-case Dice of the regions, per-class foreground Dice, and the paper's pooled metric.
+
+        Region Dice: the pancreas {1, 2} and the tumour {2}, averaged over the cases whose
+        target has the region.
+        """
+        pred = self.predict(model, images, device)
+        regions = region_dice(pred, labels, PANCREAS_REGIONS)
+        per_class = dice_per_case(pred, labels, self.num_classes)
+        out = {f"{name}_dice": float(values.nanmean()) for name, values in regions.items()}
+        for c in range(1, self.num_classes):
+            out[f"class{c}_dice"] = float(per_class[:, c - 1].nanmean())
+        out["pooled_mean_dice_3class"] = pooled_mean_dice(pred, labels, self.num_classes)
+        return out
+
+
+@dataclass
+class GradingRecipe:
+    """DenseNet grading of diabetic retinopathy (APTOS 2019 or the fundus phantoms).
+
+    Attributes:
+        num_classes: 5 grades.
+        encoding: ``"ce"`` (softmax over grades) or ``"ordinal"`` (the paper's cumulative
+            multi-label encoding).
+        growth_rate: DenseNet growth rate (32 for DenseNet-121).
+        block_config: dense layers per block ((6, 12, 24, 16) for DenseNet-121).
+        init_features: stem width (64 for DenseNet-121).
+        flip: random horizontal and vertical flips.
+    """
+
+    num_classes: int = 5
+    encoding: Literal["ce", "ordinal"] = "ce"
+    growth_rate: int = 12
+    block_config: tuple[int, ...] = (2, 2, 2)
+    init_features: int = 16
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        if self.encoding not in ("ce", "ordinal"):
+            raise ValueError(f"encoding must be 'ce' or 'ordinal', got {self.encoding!r}")
+
+    metric = "qwk"
+
+    def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
+        """A DenseNet classifier (and its encoder), the encoder loaded from ``encoder_file`` if given."""
+        outputs = self.num_classes if self.encoding == "ce" else self.num_classes - 1
+        model = DenseNet(2, in_channels, outputs, self.growth_rate, self.block_config, self.init_features)
+        if encoder_file is not None:
+            load_encoder_weights(model.encoder, encoder_file)
+        return model, model.encoder
+
+    def loss(self) -> nn.Module:
+        """Cross-entropy or the ordinal binary cross-entropy."""
+        return nn.CrossEntropyLoss() if self.encoding == "ce" else OrdinalLoss(self.num_classes)
+
+    def sample(
+        self, images: Tensor, labels: Tensor, indices: Sequence[int], batch: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """A training batch of the images ``indices``."""
+        pick = torch.tensor(indices)[torch.randint(len(indices), (batch,), generator=generator)]
+        x, y = images[pick].clone(), labels[pick].clone()
+        if self.flip:
+            x, _ = _flip(x, None, generator, 2)
+        return x, y
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, device: torch.device | str = "cpu") -> Tensor:
+        """Predicted grades ``(N,)``."""
+        model.eval()
+        logits = torch.cat([model(images[i : i + 32].to(device)).cpu() for i in range(0, len(images), 32)])
+        return logits.argmax(1) if self.encoding == "ce" else ordinal_decode(logits)
+
+    def evaluate(
+        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
+    ) -> dict[str, float]:
+        """Quadratic weighted kappa and accuracy."""
+        pred = self.predict(model, images, device)
+        return {
+            "qwk": quadratic_weighted_kappa(pred, labels, self.num_classes),
+            "accuracy": float((pred == labels).float().mean()),
+        }

@@ -1,0 +1,234 @@
+"""A plain fine-tuning loop.
+
+Encoder freeze schedule, AdamW/Adam, gradient clipping, autocast, a checkpoint every
+epoch (resumable), early stopping on a validation score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TrainConfig", "Trainer"]
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one fine-tuning run.
+
+    Attributes:
+        epochs: number of epochs; the step budget is ``epochs * steps_per_epoch``.
+        steps_per_epoch: optimizer steps per epoch.
+        batch_size: samples per step.
+        lr: learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (Adam).
+        optimizer: ``"adam"`` or ``"adamw"``.
+        freeze_encoder_epochs: keep the encoder frozen (no gradient, batch-norm statistics
+            fixed) for this many epochs first, then train all layers (the paper: 25).
+        grad_clip: clip the gradient norm to this (``None``: no clipping).
+        autocast: ``"none"``, ``"bf16"`` or ``"fp16"`` (``"fp16"`` on CUDA only).
+        early_stopping_patience: stop after this many epochs without a better validation
+            score (``None``: never); the best weights are restored at the end.
+        seed: seeds the batch sampling (seed the weight initialisation before building
+            the model; the data-efficiency runner does).
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 20
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: Literal["adam", "adamw"] = "adam"
+    freeze_encoder_epochs: int = 0
+    grad_clip: float | None = 1.0
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+    early_stopping_patience: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.autocast not in ("none", "bf16", "fp16"):
+            raise ValueError(f"autocast must be 'none', 'bf16' or 'fp16', got {self.autocast!r}")
+        if not 0 <= self.freeze_encoder_epochs <= self.epochs:
+            raise ValueError(
+                f"freeze_encoder_epochs must lie in [0, epochs={self.epochs}], "
+                f"got {self.freeze_encoder_epochs}"
+            )
+
+
+class Trainer:
+    """Train ``model`` with batches from ``sample``; ``encoder`` (a submodule) can be frozen first.
+
+    Freezing: while frozen, the encoder's parameters get no gradient and it runs in eval
+    mode, so neither weights nor batch-norm statistics change. The optimizer holds every
+    parameter from the start; a parameter without gradient is skipped by Adam/AdamW
+    (no update, no state, no weight decay), so on unfreezing its moments start at zero
+    exactly as for a freshly built optimizer. A checkpoint (model, optimizer, epoch,
+    history, best weights, sampling state) is written atomically after every epoch and
+    picked up by a new ``Trainer`` with the same ``checkpoint`` path.
+
+    Args:
+        model: the network to train.
+        loss_fn: ``loss_fn(model(x), y) -> scalar``.
+        sample: ``sample(generator) -> (x, y)``: one training batch.
+        config: the settings.
+        encoder: the part to freeze first (a submodule of ``model``), or ``None``.
+        validate: ``validate(model) -> score`` (higher is better), run after every epoch.
+        checkpoint: file to write after every epoch and resume from.
+        device: where to train.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        sample: Callable[[torch.Generator], Batch],
+        config: TrainConfig,
+        *,
+        encoder: nn.Module | None = None,
+        validate: Callable[[nn.Module], float] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if encoder is not None and not any(m is encoder for m in model.modules()):
+            raise ValueError("encoder must be a submodule of model")
+        if config.freeze_encoder_epochs and encoder is None:
+            raise ValueError("freeze_encoder_epochs > 0 needs the encoder to freeze")
+        self.model = model.to(device)
+        self.loss_fn, self.sample, self.config = loss_fn, sample, config
+        self.encoder, self.validate = encoder, validate
+        self.device = torch.device(device)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.history: list[dict[str, Any]] = []
+        self.best_score = -math.inf
+        self.best_state: dict[str, Tensor] | None = None
+        self.epoch = 0
+        if self.checkpoint is not None and self.checkpoint.exists():
+            self._resume()
+
+    def frozen(self, epoch: int) -> bool:
+        """Whether the encoder is frozen during ``epoch`` (0-based)."""
+        return self.encoder is not None and epoch < self.config.freeze_encoder_epochs
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train the remaining epochs; returns the history (one dict per epoch)."""
+        patience = self.config.early_stopping_patience
+        while self.epoch < self.config.epochs:
+            if patience is not None and self._epochs_since_best() >= patience:
+                break
+            start = time.perf_counter()
+            frozen = self.frozen(self.epoch)
+            self._set_frozen(frozen)
+            losses = [self._step() for _ in range(self.config.steps_per_epoch)]
+            record: dict[str, Any] = {
+                "epoch": self.epoch,
+                "loss": sum(losses) / len(losses),
+                "encoder_frozen": frozen,
+                "seconds": time.perf_counter() - start,
+            }
+            if self.validate is not None:
+                self.model.eval()
+                with torch.no_grad():
+                    score = float(self.validate(self.model))
+                record["val"] = score
+                if score > self.best_score:
+                    self.best_score = score
+                    self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.history.append(record)
+            self.epoch += 1
+            self._save()
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self._set_frozen(False)
+        self.model.eval()
+        return self.history
+
+    def _epochs_since_best(self) -> int:
+        scores = [h["val"] for h in self.history if "val" in h]
+        if not scores:
+            return 0
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        return len(scores) - 1 - best
+
+    def _set_frozen(self, frozen: bool) -> None:
+        self.model.train()
+        if self.encoder is None:
+            return
+        for p in self.encoder.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.encoder.eval()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.autocast == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.autocast == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _step(self) -> float:
+        x, y = self.sample(self.generator)
+        x, y = x.to(self.device), y.to(self.device)
+        with self._autocast():
+            loss = self.loss_fn(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if self.config.grad_clip is not None:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp")
+        torch.save(
+            {
+                "config": asdict(self.config),
+                "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "history": self.history,
+                "best_score": self.best_score,
+                "best_state": self.best_state,
+                "generator": self.generator.get_state(),
+            },
+            tmp,
+        )
+        tmp.replace(self.checkpoint)
+
+    def _resume(self) -> None:
+        assert self.checkpoint is not None
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        if state["config"] != asdict(self.config):
+            raise ValueError(
+                f"checkpoint {str(self.checkpoint)!r} was written with other settings; "
+                "delete it or use another path"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best_score, self.best_state = state["best_score"], state["best_state"]
+        self.generator.set_state(state["generator"])
