@@ -426,3 +426,14 @@ def test_cli_config_errors_name_the_key(
 ) -> None:
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_example_configs_are_valid() -> None:
+    from pretext3d.cli import DataEfficiencyCommand, PretrainCommand
+    from pretext3d.config import from_mapping, load_toml
+
+    folder = Path(__file__).parent.parent / "examples" / "configs"
+    pre = from_mapping(PretrainCommand, load_toml(folder / "pancreas_pretrain_rotation.toml"))
+    grid = from_mapping(DataEfficiencyCommand, load_toml(folder / "pancreas_data_efficiency.toml"))
+    assert grid.methods["rotation"] == pre.output
+    assert grid.experiment.fractions == (0.05, 0.1, 0.25, 0.5, 1.0)
