@@ -196,7 +196,7 @@ def test_densenet_encoder_reuse_and_size_rule(spatial_dims: int) -> None:
     pretext = p3.PretextModel(encoder, p3.tasks.Rotation(spatial_dims))
     views, _ = pretext.task(x)
     assert pretext(views).shape == (2, pretext.task.num_classes)
-    with pytest.raises(ValueError, match="at least 8 for this DenseNet"):
+    with pytest.raises(ValueError, match=r"at least 8 = 2\*\*\(blocks \+ 1\) for 2 blocks"):
         encoder(torch.randn(2, 1, *[7] * spatial_dims))
     with pytest.raises(TypeError, match="encoder must be a DenseNetEncoder"):
         DenseNet.from_encoder(UNetEncoder(spatial_dims), 3)  # type: ignore[arg-type]

@@ -77,6 +77,7 @@ class Miner(abc.ABC):
         if max_triplets is not None and (isinstance(max_triplets, bool) or max_triplets < 1):
             raise ValueError(f"max_triplets must be None or an int >= 1, got {max_triplets!r}")
         self.max_triplets = max_triplets
+        self.embedding_dim = 0  # of the last call's embeddings; miners that need it read it in mine()
 
     def __call__(
         self,
@@ -99,6 +100,7 @@ class Miner(abc.ABC):
             ``(anchor, positive, negative)`` index tensors of equal length.
         """
         embeddings, labels = check_embeddings(embeddings, labels)
+        self.embedding_dim = int(embeddings.shape[1])
         n = len(embeddings)
         num_anchors = n if num_anchors is None else num_anchors
         if not 0 <= num_anchors <= n:
@@ -241,25 +243,12 @@ class DistanceWeightedMiner(Miner):
             )
         self.cutoff = cutoff
         self.nonzero_loss_cutoff = nonzero_loss_cutoff
-        self.dim: int | None = None
-
-    def __call__(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        *,
-        num_anchors: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Triplets:
-        """Mine triplets (see :meth:`Miner.__call__`); embeddings should be L2-normalised."""
-        self.dim = int(check_embeddings(embeddings, labels)[0].shape[1])
-        return super().__call__(embeddings, labels, num_anchors=num_anchors, generator=generator)
 
     def mine(
         self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
     ) -> Triplets:
         """One distance-weighted negative per positive pair."""
-        dim = max(self.dim or 2, 4)
+        dim = max(self.embedding_dim, 4)
         a, p = self.positive_pairs(same, num_anchors)
         d = dist[a].clamp(min=self.cutoff, max=2.0 - 1e-4)
         log_q = (dim - 2) * torch.log(d) + (dim - 3) / 2 * torch.log1p(-(d**2) / 4)

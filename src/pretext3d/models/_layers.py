@@ -95,3 +95,22 @@ def checkpointed(module: nn.Module, fn: Callable[..., Tensor], *args: Tensor) ->
 def use_checkpoint(enabled: bool) -> bool:
     """Checkpoint only when enabled and gradients are being recorded."""
     return enabled and torch.is_grad_enabled()
+
+
+def check_input(x: Tensor, spatial_dims: int, in_channels: int, min_size: int, rule: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(N, in_channels, *spatial)`` with every size ``>= min_size``.
+
+    Args:
+        x: the encoder's input.
+        spatial_dims: 2 or 3.
+        in_channels: channels the encoder was built for.
+        min_size: smallest spatial size the encoder can take.
+        rule: why, for the message (e.g. ``"2**(stages - 1) for 5 stages"``).
+    """
+    if x.dim() != spatial_dims + 2 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"x must have shape (N, {in_channels}, *spatial) with {spatial_dims} spatial axes, "
+            f"got {tuple(x.shape)}"
+        )
+    if min(x.shape[2:]) < min_size:
+        raise ValueError(f"every spatial size must be at least {min_size} = {rule}, got {tuple(x.shape[2:])}")

@@ -184,16 +184,10 @@ class DenseNetEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Feature map ``(N, num_features, *reduced)``."""
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have shape (N, {self.in_channels}, *spatial) with {self.spatial_dims} "
-                f"spatial axes, got {tuple(x.shape)}"
-            )
-        if min(x.shape[2:]) < self.min_size:
-            raise ValueError(
-                f"every spatial size must be at least {self.min_size} for this DenseNet, "
-                f"got {tuple(x.shape[2:])}"
-            )
+        blocks = len(self.config["block_config"])
+        L.check_input(
+            x, self.spatial_dims, self.in_channels, self.min_size, f"2**(blocks + 1) for {blocks} blocks"
+        )
         out: Tensor = self.features(x)
         return out
 

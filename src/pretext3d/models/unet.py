@@ -141,16 +141,13 @@ class UNetEncoder(nn.Module):
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """The output of every stage, finest first."""
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have shape (N, {self.in_channels}, *spatial) with {self.spatial_dims} "
-                f"spatial axes, got {tuple(x.shape)}"
-            )
-        if min(x.shape[2:]) < self.min_size:
-            raise ValueError(
-                f"every spatial size must be at least {self.min_size} = 2**(stages - 1) for "
-                f"{len(self.widths)} stages, got {tuple(x.shape[2:])}"
-            )
+        L.check_input(
+            x,
+            self.spatial_dims,
+            self.in_channels,
+            self.min_size,
+            f"2**(stages - 1) for {len(self.widths)} stages",
+        )
         features = []
         checkpoint = L.use_checkpoint(self.checkpointing)
         for i, stage in enumerate(self.stages):
