@@ -29,6 +29,8 @@ curve: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tasks.py
+	$(BIN)/python benchmarks/exemplar.py
+	$(BIN)/python benchmarks/cpc.py
 	$(BIN)/python benchmarks/backbones.py
 
 $(BIN)/python:
