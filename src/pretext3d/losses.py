@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from pretext3d import distributed
 from pretext3d._checks import check_int
+from pretext3d._random import randint
 from pretext3d.miners import Miner, Triplets, check_embeddings
 
 __all__ = ["BinaryCPCLoss", "CrossBatchMemory", "InfoNCELoss", "TripletMarginLoss"]
@@ -200,8 +201,7 @@ class BinaryCPCLoss(nn.Module):
         if len(keys) < 2:
             raise ValueError("BinaryCPCLoss needs at least 2 keys: one positive and one negative")
         q = len(queries)
-        device = generator.device if generator is not None else queries.device
-        shift = torch.randint(1, len(keys), (q,), generator=generator, device=device).to(queries.device)
+        shift = randint(len(keys), (q,), generator, queries.device, low=1)
         negative = (torch.arange(q, device=queries.device) + shift) % len(keys)
         pos = (queries * keys[:q]).sum(1) / self.temperature
         neg = (queries * keys[negative]).sum(1) / self.temperature

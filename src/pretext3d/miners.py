@@ -30,6 +30,8 @@ import math
 import torch
 from torch import Tensor
 
+from pretext3d._random import rand, randperm
+
 __all__ = [
     "BatchHardMiner",
     "DistanceWeightedMiner",
@@ -110,8 +112,7 @@ class Miner(abc.ABC):
             same = labels[:num_anchors, None] == labels[None, :]
             a, p, neg = self.mine(dist, same, num_anchors, generator)
         if self.max_triplets is not None and len(a) > self.max_triplets:
-            keep = torch.randperm(len(a), generator=generator, device=_gen_device(generator, a))
-            keep = keep[: self.max_triplets].to(a.device)
+            keep = randperm(len(a), generator, a.device)[: self.max_triplets]
             a, p, neg = a[keep], p[keep], neg[keep]
         return a, p, neg
 
@@ -142,14 +143,6 @@ class Miner(abc.ABC):
         return a, p
 
 
-def _gen_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
-    return generator.device if generator is not None else like.device
-
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
-    return torch.rand(shape, generator=generator, device=_gen_device(generator, like)).to(like.device)
-
-
 class RandomNegativeMiner(Miner):
     """Every positive pair with one negative drawn uniformly from the other instances.
 
@@ -162,7 +155,7 @@ class RandomNegativeMiner(Miner):
     ) -> Triplets:
         """Draw one negative per positive pair."""
         a, p = self.positive_pairs(same, num_anchors)
-        scores = _rand((len(a), same.shape[1]), generator, dist).masked_fill(same[a], -1.0)
+        scores = rand((len(a), same.shape[1]), generator, dist.device).masked_fill(same[a], -1.0)
         n = scores.argmax(dim=1)
         keep = scores[torch.arange(len(a), device=a.device), n] >= 0
         return a[keep], p[keep], n[keep]
@@ -256,7 +249,9 @@ class DistanceWeightedMiner(Miner):
         log_w = (-log_q).masked_fill(~allowed, -math.inf)
         log_w = log_w - log_w.max(dim=1, keepdim=True).values.nan_to_num(neginf=0.0)
         # Gumbel-max draws one index per row with probability proportional to exp(log_w).
-        gumbel = -torch.log(-torch.log(_rand(tuple(log_w.shape), generator, log_w).clamp(1e-12, 1 - 1e-7)))
+        gumbel = -torch.log(
+            -torch.log(rand(tuple(log_w.shape), generator, log_w.device).clamp(1e-12, 1 - 1e-7))
+        )
         scores = log_w + gumbel
         n = scores.argmax(dim=1)
         keep = allowed[torch.arange(len(a), device=a.device), n]

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pretext3d._random import rand
+
 __all__ = ["cell_origins", "extract_patches", "random_crops"]
 
 
@@ -85,7 +87,6 @@ def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | No
         raise ValueError(
             f"size must give one crop edge in 1..n per spatial axis of x {tuple(spatial)}, got {tuple(size)}"
         )
-    device = generator.device if generator is not None else x.device
-    high = torch.tensor([n - s + 1 for s, n in zip(size, spatial, strict=True)], device=device)
-    starts = (torch.rand(x.shape[0], 1, len(size), generator=generator, device=device) * high).long()
-    return extract_patches(x, starts.to(x.device), size)[:, 0]
+    high = torch.tensor([n - s + 1 for s, n in zip(size, spatial, strict=True)], device=x.device)
+    starts = (rand((x.shape[0], 1, len(size)), generator, x.device) * high).long()
+    return extract_patches(x, starts, size)[:, 0]

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from pretext3d._checks import check_int
+from pretext3d._random import randint
 from pretext3d.functional.patches import cell_origins, extract_patches
 from pretext3d.tasks.base import ClassificationTask
 
@@ -45,7 +46,7 @@ class GridPatchTask(ClassificationTask):
         cell, patch = self.geometry(tuple(x.shape[2:]))
         starts = cell_origins(cell, self.grid, x.device)[cells]  # (B, P, d)
         if self.training and self.jitter > 0:
-            starts = starts + self._randint(self.jitter + 1, tuple(starts.shape), x, generator)
+            starts = starts + randint(self.jitter + 1, tuple(starts.shape), generator, x.device)
         else:
             starts = starts + self.jitter // 2
         return extract_patches(x, starts, patch)

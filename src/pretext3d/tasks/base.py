@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_batch, check_spatial_dims
+from pretext3d._random import randint
 
 __all__ = ["ClassificationTask", "PretextTask"]
 
@@ -54,13 +55,6 @@ class PretextTask(nn.Module, abc.ABC):
     def accuracy(output: Tensor, labels: Tensor) -> Tensor:
         """A pretext accuracy to log, in ``[0, 1]`` (a 0-dim tensor)."""
 
-    @staticmethod
-    def _randint(high: int, size: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Uniform integers in ``[0, high)`` drawn on the generator's device, moved to ``like``'s."""
-        device = generator.device if generator is not None else like.device
-        values = torch.randint(high, size, generator=generator, device=device)
-        return values.to(like.device)
-
 
 class ClassificationTask(PretextTask):
     """A task whose label is a class drawn per sample (rotation, jigsaw, relative patch location).
@@ -85,7 +79,7 @@ class ClassificationTask(PretextTask):
         """
         batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
         self._check_input(batch)
-        labels = self._randint(self.num_classes, (batch.shape[0],), batch, generator)
+        labels = randint(self.num_classes, (batch.shape[0],), generator, batch.device)
         views = self._views(batch, labels, generator)
         return (views[0], labels[0]) if single else (views, labels)
 

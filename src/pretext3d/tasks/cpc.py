@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_batch, check_choice, check_int
+from pretext3d._random import rand
 from pretext3d.functional.patches import extract_patches
 from pretext3d.functional.rotation import apply_rotations
 from pretext3d.losses import BinaryCPCLoss, InfoNCELoss
@@ -138,23 +139,18 @@ class CPC(PretextTask):
         b, p = views.shape[:2]
         flat = views.flatten(0, 1)
         d = self.spatial_dims
-        flips = (self._uniform((b * p, d), flat, generator) < self.flip_p).long()
+        flips = (rand((b * p, d), generator, flat.device) < self.flip_p).long()
         classes = torch.tensor([[(c >> a) & 1 for a in range(d)] for c in range(2**d)])
         matrices = torch.diag_embed(1 - 2 * classes)
         labels = (flips.cpu() * (2 ** torch.arange(d))).sum(1)
         flat = apply_rotations(flat, labels, matrices)
         crop = patch // 8 if self.crop is None else min(self.crop, patch - 1)
         if crop:
-            corner = (self._uniform((b * p, 1, d), flat, generator) * (crop + 1)).long()
+            corner = (rand((b * p, 1, d), generator, flat.device) * (crop + 1)).long()
             kept = extract_patches(flat, corner, (patch - crop,) * d)[:, 0]
             before = crop // 2
             flat = F.pad(kept, [before, crop - before] * d)
         return flat.view(views.shape)
-
-    @staticmethod
-    def _uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-        device = generator.device if generator is not None else like.device
-        return torch.rand(shape, generator=generator, device=device).to(like.device)
 
     def make_head(self, num_features: int) -> nn.Module:
         """A :class:`~pretext3d.heads.CPCHead` for this grid."""

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from pretext3d import distributed
 from pretext3d._checks import check_batch, check_choice, check_int, check_spatial_dims
+from pretext3d._random import rand, randint
 from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix
 from pretext3d.losses import CrossBatchMemory, TripletMarginLoss
 from pretext3d.miners import BatchHardMiner, Miner, Triplets, check_embeddings
@@ -135,10 +136,9 @@ class ExemplarAugmenter(nn.Module):
     ) -> AugmentParams:
         """Draw parameters for ``batch`` samples (on the generator's device, then moved)."""
         d = self.spatial_dims
-        gen_device = generator.device if generator is not None else torch.device("cpu")
 
         def uniform(*shape: int) -> Tensor:
-            return torch.rand(*shape, generator=generator, device=gen_device, dtype=torch.float64).cpu()
+            return rand(shape, generator, "cpu", torch.float64)
 
         matrix = torch.diag_embed(torch.where(uniform(batch, d) < self.flip_p, -1.0, 1.0).double())
         quarter = torch.where(
@@ -328,7 +328,7 @@ class Exemplar(PretextTask):
                 "protocol='original' needs at least 2 volumes per batch: the negative is another "
                 f"volume, and a volume is never its own negative; got a batch of {b}"
             )
-        shift = 1 + int(self._randint(b - 1, (1,), batch, generator))
+        shift = 1 + int(randint(b - 1, (1,), generator, batch.device))
         other = (torch.arange(b, device=batch.device) + shift) % b
         views = torch.cat([self.augmenter(batch, generator), batch, batch[other]])
         return views, torch.cat([ids, ids, ids[other]])
