@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from pretext3d import data as p3data
 from pretext3d import tasks as p3tasks
+from pretext3d._atomic import write_text
 from pretext3d.config import (
     ConfigError,
     check_keywords,
@@ -260,7 +261,7 @@ def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
         "synthetic": cfg.data.synthetic,
         "config": dataclasses.asdict(cfg),
     }
-    Path(f"{out}.json").write_text(json.dumps(record, indent=2))
+    write_text(f"{out}.json", json.dumps(record, indent=2))
     print(
         f"held-out pretext accuracy {accuracy:.3f}; encoder written to {out}"
         + ("  [SYNTHETIC phantom data]" if cfg.data.synthetic else "")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pretext3d._atomic import atomic_path
+
 __all__ = ["CaseCache"]
 
 
@@ -45,7 +47,5 @@ class CaseCache:
 
     @staticmethod
     def _write(path: Path, array: np.ndarray) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
-        tmp.replace(path)

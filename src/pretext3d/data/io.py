@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pretext3d._atomic import atomic_path
 from pretext3d.data._optional import require
 
 __all__ = ["Volume", "read_dicom_series", "read_nifti", "read_rgb", "read_volume", "write_nifti", "write_png"]
@@ -70,11 +71,9 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None
     interrupted write never leaves a half-written file behind.
     """
     nib = require("nibabel")
-    path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.tmp{suffix}")
-    nib.save(nib.Nifti1Image(array, affine), str(tmp))
-    tmp.replace(path)
+    suffix = ".nii.gz" if Path(path).name.endswith(".nii.gz") else ".nii"
+    with atomic_path(path, suffix) as tmp:
+        nib.save(nib.Nifti1Image(array, affine), str(tmp))
 
 
 def read_volume(path: str | Path) -> Volume:
@@ -161,7 +160,5 @@ def read_rgb(path: str | Path) -> np.ndarray:
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write an ``(H, W, 3)`` uint8 array as PNG, atomically."""
     image_module = require("PIL.Image")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image_module.fromarray(image).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path, ".png") as tmp:
+        image_module.fromarray(image).save(tmp)

@@ -39,6 +39,8 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from pretext3d._atomic import write_text
+
 __all__ = [
     "APTOS_PRIOR",
     "CTPhantom",
@@ -433,7 +435,7 @@ def write_task07_phantom(
         "training": training,
         "test": test,
     }
-    (folder / "dataset.json").write_text(json.dumps(meta, indent=4))
+    write_text(folder / "dataset.json", json.dumps(meta, indent=4))
     return folder
 
 
@@ -466,5 +468,5 @@ def write_aptos_phantom(
             ident = f"phantom{seed:03d}{offset + i:05d}"
             write_png(folder / f"{split}_images" / f"{ident}.png", image)
             lines.append(f"{ident},{grade}" if split == "train" else ident)
-        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+        write_text(folder / f"{split}.csv", "\n".join(lines) + "\n")
     return folder

@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pretext3d._atomic import write_text
+
 __all__ = ["PAPER_METRICS", "paper_curves", "summarize", "write_report"]
 
 # One colour per method, shared by our curve and the paper's (the paper's "baseline" is our "scratch").
@@ -125,9 +127,7 @@ def write_report(
         ("results.csv", buffer.getvalue()),
         ("results.json", json.dumps(list(rows), indent=2)),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        write_text(out / name, text)
         written.append(out / name)
     note = "SYNTHETIC phantom data: says nothing about real scans." if synthetic else "Real data."
     metrics = [metric] + [m for m in (rows[0]["test"] if rows else {}) if m != metric]
@@ -136,7 +136,7 @@ def write_report(
         f"Main metric: `{metric}` (test set, mean ± sd over repetitions).\n",
     ]
     summary += [_table(rows, m) + "\n" for m in metrics]
-    (out / "summary.md").write_text("\n".join(summary))
+    write_text(out / "summary.md", "\n".join(summary))
     written.append(out / "summary.md")
     plot = _plot(rows, out / "data_efficiency.png", metric, note)
     if plot is not None:

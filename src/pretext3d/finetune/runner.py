@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from pretext3d._atomic import write_text
 from pretext3d.finetune.subsets import nested_subsets, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
 
@@ -94,9 +95,7 @@ def run_name(method: str, fraction: float, repetition: int) -> str:
 
 
 def _write_json(path: Path, payload: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def _pretext_accuracy(encoder_file: str | os.PathLike[str] | None) -> float | None:

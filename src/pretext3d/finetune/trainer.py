@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from pretext3d._atomic import atomic_path
+
 __all__ = ["TrainConfig", "Trainer"]
 
 Batch = tuple[Tensor, Tensor]
@@ -203,21 +205,20 @@ class Trainer:
         if self.checkpoint is None:
             return
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp")
-        torch.save(
-            {
-                "config": asdict(self.config),
-                "epoch": self.epoch,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "history": self.history,
-                "best_score": self.best_score,
-                "best_state": self.best_state,
-                "generator": self.generator.get_state(),
-            },
-            tmp,
-        )
-        tmp.replace(self.checkpoint)
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(
+                {
+                    "config": asdict(self.config),
+                    "epoch": self.epoch,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "history": self.history,
+                    "best_score": self.best_score,
+                    "best_state": self.best_state,
+                    "generator": self.generator.get_state(),
+                },
+                tmp,
+            )
 
     def _resume(self) -> None:
         assert self.checkpoint is not None

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pretext3d._atomic import atomic_path
 from pretext3d.models.densenet import DenseNetEncoder
 from pretext3d.models.unet import UNetEncoder
 
@@ -27,18 +28,17 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
         encoder: any module; for :class:`UNetEncoder` and :class:`DenseNetEncoder` the
             file also records the constructor arguments, so :func:`load_encoder` can
             rebuild it.
-        path: file to write (``torch.save`` format).
+        path: file to write (``torch.save`` format), atomically.
     """
     config = getattr(encoder, "config", None)
-    torch.save(
-        {
-            "format": _FORMAT,
-            "class": type(encoder).__name__,
-            "config": dict(config) if isinstance(config, Mapping) else None,
-            "state_dict": encoder.state_dict(),
-        },
-        path,
-    )
+    payload = {
+        "format": _FORMAT,
+        "class": type(encoder).__name__,
+        "config": dict(config) if isinstance(config, Mapping) else None,
+        "state_dict": encoder.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_encoder(path: str | PathLike[str]) -> nn.Module:
