@@ -124,7 +124,7 @@ def test_shapes_determinism_and_exact_fraction(
 
 
 def test_augmenter_bad_arguments() -> None:
-    with pytest.raises(ValueError, match=r"flip_p must be a probability in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"flip_p must lie in \[0, 1\], got 1.5"):
         ExemplarAugmenter(3, flip_p=1.5)
     with pytest.raises(ValueError, match="zoom_range must be"):
         ExemplarAugmenter(3, zoom_range=(1.2, 0.8))

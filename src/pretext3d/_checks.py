@@ -32,6 +32,14 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_unit_interval(name: str, value: float, *, include_one: bool = True) -> float:
+    """Return ``value`` if it lies in ``[0, 1]`` (or ``[0, 1)``), else raise ``ValueError``."""
+    high = "1]" if include_one else "1)"
+    if not (0.0 <= value <= 1.0 if include_one else 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must lie in [0, {high}, got {value}")
+    return value
+
+
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise ``ValueError``."""
     if not isinstance(value, str) or value not in choices:

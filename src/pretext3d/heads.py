@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d._checks import check_int
+from pretext3d._checks import check_int, check_unit_interval
 
 __all__ = ["CPCHead", "ClassifierHead", "MultiPatchClassifierHead", "ProjectionHead", "global_pool"]
 
@@ -210,8 +210,7 @@ class CPCHead(nn.Module):
 
 
 def _mlp(in_features: int, out_features: int, hidden: int, dropout: float) -> nn.Sequential:
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    check_unit_interval("dropout", dropout, include_one=False)
     if hidden == 0:
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))
     return nn.Sequential(

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretext3d._checks import check_unit_interval
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
 from pretext3d.finetune.metrics import (
     PANCREAS_REGIONS,
@@ -78,10 +79,7 @@ class SegmentationRecipe:
             raise ValueError(
                 f"crop must be a multiple of {factor} for {len(self.widths)} U-Net stages, got {self.crop}"
             )
-        if not 0 <= self.foreground_oversampling <= 1:
-            raise ValueError(
-                f"foreground_oversampling must lie in [0, 1], got {self.foreground_oversampling}"
-            )
+        check_unit_interval("foreground_oversampling", self.foreground_oversampling)
 
     metric = "pancreas_dice"
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d._checks import check_int, check_spatial_dims
+from pretext3d._checks import check_int, check_spatial_dims, check_unit_interval
 from pretext3d.models import _layers as L
 
 __all__ = ["DenseNet", "DenseNet121", "DenseNetEncoder"]
@@ -124,8 +124,7 @@ class DenseNetEncoder(nn.Module):
             raise ValueError("block_config must name at least one dense block, got ()")
         for i, n in enumerate(block_config):
             check_int(f"block_config[{i}]", n, 1)
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must lie in [0, 1), got {drop_rate}")
+        check_unit_interval("drop_rate", drop_rate, include_one=False)
         self.config: dict[str, Any] = {
             "spatial_dims": d,
             "in_channels": in_channels,

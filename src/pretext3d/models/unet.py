@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from pretext3d._checks import check_choice, check_int, check_spatial_dims
+from pretext3d._checks import check_choice, check_int, check_spatial_dims, check_unit_interval
 from pretext3d.models import _layers as L
 
 __all__ = ["UNet", "UNetEncoder"]
@@ -109,8 +109,7 @@ class UNetEncoder(nn.Module):
             check_int(f"widths[{i}]", w, 1)
         if not width_multiplier > 0:
             raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        check_unit_interval("dropout", dropout, include_one=False)
         scaled = [max(1, round(w * width_multiplier)) for w in widths]
         self.config: dict[str, Any] = {
             "spatial_dims": d,

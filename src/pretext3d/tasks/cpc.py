@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d._checks import check_batch, check_choice, check_int
+from pretext3d._checks import check_batch, check_choice, check_int, check_unit_interval
 from pretext3d._random import rand
 from pretext3d.functional.patches import extract_patches
 from pretext3d.functional.rotation import apply_rotations
@@ -82,9 +82,9 @@ class CPC(PretextTask):
         three = self.spatial_dims == 3
         self.grid = check_int("grid", grid if grid is not None else (4 if three else 5), 2)
         self.patch = check_int("patch", patch, 1) if patch is not None else (32 if three else None)
-        self.overlap = overlap if overlap is not None else (0.0 if three else 0.5)
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
+        self.overlap = check_unit_interval(
+            "overlap", overlap if overlap is not None else (0.0 if three else 0.5), include_one=False
+        )
         self.steps = check_int("steps", steps if steps is not None else self.grid // 2, 1)
         if self.steps >= self.grid:
             raise ValueError(
@@ -93,9 +93,7 @@ class CPC(PretextTask):
             )
         self.code_dim = check_int("code_dim", code_dim, 1)
         self.crop = None if crop is None else check_int("crop", crop, 0)
-        if not 0.0 <= flip_p <= 1.0:
-            raise ValueError(f"flip_p must be a probability in [0, 1], got {flip_p}")
-        self.flip_p = flip_p
+        self.flip_p = check_unit_interval("flip_p", flip_p)
         check_choice("loss", loss, ("infonce", "binary"))
         if gather and loss == "binary":
             raise ValueError("gather=True only applies to loss='infonce'")

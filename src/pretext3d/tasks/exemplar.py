@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d import distributed
-from pretext3d._checks import check_batch, check_choice, check_int, check_spatial_dims
+from pretext3d._checks import check_batch, check_choice, check_int, check_spatial_dims, check_unit_interval
 from pretext3d._random import rand, randint
 from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix
 from pretext3d.losses import CrossBatchMemory, TripletMarginLoss
@@ -107,8 +107,7 @@ class ExemplarAugmenter(nn.Module):
             ("zoom_p", zoom_p),
             ("intensity_p", intensity_p),
         ]:
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+            check_unit_interval(name, p)
         if not 0.0 <= max_angle <= 180.0:
             raise ValueError(f"max_angle must lie in [0, 180] degrees, got {max_angle}")
         if not 0 < zoom_range[0] <= zoom_range[1]:
