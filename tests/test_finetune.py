@@ -27,17 +27,21 @@ from pretext3d.finetune import (
     SoftDiceLoss,
     TrainConfig,
     Trainer,
+    case_key,
     dice_per_case,
     nested_subsets,
     ordinal_decode,
     ordinal_encode,
+    paired_differences,
     paper_curves,
     pooled_mean_dice,
     quadratic_weighted_kappa,
     region_dice,
     run_data_efficiency,
+    run_seeds,
     split_cases,
     summarize,
+    write_pretraining_record,
     write_report,
 )
 
@@ -146,6 +150,69 @@ def test_subsets_are_nested_and_the_test_set_is_fixed(count: int, seed: int, spl
     assert not set(subsets[1.0]) & (set(split.val) | set(split.test))
 
 
+@given(
+    grades=st.lists(st.integers(0, 4), min_size=30, max_size=200),
+    seed=st.integers(0, 1000),
+)
+def test_stratified_splits_and_subsets_keep_every_grade_in_proportion(grades: list[int], seed: int) -> None:
+    split = split_cases(len(grades), 0.15, 0.25, seed, strata=grades)
+    assert sorted(split.train + split.val + split.test) == list(range(len(grades)))
+    for part in (split.val, split.test):  # largest-remainder allocation: within one of the share
+        for g in set(grades):
+            expected = grades.count(g) * len(part) / len(grades)
+            assert abs(sum(grades[i] == g for i in part) - expected) < 1
+    pool = [grades[i] for i in split.train]
+    subsets = nested_subsets(split.train, (0.25, 0.5, 1.0), seed, strata=pool)
+    assert set(subsets[0.25]) <= set(subsets[0.5]) <= set(subsets[1.0])
+    strata = len(set(pool))
+    for g in set(pool):
+        share = pool.count(g) / len(pool)
+        # within one of the share, plus the prefix's rounding spread over the strata
+        assert (
+            abs(sum(grades[i] == g for i in subsets[0.5]) - share * len(subsets[0.5])) <= 1 + strata * share
+        )
+
+
+def test_unstratified_split_misses_a_grade_that_the_stratified_one_keeps() -> None:
+    grades = [0] * 90 + [1] * 10
+    # some seeds put no grade-1 case in validation when not stratified; stratified always does
+    plain = [sum(grades[i] == 1 for i in split_cases(100, 0.1, 0.1, s).val) for s in range(40)]
+    strat = [sum(grades[i] == 1 for i in split_cases(100, 0.1, 0.1, s, strata=grades).val) for s in range(40)]
+    assert min(plain) == 0 and set(strat) == {1}
+
+
+# --- statistics ----------------------------------------------------------------------
+
+
+def _row(method: str, fraction: float, split: int, value: float, rep: int = 0) -> dict[str, object]:
+    return {
+        "method": method,
+        "fraction": fraction,
+        "split_seed": split,
+        "repetition": rep,
+        "test": {"m": value},
+    }
+
+
+def test_paired_differences_by_hand() -> None:
+    rows = [_row("scratch", 0.1, s, v) for s, v in enumerate([0.5, 0.6, 0.7])]
+    rows += [_row("pre", 0.1, s, v) for s, v in enumerate([0.6, 0.6, 0.9])]
+    rows += [_row("pre", 0.1, 2, 0.7)]  # a second pretraining seed on split 2: averaged within the split
+    rows += [_row("pre", 1.0, 0, 0.3), _row("scratch", 1.0, 0, float("nan"))]  # no valid pair
+    (c,) = paired_differences(rows, "m")
+    assert c.method == "pre" and c.fraction == 0.1 and c.n == 3 and c.wins == 2
+    diffs = [0.1, 0.0, 0.1]  # split 2: mean of 0.2 and 0.0
+    assert c.differences == pytest.approx(diffs)
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert (c.mean, c.low, c.high) == pytest.approx((mean, mean - half, mean + half))
+    t = mean / (sd / math.sqrt(3))
+    assert c.p_value == pytest.approx(2 * (1 - 0.5 * (1 + t / math.sqrt(2 + t * t))))  # Student t, 2 dof
+    (one,) = paired_differences([_row("scratch", 0.1, 0, 0.5), _row("pre", 0.1, 0, 0.7)], "m")
+    assert one.mean == pytest.approx(0.2) and math.isnan(one.low) and math.isnan(one.p_value)
+
+
 # --- trainer -------------------------------------------------------------------------
 
 
@@ -243,59 +310,223 @@ def test_train_config_errors() -> None:
 # --- the runner ----------------------------------------------------------------------
 
 SMALL_TRAIN = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, freeze_encoder_epochs=1)
+SMALL_GRADING = GradingRecipe(block_config=(1, 1), growth_rate=4, init_features=8)
 
 
-def test_runner_resumes_without_repeating_or_losing_runs(tmp_path: Path) -> None:
-    images, grades = p3.data.fundus_phantom_batch(24, 32, seed=0)
-    recipe = GradingRecipe(block_config=(1, 1), growth_rate=4, init_features=8)
-    config = DataEfficiencyConfig(fractions=(0.5, 1.0), repetitions=2, train=SMALL_TRAIN)
+def _small_encoder(path: Path, seed: int, cases: list[str] | None = None) -> Path:
+    torch.manual_seed(seed)
     encoder = p3.models.DenseNetEncoder(2, 3, growth_rate=4, block_config=(1, 1), init_features=8)
-    p3.models.save_encoder(encoder, tmp_path / "enc.pt")
-    (tmp_path / "enc.pt.json").write_text(json.dumps({"pretext_accuracy": 0.5}))
-    methods = {"scratch": None, "pre": tmp_path / "enc.pt"}
+    p3.models.save_encoder(encoder, path)
+    if cases is not None:
+        write_pretraining_record(path, case_ids=cases, pretext_accuracy=0.5 + seed / 100)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fundus() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images, grades = p3.data.fundus_phantom_batch(24, 32, seed=0)
+    return images, grades, [f"img{i}" for i in range(24)]
+
+
+def test_runner_resumes_without_repeating_or_losing_runs(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    config = DataEfficiencyConfig(fractions=(0.5, 1.0), split_seeds=(0, 1), train=SMALL_TRAIN)
+    pretrained = [_small_encoder(tmp_path / f"enc{k}.pt", k, ["other1", "other2"]) for k in range(2)]
+    methods = {"scratch": None, "pre": pretrained}
+    kwargs = {"case_ids": ids, "progress": False}
 
     full = run_data_efficiency(
-        recipe, images, grades, methods, config, tmp_path / "full", progress=False, log=lambda s: None
+        SMALL_GRADING, images, grades, methods, config, tmp_path / "full", log=lambda s: None, **kwargs
     )
 
     finished: list[str] = []
 
     def crash_after_three(line: str) -> None:
-        if ":" in line and "__" in line:
+        if ": qwk" in line:
             finished.append(line)
             if len(finished) == 3:
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_data_efficiency(
-            recipe, images, grades, methods, config, tmp_path / "out", progress=False, log=crash_after_three
+            SMALL_GRADING, images, grades, methods, config, tmp_path / "out", log=crash_after_three, **kwargs
         )
-    runs = sorted(p.name for p in (tmp_path / "out" / "runs").glob("*.json"))
-    assert len(runs) == 3
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 3
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").glob("*.json")}
     lines: list[str] = []
     rows = run_data_efficiency(
-        recipe, images, grades, methods, config, tmp_path / "out", progress=False, log=lines.append
+        SMALL_GRADING, images, grades, methods, config, tmp_path / "out", log=lines.append, **kwargs
     )
-    assert "8 runs, 3 already done" in lines[0]
-    assert len(rows) == 8 and len({(r["method"], r["fraction"], r["repetition"]) for r in rows}) == 8
+    # 2 split seeds x 2 fractions x (scratch + 2 pretraining seeds)
+    assert "12 runs, 3 already done" in lines[0]
+    keys = {(r["method"], r["pretraining_seed"], r["split_seed"], r["fraction"]) for r in rows}
+    assert len(rows) == 12 and len(keys) == 12
     for p in (tmp_path / "out" / "runs").glob("*.json"):  # finished runs were not redone
         if p.name in before:
             assert p.stat().st_mtime_ns == before[p.name]
     assert [r["test"] for r in rows] == [r["test"] for r in full]  # same numbers as without the crash
-    assert {r["pretext_accuracy"] for r in rows if r["method"] == "pre"} == {0.5}
-    # same budget and subsets for every method: within a cell only the encoder differs
-    cell = {(r["fraction"], r["repetition"]): r["n_labelled"] for r in rows if r["method"] == "scratch"}
-    assert all(cell[(r["fraction"], r["repetition"])] == r["n_labelled"] for r in rows)
-    assert {r["steps"] for r in rows} == {4}
-    files = write_report(rows, tmp_path / "out", "qwk", synthetic=True)
-    assert {f.name for f in files} >= {"results.csv", "results.json", "summary.md", "data_efficiency.png"}
-    assert "SYNTHETIC" in (tmp_path / "out" / "summary.md").read_text()
-    with pytest.raises(ValueError, match="holds runs of other settings"):
-        other = DataEfficiencyConfig(fractions=(0.5,), repetitions=1, train=SMALL_TRAIN)
-        run_data_efficiency(
-            recipe, images, grades, methods, other, tmp_path / "out", progress=False, log=lambda s: None
+    assert {r["pretext_accuracy"] for r in rows if r["method"] == "pre"} == {0.5, 0.51}
+    # within a (split, repetition, fraction) cell every method gets the same cases and seeds
+    for r in rows:
+        twin = next(
+            q
+            for q in rows
+            if q["method"] == "scratch"
+            and (q["split_seed"], q["fraction"]) == (r["split_seed"], r["fraction"])
         )
+        assert r["labelled_cases"] == twin["labelled_cases"] and r["seeds"] == twin["seeds"]
+        assert r["test_cases"]["case_id"] == twin["test_cases"]["case_id"]
+    # per-case scores behind the summary
+    for r in rows:
+        assert len(r["test_cases"]["correct"]) == r["n_test"]
+        assert r["test"]["accuracy"] == pytest.approx(sum(r["test_cases"]["correct"]) / r["n_test"])
+    files = write_report(rows, tmp_path / "out", "qwk", synthetic=True)
+    names = {f.name for f in files}
+    assert names == {
+        "results.csv",
+        "cases.csv",
+        "results.json",
+        "summary.md",
+        "data_efficiency.png",
+        "learning_curves.png",
+    }
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "SYNTHETIC" in summary and "| pre | 50% |" in summary and "2 split seed(s) [0, 1]" in summary
+    assert (
+        "encoder frozen for the first 0 epochs" in summary
+        and "encoder frozen for the first 1 epochs" in summary
+    )
+    cases = (tmp_path / "out" / "cases.csv").read_text().splitlines()
+    assert len(cases) == 1 + sum(r["n_test"] for r in rows) and cases[0].startswith("method,pretraining_seed")
+    with pytest.raises(ValueError, match="holds runs made with other settings"):
+        other = DataEfficiencyConfig(fractions=(0.5,), split_seeds=(0, 1), train=SMALL_TRAIN)
+        run_data_efficiency(
+            SMALL_GRADING, images, grades, methods, other, tmp_path / "out", log=lambda s: None, **kwargs
+        )
+
+
+def test_scratch_is_never_frozen_and_budgets_match(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN)
+    methods = {"scratch": None, "pre": _small_encoder(tmp_path / "enc.pt", 0, [])}
+    rows = run_data_efficiency(
+        SMALL_GRADING, images, grades, methods, config, tmp_path / "o", case_ids=ids, progress=False,
+        log=lambda s: None,
+    )  # fmt: skip
+    frozen = {r["method"]: [h["encoder_frozen"] for h in r["history"]] for r in rows}
+    assert frozen == {"scratch": [False, False], "pre": [True, False]}
+    assert {r["method"]: r["train"]["freeze_encoder_epochs"] for r in rows} == {"scratch": 0, "pre": 1}
+    # the baseline may have its own schedule, but never a freeze, and the same budget and seed
+    own = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, lr=3e-3)
+    assert DataEfficiencyConfig(train=SMALL_TRAIN, baseline_train=own).settings_for(False).lr == 3e-3
+    with pytest.raises(ValueError, match=r"baseline_train\.freeze_encoder_epochs must be 0"):
+        DataEfficiencyConfig(train=SMALL_TRAIN, baseline_train=SMALL_TRAIN)
+    with pytest.raises(ValueError, match=r"baseline_train\.epochs must equal train\.epochs"):
+        DataEfficiencyConfig(train=SMALL_TRAIN, baseline_train=TrainConfig(epochs=5))
+    with pytest.raises(ValueError, match="split_seeds must not repeat"):
+        DataEfficiencyConfig(split_seeds=(1, 1))
+
+
+def test_run_seeds_are_separate_streams() -> None:
+    a = run_seeds(0, 0, 0)
+    assert len({a.subset, a.init, a.order}) == 3
+    assert run_seeds(0, 0, 1).subset == a.subset  # the training seed leaves the subset alone
+    assert run_seeds(0, 0, 1).init != a.init and run_seeds(0, 0, 1).order != a.order
+    assert run_seeds(0, 1, 0).subset != a.subset and run_seeds(1, 0, 0).subset != a.subset
+    assert run_seeds(0, 0, 0) == a
+    with pytest.raises(ValueError, match="seeds must be >= 0"):
+        run_seeds(-1, 0)
+
+
+def test_changing_train_seed_changes_the_run(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    rows = {}
+    for seed in (0, 123):
+        train = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, seed=seed)
+        config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=train)
+        (row,) = run_data_efficiency(
+            SMALL_GRADING, images, grades, {"scratch": None}, config, tmp_path / str(seed), case_ids=ids,
+            progress=False, log=lambda s: None,
+        )  # fmt: skip
+        rows[seed] = row
+    assert rows[0]["labelled_cases"] == rows[123]["labelled_cases"]
+    assert rows[0]["seeds"]["init"] != rows[123]["seeds"]["init"]
+    assert rows[0]["history"][0]["loss"] != rows[123]["history"][0]["loss"]
+
+
+def test_provenance_is_recorded_and_a_mismatch_refuses_reuse(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN)
+    encoder = _small_encoder(tmp_path / "enc.pt", 0, ["x"])
+    methods = {"scratch": None, "pre": encoder}
+
+    def run(imgs: torch.Tensor = images, info: dict[str, int] | None = None) -> list[dict[str, object]]:
+        return run_data_efficiency(
+            SMALL_GRADING, imgs, grades, methods, config, tmp_path / "o", case_ids=ids,
+            data_info=info or {"size": 32}, progress=False, log=lambda s: None,
+        )  # fmt: skip
+
+    rows = run()
+    prov = rows[1]["provenance"]
+    assert prov["data"]["info"] == {"size": 32} and len(prov["data"]["sha256"]) == 64
+    env = prov["environment"]
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
+    assert env["pretext3d"] == p3.__version__ and env["device"] == "cpu" and "git_commit" in env
+    assert rows[1]["encoder"]["sha256"] == p3.finetune.provenance.file_sha256(encoder)
+    assert rows[1]["encoder"]["pretraining"]["pretraining_cases"] == ["x"]
+    config_json = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config_json["data"]["sha256"] == prov["data"]["sha256"]
+    with pytest.raises(ValueError, match=r"changed: data\.info\.size"):
+        run(info={"size": 24})
+    with pytest.raises(ValueError, match=r"changed: data\.sha256"):
+        run(images + 0.01)
+    _small_encoder(encoder, 7, ["x"])  # re-pretrained into the same file
+    with pytest.raises(ValueError, match=r"methods\.pre"):
+        run()
+
+
+def test_encoders_pretrained_on_test_cases_are_refused(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN)
+    test_case = ids[split_cases(24, 0.15, 0.25, 0, strata=grades.tolist()).test[0]]
+    # a folder loader's name for the same scan matches too
+    leaky = _small_encoder(tmp_path / "leaky.pt", 0, ["unrelated", f"train_images__{test_case}.png"])
+    with pytest.raises(ValueError, match=r"pretrained on 1 validation/test case\(s\) of split seed 0"):
+        run_data_efficiency(
+            SMALL_GRADING, images, grades, {"pre": leaky}, config, tmp_path / "a", case_ids=ids,
+            progress=False, log=lambda s: None,
+        )  # fmt: skip
+    allowed = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN, transductive=True)
+    (row,) = run_data_efficiency(
+        SMALL_GRADING, images, grades, {"pre": leaky}, allowed, tmp_path / "b", case_ids=ids,
+        progress=False, log=lambda s: None,
+    )  # fmt: skip
+    assert row["transductive"] is True
+    # pretraining on the training pool only is fine
+    train_only = [ids[i] for i in split_cases(24, 0.15, 0.25, 0, strata=grades.tolist()).train]
+    fine = _small_encoder(tmp_path / "fine.pt", 0, train_only)
+    (row,) = run_data_efficiency(
+        SMALL_GRADING, images, grades, {"pre": fine}, config, tmp_path / "c", case_ids=ids,
+        progress=False, log=lambda s: None,
+    )  # fmt: skip
+    assert row["transductive"] is False
+
+
+@pytest.mark.parametrize(
+    "name", ["imagesTr__pancreas_001.nii.gz", "pancreas_001_0000", "pancreas_001", "a/pancreas_001.npy"]
+)
+def test_case_key_matches_loader_names(name: str) -> None:
+    assert case_key(name) == "pancreas_001"
 
 
 def test_segmentation_recipe_samples_foreground_and_evaluates() -> None:
@@ -310,25 +541,61 @@ def test_segmentation_recipe_samples_foreground_and_evaluates() -> None:
     assert set(metrics) == {
         "pancreas_dice",
         "tumour_dice",
-        "class1_dice",
-        "class2_dice",
+        "tumour_sensitivity",
+        "tumour_specificity",
         "pooled_mean_dice_3class",
     }
     with pytest.raises(ValueError, match="crop must be a multiple of 4"):
         SegmentationRecipe(crop=18)
 
 
+class _Fixed(nn.Module):
+    """Outputs one-hot logits of fixed label maps, one volume per call in order."""
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        super().__init__()
+        self.maps, self.calls = maps, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.one_hot(self.maps[self.calls], 3).permute(3, 0, 1, 2)[None].float()
+        self.calls += 1
+        return out
+
+
+def test_tumour_metrics_count_false_positives_by_detection() -> None:
+    target = torch.zeros(4, 8, 8, 8, dtype=torch.long)
+    target[:, 2:6, 2:6, 2:6] = 1
+    target[0, 3:5, 3:5, 3:5] = 2  # cases 0 and 1 have a tumour, 2 and 3 do not
+    target[1, 2:4, 2:4, 2:4] = 2
+    pred = target.clone()
+    pred[1][pred[1] == 2] = 1  # tumour of case 1 missed
+    pred[2, 3:5, 3:5, 3:5] = 2  # false-positive tumour in case 2
+    summary, cases = SegmentationRecipe(widths=(4,)).score_cases(
+        _Fixed(pred), target[:, None].float(), target
+    )
+    assert cases["tumour_dice"][0] == 1.0 and cases["tumour_dice"][1] == 0.0
+    assert math.isnan(cases["tumour_dice"][2])  # Dice cannot see the false positive ...
+    assert summary["tumour_dice"] == pytest.approx(0.5)
+    assert summary["tumour_sensitivity"] == 0.5 and summary["tumour_specificity"] == 0.5  # ... detection does
+    assert cases["tumour_present"] == [1.0, 1.0, 0.0, 0.0]
+    assert cases["tumour_predicted"] == [1.0, 0.0, 1.0, 0.0]
+    assert cases["pancreas_dice"] == [1.0] * 4  # the whole region {1, 2} is right in every case
+
+
 def test_summary_and_paper_curves() -> None:
-    rows = [
-        {"method": "a", "fraction": 0.1, "test": {"m": 0.2}},
-        {"method": "a", "fraction": 0.1, "test": {"m": 0.4}},
-        {"method": "a", "fraction": 0.1, "test": {"m": float("nan")}},
-    ]
-    mean, sd, n = summarize(rows, "m")[("a", 0.1)]
-    assert (mean, n) == (pytest.approx(0.3), 2) and sd == pytest.approx(math.sqrt(0.02))
+    rows = [_row("a", 0.1, 0, 0.2), _row("a", 0.1, 0, 0.4, rep=1), _row("a", 0.1, 1, 0.6)]
+    rows += [_row("a", 0.1, 2, float("nan")), _row("b", 0.1, 0, 0.5)]
+    mean, sd, n = summarize(rows, "m")[("a", 0.1)]  # split 0 averaged first: 0.3, then 0.6
+    assert (mean, n) == (pytest.approx(0.45), 2) and sd == pytest.approx(math.sqrt(0.045))
+    assert math.isnan(summarize(rows, "m")[("b", 0.1)][1])  # one split seed: no spread, not 0
     fig3 = paper_curves("fig3")
-    assert fig3["rotation"][0] == (0.05, 0.46) and fig3["baseline"][-1][0] == 1.0
-    assert paper_curves("fig4")["baseline"][0][0] == 0.05
+    assert (
+        fig3[("rotation", "pancreas_ct_3d")][0] == (0.05, 0.46) and fig3[("baseline", "none")][-1][0] == 1.0
+    )
+    fig4 = paper_curves("fig4")
+    # two rotation series in Figure 4, one per pretraining source, never merged
+    assert {src for (m, src) in fig4 if m == "rotation"} == {"ukbiobank_fundus_2d", "aptos2019_fundus_2d"}
+    assert all(len(curve) == 5 for curve in fig4.values())
     with pytest.raises(ValueError, match="figure must be 'fig3' or 'fig4'"):
         paper_curves("fig5")
 
@@ -371,7 +638,7 @@ rotation = "{encoder}"
 crop = 16
 [experiment]
 fractions = [0.5, 1.0]
-repetitions = 1
+split_seeds = [0]
 [experiment.train]
 epochs = 1
 steps_per_epoch = 1
@@ -402,7 +669,31 @@ batch_size = 2
         )
         == 0
     )
-    assert (tmp_path / "ft" / "runs" / "rotation__f0.5__r0.json").exists()
+    assert (tmp_path / "ft" / "runs" / "rotation__p0__s0__r0__f0.5.json").exists()
+
+
+def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path) -> None:
+    from pretext3d.cli import DataSpec
+
+    spec = DataSpec(kind="fundus-phantom", count=6, size=16)
+    _, _, labelled = spec.labelled()
+    _, pool = spec.unlabelled()
+    assert not set(labelled) & set(pool)
+    transductive = DataSpec(kind="fundus-phantom", count=6, size=16, include_labelled=True)
+    assert transductive.unlabelled()[1] == labelled
+    # an encoder pretrained on the labelled cases is refused by data-efficiency unless transductive
+    encoder = tmp_path / "enc.pt"
+    args = ["--set", "data.count=12", "--set", "data.include_labelled=true", "--set", "held_out=4"]
+    args += ["--set", "steps=1", "--set", "batch_size=2", "--set", f'output="{encoder}"']
+    assert main(["pretrain", *args]) == 0
+    assert json.loads(Path(f"{encoder}.json").read_text())["transductive"] is True
+    common = ["--set", "data.count=12", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1"]
+    common += ["--set", f'encoder="{encoder}"', "--set", f'output_dir="{tmp_path / "ft"}"']
+    assert main(["finetune", *common]) == 2
+    assert (
+        main(["finetune", *common, "--set", f'output_dir="{tmp_path / "ft2"}"', "--set", "transductive=true"])
+        == 0
+    )
 
 
 @pytest.mark.parametrize(

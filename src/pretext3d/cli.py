@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from pretext3d import data as p3data
 from pretext3d import tasks as p3tasks
-from pretext3d._atomic import write_text
 from pretext3d.config import (
     ConfigError,
     check_keywords,
@@ -31,6 +30,7 @@ from pretext3d.config import (
     merge_override,
     parse_override,
 )
+from pretext3d.finetune.provenance import environment, write_pretraining_record
 from pretext3d.finetune.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.finetune.report import write_report
 from pretext3d.finetune.runner import DataEfficiencyConfig, run_data_efficiency
@@ -60,17 +60,31 @@ SMALL_ENCODERS: dict[str, dict[str, Any]] = {
 }
 
 
+# Pretraining phantoms are drawn from their own range of case seeds, never the labelled ones.
+UNLABELLED_PHANTOMS = 50_000
+
+
 @dataclass
 class DataSpec:
     """Where the images come from.
+
+    Labelled cases (``pretext3d data-efficiency`` / ``finetune``) and the pretraining pool
+    (``pretext3d pretrain``) are disjoint by default, so that no validation or test image
+    reaches pretraining: phantoms are drawn from another range of case seeds, Task07
+    pretrains on ``imagesTs`` (unlabelled) and APTOS on ``test_images`` (unlabelled).
 
     Attributes:
         kind: ``"ct-phantom"`` / ``"fundus-phantom"`` (built-in, SYNTHETIC), ``"task07"``
             (an MSD Task07 folder) or ``"aptos"`` (an APTOS 2019 folder).
         path: the folder, for ``task07`` and ``aptos``.
-        count: number of phantoms to draw.
+        count: number of phantoms to draw (labelled cases, or pretraining images).
         size: edge of the images (phantoms are drawn at it; real data are resized to it).
-        seed: phantom seed.
+        seed: phantom seed: case ``i`` is phantom ``seed * 100003 + i`` (labelled) or
+            ``seed * 100003 + 50000 + i`` (pretraining pool).
+        include_labelled: pretraining only: pretrain on the labelled cases too (phantoms:
+            exactly the labelled cases; Task07: ``imagesTr`` as well; APTOS: ``train_images``
+            as well). The paper's transductive setting; recorded, and the data-efficiency
+            runner refuses such an encoder unless ``experiment.transductive = true``.
     """
 
     kind: Literal["ct-phantom", "fundus-phantom", "task07", "aptos"] = "ct-phantom"
@@ -78,6 +92,15 @@ class DataSpec:
     count: int = 64
     size: int = 32
     seed: int = 0
+    include_labelled: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        for name in ("count", "size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"data.seed must be >= 0, got {self.seed}")
 
     @property
     def spatial_dims(self) -> int:
@@ -89,32 +112,54 @@ class DataSpec:
         """Whether these are the built-in phantoms."""
         return self.kind.endswith("phantom")
 
-    def labelled(self) -> tuple[Tensor, Tensor]:
-        """All labelled cases in memory: ``(images, labels)``."""
+    def _phantoms(self, first: int) -> tuple[Tensor, Tensor, list[str]]:
+        start = self.seed * 100_003 + first
+        ids = [f"{self.kind}-{start + i}" for i in range(self.count)]
         if self.kind == "ct-phantom":
-            return p3data.ct_phantom_batch(self.count, self.size, seed=self.seed)
-        if self.kind == "fundus-phantom":
-            return p3data.fundus_phantom_batch(self.count, self.size, seed=self.seed)
+            return (*p3data.ct_phantom_batch(self.count, self.size, seed=self.seed, first=first), ids)
+        return (*p3data.fundus_phantom_batch(self.count, self.size, seed=self.seed, first=first), ids)
+
+    def _folder(self) -> str:
         if not self.path:
             raise ConfigError(f"data.path must name the {self.kind} folder")
-        if self.kind == "task07":
-            prep = p3data.CTPreprocessing(resize=(self.size,) * 3, dtype="float32")
-            task07 = p3data.Task07Pancreas(self.path, preprocessing=prep)
-            cases = [task07[i] for i in range(len(task07))]
-            return torch.stack([c[0] for c in cases]), torch.stack([c[1] for c in cases])
-        dataset = p3data.APTOS(self.path, preprocessing=p3data.FundusPreprocessing("resize", self.size))
-        items = [dataset[i] for i in range(len(dataset))]
-        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+        return self.path
 
-    def unlabelled(self) -> Tensor:
-        """Images for pretraining (labels unused): phantoms, or the folder's unlabelled pool."""
+    def _ct_preprocessing(self) -> p3data.CTPreprocessing:
+        return p3data.CTPreprocessing(resize=(self.size,) * 3, dtype="float32")
+
+    def labelled(self) -> tuple[Tensor, Tensor, list[str]]:
+        """All labelled cases in memory: ``(images, labels, case ids)``."""
+        if self.synthetic:
+            return self._phantoms(0)
         if self.kind == "task07":
-            if not self.path:
-                raise ConfigError("data.path must name the task07 folder")
-            prep = p3data.CTPreprocessing(resize=(self.size,) * 3, dtype="float32")
-            pool = p3data.Task07Pancreas.unlabelled(self.path, include_training=True, preprocessing=prep)
-            return torch.stack([pool[i] for i in range(len(pool))])
-        return self.labelled()[0]
+            task07 = p3data.Task07Pancreas(self._folder(), preprocessing=self._ct_preprocessing())
+            cases = [task07[i] for i in range(len(task07))]
+            return torch.stack([c[0] for c in cases]), torch.stack([c[1] for c in cases]), task07.case_ids
+        aptos = p3data.APTOS(self._folder(), preprocessing=p3data.FundusPreprocessing("resize", self.size))
+        items = [aptos[i] for i in range(len(aptos))]
+        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]), aptos.case_ids
+
+    def unlabelled(self) -> tuple[Tensor, list[str]]:
+        """The pretraining pool in memory: ``(images, case ids)``; see :attr:`include_labelled`."""
+        if self.synthetic:
+            images, _, ids = self._phantoms(0 if self.include_labelled else UNLABELLED_PHANTOMS)
+            return images, ids
+        if self.kind == "task07":
+            pool = p3data.Task07Pancreas.unlabelled(
+                self._folder(), include_training=self.include_labelled, preprocessing=self._ct_preprocessing()
+            )
+            return torch.stack([pool[i] for i in range(len(pool))]), pool.case_ids
+        prep = p3data.FundusPreprocessing("resize", self.size)
+        splits = ("test", "train") if self.include_labelled else ("test",)
+        photos: list[Tensor] = []
+        names: list[str] = []
+        for split in splits:
+            aptos = p3data.APTOS(self._folder(), split, preprocessing=prep)
+            photos += [aptos[i][0] for i in range(len(aptos))]
+            names += aptos.case_ids
+        if not photos:
+            raise ConfigError(f"no unlabelled images in {self.path!r} (test.csv lists none)")
+        return torch.stack(photos), names
 
 
 @dataclass
@@ -158,7 +203,8 @@ class DataEfficiencyCommand:
 
     Attributes:
         data: the labelled images (CT: segmentation; fundus: grading).
-        methods: name -> encoder file from ``pretext3d pretrain`` (``""`` = from scratch).
+        methods: name -> encoder file from ``pretext3d pretrain``, or a list of them (one
+            per pretraining seed); ``""`` = from scratch.
         segmentation: the segmentation recipe (CT data).
         grading: the grading recipe (fundus data).
         experiment: fractions, repetitions, splits and the training settings.
@@ -167,7 +213,7 @@ class DataEfficiencyCommand:
     """
 
     data: DataSpec = field(default_factory=DataSpec)
-    methods: dict[str, str] = field(default_factory=lambda: {"scratch": ""})
+    methods: dict[str, str | list[str]] = field(default_factory=lambda: {"scratch": ""})
     segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
     grading: GradingRecipe = field(default_factory=GradingRecipe)
     experiment: DataEfficiencyConfig = field(default_factory=DataEfficiencyConfig)
@@ -188,7 +234,8 @@ class FinetuneCommand:
         split_seed: seed of the fixed validation/test split.
         val_fraction: validation share.
         test_fraction: test share.
-        train: the training settings.
+        train: the training settings (a from-scratch run never freezes the encoder).
+        transductive: allow an encoder pretrained on validation or test images (recorded).
         segmentation: the segmentation recipe (CT data).
         grading: the grading recipe (fundus data).
         output_dir: where the run, its checkpoint and the results go.
@@ -204,6 +251,7 @@ class FinetuneCommand:
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     train: TrainConfig = field(default_factory=TrainConfig)
+    transductive: bool = False
     segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
     grading: GradingRecipe = field(default_factory=GradingRecipe)
     output_dir: str = "finetune"
@@ -218,7 +266,7 @@ def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
     check_keywords(task_cls.__name__, cfg.task_options, task_cls, "task_options")
     check_keywords(encoder_cls.__name__, cfg.encoder_options, encoder_cls, "encoder_options")
     encoder_options = cfg.encoder_options or SMALL_ENCODERS.get(cfg.encoder, {})
-    images = cfg.data.unlabelled()
+    images, case_ids = cfg.data.unlabelled()
     if cfg.held_out >= len(images):
         raise ConfigError(f"held_out={cfg.held_out} leaves no training images out of {len(images)}")
     train, held = images[cfg.held_out :], images[: cfg.held_out]
@@ -259,9 +307,12 @@ def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
         "steps": cfg.steps,
         "seconds": time.perf_counter() - start,
         "synthetic": cfg.data.synthetic,
+        "transductive": cfg.data.include_labelled,
+        "held_out_cases": case_ids[: cfg.held_out],
         "config": dataclasses.asdict(cfg),
+        "environment": environment(),
     }
-    write_text(f"{out}.json", json.dumps(record, indent=2))
+    write_pretraining_record(out, case_ids=case_ids, **record)
     print(
         f"held-out pretext accuracy {accuracy:.3f}; encoder written to {out}"
         + ("  [SYNTHETIC phantom data]" if cfg.data.synthetic else "")
@@ -277,18 +328,25 @@ def _recipe(
 
 def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
     recipe = _recipe(cfg.data, cfg.segmentation, cfg.grading)
-    images, labels = cfg.data.labelled()
-    methods = {name: (path or None) for name, path in cfg.methods.items()}
-    rows = run_data_efficiency(
-        recipe,
-        images,
-        labels,
-        methods,
-        cfg.experiment,
-        cfg.output_dir,
-        device=cfg.device,
-        synthetic=cfg.data.synthetic,
-    )
+    images, labels, case_ids = cfg.data.labelled()
+    methods: dict[str, str | list[str] | None] = {
+        name: (path or None) if isinstance(path, str) else list(path) for name, path in cfg.methods.items()
+    }
+    try:
+        rows = run_data_efficiency(
+            recipe,
+            images,
+            labels,
+            methods,
+            cfg.experiment,
+            cfg.output_dir,
+            case_ids=case_ids,
+            data_info=dataclasses.asdict(cfg.data),
+            device=cfg.device,
+            synthetic=cfg.data.synthetic,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     for path in write_report(rows, cfg.output_dir, recipe.metric, synthetic=cfg.data.synthetic):
         print(f"wrote {path}")
     return rows
@@ -298,10 +356,11 @@ def _finetune(cfg: FinetuneCommand) -> list[dict[str, Any]]:
     experiment = DataEfficiencyConfig(
         fractions=(cfg.fraction,),
         repetitions=cfg.repetition + 1,
-        split_seed=cfg.split_seed,
+        split_seeds=(cfg.split_seed,),
         val_fraction=cfg.val_fraction,
         test_fraction=cfg.test_fraction,
         train=cfg.train,
+        transductive=cfg.transductive,
     )
     command = DataEfficiencyCommand(
         data=cfg.data,

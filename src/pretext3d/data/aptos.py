@@ -108,6 +108,11 @@ class APTOS(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def case_ids(self) -> list[str]:
+        """The images' ids (file names without suffix), in order."""
+        return [p.stem for p in self.files]
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = torch.from_numpy(self.preprocessing(read_rgb(self.files[index])))
         out = image, torch.tensor(self.grades[index], dtype=torch.long)

@@ -106,6 +106,11 @@ class VolumeDataset(Dataset[Tensor]):
     def __len__(self) -> int:
         return len(self.sources)
 
+    @property
+    def case_ids(self) -> list[str]:
+        """The scans' names, in order (recorded by pretraining to keep test cases out)."""
+        return [s.name for s in self.sources]
+
     def array(self, index: int) -> np.ndarray:
         """The preprocessed scan ``index`` as an ``(X, Y, Z)`` array (cached if a cache is set)."""
         source = self.sources[index]
@@ -202,6 +207,7 @@ class FundusFolder(Dataset[Tensor]):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"image folder {str(root)!r} does not exist")
+        self.root = root
         self.files = sorted(
             p
             for p in root.rglob("*")
@@ -225,6 +231,11 @@ class FundusFolder(Dataset[Tensor]):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def case_ids(self) -> list[str]:
+        """The images' paths relative to the folder, in order."""
+        return [str(p.relative_to(self.root)) for p in self.files]
 
     def __getitem__(self, index: int) -> Tensor:
         out = torch.from_numpy(self.preprocessing(read_rgb(self.files[index])))

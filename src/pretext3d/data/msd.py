@@ -144,6 +144,11 @@ class Task07Pancreas(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return len(self.cases)
 
+    @property
+    def case_ids(self) -> list[str]:
+        """The cases' ids (``pancreas_001``, ...), in order."""
+        return [c.case_id for c in self.cases]
+
     def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed ``(image, label)`` arrays of case ``index``."""
         case = self.cases[index]

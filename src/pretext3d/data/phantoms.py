@@ -122,7 +122,7 @@ def ct_phantom(
     u = np.stack(np.meshgrid(*axes, indexing="ij"))  # (3, X, Y, Z)
 
     # random pose: small rotation, anisotropic scale, shift, smooth elastic warp
-    angles = np.radians(rng.uniform(-4, 4, 3))
+    angles = np.radians(rng.uniform(-1, 1, 3) * np.array([6.0, 6.0, 15.0]))  # mostly in-plane
     rot = np.eye(3)
     for axis, angle in enumerate(angles):
         a, b = [i for i in range(3) if i != axis]
@@ -130,10 +130,10 @@ def ct_phantom(
         r[a, a] = r[b, b] = np.cos(angle)
         r[a, b], r[b, a] = -np.sin(angle), np.sin(angle)
         rot = r @ rot
-    scale = rng.uniform(0.9, 1.1, 3)
-    shift = rng.uniform(-0.05, 0.05, 3)
+    scale = rng.uniform(0.85, 1.15, 3)
+    shift = rng.uniform(-0.1, 0.1, 3)
     b = np.einsum("ij,j...->i...", rot, (u - shift[:, None, None, None]) / scale[:, None, None, None])
-    b = b + 0.04 * np.stack([_smooth_noise(rng, shape, 4) for _ in range(3)])
+    b = b + 0.07 * np.stack([_smooth_noise(rng, shape, 4) for _ in range(3)])
     x, y, z = b
 
     def ellipsoid(c: tuple[float, ...], r: tuple[float, ...]) -> np.ndarray:
@@ -146,6 +146,12 @@ def ct_phantom(
         inside: np.ndarray = ((x - cx) ** 2 + (y - cy) ** 2) < r**2
         return inside
 
+    # contrast phase: early (pancreatic) phase enhances the gland, portal-venous the liver;
+    # each organ's enhancement also varies on its own, so intensity alone does not transfer
+    phase = rng.uniform()
+    liver_hu = 70 + 50 * phase + rng.uniform(-10, 10)
+    gland_hu = 135 - 50 * phase + rng.uniform(-10, 10)
+    spleen_hu = 100 + rng.uniform(-20, 20)
     hu = np.full(shape, -1000.0)
     body = ((x / 0.95) ** 2 + (y / 0.9) ** 2) < 1
     hu[body] = -100  # subcutaneous fat
@@ -156,8 +162,8 @@ def ct_phantom(
     for side in (-1, 1):  # paraspinal muscles
         hu[ellipsoid((side * 0.25, -0.72, 0), (0.16, 0.12, 9))] = 55
 
-    hu[ellipsoid((0.45, 0.12, 0.35), (0.42, 0.5, 0.6)) & cavity] = 95  # liver
-    hu[ellipsoid((-0.6, -0.32, 0.35), (0.2, 0.28, 0.35)) & cavity] = 105  # spleen
+    hu[ellipsoid((0.45, 0.12, 0.35), (0.42, 0.5, 0.6)) & cavity] = liver_hu
+    hu[ellipsoid((-0.6, -0.32, 0.35), (0.2, 0.28, 0.35)) & cavity] = spleen_hu
     stomach_c, stomach_r = (-0.3, 0.35, 0.35), (0.28, 0.22, 0.3)
     stomach = ellipsoid(stomach_c, stomach_r) & cavity
     lumen = ellipsoid(stomach_c, tuple(v * 0.75 for v in stomach_r)) & cavity
@@ -177,22 +183,22 @@ def ct_phantom(
     hu[cylinder(-0.1, -0.42, 0.09)] = 200  # aorta
     hu[cylinder(0.18, -0.36, 0.1)] = 150  # IVC
 
-    for _ in range(int(rng.integers(3, 6))):  # bowel loops, anterior and caudal
+    for _ in range(int(rng.integers(4, 9))):  # bowel loops, anterior and caudal
         start = np.array([rng.uniform(-0.5, 0.5), rng.uniform(0.1, 0.5), rng.uniform(-0.7, -0.1)])
         ctrl = start + rng.uniform(-0.3, 0.3, 3)
         end = start + rng.uniform(-0.4, 0.4, 3)
         loop, _ = _tube(b, _bezier(np.stack([start, ctrl, end]), 24), np.full(24, 0.07))
-        hu[(loop < 1) & cavity] = 95
+        hu[(loop < 1) & cavity] = gland_hu + rng.uniform(-25, 15)  # wall like the gland
         hu[(loop < 0.55) & cavity] = -900 if rng.random() < 0.4 else 10
 
     # pancreas: head in the duodenal C-loop by the IVC, body before the aorta, tail at the spleen
-    head = np.array([0.2, -0.08, -0.1]) + rng.uniform(-0.05, 0.05, 3)
-    neck = np.array([-0.05, -0.1, 0.05]) + rng.uniform(-0.05, 0.05, 3)
-    tail = np.array([-0.5, -0.24, 0.15]) + rng.uniform(-0.05, 0.05, 3)
+    head = np.array([0.2, -0.08, -0.1]) + rng.uniform(-0.1, 0.1, 3)
+    neck = np.array([-0.05, -0.1, 0.05]) + rng.uniform(-0.1, 0.1, 3)
+    tail = np.array([-0.5, -0.24, 0.15]) + rng.uniform(-0.1, 0.1, 3)
     n = 48
     curve = _bezier(np.stack([head, neck, tail]), n)
     lobules = 1 + 0.15 * np.sin(np.linspace(0, rng.uniform(10, 18), n) + rng.uniform(0, 6))
-    radius = np.linspace(0.2, 0.11, n) * lobules
+    radius = np.linspace(0.2, 0.11, n) * lobules * rng.uniform(0.75, 1.1)  # atrophy to plump
     duodenum, _ = _tube(
         b,
         np.array(
@@ -203,29 +209,31 @@ def ct_phantom(
         ),
         np.full(24, 0.07),
     )
-    hu[(duodenum < 1) & cavity] = 100  # duodenal wall, like the pancreas
+    hu[(duodenum < 1) & cavity] = gland_hu + rng.uniform(-20, 10)  # duodenal wall, like the pancreas
     hu[(duodenum < 0.5) & cavity] = 20
     vein, _ = _tube(b, curve[n // 3 :] + np.array([0, -0.12, 0]), np.full(n - n // 3, 0.04))
     hu[vein < 1] = 135  # splenic vein behind the body and tail
     gland_ratio, _ = _tube(b, curve, radius)
     gland = gland_ratio < 1
-    hu[gland] = 110 + 8 * _smooth_noise(rng, shape, 8)[gland]
+    hu[gland] = gland_hu + 12 * _smooth_noise(rng, shape, 8)[gland]
     label = np.zeros(shape, dtype=np.uint8)
     label[gland] = 1
 
     if rng.random() < tumour_probability:
         centre = curve[int(rng.integers(n // 6, n - n // 8))] + rng.uniform(-0.06, 0.06, 3)
-        radii = rng.uniform(0.15, 0.24, 3)
+        radii = rng.uniform(0.1, 0.22, 3)
         tumour = ellipsoid(tuple(centre), tuple(radii)) & cavity
         cyst = rng.random() < 0.2
-        hu[tumour] = 10 if cyst else 45 + 6 * _smooth_noise(rng, shape, 8)[tumour]
+        contrast = rng.uniform(25, 70)  # hypodense, by how much varies
+        hu[tumour] = 10 if cyst else gland_hu - contrast + 8 * _smooth_noise(rng, shape, 8)[tumour]
         label[tumour] = 2  # cancer overrides pancreas
 
     # scan-level variation: soft-tissue gain and offset, blur, noise
     soft = (hu > -150) & (hu < 300)
     hu[soft] = hu[soft] * rng.uniform(0.85, 1.15) + rng.uniform(-15, 15)
-    hu = ndimage.gaussian_filter(hu, rng.uniform(0.3, 0.9))
-    hu += rng.normal(0, rng.uniform(8, 25), shape)
+    hu += 25 * _smooth_noise(rng, shape, 3)  # low-frequency non-uniformity (beam hardening, scatter)
+    hu = ndimage.gaussian_filter(hu, rng.uniform(0.3, 1.1))
+    hu += rng.normal(0, rng.uniform(10, 35), shape)
     image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
     return CTPhantom(image, label, spacing)  # type: ignore[arg-type]
 
@@ -267,15 +275,17 @@ def fundus_phantom(
     canvas = base * (illumination * (1 - 0.35 * r2))[..., None]
     canvas += 6 * rng.standard_normal((size, size, 1))  # choroidal texture
 
-    macula = np.array([-eye * 0.05, 0.0])
+    # the fovea lies below the disc and the inferior arcade is the wider one (as in real
+    # eyes), so a left eye turned 180 degrees does not look like a right eye
+    macula = np.array([-eye * 0.05, rng.uniform(0.06, 0.12)])
     _draw_disc(canvas, np.exp(-((x - macula[0]) ** 2 + (y - macula[1]) ** 2) / 0.03), (110, 40, 20), 0.45)
     _draw_disc(canvas, np.exp(-((x - macula[0]) ** 2 + (y - macula[1]) ** 2) / 0.002), (80, 25, 15), 0.6)
-    disc = np.array([eye * 0.4, rng.uniform(-0.05, 0.05)])
+    disc = np.array([eye * 0.4, rng.uniform(-0.06, 0.0)])
     disc_d2 = (x - disc[0]) ** 2 + (y - disc[1]) ** 2
 
     beading = true_grade >= 3
     for sign in (-1, 1):  # superior and inferior arcades, temporal and nasal
-        for reach, spread in ((-eye * 1.0, 0.42), (eye * 0.45, 0.3)):
+        for reach, spread in ((-eye * 1.0, 0.42 + 0.1 * sign), (eye * 0.45, 0.3 + 0.06 * sign)):
             t = np.linspace(0, 1, 40)
             px = disc[0] + reach * t
             py = disc[1] + sign * spread * np.sin(np.pi * t * 0.9) * (1 + rng.uniform(-0.1, 0.1))
@@ -362,33 +372,41 @@ def _draw_vessel(
 
 
 def ct_phantom_batch(
-    count: int, size: int = 32, *, seed: int = 0, window: tuple[float, float] = (-96.0, 215.0)
+    count: int,
+    size: int = 32,
+    *,
+    seed: int = 0,
+    first: int = 0,
+    window: tuple[float, float] = (-96.0, 215.0),
 ) -> tuple[Tensor, Tensor]:
     """``count`` CT phantoms in memory, windowed and z-scored, for quick experiments.
 
-    Case ``i`` is ``ct_phantom(seed * 100_003 + i, size)`` (as :func:`write_task07_phantom`
-    numbers them). Each image is clipped to ``window`` HU and z-scored.
+    Case ``i`` is ``ct_phantom(seed * 100_003 + first + i, size)`` (as
+    :func:`write_task07_phantom` numbers them for ``first=0``). Each image is clipped to
+    ``window`` HU and z-scored.
 
     Returns:
         ``(images (count, 1, size, size, size) float32, labels (count, size, size, size) int64)``.
     """
     from pretext3d.data.preprocess import window as apply_window
 
-    cases = [ct_phantom(seed * 100_003 + i, size) for i in range(count)]
+    cases = [ct_phantom(seed * 100_003 + first + i, size) for i in range(count)]
     images = np.stack([apply_window(c.image, *window) for c in cases])[:, None]
     labels = np.stack([c.label for c in cases]).astype(np.int64)
     return torch.from_numpy(images.astype(np.float32)), torch.from_numpy(labels)
 
 
 def fundus_phantom_batch(
-    count: int, size: int = 64, *, seed: int = 0, label_noise: float = 0.0
+    count: int, size: int = 64, *, seed: int = 0, first: int = 0, label_noise: float = 0.0
 ) -> tuple[Tensor, Tensor]:
-    """``count`` fundus phantoms in memory, as :func:`write_aptos_phantom` numbers them.
+    """``count`` fundus phantoms in memory: image ``i`` is ``fundus_phantom(seed * 100_003 + first + i)``.
+
+    Numbered as :func:`write_aptos_phantom` numbers them for ``first=0``.
 
     Returns:
         ``(images (count, 3, size, size) float32 in [0, 1], grades (count,) int64)``.
     """
-    drawn = [fundus_phantom(seed * 100_003 + i, size, label_noise=label_noise) for i in range(count)]
+    drawn = [fundus_phantom(seed * 100_003 + first + i, size, label_noise=label_noise) for i in range(count)]
     images = np.stack([image for image, _ in drawn]).transpose(0, 3, 1, 2).astype(np.float32) / 255
     return torch.from_numpy(images), torch.tensor([grade for _, grade in drawn])
 

@@ -8,10 +8,17 @@ from pretext3d.finetune.metrics import (
     quadratic_weighted_kappa,
     region_dice,
 )
+from pretext3d.finetune.provenance import (
+    case_key,
+    environment,
+    read_pretraining_record,
+    write_pretraining_record,
+)
 from pretext3d.finetune.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.finetune.report import paper_curves, summarize, write_report
 from pretext3d.finetune.runner import DataEfficiencyConfig, run_data_efficiency, run_name
-from pretext3d.finetune.subsets import Split, nested_subsets, split_cases
+from pretext3d.finetune.stats import PairedComparison, paired_differences
+from pretext3d.finetune.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
 
 __all__ = [
@@ -20,22 +27,30 @@ __all__ = [
     "DiceCELoss",
     "GradingRecipe",
     "OrdinalLoss",
+    "PairedComparison",
+    "RunSeeds",
     "SegmentationRecipe",
     "SoftDiceLoss",
     "Split",
     "TrainConfig",
     "Trainer",
+    "case_key",
     "dice_per_case",
+    "environment",
     "nested_subsets",
     "ordinal_decode",
     "ordinal_encode",
+    "paired_differences",
     "paper_curves",
     "pooled_mean_dice",
     "quadratic_weighted_kappa",
+    "read_pretraining_record",
     "region_dice",
     "run_data_efficiency",
     "run_name",
+    "run_seeds",
     "split_cases",
     "summarize",
+    "write_pretraining_record",
     "write_report",
 ]

@@ -22,7 +22,6 @@ from pretext3d._checks import check_unit_interval
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
 from pretext3d.finetune.metrics import (
     PANCREAS_REGIONS,
-    dice_per_case,
     pooled_mean_dice,
     quadratic_weighted_kappa,
     region_dice,
@@ -148,19 +147,44 @@ class SegmentationRecipe:
     def evaluate(
         self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
     ) -> dict[str, float]:
-        """Per-case Dice of the regions, per-class foreground Dice, and the paper's pooled metric.
+        """The metrics of :meth:`score_cases` without the per-case scores."""
+        return self.score_cases(model, images, labels, device)[0]
 
-        Region Dice: the pancreas {1, 2} and the tumour {2}, averaged over the cases whose
-        target has the region.
+    def score_cases(
+        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Region Dice per case, tumour detection, and the paper's pooled metric.
+
+        - ``pancreas_dice``: Dice of the whole pancreas region {1, 2}, mean over cases.
+        - ``tumour_dice``: Dice of the tumour {2}, mean over the cases whose target has a
+          tumour. A case without a tumour has no tumour Dice (NaN, skipped): a false-positive
+          tumour there is not penalised by Dice, which is why detection is reported beside it.
+        - ``tumour_sensitivity`` / ``tumour_specificity``: case-level detection, a case
+          called positive when any voxel is predicted as tumour; NaN when the test set has
+          no positive (negative) case.
+        - ``pooled_mean_dice_3class``: the paper's Figure 3 metric (voxels pooled over all
+          cases, background, pancreas and tumour averaged), for comparison only.
+
+        Returns:
+            ``(summary, per_case)``: ``per_case`` holds ``pancreas_dice``, ``tumour_dice``,
+            ``tumour_present`` and ``tumour_predicted`` per case, in the order of ``images``.
         """
         pred = self.predict(model, images, device)
         regions = region_dice(pred, labels, PANCREAS_REGIONS)
-        per_class = dice_per_case(pred, labels, self.num_classes)
-        out = {f"{name}_dice": float(values.nanmean()) for name, values in regions.items()}
-        for c in range(1, self.num_classes):
-            out[f"class{c}_dice"] = float(per_class[:, c - 1].nanmean())
-        out["pooled_mean_dice_3class"] = pooled_mean_dice(pred, labels, self.num_classes)
-        return out
+        present = (labels == 2).flatten(1).any(1)
+        predicted = (pred == 2).flatten(1).any(1)
+        summary = {f"{name}_dice": float(values.nanmean()) for name, values in regions.items()}
+        summary["tumour_sensitivity"] = (
+            float(predicted[present].double().mean()) if present.any() else math.nan
+        )
+        summary["tumour_specificity"] = (
+            float((~predicted[~present]).double().mean()) if (~present).any() else math.nan
+        )
+        summary["pooled_mean_dice_3class"] = pooled_mean_dice(pred, labels, self.num_classes)
+        per_case = {f"{name}_dice": values.tolist() for name, values in regions.items()}
+        per_case["tumour_present"] = present.double().tolist()
+        per_case["tumour_predicted"] = predicted.double().tolist()
+        return summary, per_case
 
 
 @dataclass
@@ -223,9 +247,26 @@ class GradingRecipe:
     def evaluate(
         self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
     ) -> dict[str, float]:
-        """Quadratic weighted kappa and accuracy."""
+        """The metrics of :meth:`score_cases` without the per-case scores."""
+        return self.score_cases(model, images, labels, device)[0]
+
+    def score_cases(
+        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Quadratic weighted kappa and accuracy, with each image's true and predicted grade.
+
+        Returns:
+            ``(summary, per_case)``: ``per_case`` holds ``grade``, ``predicted`` and
+            ``correct`` per image, in the order of ``images``.
+        """
         pred = self.predict(model, images, device)
-        return {
+        summary = {
             "qwk": quadratic_weighted_kappa(pred, labels, self.num_classes),
             "accuracy": float((pred == labels).float().mean()),
         }
+        per_case = {
+            "grade": labels.double().tolist(),
+            "predicted": pred.double().tolist(),
+            "correct": (pred == labels).double().tolist(),
+        }
+        return summary, per_case

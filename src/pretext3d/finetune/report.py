@@ -1,4 +1,13 @@
-"""Results of the data-efficiency grid: CSV/JSON, a mean ± sd table, and a plot next to the paper's curves."""
+"""Results of the data-efficiency grid: tables, paired differences, figures.
+
+``write_report`` writes ``results.csv`` (one row per run), ``cases.csv`` (one row per test
+case of every run: the second layer, never the error bar), ``results.json``,
+``summary.md`` (means over split seeds, paired differences against the baseline with
+intervals and tests, convergence, provenance) and, with matplotlib,
+``data_efficiency.png`` (our curves; the paired differences; the paper's real-data curves
+in a panel of their own, one series per pretraining source) and ``learning_curves.png``
+(every run's validation score per epoch, so that convergence can be seen).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pretext3d._atomic import write_text
+from pretext3d.finetune.stats import paired_differences
 
 __all__ = ["PAPER_METRICS", "paper_curves", "summarize", "write_report"]
 
@@ -27,14 +37,20 @@ _COLOURS = {
     "exemplar": "tab:red",
     "cpc": "tab:purple",
 }
-# Our metric comparable to each of the paper's figures (same definition).
+# The paper's figure for each of our metrics with the same definition, and its metric name.
 PAPER_METRICS = {
     "pooled_mean_dice_3class": ("fig3", "pooled_mean_dice_3class_incl_background"),
     "qwk": ("fig4", "quadratic_weighted_kappa"),
 }
+_SOURCES = {
+    "pancreas_ct_3d": "pretrained on Task07 CT",
+    "ukbiobank_fundus_2d": "pretrained on UK Biobank",
+    "aptos2019_fundus_2d": "pretrained on APTOS",
+    "none": "from scratch",
+}
 
 
-def paper_curves(figure: str) -> dict[str, list[tuple[float, float]]]:
+def paper_curves(figure: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
     """The paper's data-efficiency numbers (read off its Figures 3 and 4, about ±0.01).
 
     Args:
@@ -42,46 +58,91 @@ def paper_curves(figure: str) -> dict[str, list[tuple[float, float]]]:
             (APTOS, quadratic weighted kappa).
 
     Returns:
-        ``{method: [(fraction, value), ...]}`` sorted by fraction.
+        ``{(method, pretrained_on): [(fraction, value), ...]}`` sorted by fraction; Figure 4
+        has two series per task (pretrained on UK Biobank and on APTOS itself).
     """
     text = resources.files("pretext3d.resources").joinpath("paper_figures.csv").read_text()
     rows = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
-    curves: dict[str, list[tuple[float, float]]] = {}
+    curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for row in rows:
         if row["figure"] == figure:
-            curves.setdefault(row["method"], []).append(
+            curves.setdefault((row["method"], row["pretrained_on"]), []).append(
                 (float(row["percent_labelled"]) / 100, float(row["value"]))
             )
     if not curves:
         raise ValueError(f"figure must be 'fig3' or 'fig4', got {figure!r}")
-    return {m: sorted(points) for m, points in curves.items()}
+    return {key: sorted(points) for key, points in curves.items()}
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    out = {k: row[k] for k in ("method", "fraction", "repetition", "seed", "n_labelled", "n_test", "steps")}
+    keys = ("method", "pretraining_seed", "split_seed", "repetition", "fraction", "n_labelled", "n_test")
+    out = {k: row.get(k) for k in keys}
     out.update({f"test_{k}": v for k, v in row["test"].items()})
+    encoder = row.get("encoder") or {}
+    env = row.get("provenance", {}).get("environment", {})
     out.update(
-        pretext_accuracy=row.get("pretext_accuracy"),
         best_val=row.get("best_val"),
+        best_epoch=row.get("best_epoch"),
+        epochs_run=row.get("epochs_run"),
+        converged=row.get("converged"),
+        lr=row.get("train", {}).get("lr"),
+        freeze_encoder_epochs=row.get("train", {}).get("freeze_encoder_epochs"),
+        pretext_accuracy=row.get("pretext_accuracy"),
+        encoder_sha256=encoder.get("sha256"),
+        data_sha256=row.get("provenance", {}).get("data", {}).get("sha256"),
+        transductive=row.get("transductive"),
         seconds=round(row["seconds"], 2),
         synthetic=row.get("synthetic", False),
+        pretext3d=env.get("pretext3d"),
+        torch=env.get("torch"),
+        git_commit=env.get("git_commit"),
+        device=env.get("device"),
+        threads=env.get("threads"),
     )
     return out
+
+
+def _case_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    cases = row.get("test_cases") or {}
+    ids = cases.get("case_id", [])
+    keys = ("method", "pretraining_seed", "split_seed", "repetition", "fraction")
+    return [
+        {**{k: row.get(k) for k in keys}, **{name: values[i] for name, values in cases.items()}}
+        for i in range(len(ids))
+    ]
 
 
 def summarize(
     rows: Sequence[dict[str, Any]], metric: str
 ) -> dict[tuple[str, float], tuple[float, float, int]]:
-    """``(method, fraction) -> (mean, sd, runs)`` of a test metric (NaN runs skipped; sd 0 for one run)."""
-    groups: dict[tuple[str, float], list[float]] = {}
+    """``(method, fraction) -> (mean, sd, n)`` of a test metric over split seeds.
+
+    Runs of one split seed (repetitions, pretraining seeds) are averaged first, so ``n`` is
+    the number of split seeds and ``sd`` the spread between them; ``sd`` is NaN for one
+    split seed (no spread to estimate). NaN runs are skipped.
+    """
+    groups: dict[tuple[str, float], dict[int, list[float]]] = {}
     for row in rows:
         value = row["test"][metric]
         if not math.isnan(value):
-            groups.setdefault((row["method"], row["fraction"]), []).append(value)
-    return {
-        key: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-        for key, v in groups.items()
-    }
+            groups.setdefault((row["method"], row["fraction"]), {}).setdefault(row["split_seed"], []).append(
+                value
+            )
+    out = {}
+    for key, by_split in groups.items():
+        means = [statistics.fmean(v) for v in by_split.values()]
+        out[key] = (
+            statistics.fmean(means),
+            statistics.stdev(means) if len(means) > 1 else math.nan,
+            len(means),
+        )
+    return out
+
+
+def _num(value: float, digits: int = 3, signed: bool = False) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def _table(rows: Sequence[dict[str, Any]], metric: str) -> str:
@@ -97,19 +158,78 @@ def _table(rows: Sequence[dict[str, Any]], metric: str) -> str:
         for f in fractions:
             if (m, f) in stats:
                 mean, sd, n = stats[(m, f)]
-                cells.append(f"{mean:.3f} ± {sd:.3f} (n={n})")
+                cells.append(f"{mean:.3f} ± {_num(sd)} (n={n})")
             else:
                 cells.append("—")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _paired_table(rows: Sequence[dict[str, Any]], metric: str, baseline: str) -> str:
+    comparisons = paired_differences(rows, metric, baseline)
+    if not comparisons:
+        return f"No method to compare with `{baseline}`."
+    lines = [
+        f"| method − {baseline} | fraction | mean Δ | 95 % CI | p (paired t) | ahead on | per split seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        ci = "n/a" if math.isnan(c.low) else f"[{c.low:+.3f}, {c.high:+.3f}]"
+        p = "n/a" if math.isnan(c.p_value) else f"{c.p_value:.3f}"
+        each = " ".join(f"{d:+.3f}" for d in c.differences)
+        lines.append(
+            f"| {c.method} | {c.fraction:.0%} | {c.mean:+.3f} | {ci} | {p} | {c.wins}/{c.n} | {each} |"
+        )
+    return "\n".join(lines)
+
+
+def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        runs = [r for r in rows if r["method"] == method]
+        train = runs[0].get("train", {})
+        converged = [r.get("converged") for r in runs]
+        known = [c for c in converged if c is not None]
+        budget = (
+            f"{train.get('epochs')} epochs × {train.get('steps_per_epoch')} steps "
+            f"× batch {train.get('batch_size')}"
+        )
+        lines.append(
+            f"- `{method}`: lr {train.get('lr')}, encoder frozen for the first "
+            f"{train.get('freeze_encoder_epochs')} epochs, at most {budget}, early stopping patience "
+            f"{train.get('early_stopping_patience')}; "
+            + (
+                f"converged (stopped by patience) in {sum(known)} of {len(known)} runs"
+                if known
+                else "convergence not tracked (no patience set)"
+            )
+            + (
+                f"; mean held-out pretext accuracy {statistics.fmean(a):.3f}"
+                if (a := [r["pretext_accuracy"] for r in runs if r.get("pretext_accuracy") is not None])
+                else ""
+            )
+        )
+    return lines
+
+
 def write_report(
-    rows: Sequence[dict[str, Any]], output_dir: str | os.PathLike[str], metric: str, *, synthetic: bool
+    rows: Sequence[dict[str, Any]],
+    output_dir: str | os.PathLike[str],
+    metric: str,
+    *,
+    synthetic: bool,
+    baseline: str = "scratch",
 ) -> list[Path]:
-    """Write ``results.csv``, ``results.json``, ``summary.md`` and, with matplotlib, ``data_efficiency.png``.
+    """Write the report files (see the module docstring).
 
     Every file made from the built-in phantoms says so (``synthetic``).
+
+    Args:
+        rows: the runs (:func:`~pretext3d.finetune.runner.run_data_efficiency`).
+        output_dir: where the files go.
+        metric: the main test metric.
+        synthetic: the data are the built-in phantoms.
+        baseline: the method the others are compared against.
 
     Returns:
         The files written.
@@ -117,78 +237,137 @@ def write_report(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    flat = [_flat(r) for r in rows]
-    columns = list(dict.fromkeys(k for r in flat for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(flat)
-    for name, text in (
-        ("results.csv", buffer.getvalue()),
-        ("results.json", json.dumps(list(rows), indent=2)),
+    for name, records in (
+        ("results.csv", [_flat(r) for r in rows]),
+        ("cases.csv", [c for r in rows for c in _case_rows(r)]),
     ):
-        write_text(out / name, text)
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+        write_text(out / name, buffer.getvalue())
         written.append(out / name)
+    write_text(out / "results.json", json.dumps(list(rows), indent=2))
+    written.append(out / "results.json")
     note = "SYNTHETIC phantom data: says nothing about real scans." if synthetic else "Real data."
     metrics = [metric] + [m for m in (rows[0]["test"] if rows else {}) if m != metric]
+    env = rows[0].get("provenance", {}).get("environment", {}) if rows else {}
+    splits = sorted({r["split_seed"] for r in rows})
     summary = [
         f"# Data efficiency\n\n{note}\n",
-        f"Main metric: `{metric}` (test set, mean ± sd over repetitions).\n",
+        f"Test metrics over {len(splits)} split seed(s) {splits}: runs of one split seed (repetitions, "
+        "pretraining seeds) are averaged first; ± is the sd between split seeds (n/a for one).\n",
+        "## Protocol\n",
+        *_protocol(rows),
+        "",
+        f"Transductive (encoders pretrained on validation/test images allowed): "
+        f"{any(r.get('transductive') for r in rows)}.",
+        f"Environment: pretext3d {env.get('pretext3d')}, torch {env.get('torch')}, commit "
+        f"{env.get('git_commit')}, device {env.get('device')}, {env.get('threads')} threads.\n",
+        f"## Paired differences against `{baseline}` (`{metric}`)\n",
+        "Per split seed, the mean of (method − baseline) over runs with the same subset, "
+        "initialisation and batch order; 95 % Student-t interval over split seeds.\n",
+        _paired_table(rows, metric, baseline) + "\n",
+        "## Test metrics\n",
     ]
     summary += [_table(rows, m) + "\n" for m in metrics]
     write_text(out / "summary.md", "\n".join(summary))
     written.append(out / "summary.md")
-    plot = _plot(rows, out / "data_efficiency.png", metric, note)
-    if plot is not None:
-        written.append(plot)
+    written += _plots(rows, out, metric, note, baseline)
     return written
 
 
-def _plot(rows: Sequence[dict[str, Any]], path: Path, metric: str, note: str) -> Path | None:
+def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, baseline: str) -> list[Path]:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
-        return None
+        return []
     comparable = next((m for m in PAPER_METRICS if rows and m in rows[0]["test"]), None)
-    panels = [metric] + ([comparable] if comparable and comparable != metric else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], panels, strict=True):
-        stats = summarize(rows, name)
-        for method in dict.fromkeys(r["method"] for r in rows):
-            points = sorted((f, *stats[(m, f)][:2]) for (m, f) in stats if m == method)
-            if points:
-                xs, means, sds = zip(*points, strict=True)
-                ax.errorbar(
-                    [100 * x for x in xs],
-                    means,
-                    yerr=sds,
-                    marker="o",
-                    capsize=3,
-                    color=_COLOURS.get(method),
-                    label=f"{method} (ours)",
-                )
-        if name in PAPER_METRICS:
-            figure, _ = PAPER_METRICS[name]
-            for method, curve in paper_curves(figure).items():
-                ax.plot(
-                    [100 * f for f, _ in curve],
-                    [v for _, v in curve],
-                    "--",
-                    alpha=0.6,
-                    color=_COLOURS.get(method),
-                    label=f"{method} (paper)",
-                )
+    panels = 2 + (comparable is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.3), squeeze=False)
+    ax = axes[0][0]
+    stats = summarize(rows, metric)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted((f, *stats[(m, f)][:2]) for (m, f) in stats if m == method)
+        if points:
+            xs, means, sds = zip(*points, strict=True)
+            ax.errorbar(
+                [100 * x for x in xs],
+                means,
+                yerr=[0 if math.isnan(s) else s for s in sds],
+                marker="o",
+                capsize=3,
+                color=_COLOURS.get(method),
+                label=method,
+            )
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title("ours: mean ± sd over split seeds", fontsize=9)
+    ax = axes[0][1]
+    comparisons = paired_differences(rows, metric, baseline)
+    for method in dict.fromkeys(c.method for c in comparisons):
+        mine = [c for c in comparisons if c.method == method]
+        where = [100 * c.fraction for c in mine]
+        low = [0 if math.isnan(c.low) else c.mean - c.low for c in mine]
+        high = [0 if math.isnan(c.high) else c.high - c.mean for c in mine]
+        ax.errorbar(where, [c.mean for c in mine], yerr=[low, high], marker="o", capsize=3,
+                    color=_COLOURS.get(method), label=method)  # fmt: skip
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel(f"paired Δ {metric} vs {baseline}")
+    ax.set_title("ours: paired difference, 95 % CI over split seeds", fontsize=9)
+    if comparable is not None:
+        ax = axes[0][2]
+        figure, paper_metric = PAPER_METRICS[comparable]
+        sources = list(dict.fromkeys(src for (_, src) in paper_curves(figure)))
+        for (method, source), curve in paper_curves(figure).items():
+            ax.plot(
+                [100 * f for f, _ in curve],
+                [v for _, v in curve],
+                ["-", "--", ":"][sources.index(source) % 3],
+                marker=".",
+                color=_COLOURS.get(method),
+                label=f"{method} ({_SOURCES.get(source, source)})",
+            )
+        ax.set_ylabel(paper_metric)
+        ax.set_title(
+            f"Taleb et al. 2020, REAL data (read off {figure}); not comparable to phantoms", fontsize=8
+        )
+    for ax in axes[0]:
         ax.set_xscale("log")
         ax.set_xticks([5, 10, 25, 50, 100], labels=["5", "10", "25", "50", "100"])
         ax.set_xlabel("% of labelled training cases")
-        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.suptitle(f"Data efficiency: {note}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(out / "data_efficiency.png", dpi=110)
     plt.close(fig)
-    return path
+
+    fractions = sorted({r["fraction"] for r in rows})
+    fig, axes = plt.subplots(
+        1, len(fractions), figsize=(3.2 * len(fractions), 3.2), squeeze=False, sharey=True
+    )
+    for ax, fraction in zip(axes[0], fractions, strict=True):
+        for r in rows:
+            if r["fraction"] == fraction:
+                scores = [h.get("val") for h in r.get("history", [])]
+                ax.plot(
+                    range(1, len(scores) + 1), scores, color=_COLOURS.get(r["method"]), alpha=0.35, lw=0.8
+                )
+        ax.set_title(f"{fraction:.0%} labelled", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"validation {metric}")
+    methods = dict.fromkeys(r["method"] for r in rows)
+    handles = [Line2D([], [], color=_COLOURS.get(m), label=m) for m in methods]
+    axes[0][-1].legend(handles=handles, fontsize=6)
+    fig.suptitle(f"Learning curves, every run: {note}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=100)
+    plt.close(fig)
+    return [out / "data_efficiency.png", out / "learning_curves.png"]

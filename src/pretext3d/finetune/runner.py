@@ -1,11 +1,28 @@
 """The data-efficiency experiment: downstream quality against the fraction of labels used.
 
-For every method (``None`` = from scratch, else a pretrained encoder file), label
-fraction and repetition, one fine-tuning run with the same recipe, step budget,
-optimizer and augmentation; the same initialisation seed and batch order for every
-method within a (fraction, repetition) cell, so methods differ only in the encoder's
-starting weights. Validation and test cases are fixed once; the labelled subsets are
-nested within a repetition (5 % ⊂ 10 % ⊂ ...).
+The protocol (a fair comparison, after the shortcomings of the original's):
+
+- **Grid.** For every split seed, repetition, label fraction and method, one fine-tuning
+  run. A method is a list of encoder files, one per pretraining seed, or ``None`` for the
+  from-scratch baseline.
+- **Seeds.** Each split seed fixes its own validation and test cases; each repetition
+  draws its own nested labelled subsets (5 % ⊂ 10 % ⊂ ...). Subset, initialisation and
+  batch order come from separate seed streams (:func:`~pretext3d.finetune.subsets.run_seeds`),
+  the same for every method of a (split seed, repetition) cell, so methods differ only in
+  the encoder's starting weights. Grading data are split and subsampled stratified by grade.
+- **Fair baseline.** A from-scratch encoder is never frozen: freezing random features
+  starves the baseline and manufactures a gain. The baseline trains with
+  ``baseline_train`` (default: ``train`` without the freeze); both arms share the maximum
+  budget and the convergence rule (early stopping on the validation score, the best epoch
+  restored). Whether each run converged (stopped by patience rather than by the budget)
+  is recorded and reported.
+- **No test images in pretraining.** An encoder whose pretraining record
+  (:mod:`~pretext3d.finetune.provenance`) lists a validation or test case of a split is
+  refused, unless ``transductive=True`` (the paper's setting), which is recorded.
+- **Provenance.** ``config.json`` and every result row carry the settings, the data's
+  hash and description, each encoder file's hash and pretraining record, and the
+  environment (versions, git commit, device, threads). A folder holding runs of anything
+  else is refused.
 
 Every finished run is written as its own JSON file (temporary name, then rename), and
 an interrupted run resumes from its last epoch checkpoint: kill the process at any
@@ -14,11 +31,13 @@ point and rerun the same command; nothing finished is repeated, lost or duplicat
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,10 +46,19 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._atomic import write_text
-from pretext3d.finetune.subsets import nested_subsets, split_cases
+from pretext3d.finetune.provenance import (
+    environment,
+    file_sha256,
+    overlapping_cases,
+    read_pretraining_record,
+    tensor_sha256,
+)
+from pretext3d.finetune.subsets import nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
 
 __all__ = ["DataEfficiencyConfig", "Recipe", "run_data_efficiency", "run_name"]
+
+EncoderFiles = str | os.PathLike[str] | None | Sequence[str | os.PathLike[str]]
 
 
 class Recipe(Protocol):
@@ -60,6 +88,12 @@ class Recipe(Protocol):
         """Metrics on whole images."""
         ...
 
+    def score_cases(
+        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Metrics on whole images and the per-case scores behind them."""
+        ...
+
 
 @dataclass
 class DataEfficiencyConfig:
@@ -67,19 +101,29 @@ class DataEfficiencyConfig:
 
     Attributes:
         fractions: label fractions of the training pool.
-        repetitions: runs per method and fraction, with different subset and training seeds.
-        split_seed: seed of the fixed validation/test split.
+        split_seeds: one validation/test split per seed; the independent repeats that the
+            paired intervals are taken over (use five or more for a verdict).
+        repetitions: labelled subsets drawn per split seed.
         val_fraction: share of all cases held out for validation (early stopping, best epoch).
         test_fraction: share of all cases held out for the test metrics.
-        train: the fine-tuning settings, identical for every method.
+        train: fine-tuning settings of the pretrained encoders (may freeze the encoder first).
+            Its ``seed`` feeds the initialisation and batch-order streams of every method.
+        baseline_train: the from-scratch baseline's settings; ``None``: ``train`` with
+            ``freeze_encoder_epochs=0``. It may differ (its own tuned learning rate, say),
+            but never freezes, and must have the same ``seed``, ``epochs`` and
+            ``early_stopping_patience`` as ``train`` (same budget, same convergence rule).
+        transductive: allow encoders pretrained on validation or test images (the paper's
+            setting); recorded in every row. Default: refuse them.
     """
 
     fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
-    repetitions: int = 3
-    split_seed: int = 0
+    split_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    repetitions: int = 1
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     train: TrainConfig = field(default_factory=TrainConfig)
+    baseline_train: TrainConfig | None = None
+    transductive: bool = False
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -87,36 +131,82 @@ class DataEfficiencyConfig:
             raise ValueError(f"repetitions must be >= 1, got {self.repetitions}")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions must be one or more numbers in (0, 1], got {self.fractions}")
+        if len(set(self.fractions)) != len(self.fractions):
+            raise ValueError(f"fractions must not repeat, got {self.fractions}")
+        if not self.split_seeds or any(s < 0 for s in self.split_seeds):
+            raise ValueError(f"split_seeds must be one or more seeds >= 0, got {self.split_seeds}")
+        if len(set(self.split_seeds)) != len(self.split_seeds):
+            raise ValueError(f"split_seeds must not repeat, got {self.split_seeds}")
+        base = self.baseline_train
+        if base is not None:
+            if base.freeze_encoder_epochs:
+                raise ValueError(
+                    "baseline_train.freeze_encoder_epochs must be 0: a from-scratch encoder is never "
+                    "frozen (freezing random features starves the baseline), "
+                    f"got {base.freeze_encoder_epochs}"
+                )
+            for name in ("seed", "epochs", "early_stopping_patience"):
+                if getattr(base, name) != getattr(self.train, name):
+                    raise ValueError(
+                        f"baseline_train.{name} must equal train.{name} (same seeds, budget and "
+                        f"convergence rule for every arm), got {getattr(base, name)} and "
+                        f"{getattr(self.train, name)}"
+                    )
+
+    def settings_for(self, pretrained: bool) -> TrainConfig:
+        """The fine-tuning settings of a pretrained encoder or of the from-scratch baseline."""
+        if pretrained:
+            return self.train
+        if self.baseline_train is not None:
+            return self.baseline_train
+        return dataclasses.replace(self.train, freeze_encoder_epochs=0)
 
 
-def run_name(method: str, fraction: float, repetition: int) -> str:
-    """File stem of one run: ``{method}__f{fraction}__r{repetition}``."""
-    return f"{method}__f{fraction:g}__r{repetition}"
+def run_name(method: str, split_seed: int, repetition: int, fraction: float, pretraining: int = 0) -> str:
+    """File stem of one run: ``{method}__p{pretraining}__s{split_seed}__r{repetition}__f{fraction}``."""
+    return f"{method}__p{pretraining}__s{split_seed}__r{repetition}__f{fraction:g}"
 
 
 def _write_json(path: Path, payload: object) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
-def _pretext_accuracy(encoder_file: str | os.PathLike[str] | None) -> float | None:
-    """The pretext accuracy recorded next to an encoder by ``pretext3d pretrain`` (``<file>.json``)."""
-    if encoder_file is None:
+def _encoder_lists(methods: Mapping[str, EncoderFiles]) -> dict[str, list[str | None]]:
+    out: dict[str, list[str | None]] = {}
+    for name, files in methods.items():
+        if not name or "__" in name or "/" in name:
+            raise ValueError(f"method names must be non-empty and contain no '__' or '/', got {name!r}")
+        if files is None:
+            out[name] = [None]
+        elif isinstance(files, (str, os.PathLike)):
+            out[name] = [str(files)]
+        else:
+            listed: list[str | None] = [str(f) for f in files]
+            if not listed:
+                raise ValueError(f"methods[{name!r}] lists no encoder file; use None for from scratch")
+            out[name] = listed
+        for f in out[name]:
+            if f is not None and not Path(f).is_file():
+                raise ValueError(f"methods[{name!r}]: encoder file {f!r} does not exist")
+    return out
+
+
+def _encoder_info(path: str | None) -> dict[str, Any] | None:
+    if path is None:
         return None
-    sidecar = Path(f"{encoder_file}.json")
-    if not sidecar.exists():
-        return None
-    value = json.loads(sidecar.read_text()).get("pretext_accuracy")
-    return None if value is None else float(value)
+    return {"path": path, "sha256": file_sha256(path), "pretraining": read_pretraining_record(path)}
 
 
 def run_data_efficiency(
     recipe: Recipe,
     images: Tensor,
     labels: Tensor,
-    methods: Mapping[str, str | os.PathLike[str] | None],
+    methods: Mapping[str, EncoderFiles],
     config: DataEfficiencyConfig,
     output_dir: str | os.PathLike[str],
     *,
+    case_ids: Sequence[str] | None = None,
+    data_info: Mapping[str, Any] | None = None,
     device: torch.device | str = "cpu",
     synthetic: bool = False,
     progress: bool = True,
@@ -128,109 +218,200 @@ def run_data_efficiency(
         recipe: the experiment (:class:`~pretext3d.finetune.recipes.SegmentationRecipe` or
             :class:`~pretext3d.finetune.recipes.GradingRecipe`).
         images: all labelled cases ``(N, C, *spatial)``.
-        labels: ``(N, *spatial)`` label maps or ``(N,)`` grades.
-        methods: name -> pretrained encoder file, or ``None`` for the from-scratch baseline.
+        labels: ``(N, *spatial)`` label maps or ``(N,)`` grades (grades stratify the splits).
+        methods: name -> pretrained encoder file, a list of them (one per pretraining
+            seed), or ``None`` for the from-scratch baseline.
         config: the grid and training settings.
         output_dir: receives ``runs/*.json`` (one per finished run), ``checkpoints/``,
-            ``config.json`` and, at the end, ``results.csv``/``results.json`` (see
+            ``config.json`` and, at the end, the report files (see
             :func:`~pretext3d.finetune.report.write_report`).
+        case_ids: one id per case (file stem, phantom id), recorded with the per-case
+            scores and matched against the encoders' pretraining records; default
+            ``case0``, ``case1``, ...
+        data_info: how the data were made (loader, path, size, preprocessing, seed),
+            recorded and part of the fingerprint.
         device: where to train.
         synthetic: the data are the built-in phantoms (recorded in every row and figure).
-        progress: show a progress bar (needs tqdm; silently plain otherwise).
+        progress: show a progress bar (needs tqdm; plain log lines otherwise).
         log: where progress lines go.
 
     Returns:
-        One row per (method, fraction, repetition).
+        One row per (method, pretraining seed, split seed, repetition, fraction).
+
+    Raises:
+        ValueError: mismatched inputs, a folder holding runs of other settings, data or
+            software, or an encoder pretrained on validation/test cases (unless
+            ``config.transductive``).
     """
     if len(images) != len(labels):
         raise ValueError(f"images and labels must have the same length, got {len(images)} and {len(labels)}")
-    bad = [name for name in methods if not name or "__" in name or "/" in name]
-    if bad:
-        raise ValueError(f"method names must be non-empty and contain no '__' or '/': {bad}")
+    ids = [f"case{i}" for i in range(len(images))] if case_ids is None else [str(c) for c in case_ids]
+    if len(ids) != len(images) or len(set(ids)) != len(ids):
+        raise ValueError(
+            f"case_ids must be {len(images)} distinct ids, got {len(ids)} ({len(set(ids))} distinct)"
+        )
+    encoders = _encoder_lists(methods)
     out = Path(output_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     settings = {
         "config": asdict(config),
-        "methods": {k: None if v is None else str(v) for k, v in methods.items()},
+        "methods": {name: [_encoder_info(f) for f in files] for name, files in encoders.items()},
         "recipe": repr(recipe),
-        "cases": len(images),
+        "data": {
+            "info": dict(data_info or {}),
+            "cases": len(images),
+            "sha256": tensor_sha256(images, labels),
+            "case_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+        },
+        "environment": environment(device),
         "synthetic": synthetic,
     }
+    settings = json.loads(json.dumps(settings, default=str))
     saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(settings)):
-        raise ValueError(
-            f"{str(out)!r} holds runs of other settings (config.json differs); use another output folder"
-        )
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        changed = _differences(old, settings)
+        if changed:
+            raise ValueError(
+                f"{str(out)!r} holds runs made with other settings, data or software "
+                f"(changed: {', '.join(changed[:8])}); use another output folder"
+            )
     _write_json(saved, settings)
 
-    split = split_cases(len(images), config.val_fraction, config.test_fraction, config.split_seed)
-    grid = [(m, f, r) for r in range(config.repetitions) for f in config.fractions for m in methods]
-    todo = [cell for cell in grid if not (out / "runs" / f"{run_name(*cell)}.json").exists()]
+    strata = labels.tolist() if labels.ndim == 1 else None
+    grid = [
+        (method, p, s, r, f)
+        for s in config.split_seeds
+        for r in range(config.repetitions)
+        for f in config.fractions
+        for method, files in encoders.items()
+        for p in range(len(files))
+    ]
+    splits = {
+        s: split_cases(len(images), config.val_fraction, config.test_fraction, s, strata=strata)
+        for s in config.split_seeds
+    }
+    _check_pretraining(settings["methods"], splits, ids, config.transductive, log)
+    todo = [cell for cell in grid if not (out / "runs" / f"{_name(cell)}.json").exists()]
+    first = splits[config.split_seeds[0]]
     log(
-        f"data efficiency: {len(grid)} runs, {len(grid) - len(todo)} already done; "
-        f"{len(split.train)} training pool / {len(split.val)} validation / {len(split.test)} test cases"
+        f"data efficiency: {len(grid)} runs, {len(grid) - len(todo)} already done; per split "
+        f"{len(first.train)} training pool / {len(first.val)} validation / {len(first.test)} test cases"
     )
+    provenance = {k: settings[k] for k in ("data", "environment", "synthetic")}
     bar = _progress(len(todo)) if progress else None
-    for method, fraction, rep in todo:
-        seed = config.split_seed * 1_000_003 + rep
-        subset = nested_subsets(split.train, config.fractions, seed)[fraction]
+    for cell in todo:
+        method, p, s, r, fraction = cell
+        split = splits[s]
+        seeds = run_seeds(s, r, config.train.seed)
+        pool_strata = [strata[i] for i in split.train] if strata is not None else None
+        subset = nested_subsets(split.train, config.fractions, seeds.subset, strata=pool_strata)[fraction]
+        encoder_file = encoders[method][p]
+        train = config.settings_for(encoder_file is not None)
         row = _one_run(
-            recipe,
-            images,
-            labels,
-            methods[method],
-            subset,
-            split.val,
-            split.test,
-            config.train,
-            seed,
-            out / "checkpoints" / f"{run_name(method, fraction, rep)}.pt",
-            device,
-        )
+            recipe, images, labels, ids, encoder_file, subset, split.val, split.test, train, seeds,
+            out / "checkpoints" / f"{_name(cell)}.pt", device,
+        )  # fmt: skip
+        info = settings["methods"][method][p]
         row.update(
             method=method,
+            pretraining_seed=p,
+            split_seed=s,
+            repetition=r,
             fraction=fraction,
-            repetition=rep,
-            seed=seed,
+            seeds=asdict(seeds),
+            encoder=info,
+            pretext_accuracy=None if info is None else (info["pretraining"] or {}).get("pretext_accuracy"),
+            transductive=config.transductive,
+            provenance=provenance,
             synthetic=synthetic,
-            pretext_accuracy=_pretext_accuracy(methods[method]),
         )
-        _write_json(out / "runs" / f"{run_name(method, fraction, rep)}.json", row)
-        (out / "checkpoints" / f"{run_name(method, fraction, rep)}.pt").unlink(missing_ok=True)
+        _write_json(out / "runs" / f"{_name(cell)}.json", row)
+        (out / "checkpoints" / f"{_name(cell)}.pt").unlink(missing_ok=True)
         if bar is not None:
             bar.update(1)
         log(
-            f"{run_name(method, fraction, rep)}: {recipe.metric} {row['test'][recipe.metric]:.3f} "
-            f"({row['n_labelled']} labelled, {row['seconds']:.0f} s)"
+            f"{_name(cell)}: {recipe.metric} {row['test'][recipe.metric]:.3f} ({row['n_labelled']} labelled, "
+            f"best epoch {row['best_epoch']}/{row['epochs_run']}"
+            f"{'' if row['converged'] is not False else ', NOT converged'}, {row['seconds']:.0f} s)"
         )
     if bar is not None:
         bar.close()
-    return [json.loads((out / "runs" / f"{run_name(*cell)}.json").read_text()) for cell in grid]
+    return [json.loads((out / "runs" / f"{_name(cell)}.json").read_text()) for cell in grid]
+
+
+def _name(cell: tuple[str, int, int, int, float]) -> str:
+    method, p, s, r, f = cell
+    return run_name(method, s, r, f, p)
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if old == new else [prefix or "(all)"]
+
+
+def _check_pretraining(
+    methods: Mapping[str, list[dict[str, Any] | None]],
+    splits: Mapping[int, Any],
+    ids: Sequence[str],
+    transductive: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Refuse encoders pretrained on validation or test cases (unless transductive)."""
+    for name, infos in methods.items():
+        for info in infos:
+            if info is None:
+                continue
+            record = info["pretraining"]
+            if record is None or "pretraining_cases" not in record:
+                log(
+                    f"warning: {info['path']!r} ({name}) has no pretraining record listing its images; "
+                    "cannot check that no validation/test case reached pretraining"
+                )
+                continue
+            for seed, split in splits.items():
+                held = [ids[i] for i in (*split.val, *split.test)]
+                seen = overlapping_cases(record["pretraining_cases"], held)
+                if seen and not transductive:
+                    raise ValueError(
+                        f"encoder {info['path']!r} ({name}) was pretrained on {len(seen)} validation/test "
+                        f"case(s) of split seed {seed} (e.g. {seen[:3]}); pretrain on images outside the "
+                        "labelled set, or set transductive=true to allow it (the paper's setting; recorded)"
+                    )
+                if seen:
+                    log(
+                        f"transductive: {name} was pretrained on {len(seen)} validation/test cases "
+                        f"(split {seed})"
+                    )
 
 
 def _one_run(
     recipe: Recipe,
     images: Tensor,
     labels: Tensor,
-    encoder_file: str | os.PathLike[str] | None,
+    ids: Sequence[str],
+    encoder_file: str | None,
     subset: list[int],
     val: list[int],
     test: list[int],
     train: TrainConfig,
-    seed: int,
+    seeds: Any,
     checkpoint: Path,
     device: torch.device | str,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    torch.manual_seed(seed)  # same decoder/classifier initialisation for every method
+    torch.manual_seed(seeds.init)  # same decoder/classifier initialisation for every method
     model, encoder = recipe.build(images.shape[1], encoder_file)
-    config = TrainConfig(**{**asdict(train), "seed": seed})
+    config = dataclasses.replace(train, seed=seeds.order)
     val_images, val_labels = images[val], labels[val]
 
     def validate(m: nn.Module) -> float:
-        if not val:
-            return 0.0
         score = recipe.evaluate(m, val_images, val_labels, device)[recipe.metric]
         return -math.inf if math.isnan(score) else score
 
@@ -248,13 +429,23 @@ def _one_run(
         device=device,
     )
     history = trainer.fit()
+    summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], device)
+    scores = [h["val"] for h in history if "val" in h]
+    best_epoch = max(range(len(scores)), key=lambda i: (scores[i], -i)) if scores else len(history) - 1
+    patience = config.early_stopping_patience
     return {
         "n_labelled": len(subset),
+        "labelled_cases": [ids[i] for i in subset],
         "n_val": len(val),
         "n_test": len(test),
-        "steps": config.epochs * config.steps_per_epoch,
-        "test": recipe.evaluate(trainer.model, images[test], labels[test], device),
+        "test": summary,
+        "test_cases": {"case_id": [ids[i] for i in test], **per_case},
         "best_val": trainer.best_score if val else None,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        # converged: stopped because the validation score stopped improving, not by the budget
+        "converged": None if patience is None or not val else len(history) - 1 - best_epoch >= patience,
+        "train": asdict(config),
         "history": history,
         "seconds": time.perf_counter() - start,
     }

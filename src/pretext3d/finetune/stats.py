@@ -1,0 +1,107 @@
+"""Paired comparisons of a method against the baseline over seeds.
+
+The unit of replication is the split seed: each split seed has its own validation and
+test cases, labelled subsets and initialisations, so the split seeds are independent
+repeats of the whole experiment. Within a split seed, the difference ``method - baseline``
+is taken per (repetition, pretraining seed) on the same subset, initialisation and batch
+order, then averaged. The interval is Student's t over split seeds, the test a paired
+t-test (and the count of split seeds the method wins). Per-case scores are kept in the
+results as a second layer; they are not independent repeats and never give the interval.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from scipy import stats as scipy_stats
+
+__all__ = ["PairedComparison", "paired_differences"]
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """``method - baseline`` at one label fraction.
+
+    Attributes:
+        method: the compared method.
+        fraction: the label fraction.
+        differences: one mean paired difference per split seed.
+        mean: mean of ``differences``.
+        low: lower end of the confidence interval (NaN with fewer than two split seeds).
+        high: upper end of the confidence interval (NaN likewise).
+        p_value: two-sided paired t-test of mean zero (NaN likewise, or when all differences agree).
+        wins: split seeds on which the method is ahead.
+    """
+
+    method: str
+    fraction: float
+    differences: tuple[float, ...]
+    mean: float
+    low: float
+    high: float
+    p_value: float
+    wins: int
+
+    @property
+    def n(self) -> int:
+        """Number of split seeds."""
+        return len(self.differences)
+
+
+def paired_differences(
+    rows: Sequence[dict[str, Any]], metric: str, baseline: str = "scratch", confidence: float = 0.95
+) -> list[PairedComparison]:
+    """Paired differences of every method against ``baseline``, per label fraction.
+
+    Args:
+        rows: results of :func:`~pretext3d.finetune.runner.run_data_efficiency` (each with
+            ``method``, ``fraction``, ``split_seed``, ``repetition`` and ``test[metric]``).
+        metric: the test metric.
+        baseline: the method the others are compared against.
+        confidence: coverage of the interval.
+
+    Returns:
+        One comparison per (method, fraction) with at least one pair, sorted by method
+        (in order of appearance) and fraction. Pairs where either score is NaN are left out.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    base = {
+        (r["fraction"], r["split_seed"], r["repetition"]): float(r["test"][metric])
+        for r in rows
+        if r["method"] == baseline
+    }
+    pairs: dict[tuple[str, float], dict[int, list[float]]] = {}
+    for r in rows:
+        if r["method"] == baseline:
+            continue
+        ref = base.get((r["fraction"], r["split_seed"], r["repetition"]))
+        value = float(r["test"][metric])
+        if ref is None or math.isnan(ref) or math.isnan(value):
+            continue
+        cell = pairs.setdefault((r["method"], r["fraction"]), {})
+        cell.setdefault(r["split_seed"], []).append(value - ref)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for (method, fraction), by_split in sorted(
+        pairs.items(), key=lambda kv: (methods.index(kv[0][0]), kv[0][1])
+    ):
+        diffs = tuple(statistics.fmean(v) for _, v in sorted(by_split.items()))
+        mean = statistics.fmean(diffs)
+        low = high = p_value = math.nan
+        if len(diffs) > 1:
+            sd = statistics.stdev(diffs)
+            half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+            low, high = mean - half, mean + half
+            if sd > 0:
+                p_value = float(
+                    2 * scipy_stats.t.sf(abs(mean) / (sd / math.sqrt(len(diffs))), len(diffs) - 1)
+                )
+        out.append(
+            PairedComparison(method, fraction, diffs, mean, low, high, p_value, sum(d > 0 for d in diffs))
+        )
+    return out
