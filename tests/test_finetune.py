@@ -545,21 +545,24 @@ def test_segmentation_recipe_samples_foreground_and_evaluates() -> None:
         "tumour_specificity",
         "pooled_mean_dice_3class",
     }
+    # whole volumes go through in batches; each is padded on its own, so the batch size does not matter
+    odd = images[:, :, :30, :30, :30]
+    assert torch.equal(recipe.predict(model, odd, batch=1), recipe.predict(model, odd, batch=3))
     with pytest.raises(ValueError, match="crop must be a multiple of 4"):
         SegmentationRecipe(crop=18)
 
 
 class _Fixed(nn.Module):
-    """Outputs one-hot logits of fixed label maps, one volume per call in order."""
+    """Outputs one-hot logits of fixed label maps, the next ``len(x)`` volumes per call."""
 
     def __init__(self, maps: torch.Tensor) -> None:
         super().__init__()
-        self.maps, self.calls = maps, 0
+        self.maps, self.done = maps, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = nn.functional.one_hot(self.maps[self.calls], 3).permute(3, 0, 1, 2)[None].float()
-        self.calls += 1
-        return out
+        out = nn.functional.one_hot(self.maps[self.done : self.done + len(x)], 3).permute(0, 4, 1, 2, 3)
+        self.done += len(x)
+        return out.float()
 
 
 def test_tumour_metrics_count_false_positives_by_detection() -> None:
@@ -719,12 +722,20 @@ def test_cli_config_errors_name_the_key(
     assert message in capsys.readouterr().err
 
 
-def test_example_configs_are_valid() -> None:
-    from pretext3d.cli import DataEfficiencyCommand, PretrainCommand
+@pytest.mark.parametrize("experiment", ["pancreas", "fundus"])
+def test_example_configs_are_valid_and_fair(experiment: str) -> None:
+    from pretext3d.cli import DataEfficiencyCommand, DataSpec, PretrainCommand
     from pretext3d.config import from_mapping, load_toml
 
     folder = Path(__file__).parent.parent / "examples" / "configs"
-    pre = from_mapping(PretrainCommand, load_toml(folder / "pancreas_pretrain_rotation.toml"))
-    grid = from_mapping(DataEfficiencyCommand, load_toml(folder / "pancreas_data_efficiency.toml"))
-    assert grid.methods["rotation"] == pre.output
-    assert grid.experiment.fractions == (0.05, 0.1, 0.25, 0.5, 1.0)
+    pre = from_mapping(PretrainCommand, load_toml(folder / f"{experiment}_pretrain.toml"))
+    grid = from_mapping(DataEfficiencyCommand, load_toml(folder / f"{experiment}_data_efficiency.toml"))
+    assert len(grid.experiment.split_seeds) >= 5
+    base = grid.experiment.settings_for(pretrained=False)
+    assert base.freeze_encoder_epochs == 0 and base.epochs == grid.experiment.train.epochs
+    assert base.early_stopping_patience is not None
+    # the pretraining pool never holds a labelled case, whatever the sizes
+    labelled = DataSpec(kind=grid.data.kind, count=grid.data.count, size=8, seed=grid.data.seed)
+    pool = DataSpec(kind=pre.data.kind, count=pre.data.count, size=8, seed=pre.data.seed)
+    assert not pool.include_labelled
+    assert not set(labelled.labelled()[2]) & set(pool.unlabelled()[1])

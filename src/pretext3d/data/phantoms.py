@@ -122,7 +122,7 @@ def ct_phantom(
     u = np.stack(np.meshgrid(*axes, indexing="ij"))  # (3, X, Y, Z)
 
     # random pose: small rotation, anisotropic scale, shift, smooth elastic warp
-    angles = np.radians(rng.uniform(-1, 1, 3) * np.array([6.0, 6.0, 15.0]))  # mostly in-plane
+    angles = np.radians(rng.uniform(-1, 1, 3) * np.array([6.0, 6.0, 30.0]))  # mostly in-plane
     rot = np.eye(3)
     for axis, angle in enumerate(angles):
         a, b = [i for i in range(3) if i != axis]
@@ -131,7 +131,7 @@ def ct_phantom(
         r[a, b], r[b, a] = -np.sin(angle), np.sin(angle)
         rot = r @ rot
     scale = rng.uniform(0.85, 1.15, 3)
-    shift = rng.uniform(-0.1, 0.1, 3)
+    shift = rng.uniform(-0.12, 0.12, 3)
     b = np.einsum("ij,j...->i...", rot, (u - shift[:, None, None, None]) / scale[:, None, None, None])
     b = b + 0.07 * np.stack([_smooth_noise(rng, shape, 4) for _ in range(3)])
     x, y, z = b
@@ -150,7 +150,7 @@ def ct_phantom(
     # each organ's enhancement also varies on its own, so intensity alone does not transfer
     phase = rng.uniform()
     liver_hu = 70 + 50 * phase + rng.uniform(-10, 10)
-    gland_hu = 135 - 50 * phase + rng.uniform(-10, 10)
+    gland_hu = 150 - 75 * phase + rng.uniform(-10, 10)
     spleen_hu = 100 + rng.uniform(-20, 20)
     hu = np.full(shape, -1000.0)
     body = ((x / 0.95) ** 2 + (y / 0.9) ** 2) < 1
@@ -183,7 +183,7 @@ def ct_phantom(
     hu[cylinder(-0.1, -0.42, 0.09)] = 200  # aorta
     hu[cylinder(0.18, -0.36, 0.1)] = 150  # IVC
 
-    for _ in range(int(rng.integers(4, 9))):  # bowel loops, anterior and caudal
+    for _ in range(int(rng.integers(5, 11))):  # bowel loops, anterior and caudal
         start = np.array([rng.uniform(-0.5, 0.5), rng.uniform(0.1, 0.5), rng.uniform(-0.7, -0.1)])
         ctrl = start + rng.uniform(-0.3, 0.3, 3)
         end = start + rng.uniform(-0.4, 0.4, 3)

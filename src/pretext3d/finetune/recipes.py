@@ -131,18 +131,25 @@ class SegmentationRecipe:
         return torch.stack(xs), torch.stack(ys)
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, images: Tensor, device: torch.device | str = "cpu") -> Tensor:
-        """Label maps of whole volumes (padded to the U-Net's size rule, one at a time)."""
+    def predict(
+        self, model: nn.Module, images: Tensor, device: torch.device | str = "cpu", batch: int = 8
+    ) -> Tensor:
+        """Label maps of whole volumes, ``batch`` at a time, padded to the U-Net's size rule.
+
+        Each volume is padded with its own minimum, so the result does not depend on ``batch``.
+        """
         factor = 2 ** (len(self.widths) - 1)
         model.eval()
+        spatial = images.shape[2:]
+        pad = [math.ceil(s / factor) * factor - s for s in spatial]
         out = []
-        for image in images:
-            spatial = image.shape[1:]
-            pad = [math.ceil(s / factor) * factor - s for s in spatial]
-            padded = F.pad(image[None], [p for d in reversed(pad) for p in (0, d)], value=float(image.min()))
-            logits = model(padded.to(device))[0, :, : spatial[0], : spatial[1], : spatial[2]]
-            out.append(logits.argmax(0).cpu())
-        return torch.stack(out)
+        for chunk in torch.split(images, batch):
+            padded = torch.stack(
+                [F.pad(v, [p for d in reversed(pad) for p in (0, d)], value=float(v.min())) for v in chunk]
+            )
+            logits = model(padded.to(device))[:, :, : spatial[0], : spatial[1], : spatial[2]]
+            out.append(logits.argmax(1).cpu())
+        return torch.cat(out)
 
     def evaluate(
         self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
