@@ -294,6 +294,23 @@ def test_dicom_series_in_hounsfield_units(tmp_path: Path) -> None:
         read_dicom_series(series)
 
 
+def test_pretraining_pools_exclude_labelled_cases_by_default(task07: Path, tmp_path: Path) -> None:
+    from pretext3d.finetune.provenance import overlapping_cases
+
+    labelled = Task07Pancreas(task07, preprocessing=RAW).case_ids
+    pool = Task07Pancreas.unlabelled(task07, preprocessing=RAW).case_ids
+    assert pool == ["pancreas_004", "pancreas_005"] and not overlapping_cases(pool, labelled)
+    everything = Task07Pancreas.unlabelled(task07, include_training=True, preprocessing=RAW).case_ids
+    assert set(labelled) <= set(everything)
+    # a folder pointed at imagesTr names the same scans; the runner's check matches them
+    folder = VolumeFolder(task07 / "imagesTr", preprocessing=RAW).case_ids
+    assert overlapping_cases(folder, labelled) == labelled
+    aptos = write_aptos_phantom(tmp_path, num_train=4, num_test=2, size=16)
+    train, test = APTOS(aptos).case_ids, APTOS(aptos, "test").case_ids
+    assert len(train) == 4 and len(test) == 2 and not set(train) & set(test)
+    assert FundusFolder(aptos / "train_images").case_ids == [f"{c}.png" for c in sorted(train)]
+
+
 # --- APTOS and fundus folders --------------------------------------------------------
 
 

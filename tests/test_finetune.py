@@ -29,6 +29,7 @@ from pretext3d.finetune import (
     Trainer,
     case_key,
     dice_per_case,
+    holm,
     nested_subsets,
     ordinal_decode,
     ordinal_encode,
@@ -36,6 +37,7 @@ from pretext3d.finetune import (
     paper_curves,
     pooled_mean_dice,
     quadratic_weighted_kappa,
+    read_runs,
     region_dice,
     run_data_efficiency,
     run_seeds,
@@ -209,6 +211,9 @@ def test_paired_differences_by_hand() -> None:
     assert (c.mean, c.low, c.high) == pytest.approx((mean, mean - half, mean + half))
     t = mean / (sd / math.sqrt(3))
     assert c.p_value == pytest.approx(2 * (1 - 0.5 * (1 + t / math.sqrt(2 + t * t))))  # Student t, 2 dof
+    assert holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx(
+        [0.03, 0.06, float("nan"), 0.06], nan_ok=True
+    )
     (one,) = paired_differences([_row("scratch", 0.1, 0, 0.5), _row("pre", 0.1, 0, 0.7)], "m")
     assert one.mean == pytest.approx(0.2) and math.isnan(one.low) and math.isnan(one.p_value)
 
@@ -382,6 +387,7 @@ def test_runner_resumes_without_repeating_or_losing_runs(
     for r in rows:
         assert len(r["test_cases"]["correct"]) == r["n_test"]
         assert r["test"]["accuracy"] == pytest.approx(sum(r["test_cases"]["correct"]) / r["n_test"])
+    assert read_runs(tmp_path / "out") == rows  # the same rows, in the grid's order, without running
     files = write_report(rows, tmp_path / "out", "qwk", synthetic=True)
     names = {f.name for f in files}
     assert names == {
@@ -713,6 +719,11 @@ def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path
         ),
         (["pretrain", "--set", 'task="rotaton"'], "task must be one of"),
         (["finetune", "--set", 'train.epochs="ten"'], "train.epochs must be an integer"),
+        (
+            ["finetune", "--set", "data.include_labelled=true"],
+            "data.include_labelled applies to the pretraining",
+        ),
+        (["pretrain", "--set", "data.count=0"], "data.count must be >= 1, got 0"),
     ],
 )
 def test_cli_config_errors_name_the_key(

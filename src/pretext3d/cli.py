@@ -327,6 +327,11 @@ def _recipe(
 
 
 def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
+    if cfg.data.include_labelled:
+        raise ConfigError(
+            "data.include_labelled applies to the pretraining pool (pretext3d pretrain) only; "
+            "to allow encoders pretrained on validation/test cases set experiment.transductive = true"
+        )
     recipe = _recipe(cfg.data, cfg.segmentation, cfg.grading)
     images, labels, case_ids = cfg.data.labelled()
     methods: dict[str, str | list[str] | None] = {

@@ -15,9 +15,9 @@ from pretext3d.finetune.provenance import (
     write_pretraining_record,
 )
 from pretext3d.finetune.recipes import GradingRecipe, SegmentationRecipe
-from pretext3d.finetune.report import paper_curves, summarize, write_report
+from pretext3d.finetune.report import paper_curves, read_runs, summarize, write_report
 from pretext3d.finetune.runner import DataEfficiencyConfig, run_data_efficiency, run_name
-from pretext3d.finetune.stats import PairedComparison, paired_differences
+from pretext3d.finetune.stats import PairedComparison, holm, paired_differences
 from pretext3d.finetune.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
 
@@ -37,6 +37,7 @@ __all__ = [
     "case_key",
     "dice_per_case",
     "environment",
+    "holm",
     "nested_subsets",
     "ordinal_decode",
     "ordinal_encode",
@@ -45,6 +46,7 @@ __all__ = [
     "pooled_mean_dice",
     "quadratic_weighted_kappa",
     "read_pretraining_record",
+    "read_runs",
     "region_dice",
     "run_data_efficiency",
     "run_name",

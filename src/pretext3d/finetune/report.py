@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from pretext3d._atomic import write_text
-from pretext3d.finetune.stats import paired_differences
+from pretext3d.finetune.stats import holm, paired_differences
 
-__all__ = ["PAPER_METRICS", "paper_curves", "summarize", "write_report"]
+__all__ = ["PAPER_METRICS", "paper_curves", "read_runs", "summarize", "write_report"]
 
 # One colour per method, shared by our curve and the paper's (the paper's "baseline" is our "scratch").
 _COLOURS = {
@@ -72,6 +72,35 @@ def paper_curves(figure: str) -> dict[tuple[str, str], list[tuple[float, float]]
     if not curves:
         raise ValueError(f"figure must be 'fig3' or 'fig4', got {figure!r}")
     return {key: sorted(points) for key, points in curves.items()}
+
+
+def read_runs(
+    output_dir: str | os.PathLike[str], methods: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The finished runs in a data-efficiency folder, in the grid's order.
+
+    Reads ``runs/*.json`` without running anything, so a report can be rewritten (or written
+    for a grid still in progress) after the code or the software changed, which would make
+    :func:`~pretext3d.finetune.runner.run_data_efficiency` refuse the folder.
+
+    Args:
+        output_dir: the folder.
+        methods: the order of the methods; default the grid's (``config.json``).
+    """
+    folder = Path(output_dir)
+    config = folder / "config.json"
+    if not config.exists():
+        raise ValueError(f"{str(folder)!r} holds no data-efficiency runs (no config.json)")
+    if methods is None:
+        saved = json.loads(config.read_text())
+        methods = saved.get("method_order") or sorted(saved.get("methods", {}))
+    rows = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+
+    def order(row: dict[str, Any]) -> tuple[Any, ...]:
+        rank = methods.index(row["method"]) if row["method"] in methods else len(methods)
+        return (row["split_seed"], row["repetition"], row["fraction"], rank, row["pretraining_seed"])
+
+    return sorted(rows, key=order)
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -169,16 +198,18 @@ def _paired_table(rows: Sequence[dict[str, Any]], metric: str, baseline: str) ->
     comparisons = paired_differences(rows, metric, baseline)
     if not comparisons:
         return f"No method to compare with `{baseline}`."
+    adjusted = holm([c.p_value for c in comparisons])
     lines = [
-        f"| method − {baseline} | fraction | mean Δ | 95 % CI | p (paired t) | ahead on | per split seed |",
-        "|---|---|---|---|---|---|---|",
+        f"| method − {baseline} | fraction | mean Δ | 95 % CI | p (paired t) | p (Holm, all rows) | ahead on "
+        "| per split seed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for c in comparisons:
+    for c, p_holm in zip(comparisons, adjusted, strict=True):
         ci = "n/a" if math.isnan(c.low) else f"[{c.low:+.3f}, {c.high:+.3f}]"
-        p = "n/a" if math.isnan(c.p_value) else f"{c.p_value:.3f}"
         each = " ".join(f"{d:+.3f}" for d in c.differences)
         lines.append(
-            f"| {c.method} | {c.fraction:.0%} | {c.mean:+.3f} | {ci} | {p} | {c.wins}/{c.n} | {each} |"
+            f"| {c.method} | {c.fraction:.0%} | {c.mean:+.3f} | {ci} | {_num(c.p_value)} | {_num(p_holm)} "
+            f"| {c.wins}/{c.n} | {each} |"
         )
     return "\n".join(lines)
 
@@ -267,7 +298,9 @@ def write_report(
         f"{env.get('git_commit')}, device {env.get('device')}, {env.get('threads')} threads.\n",
         f"## Paired differences against `{baseline}` (`{metric}`)\n",
         "Per split seed, the mean of (method − baseline) over runs with the same subset, "
-        "initialisation and batch order; 95 % Student-t interval over split seeds.\n",
+        "initialisation and batch order; 95 % Student-t interval and paired t-test over split seeds. "
+        "The intervals and the plain p-values are per row: with many rows some reach p < 0.05 by "
+        "chance; the Holm-adjusted p-values account for testing every row.\n",
         _paired_table(rows, metric, baseline) + "\n",
         "## Test metrics\n",
     ]

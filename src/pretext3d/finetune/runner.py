@@ -110,8 +110,9 @@ class DataEfficiencyConfig:
             Its ``seed`` feeds the initialisation and batch-order streams of every method.
         baseline_train: the from-scratch baseline's settings; ``None``: ``train`` with
             ``freeze_encoder_epochs=0``. It may differ (its own tuned learning rate, say),
-            but never freezes, and must have the same ``seed``, ``epochs`` and
-            ``early_stopping_patience`` as ``train`` (same budget, same convergence rule).
+            but never freezes, and must have the same ``seed``, ``epochs``,
+            ``early_stopping_patience`` and ``min_epochs`` as ``train`` (same budget, same
+            convergence rule).
         transductive: allow encoders pretrained on validation or test images (the paper's
             setting); recorded in every row. Default: refuse them.
     """
@@ -145,7 +146,7 @@ class DataEfficiencyConfig:
                     "frozen (freezing random features starves the baseline), "
                     f"got {base.freeze_encoder_epochs}"
                 )
-            for name in ("seed", "epochs", "early_stopping_patience"):
+            for name in ("seed", "epochs", "early_stopping_patience", "min_epochs"):
                 if getattr(base, name) != getattr(self.train, name):
                     raise ValueError(
                         f"baseline_train.{name} must equal train.{name} (same seeds, budget and "
@@ -257,6 +258,7 @@ def run_data_efficiency(
     settings = {
         "config": asdict(config),
         "methods": {name: [_encoder_info(f) for f in files] for name, files in encoders.items()},
+        "method_order": list(encoders),
         "recipe": repr(recipe),
         "data": {
             "info": dict(data_info or {}),

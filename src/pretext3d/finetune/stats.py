@@ -19,7 +19,7 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
-__all__ = ["PairedComparison", "paired_differences"]
+__all__ = ["PairedComparison", "holm", "paired_differences"]
 
 
 @dataclass(frozen=True)
@@ -104,4 +104,20 @@ def paired_differences(
         out.append(
             PairedComparison(method, fraction, diffs, mean, low, high, p_value, sum(d > 0 for d in diffs))
         )
+    return out
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` for testing them all at once.
+
+    With many (method, fraction) comparisons some reach p < 0.05 by chance; Holm's adjusted
+    p-values keep the chance of any false positive at the nominal level. NaN stays NaN and
+    does not count as a test.
+    """
+    valid = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(valid):
+        running = max(running, min(1.0, (len(valid) - rank) * p))
+        out[i] = running
     return out

@@ -42,6 +42,9 @@ class TrainConfig:
         autocast: ``"none"``, ``"bf16"`` or ``"fp16"`` (``"fp16"`` on CUDA only).
         early_stopping_patience: stop after this many epochs without a better validation
             score (``None``: never); the best weights are restored at the end.
+        min_epochs: never stop early before this many epochs. A segmentation network often
+            predicts only background for its first epochs (validation Dice 0 while the loss
+            still falls); counting patience from the start would stop it before it learns.
         seed: seeds the batch sampling (seed the weight initialisation before building
             the model; the data-efficiency runner does).
     """
@@ -56,6 +59,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     autocast: Literal["none", "bf16", "fp16"] = "none"
     early_stopping_patience: int | None = None
+    min_epochs: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +73,12 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.autocast not in ("none", "bf16", "fp16"):
             raise ValueError(f"autocast must be 'none', 'bf16' or 'fp16', got {self.autocast!r}")
+        if not 0 <= self.min_epochs <= self.epochs:
+            raise ValueError(f"min_epochs must lie in [0, epochs={self.epochs}], got {self.min_epochs}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(
+                f"early_stopping_patience must be >= 1 or None, got {self.early_stopping_patience}"
+            )
         if not 0 <= self.freeze_encoder_epochs <= self.epochs:
             raise ValueError(
                 f"freeze_encoder_epochs must lie in [0, epochs={self.epochs}], "
@@ -137,7 +147,8 @@ class Trainer:
         """Train the remaining epochs; returns the history (one dict per epoch)."""
         patience = self.config.early_stopping_patience
         while self.epoch < self.config.epochs:
-            if patience is not None and self._epochs_since_best() >= patience:
+            early = self.epoch >= self.config.min_epochs
+            if patience is not None and early and self._epochs_since_best() >= patience:
                 break
             start = time.perf_counter()
             frozen = self.frozen(self.epoch)
