@@ -14,6 +14,7 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 import pretext3d as p3
 from pretext3d.data import (
@@ -83,6 +84,34 @@ def test_ct_phantom_anatomy_is_oriented() -> None:
     inner = ((x - centre) / 14) ** 2 + ((y - centre) / 12) ** 2 < 1
     gas = (image < -300) & inner
     assert gas.any() and y[gas].mean() > centre  # stomach gas rises to the front
+
+
+def test_ct_phantom_contrast_phase_varies_between_cases() -> None:
+    # the gland is brighter than the liver in some cases and darker in others, so a few
+    # labelled cases cannot teach "pancreas = this intensity"
+    x = np.arange(32)[:, None, None]
+    brighter = []
+    for s in range(12):
+        case = ct_phantom(s, 32)
+        gland = np.median(case.image[case.label == 1])
+        liver = np.median(case.image[(x > 22) & (case.image > 40) & (case.image < 200) & (case.label == 0)])
+        brighter.append(gland > liver)
+    assert any(brighter) and not all(brighter)
+
+
+def test_fundus_phantom_is_not_symmetric_top_to_bottom() -> None:
+    # the fovea lies below the disc (image rows grow downwards), so a 180° turn is visible:
+    # mirror every image so its disc is on the right, average, then find disc and fovea
+    aligned = []
+    for s in range(40):
+        image = fundus_phantom(s, 64, grade=0)[0].astype(float).sum(-1)
+        disc_col = np.unravel_index(np.argmax(ndimage.gaussian_filter(image, 2)), image.shape)[1]
+        aligned.append(image if disc_col >= 32 else image[:, ::-1])
+    mean = ndimage.gaussian_filter(np.mean(aligned, 0), 1.5)
+    disc_row, disc_col = np.unravel_index(np.argmax(mean), mean.shape)
+    centre = mean[20:44, 20:40]  # the macula lies temporal to the disc, near the centre
+    fovea_row = np.unravel_index(np.argmin(centre), centre.shape)[0] + 20
+    assert disc_col > 40 and fovea_row >= disc_row + 3
 
 
 def test_fundus_phantom() -> None:

@@ -15,12 +15,16 @@ spine with vertebral bodies, discs and canal, aorta and IVC, bowel loops, and a 
 pancreas along a random curve (head in the duodenal C-loop by the IVC, body in front of
 the aorta, tail towards the spleen) whose intensity overlaps the duodenal wall, bowel and
 splenic vein. Most cases carry a hypodense tumour (sometimes a cyst) on the pancreas
-curve that may bulge out of the gland. Scans vary in soft-tissue gain and offset, blur
-and noise.
+curve that may bulge out of the gland. Cases vary enough that a few labelled ones
+under-sample them: pose (in-plane rotation up to ±30°), the contrast phase (the gland
+enhances early, the liver late; the bowel and duodenal walls follow the gland), gland size
+and course, tumour size and contrast, a low-frequency non-uniformity, soft-tissue gain and
+offset, blur and noise.
 
 Fundus: RGB uint8, a circular field of view (sometimes clipped top and bottom), camera
 colour cast, vignetting and uneven illumination, an optic disc with its cup on the nasal
-side, a darker macula and fovea, four vessel arcades with branches, and lesions by grade
+side, a darker macula and fovea below the disc's level, four vessel arcades (the inferior
+ones wider) with branches, and lesions by grade
 0-4 drawn from the APTOS label prior (about 49/10/27/5/8 %): microaneurysms;
 haemorrhages and hard exudates near the macula; cotton-wool spots and venous beading;
 neovascularisation, pre-retinal haemorrhage and laser scars. Lesions are drawn larger
