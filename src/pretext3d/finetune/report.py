@@ -108,7 +108,7 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: row.get(k) for k in keys}
     out.update({f"test_{k}": v for k, v in row["test"].items()})
     encoder = row.get("encoder") or {}
-    env = row.get("provenance", {}).get("environment", {})
+    env = _env(row)
     out.update(
         best_val=row.get("best_val"),
         best_epoch=row.get("best_epoch"),
@@ -214,6 +214,11 @@ def _paired_table(rows: Sequence[dict[str, Any]], metric: str, baseline: str) ->
     return "\n".join(lines)
 
 
+def _env(row: dict[str, Any]) -> dict[str, Any]:
+    env: dict[str, Any] = row.get("provenance", {}).get("environment", {})
+    return env
+
+
 def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -228,7 +233,7 @@ def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"- `{method}`: lr {train.get('lr')}, encoder frozen for the first "
             f"{train.get('freeze_encoder_epochs')} epochs, at most {budget}, early stopping patience "
-            f"{train.get('early_stopping_patience')}; "
+            f"{train.get('early_stopping_patience')} (not before epoch {train.get('min_epochs', 0)}); "
             + (
                 f"converged (stopped by patience) in {sum(known)} of {len(known)} runs"
                 if known
@@ -283,7 +288,7 @@ def write_report(
     written.append(out / "results.json")
     note = "SYNTHETIC phantom data: says nothing about real scans." if synthetic else "Real data."
     metrics = [metric] + [m for m in (rows[0]["test"] if rows else {}) if m != metric]
-    env = rows[0].get("provenance", {}).get("environment", {}) if rows else {}
+    env = _env(rows[0]) if rows else {}
     splits = sorted({r["split_seed"] for r in rows})
     summary = [
         f"# Data efficiency\n\n{note}\n",
@@ -294,8 +299,9 @@ def write_report(
         "",
         f"Transductive (encoders pretrained on validation/test images allowed): "
         f"{any(r.get('transductive') for r in rows)}.",
-        f"Environment: pretext3d {env.get('pretext3d')}, torch {env.get('torch')}, commit "
-        f"{env.get('git_commit')}, device {env.get('device')}, {env.get('threads')} threads.\n",
+        f"Environment: pretext3d {env.get('pretext3d')}, torch {env.get('torch')}, commit(s) "
+        f"{', '.join(sorted({str(_env(r).get('git_commit')) for r in rows}))}, device {env.get('device')}, "
+        f"{env.get('threads')} threads.\n",
         f"## Paired differences against `{baseline}` (`{metric}`)\n",
         "Per split seed, the mean of (method − baseline) over runs with the same subset, "
         "initialisation and batch order; 95 % Student-t interval and paired t-test over split seeds. "

@@ -279,8 +279,6 @@ def run_data_efficiency(
                 f"{str(out)!r} holds runs made with other settings, data or software "
                 f"(changed: {', '.join(changed[:8])}); use another output folder"
             )
-    _write_json(saved, settings)
-
     strata = labels.tolist() if labels.ndim == 1 else None
     grid = [
         (method, p, s, r, f)
@@ -295,6 +293,7 @@ def run_data_efficiency(
         for s in config.split_seeds
     }
     _check_pretraining(settings["methods"], splits, ids, config.transductive, log)
+    _write_json(saved, settings)  # only once the grid may run: a refused one leaves no trace
     todo = [cell for cell in grid if not (out / "runs" / f"{_name(cell)}.json").exists()]
     first = splits[config.split_seeds[0]]
     log(
