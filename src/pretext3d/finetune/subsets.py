@@ -42,7 +42,9 @@ def split_cases(
 ) -> Split:
     """Split ``count`` cases at random (seeded) into training pool, validation and test.
 
-    Validation and test get at least one case each when their fraction is positive.
+    Validation and test get at least one case each when their fraction is positive. With
+    ``strata``, each stratum gets its share of the validation and test cases by the largest
+    remainder method (within one case of its exact share), the rest going to the pool.
 
     Args:
         count: number of cases.
