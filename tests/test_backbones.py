@@ -103,6 +103,9 @@ def test_encoder_weights_round_trip(tmp_path: Path) -> None:
     encoder = UNetEncoder(3, 1, SMALL, norm="group", dropout=0.1).eval()
     path = tmp_path / "encoder.pt"
     save_encoder(encoder, path)
+    # equal weights give byte-identical files, whatever the name (their SHA-256 is provenance)
+    save_encoder(copy.deepcopy(encoder), tmp_path / "again.pt")
+    assert path.read_bytes() == (tmp_path / "again.pt").read_bytes()
     rebuilt = load_encoder(path).eval()
     x = torch.randn(2, 1, 8, 8, 8)
     assert isinstance(rebuilt, UNetEncoder) and torch.equal(rebuilt(x), encoder(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from os import PathLike
 from typing import Any
@@ -37,8 +38,13 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
         "config": dict(config) if isinstance(config, Mapping) else None,
         "state_dict": encoder.state_dict(),
     }
+    # serialised in memory first: torch names the archive's folder after the file it writes,
+    # so saving to the temporary name directly would make equal weights give unequal files
+    # (and unequal SHA-256 in the data-efficiency provenance)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_encoder(path: str | PathLike[str]) -> nn.Module:
