@@ -25,17 +25,18 @@ Everything here is SYNTHETIC phantom data and says nothing about real scans.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from pretext3d.cli import TASKS as TASK_REGISTRY
 from pretext3d.cli import main as cli
+from pretext3d.finetune import read_pretraining_record
 
 CONFIGS = Path(__file__).parent / "configs"
-TASKS = ("rotation", "jigsaw", "rpl", "exemplar", "cpc")
+TASKS = tuple(TASK_REGISTRY)
 # Per experiment and task: the random crop taken before the task (0: whole image) and the
 # task's options, sized to the phantoms (32^3 CT, 64 px fundus) and the small encoders.
 TASK_SETTINGS: dict[str, dict[str, tuple[int, str]]] = {
@@ -73,8 +74,8 @@ def _run(args: list[str]) -> None:
 def pretrain(experiment: str, task: str, seed: int, output: Path) -> Path:
     """Pretrain one encoder unless a finished one (with its record) is already there."""
     encoder = output / "encoders" / f"{task}_p{seed}.pt"
-    if encoder.exists() and Path(f"{encoder}.json").exists():
-        record = json.loads(Path(f"{encoder}.json").read_text())
+    record = read_pretraining_record(encoder) if encoder.exists() else None
+    if record is not None:
         print(f"{encoder} exists (held-out pretext accuracy {record['pretext_accuracy']:.3f}); kept")
         return encoder
     crop, options = TASK_SETTINGS[experiment][task]

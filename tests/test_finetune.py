@@ -504,7 +504,8 @@ def test_encoders_pretrained_on_test_cases_are_refused(
 ) -> None:
     images, grades, ids = fundus
     config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN)
-    test_case = ids[split_cases(24, 0.15, 0.25, 0, strata=grades.tolist()).test[0]]
+    split = split_cases(24, 0.15, 0.25, 0, strata=grades.tolist())
+    test_case = ids[split.test[0]]
     # a folder loader's name for the same scan matches too
     leaky = _small_encoder(tmp_path / "leaky.pt", 0, ["unrelated", f"train_images__{test_case}.png"])
     with pytest.raises(ValueError, match=r"pretrained on 1 validation/test case\(s\) of split seed 0"):
@@ -519,7 +520,7 @@ def test_encoders_pretrained_on_test_cases_are_refused(
     )  # fmt: skip
     assert row["transductive"] is True
     # pretraining on the training pool only is fine
-    train_only = [ids[i] for i in split_cases(24, 0.15, 0.25, 0, strata=grades.tolist()).train]
+    train_only = [ids[i] for i in split.train]
     fine = _small_encoder(tmp_path / "fine.pt", 0, train_only)
     (row,) = run_data_efficiency(
         SMALL_GRADING, images, grades, {"pre": fine}, config, tmp_path / "c", case_ids=ids,

@@ -59,7 +59,7 @@ def tensor_sha256(*tensors: Tensor) -> str:
     for t in tensors:
         array = t.detach().cpu().contiguous().numpy()
         digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(array.tobytes())
     return digest.hexdigest()
 
 

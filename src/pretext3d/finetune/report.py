@@ -168,10 +168,8 @@ def summarize(
     return out
 
 
-def _num(value: float, digits: int = 3, signed: bool = False) -> str:
-    if math.isnan(value):
-        return "n/a"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+def _num(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def _table(rows: Sequence[dict[str, Any]], metric: str) -> str:

@@ -53,7 +53,7 @@ from pretext3d.finetune.provenance import (
     read_pretraining_record,
     tensor_sha256,
 )
-from pretext3d.finetune.subsets import nested_subsets, run_seeds, split_cases
+from pretext3d.finetune.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
 
 __all__ = ["DataEfficiencyConfig", "Recipe", "run_data_efficiency", "run_name"]
@@ -359,7 +359,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def _check_pretraining(
     methods: Mapping[str, list[dict[str, Any] | None]],
-    splits: Mapping[int, Any],
+    splits: Mapping[int, Split],
     ids: Sequence[str],
     transductive: bool,
     log: Callable[[str], None],
@@ -402,7 +402,7 @@ def _one_run(
     val: list[int],
     test: list[int],
     train: TrainConfig,
-    seeds: Any,
+    seeds: RunSeeds,
     checkpoint: Path,
     device: torch.device | str,
 ) -> dict[str, Any]:
@@ -431,8 +431,7 @@ def _one_run(
     )
     history = trainer.fit()
     summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], device)
-    scores = [h["val"] for h in history if "val" in h]
-    best_epoch = max(range(len(scores)), key=lambda i: (scores[i], -i)) if scores else len(history) - 1
+    best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history) - 1
     patience = config.early_stopping_patience
     return {
         "n_labelled": len(subset),

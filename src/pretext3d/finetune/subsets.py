@@ -94,8 +94,8 @@ def _allocate(
     count = sum(sizes.values())
     quota = {v: total * n / count for v, n in sizes.items()}
     out = {v: min(int(q), capacity[v]) for v, q in quota.items()}
-    jitter = torch.rand(len(sizes), generator=generator).tolist()
-    ranked = sorted(sizes, key=lambda v: (quota[v] - out[v], jitter[list(sizes).index(v)]), reverse=True)
+    jitter = dict(zip(sizes, torch.rand(len(sizes), generator=generator).tolist(), strict=True))
+    ranked = sorted(sizes, key=lambda v: (quota[v] - out[v], jitter[v]), reverse=True)
     while sum(out.values()) < total:
         progressed = False
         for v in ranked:

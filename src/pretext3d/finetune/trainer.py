@@ -177,12 +177,17 @@ class Trainer:
         self.model.eval()
         return self.history
 
-    def _epochs_since_best(self) -> int:
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch with the best validation score so far (the earliest on ties); ``None`` before any."""
         scores = [h["val"] for h in self.history if "val" in h]
         if not scores:
-            return 0
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        return len(scores) - 1 - best
+            return None
+        return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+    def _epochs_since_best(self) -> int:
+        best = self.best_epoch
+        return 0 if best is None else len(self.history) - 1 - best
 
     def _set_frozen(self, frozen: bool) -> None:
         self.model.train()
