@@ -22,7 +22,8 @@ import time
 import torch
 
 import pretext3d as p3
-from pretext3d.functional import random_crops
+from pretext3d.tasks import RotationParams
+from pretext3d.transforms import random_crops
 
 
 def main() -> None:
@@ -44,7 +45,9 @@ def main() -> None:
     # A fixed held-out set: every held-out crop in every one of the 10 rotations.
     eval_crops = random_crops(held_out, (args.crop,) * 3, torch.Generator().manual_seed(123))
     eval_labels = torch.arange(task.num_classes).repeat(len(eval_crops))
-    eval_views = task.rotate(eval_crops.repeat_interleave(task.num_classes, 0), eval_labels)
+    eval_views, _ = task.apply_params(
+        eval_crops.repeat_interleave(task.num_classes, 0), RotationParams(eval_labels)
+    )
 
     chance = 1 / task.num_classes
     print("pretext3d quick demo: rotation pretext (10 classes, Taleb et al. 2020) on SYNTHETIC CT phantoms")
@@ -58,14 +61,14 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         model.train()
         idx = torch.randint(0, len(train), (args.batch,), generator=gen)
-        views, labels = task(random_crops(train[idx], (args.crop,) * 3, gen), generator=gen)
+        views, targets = task(random_crops(train[idx], (args.crop,) * 3, gen), generator=gen)
         logits = model(views)
-        loss = task.loss(logits, labels)
+        loss = task.loss(logits, targets, generator=gen)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         running_loss += loss.item() / 25
-        running_acc += float(task.accuracy(logits, labels)) / 25
+        running_acc += float(task.accuracy(logits, targets)) / 25
         if step % 25 == 0 or step == args.steps:
             model.eval()
             with torch.no_grad():

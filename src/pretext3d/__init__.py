@@ -1,30 +1,51 @@
 """pretext3d: self-supervised pretext tasks for 2D and 3D (medical) images.
 
-Tasks (rotation, jigsaw, relative patch location) after Taleb et al., "3D
-Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
+Five tasks after Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS
+2020: rotation prediction, jigsaw puzzles, relative patch location, exemplar networks
+with a triplet loss, and contrastive predictive coding (:mod:`pretext3d.tasks`).
+Around them: heads (:mod:`~pretext3d.heads`) and :class:`PretextModel` to put one on any
+encoder, losses and miners (:mod:`~pretext3d.objectives`), transforms, reference
+encoders (:mod:`~pretext3d.models`), fine-tuning (:mod:`~pretext3d.finetune`), the
+paper's experiments (:mod:`~pretext3d.experiments`), data loaders and phantoms
+(:mod:`~pretext3d.data`), and the registry of named tasks and encoders.
 """
 
-from pretext3d import data, distributed, finetune, functional, heads, losses, miners, models, tasks
+from pretext3d import (
+    data,
+    experiments,
+    finetune,
+    functional,
+    heads,
+    models,
+    objectives,
+    registry,
+    tasks,
+    transforms,
+)
 from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
 from pretext3d.pretext_model import PretextModel, infer_num_features
+from pretext3d.registry import register_encoder, register_task
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "HammingStats",
     "PretextModel",
     "__version__",
     "data",
-    "distributed",
+    "experiments",
     "finetune",
     "functional",
     "hamming_stats",
     "heads",
     "infer_num_features",
     "load_permutation_set",
-    "losses",
-    "miners",
     "models",
+    "objectives",
     "permutation_set",
+    "register_encoder",
+    "register_task",
+    "registry",
     "tasks",
+    "transforms",
 ]

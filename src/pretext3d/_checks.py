@@ -87,3 +87,25 @@ def check_batch(
     if check_finite and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return x, single
+
+
+def check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Return ``value`` if it is a real number ``> 0`` (``>= 0`` with ``allow_zero``), else raise."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number {bound}, got {value!r} ({type(value).__name__})")
+    if not (value >= 0 if allow_zero else value > 0):  # also False for NaN
+        raise ValueError(f"{name} must be a number {bound}, got {value}")
+    return float(value)
+
+
+def check_range(name: str, value: tuple[float, float], *, low: float = 0.0) -> tuple[float, float]:
+    """Return ``value`` if it is a pair ``(a, b)`` with ``low <= a <= b``, else raise ``ValueError``."""
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not low <= value[0] <= value[1]
+    ):
+        raise ValueError(f"{name} must be a pair (a, b) with {low} <= a <= b, got {value!r}")
+    return float(value[0]), float(value[1])

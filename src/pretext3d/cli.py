@@ -3,25 +3,24 @@
 Each takes a TOML config (``--config``) and ``--set KEY=VALUE`` overrides (dotted keys,
 TOML values). Configs are typed: an unknown or misspelled key is an error naming it and
 the nearest valid key. ``pretext3d <command> --help`` lists the keys and defaults.
+
+This module is only the command-line face: tasks and encoders are named through
+:mod:`pretext3d.registry`, the images through :class:`~pretext3d.data.DataSpec`, and the
+work is done by :mod:`pretext3d.experiments`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-from pretext3d import data as p3data
-from pretext3d import tasks as p3tasks
 from pretext3d.config import (
     ConfigError,
     check_keywords,
@@ -30,136 +29,33 @@ from pretext3d.config import (
     merge_override,
     parse_override,
 )
-from pretext3d.finetune.provenance import environment, write_pretraining_record
-from pretext3d.finetune.recipes import GradingRecipe, SegmentationRecipe
-from pretext3d.finetune.report import write_report
-from pretext3d.finetune.runner import DataEfficiencyConfig, run_data_efficiency
+from pretext3d.data.spec import DataSpec
+from pretext3d.experiments.pretraining import pretrain_in_memory
+from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
+from pretext3d.experiments.report import write_report
+from pretext3d.experiments.runner import DataEfficiencyConfig, run_data_efficiency
 from pretext3d.finetune.trainer import TrainConfig
-from pretext3d.functional import random_crops
-from pretext3d.models import ConvEncoder, DenseNetEncoder, UNetEncoder, save_encoder
-from pretext3d.pretext_model import PretextModel
+from pretext3d.registry import ENCODERS, TASKS
 
-__all__ = ["DataEfficiencyCommand", "DataSpec", "FinetuneCommand", "PretrainCommand", "main"]
-
-TASKS: dict[str, type[p3tasks.PretextTask]] = {
-    "rotation": p3tasks.Rotation,
-    "jigsaw": p3tasks.Jigsaw,
-    "rpl": p3tasks.RelativePatchLocation,
-    "exemplar": p3tasks.Exemplar,
-    "cpc": p3tasks.CPC,
-}
-ENCODERS: dict[str, type[nn.Module]] = {"unet": UNetEncoder, "densenet": DenseNetEncoder, "conv": ConvEncoder}
-# The recipes' default architectures, so that pretrained weights load into them.
-SMALL_ENCODERS: dict[str, dict[str, Any]] = {
-    "unet": {"widths": SegmentationRecipe().widths},
-    "densenet": {
-        "growth_rate": GradingRecipe().growth_rate,
-        "block_config": GradingRecipe().block_config,
-        "init_features": GradingRecipe().init_features,
-    },
-}
+__all__ = ["DataEfficiencyCommand", "FinetuneCommand", "PretrainCommand", "main"]
 
 
-# Pretraining phantoms are drawn from their own range of case seeds, never the labelled ones.
-UNLABELLED_PHANTOMS = 50_000
+def _import_plugins(modules: object) -> None:
+    """Import the modules named under ``plugins`` (so that their registrations run)."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"plugins must be a list of module names, got {modules!r}")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"plugins: cannot import {name!r} ({err})") from err
 
 
-@dataclass
-class DataSpec:
-    """Where the images come from.
-
-    Labelled cases (``pretext3d data-efficiency`` / ``finetune``) and the pretraining pool
-    (``pretext3d pretrain``) are disjoint by default, so that no validation or test image
-    reaches pretraining: phantoms are drawn from another range of case seeds, Task07
-    pretrains on ``imagesTs`` (unlabelled) and APTOS on ``test_images`` (unlabelled).
-
-    Attributes:
-        kind: ``"ct-phantom"`` / ``"fundus-phantom"`` (built-in, SYNTHETIC), ``"task07"``
-            (an MSD Task07 folder) or ``"aptos"`` (an APTOS 2019 folder).
-        path: the folder, for ``task07`` and ``aptos``.
-        count: number of phantoms to draw (labelled cases, or pretraining images).
-        size: edge of the images (phantoms are drawn at it; real data are resized to it).
-        seed: phantom seed: case ``i`` is phantom ``seed * 100003 + i`` (labelled) or
-            ``seed * 100003 + 50000 + i`` (pretraining pool).
-        include_labelled: pretraining only: pretrain on the labelled cases too (phantoms:
-            exactly the labelled cases; Task07: ``imagesTr`` as well; APTOS: ``train_images``
-            as well). The paper's transductive setting; recorded, and the data-efficiency
-            runner refuses such an encoder unless ``experiment.transductive = true``.
-    """
-
-    kind: Literal["ct-phantom", "fundus-phantom", "task07", "aptos"] = "ct-phantom"
-    path: str = ""
-    count: int = 64
-    size: int = 32
-    seed: int = 0
-    include_labelled: bool = False
-
-    def __post_init__(self) -> None:
-        """Check the values."""
-        for name in ("count", "size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"data.seed must be >= 0, got {self.seed}")
-
-    @property
-    def spatial_dims(self) -> int:
-        """3 for CT, 2 for fundus images."""
-        return 3 if self.kind in ("ct-phantom", "task07") else 2
-
-    @property
-    def synthetic(self) -> bool:
-        """Whether these are the built-in phantoms."""
-        return self.kind.endswith("phantom")
-
-    def _phantoms(self, first: int) -> tuple[Tensor, Tensor, list[str]]:
-        start = self.seed * 100_003 + first
-        ids = [f"{self.kind}-{start + i}" for i in range(self.count)]
-        if self.kind == "ct-phantom":
-            return (*p3data.ct_phantom_batch(self.count, self.size, seed=self.seed, first=first), ids)
-        return (*p3data.fundus_phantom_batch(self.count, self.size, seed=self.seed, first=first), ids)
-
-    def _folder(self) -> str:
-        if not self.path:
-            raise ConfigError(f"data.path must name the {self.kind} folder")
-        return self.path
-
-    def _ct_preprocessing(self) -> p3data.CTPreprocessing:
-        return p3data.CTPreprocessing(resize=(self.size,) * 3, dtype="float32")
-
-    def labelled(self) -> tuple[Tensor, Tensor, list[str]]:
-        """All labelled cases in memory: ``(images, labels, case ids)``."""
-        if self.synthetic:
-            return self._phantoms(0)
-        if self.kind == "task07":
-            task07 = p3data.Task07Pancreas(self._folder(), preprocessing=self._ct_preprocessing())
-            cases = [task07[i] for i in range(len(task07))]
-            return torch.stack([c[0] for c in cases]), torch.stack([c[1] for c in cases]), task07.case_ids
-        aptos = p3data.APTOS(self._folder(), preprocessing=p3data.FundusPreprocessing("resize", self.size))
-        items = [aptos[i] for i in range(len(aptos))]
-        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]), aptos.case_ids
-
-    def unlabelled(self) -> tuple[Tensor, list[str]]:
-        """The pretraining pool in memory: ``(images, case ids)``; see :attr:`include_labelled`."""
-        if self.synthetic:
-            images, _, ids = self._phantoms(0 if self.include_labelled else UNLABELLED_PHANTOMS)
-            return images, ids
-        if self.kind == "task07":
-            pool = p3data.Task07Pancreas.unlabelled(
-                self._folder(), include_training=self.include_labelled, preprocessing=self._ct_preprocessing()
-            )
-            return torch.stack([pool[i] for i in range(len(pool))]), pool.case_ids
-        prep = p3data.FundusPreprocessing("resize", self.size)
-        splits = ("test", "train") if self.include_labelled else ("test",)
-        photos: list[Tensor] = []
-        names: list[str] = []
-        for split in splits:
-            aptos = p3data.APTOS(self._folder(), split, preprocessing=prep)
-            photos += [aptos[i][0] for i in range(len(aptos))]
-            names += aptos.case_ids
-        if not photos:
-            raise ConfigError(f"no unlabelled images in {self.path!r} (test.csv lists none)")
-        return torch.stack(photos), names
+def _registered(name: str, registry: Any) -> None:
+    try:
+        registry.get(name)
+    except KeyError as err:
+        raise ValueError(f'{err.args[0]} (add your own with plugins = ["your.module"])') from None
 
 
 @dataclass
@@ -167,12 +63,14 @@ class PretrainCommand:
     """``pretext3d pretrain``: pretrain an encoder on a pretext task.
 
     Attributes:
-        task: ``rotation``, ``jigsaw``, ``rpl``, ``exemplar`` or ``cpc``.
+        task: a registered task: ``rotation``, ``jigsaw``, ``rpl``, ``exemplar``, ``cpc``
+            or one a plugin registered.
         task_options: keyword arguments of the task (e.g. ``grid``, ``jitter``).
-        encoder: ``unet``, ``densenet`` or ``conv``.
-        encoder_options: keyword arguments of the encoder; empty means the small
-            configuration the fine-tuning recipes use by default (U-Net widths 8/16/32;
-            DenseNet growth 12, blocks 2/2/2, stem 16), so the weights fit them.
+        encoder: a registered encoder: ``unet``, ``densenet``, ``conv`` or a plugin's.
+        encoder_options: keyword arguments of the encoder; empty means, for the encoder
+            family the data's fine-tuning recipe loads (``unet`` for CT, ``densenet`` for
+            fundus), the recipe's default architecture (U-Net widths 8/16/32; DenseNet
+            growth 12, blocks 2/2/2, stem 16), so the weights fit it.
         data: the images.
         crop: random crop edge taken from every image before the task (``0``: none).
         steps: optimizer steps.
@@ -181,11 +79,12 @@ class PretrainCommand:
         seed: randomness of initialisation, crops and tasks.
         held_out: images kept aside to measure the pretext accuracy.
         output: the encoder file (``save_encoder``); ``<output>.json`` records the run.
+        plugins: modules to import first, e.g. ones that register your tasks or encoders.
     """
 
-    task: Literal["rotation", "jigsaw", "rpl", "exemplar", "cpc"] = "rotation"
+    task: str = "rotation"
     task_options: dict[str, Any] = field(default_factory=dict)
-    encoder: Literal["unet", "densenet", "conv"] = "unet"
+    encoder: str = "unet"
     encoder_options: dict[str, Any] = field(default_factory=dict)
     data: DataSpec = field(default_factory=DataSpec)
     crop: int = 16
@@ -195,6 +94,12 @@ class PretrainCommand:
     seed: int = 0
     held_out: int = 16
     output: str = "encoder.pt"
+    plugins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Check the names against the registries."""
+        _registered(self.task, TASKS)
+        _registered(self.encoder, ENCODERS)
 
 
 @dataclass
@@ -210,6 +115,7 @@ class DataEfficiencyCommand:
         experiment: fractions, repetitions, splits and the training settings.
         output_dir: where runs, results, summary and plot go.
         device: ``cpu`` or ``cuda``.
+        plugins: modules to import first.
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -219,6 +125,7 @@ class DataEfficiencyCommand:
     experiment: DataEfficiencyConfig = field(default_factory=DataEfficiencyConfig)
     output_dir: str = "data-efficiency"
     device: str = "cpu"
+    plugins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -230,7 +137,7 @@ class FinetuneCommand:
         encoder: encoder file from ``pretext3d pretrain`` (``""``: from scratch).
         name: the method's name in the results.
         fraction: share of the training pool that is labelled.
-        repetition: which seeded subset and training order.
+        repetition: which seeded subset and training order (only that one runs).
         split_seed: seed of the fixed validation/test split.
         val_fraction: validation share.
         test_fraction: test share.
@@ -240,6 +147,7 @@ class FinetuneCommand:
         grading: the grading recipe (fundus data).
         output_dir: where the run, its checkpoint and the results go.
         device: ``cpu`` or ``cuda``.
+        plugins: modules to import first.
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -256,74 +164,61 @@ class FinetuneCommand:
     grading: GradingRecipe = field(default_factory=GradingRecipe)
     output_dir: str = "finetune"
     device: str = "cpu"
-
-
-def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    d = cfg.data.spatial_dims
-    task_cls, encoder_cls = TASKS[cfg.task], ENCODERS[cfg.encoder]
-    check_keywords(task_cls.__name__, cfg.task_options, task_cls, "task_options")
-    check_keywords(encoder_cls.__name__, cfg.encoder_options, encoder_cls, "encoder_options")
-    encoder_options = cfg.encoder_options or SMALL_ENCODERS.get(cfg.encoder, {})
-    images, case_ids = cfg.data.unlabelled()
-    if cfg.held_out >= len(images):
-        raise ConfigError(f"held_out={cfg.held_out} leaves no training images out of {len(images)}")
-    train, held = images[cfg.held_out :], images[: cfg.held_out]
-    task = task_cls(d, **cfg.task_options)
-    encoder = encoder_cls(spatial_dims=d, in_channels=images.shape[1], **encoder_options)
-    model = PretextModel(encoder, task)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    def crop(x: Tensor) -> Tensor:
-        return random_crops(x, (cfg.crop,) * d, gen) if cfg.crop else x
-
-    start = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
-        model.train()
-        views, labels = task(crop(train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]), gen)
-        output = model(views)
-        loss = task.loss(output, labels)
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        if step % 50 == 0 or step == cfg.steps:
-            print(
-                f"pretrain {cfg.task}: step {step}/{cfg.steps} loss {loss.item():.3f} "
-                f"accuracy {float(task.accuracy(output.detach(), labels)):.3f}"
-            )
-    model.eval()
-    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    with torch.no_grad():
-        held_views = random_crops(held, (cfg.crop,) * d, eval_gen) if cfg.crop else held
-        views, labels = task(held_views, eval_gen)
-        accuracy = float(task.accuracy(model(views), labels))
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_encoder(model.encoder, out)
-    record = {
-        "pretext_accuracy": accuracy,
-        "task": cfg.task,
-        "steps": cfg.steps,
-        "seconds": time.perf_counter() - start,
-        "synthetic": cfg.data.synthetic,
-        "transductive": cfg.data.include_labelled,
-        "held_out_cases": case_ids[: cfg.held_out],
-        "config": dataclasses.asdict(cfg),
-        "environment": environment(),
-    }
-    write_pretraining_record(out, case_ids=case_ids, **record)
-    print(
-        f"held-out pretext accuracy {accuracy:.3f}; encoder written to {out}"
-        + ("  [SYNTHETIC phantom data]" if cfg.data.synthetic else "")
-    )
-    return record
+    plugins: list[str] = field(default_factory=list)
 
 
 def _recipe(
     data: DataSpec, segmentation: SegmentationRecipe, grading: GradingRecipe
 ) -> SegmentationRecipe | GradingRecipe:
     return segmentation if data.spatial_dims == 3 else grading
+
+
+def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
+    task_cls, encoder_cls = TASKS.get(cfg.task), ENCODERS.get(cfg.encoder)
+    check_keywords(getattr(task_cls, "__name__", cfg.task), cfg.task_options, task_cls, "task_options")
+    check_keywords(
+        getattr(encoder_cls, "__name__", cfg.encoder), cfg.encoder_options, encoder_cls, "encoder_options"
+    )
+    recipe = _recipe(cfg.data, SegmentationRecipe(), GradingRecipe())
+    if cfg.encoder != recipe.encoder:
+        print(
+            f"note: {type(recipe).__name__}, which pretext3d data-efficiency uses for these data, "
+            f"fine-tunes {recipe.encoder!r} encoders; a {cfg.encoder!r} encoder will not load into it"
+        )
+    encoder_options = cfg.encoder_options or (
+        recipe.encoder_options() if cfg.encoder == recipe.encoder else {}
+    )
+    d = cfg.data.spatial_dims
+    images, case_ids = cfg.data.unlabelled()
+    try:
+        task = task_cls(d, **cfg.task_options)
+        encoder = encoder_cls(spatial_dims=d, in_channels=images.shape[1], **encoder_options)
+        record = pretrain_in_memory(
+            task,
+            encoder,
+            images,
+            case_ids,
+            cfg.output,
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            crop=cfg.crop,
+            held_out=cfg.held_out,
+            seed=cfg.seed,
+            record={
+                "task": cfg.task,
+                "synthetic": cfg.data.synthetic,
+                "transductive": cfg.data.include_labelled,
+                "config": dataclasses.asdict(cfg),
+            },
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    print(
+        f"held-out pretext accuracy {record['pretext_accuracy']:.3f}; encoder written to {cfg.output}"
+        + ("  [SYNTHETIC phantom data]" if cfg.data.synthetic else "")
+    )
+    return record
 
 
 def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
@@ -333,10 +228,19 @@ def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
             "to allow encoders pretrained on validation/test cases set experiment.transductive = true"
         )
     recipe = _recipe(cfg.data, cfg.segmentation, cfg.grading)
-    images, labels, case_ids = cfg.data.labelled()
     methods: dict[str, str | list[str] | None] = {
         name: (path or None) if isinstance(path, str) else list(path) for name, path in cfg.methods.items()
     }
+    # refuse an encoder the recipe cannot load now, before reading the data or training
+    for name, files in methods.items():
+        for file in [files] if isinstance(files, str) else files or []:
+            if not Path(file).is_file():
+                raise ConfigError(f"methods.{name}: encoder file {file!r} does not exist")
+            try:
+                recipe.check_encoder(cfg.data.in_channels, file)
+            except ValueError as err:
+                raise ConfigError(f"methods.{name}: {err}") from err
+    images, labels, case_ids = cfg.data.labelled()
     try:
         rows = run_data_efficiency(
             recipe,
@@ -360,7 +264,7 @@ def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
 def _finetune(cfg: FinetuneCommand) -> list[dict[str, Any]]:
     experiment = DataEfficiencyConfig(
         fractions=(cfg.fraction,),
-        repetitions=cfg.repetition + 1,
+        repetitions=(cfg.repetition,),
         split_seeds=(cfg.split_seed,),
         val_fraction=cfg.val_fraction,
         test_fraction=cfg.test_fraction,
@@ -375,6 +279,7 @@ def _finetune(cfg: FinetuneCommand) -> list[dict[str, Any]]:
         experiment=experiment,
         output_dir=cfg.output_dir,
         device=cfg.device,
+        plugins=cfg.plugins,
     )
     return _data_efficiency(command)
 
@@ -417,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = load_toml(args.config) if args.config is not None else {}
         for item in args.set:
             merge_override(values, *parse_override(item))
+        _import_plugins(values.get("plugins", []))
         config = from_mapping(cls, values)
         run(config)
     except ConfigError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from pretext3d._checks import check_int, check_unit_interval
@@ -99,7 +100,7 @@ class MultiPatchClassifierHead(nn.Module):
             raise ValueError(
                 f"features must hold B * num_patches = B * {self.num_patches} rows, got {pooled.shape[0]}"
             )
-        per_sample = self.project(pooled).reshape(pooled.shape[0] // self.num_patches, -1)
+        per_sample = rearrange(self.project(pooled), "(b p) f -> b (p f)", p=self.num_patches)
         out: Tensor = self.mlp(per_sample)
         return out
 
@@ -186,14 +187,17 @@ class CPCHead(nn.Module):
         if pooled.shape[0] % cells:
             raise ValueError(f"features must hold B * grid**d = B * {cells} rows, got {pooled.shape[0]}")
         z: Tensor = self.encode(pooled)
-        return z.view(-1, *[self.grid] * self.spatial_dims, self.code_dim)
+        return z.view(-1, *[self.grid] * self.spatial_dims, self.code_dim)  # row-major cells
 
     def contexts(self, z: Tensor) -> Tensor:
         """Contexts ``(B, G, ..., G, context_dim)``: row ``r`` has seen rows ``0..r`` of its column."""
-        g, d = self.grid, self.spatial_dims
-        columns = z.movedim(1, d).reshape(-1, g, self.code_dim)  # (B * G**(d-1), G rows, D)
-        out: Tensor = self.context(columns)[0]
-        return out.reshape(z.shape[0], *[g] * (d - 1), g, -1).movedim(d, 1)
+        # one GRU sequence per column: rows become the sequence axis
+        pattern = "b r w c -> (b w) r c" if self.spatial_dims == 2 else "b r h w c -> (b h w) r c"
+        out: Tensor = self.context(rearrange(z, pattern))[0]
+        back = "(b w) r c -> b r w c" if self.spatial_dims == 2 else "(b h w) r c -> b r h w c"
+        return rearrange(
+            out, back, b=z.shape[0], w=self.grid, **({} if self.spatial_dims == 2 else {"h": self.grid})
+        )
 
     def forward(self, features: Tensor) -> Tensor:
         """Stacked predictions and targets, see the class docstring."""

@@ -2,45 +2,62 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from pretext3d.tasks.base import PretextTask
 
 __all__ = ["PretextModel", "infer_num_features"]
 
+_ADAPT = (
+    "wrap the encoder in a module that returns features (N, F) or (N, F, *spatial): e.g. pick the "
+    "tensor out of a tuple or dict, pool or reshape tokens (N, T, D) -> (N, D), or create a timm "
+    "model with num_classes=0"
+)
+
 
 class PretextModel(nn.Module):
     """An encoder with a pretext task's head on top.
 
-    The encoder can be any module mapping ``(N, C, *spatial)`` to features ``(N, F)`` or
-    ``(N, F, *spatial)``. For patch tasks (``task.num_patches`` set) all ``B * P``
-    patches go through the one shared encoder in a single batch. After pretraining,
-    ``model.encoder`` is the module to fine-tune.
+    The encoder may be any module mapping ``(N, C, *spatial)`` to features ``(N, F)`` or
+    ``(N, F, *spatial)`` (the contract of the library's encoders, see
+    :mod:`pretext3d.models`, and of timm models with ``num_classes=0``). For patch tasks
+    (``task.num_patches`` set) all ``B * P`` patches go through the one shared encoder in
+    a single batch. After pretraining, ``model.encoder`` is the module to fine-tune.
 
     Args:
-        encoder: the network to pretrain.
+        encoder: the network to pretrain. If it declares ``spatial_dims``, it must be the
+            task's.
         task: the pretext task; it chooses the head (``task.make_head``).
         num_features: the encoder's feature width ``F``. If ``None`` it is read from
             ``encoder.num_features`` or ``encoder.out_channels``, else probed once by
-            running the encoder on zeros (see :func:`infer_num_features`).
-        head: a head to use instead of the task's default.
+            running the encoder on zeros (see :func:`infer_num_features`). Every forward
+            checks the features against it and names the source if they differ.
+        head: a head to use instead of the task's default (then ``F`` is not needed).
+
+    Raises:
+        TypeError: ``encoder`` is not a module or ``task`` not a pretext task.
+        ValueError: the encoder's ``spatial_dims`` differ from the task's.
 
     Shapes:
         ``forward(views)``: ``(B, C, *spatial)`` or ``(B, P, C, *patch)``, as the task
-        makes them -> logits ``(B, num_classes)``.
+        makes them -> what the task's loss reads (logits ``(B, num_classes)``, embeddings
+        ``(N, D)`` or the CPC head's tensor).
 
     Example:
         >>> task = Rotation(spatial_dims=3)
-        >>> model = PretextModel(my_encoder, task)
-        >>> views, labels = task(volumes)
-        >>> loss = task.loss(model(views), labels)
+        >>> model = PretextModel(UNetEncoder(spatial_dims=3), task)
+        >>> views, targets = task(volumes, generator)
+        >>> loss = task.loss(model(views), targets, generator=generator)
     """
 
     def __init__(
         self,
         encoder: nn.Module,
-        task: PretextTask,
+        task: PretextTask[Any, Any],
         *,
         num_features: int | None = None,
         head: nn.Module | None = None,
@@ -50,27 +67,78 @@ class PretextModel(nn.Module):
             raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
         if not isinstance(task, PretextTask):
             raise TypeError(f"task must be a pretext3d PretextTask, got {type(task).__name__}")
+        declared = getattr(encoder, "spatial_dims", None)
+        if isinstance(declared, int) and declared != task.spatial_dims:
+            raise ValueError(
+                f"{type(encoder).__name__} declares spatial_dims={declared} but the task "
+                f"{type(task).__name__} works in {task.spatial_dims}D; build both for the same dims"
+            )
         self.encoder = encoder
         self.task = task
+        self.num_features: int | None = None
+        self._width_source = ""
         if head is None:
-            if num_features is None:
-                num_features = infer_num_features(encoder, task.spatial_dims)
-            head = task.make_head(num_features)
+            if num_features is not None:
+                self.num_features, self._width_source = num_features, "the num_features argument"
+            else:
+                self.num_features, self._width_source = _declared_width(encoder)
+                if self.num_features is None:
+                    self.num_features = infer_num_features(encoder, task.spatial_dims)
+                    self._width_source = "probing the encoder"
+            head = task.make_head(self.num_features)
         self.head = head
 
     def forward(self, views: Tensor) -> Tensor:
-        """Logits ``(B, num_classes)`` for the task's views."""
+        """The head's output for the task's views."""
         patches = self.task.num_patches
-        if patches is None:
-            out: Tensor = self.head(self.encoder(views))
-            return out
-        if views.dim() != self.task.spatial_dims + 3 or views.shape[1] != patches:
+        if patches is not None:
+            if views.dim() != self.task.spatial_dims + 3 or views.shape[1] != patches:
+                raise ValueError(
+                    f"views must have shape (B, {patches}, C, *patch) for {type(self.task).__name__}, "
+                    f"got {tuple(views.shape)}"
+                )
+            views = rearrange(views, "b p c ... -> (b p) c ...")
+        features = check_features(self.encoder(views), self.task.spatial_dims, type(self.encoder).__name__)
+        if self.num_features is not None and features.shape[1] != self.num_features:
             raise ValueError(
-                f"views must have shape (B, {patches}, C, *patch) for {type(self.task).__name__}, "
-                f"got {tuple(views.shape)}"
+                f"{type(self.encoder).__name__} returned {features.shape[1]} feature channels, but "
+                f"{self._width_source} gave {self.num_features}; pass num_features={features.shape[1]} "
+                "(or fix the encoder's attribute)"
             )
-        out = self.head(self.encoder(views.flatten(0, 1)))
+        out: Tensor = self.head(features)
         return out
+
+
+def _declared_width(encoder: nn.Module) -> tuple[int | None, str]:
+    for name in ("num_features", "out_channels"):
+        value = getattr(encoder, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, f"encoder.{name}"
+    return None, ""
+
+
+def check_features(out: object, spatial_dims: int, who: str = "the encoder") -> Tensor:
+    """Return ``out`` if it is features ``(N, F)`` or ``(N, F, *spatial)``; else say what to do.
+
+    Raises:
+        TypeError: ``out`` is a tuple, list, dict or other non-tensor.
+        ValueError: ``out`` has a rank that is neither 2 nor ``spatial_dims + 2`` (e.g. a
+            token sequence ``(N, T, D)``).
+    """
+    if not isinstance(out, Tensor):
+        kind = type(out).__name__
+        if isinstance(out, (tuple, list)):
+            kind += f" of {len(out)} " + ", ".join(type(o).__name__ for o in out[:4])
+        elif isinstance(out, dict):
+            kind += f" with keys {list(out)[:6]}"
+        raise TypeError(f"{who} returned a {kind}, not a feature tensor; {_ADAPT}")
+    if out.dim() not in (2, spatial_dims + 2):
+        raise ValueError(
+            f"{who} returned shape {tuple(out.shape)}, which is neither (N, F) nor a {spatial_dims}D "
+            f"feature map (N, F, *spatial) (rank {spatial_dims + 2}); a rank-3 output looks like a "
+            f"token sequence (N, T, D); {_ADAPT}"
+        )
+    return out
 
 
 def infer_num_features(encoder: nn.Module, spatial_dims: int, probe_size: int = 32) -> int:
@@ -84,10 +152,9 @@ def infer_num_features(encoder: nn.Module, spatial_dims: int, probe_size: int = 
     Raises:
         ValueError: if neither works; pass ``num_features`` explicitly then.
     """
-    for name in ("num_features", "out_channels"):
-        value = getattr(encoder, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
+    width, _ = _declared_width(encoder)
+    if width is not None:
+        return width
     in_channels = getattr(encoder, "in_channels", None)
     if not isinstance(in_channels, int):
         conv = next((m for m in encoder.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
@@ -112,9 +179,4 @@ def infer_num_features(encoder: nn.Module, spatial_dims: int, probe_size: int = 
         ) from err
     finally:
         encoder.train(was_training)
-    if not isinstance(out, Tensor) or out.dim() < 2:
-        raise ValueError(
-            f"{type(encoder).__name__} must return features (N, F) or (N, F, *spatial), got "
-            f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}; pass num_features=..."
-        )
-    return int(out.shape[1])
+    return int(check_features(out, spatial_dims, type(encoder).__name__).shape[1])

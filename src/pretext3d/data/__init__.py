@@ -1,6 +1,7 @@
 """Data: real-format loaders, preprocessing, the built-in synthetic phantoms and toy images.
 
-Loaders: MSD Task07, APTOS 2019, unlabelled scan and fundus folders.
+Loaders: MSD Task07, APTOS 2019, unlabelled scan and fundus folders; :class:`DataSpec`
+names one of them (or the phantoms) in a command's config.
 
 The readers' libraries (nibabel, pydicom, pillow) are optional extras, imported only
 when a file is read.
@@ -8,7 +9,7 @@ when a file is read.
 
 from pretext3d.data.aptos import APTOS
 from pretext3d.data.cache import CaseCache
-from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeDataset, VolumeFolder, random_crop
+from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeDataset, VolumeFolder
 from pretext3d.data.io import (
     Volume,
     read_dicom_series,
@@ -28,12 +29,15 @@ from pretext3d.data.phantoms import (
     write_task07_phantom,
 )
 from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing, ben_graham
+from pretext3d.data.spec import UNLABELLED_PHANTOMS, DataSpec
 from pretext3d.data.toy import toy_images
 
 __all__ = [
     "APTOS",
+    "UNLABELLED_PHANTOMS",
     "CTPreprocessing",
     "CaseCache",
+    "DataSpec",
     "DicomFolder",
     "FundusFolder",
     "FundusPreprocessing",
@@ -46,7 +50,6 @@ __all__ = [
     "ct_phantom_batch",
     "fundus_phantom",
     "fundus_phantom_batch",
-    "random_crop",
     "read_dicom_series",
     "read_nifti",
     "read_rgb",

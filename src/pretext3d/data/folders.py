@@ -17,8 +17,9 @@ from torch.utils.data import Dataset
 from pretext3d.data.cache import CaseCache
 from pretext3d.data.io import Volume, read_dicom_series, read_rgb, read_volume
 from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing
+from pretext3d.transforms.crops import random_crop
 
-__all__ = ["DicomFolder", "FundusFolder", "UKBiobankName", "VolumeDataset", "VolumeFolder", "random_crop"]
+__all__ = ["DicomFolder", "FundusFolder", "UKBiobankName", "VolumeDataset", "VolumeFolder"]
 
 OnError = Literal["raise", "skip"]
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
@@ -35,27 +36,6 @@ def check_on_error(on_error: str) -> OnError:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     return on_error  # type: ignore[return-value]
-
-
-def random_crop(
-    array: np.ndarray, size: Sequence[int], generator: torch.Generator | None = None
-) -> np.ndarray:
-    """A uniformly placed crop of ``size`` from the last ``len(size)`` axes, zero-padded where too small."""
-    spatial = array.shape[-len(size) :]
-    pad = [(0, 0)] * (array.ndim - len(size)) + [
-        (0, max(0, s - n)) for s, n in zip(size, spatial, strict=True)
-    ]
-    if any(p[1] for p in pad):
-        array = np.pad(array, pad)
-    spatial = array.shape[-len(size) :]
-    starts = [
-        int(torch.randint(0, n - s + 1, (1,), generator=generator))
-        for s, n in zip(size, spatial, strict=True)
-    ]
-    lead = array.ndim - len(size)
-    region = [slice(None)] * lead + [slice(a, a + s) for a, s in zip(starts, size, strict=True)]
-    crop: np.ndarray = array[tuple(region)]
-    return crop
 
 
 @dataclass

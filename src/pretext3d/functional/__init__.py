@@ -1,6 +1,6 @@
 """Pure tensor maths that the task modules call."""
 
-from pretext3d.functional.patches import cell_origins, extract_patches, random_crops
+from pretext3d.functional.patches import cell_origins, extract_patches
 from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix, rotation_group
 
 __all__ = [
@@ -8,6 +8,5 @@ __all__ = [
     "cell_origins",
     "extract_patches",
     "plane_rotation_matrix",
-    "random_crops",
     "rotation_group",
 ]

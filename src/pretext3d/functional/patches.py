@@ -11,9 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pretext3d._random import rand
-
-__all__ = ["cell_origins", "extract_patches", "random_crops"]
+__all__ = ["cell_origins", "extract_patches"]
 
 
 def cell_origins(cell_size: Sequence[int], grid: int, device: torch.device | None = None) -> Tensor:
@@ -66,27 +64,3 @@ def extract_patches(x: Tensor, starts: Tensor, patch_size: Sequence[int]) -> Ten
     )
     patches = torch.index_select(rows, 0, corner.flatten().to(x.device))
     return patches.view(batch, num, *patches.shape[1:])
-
-
-def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
-    """One uniformly placed crop of ``size`` per sample, in one gather.
-
-    Rotation prediction on random sub-crops cannot lean on the body outline the way a
-    whole-volume task can (see ``docs/tasks.md``).
-
-    Args:
-        x: ``(B, C, *spatial)``.
-        size: crop edge per spatial axis, each ``<=`` that axis.
-        generator: source of the corners (drawn on the generator's device, or ``x``'s).
-
-    Returns:
-        ``(B, C, *size)``, contiguous.
-    """
-    spatial = x.shape[2:]
-    if len(size) != len(spatial) or any(not 1 <= s <= n for s, n in zip(size, spatial, strict=True)):
-        raise ValueError(
-            f"size must give one crop edge in 1..n per spatial axis of x {tuple(spatial)}, got {tuple(size)}"
-        )
-    high = torch.tensor([n - s + 1 for s, n in zip(size, spatial, strict=True)], device=x.device)
-    starts = (rand((x.shape[0], 1, len(size)), generator, x.device) * high).long()
-    return extract_patches(x, starts, size)[:, 0]

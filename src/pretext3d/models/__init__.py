@@ -1,8 +1,15 @@
-"""Reference encoders and the networks built from them."""
+"""Reference encoders and the networks built from them.
 
+Every encoder here keeps the contract of :class:`Encoder` (timm's ``forward_features`` /
+``forward`` / ``num_features`` / ``feature_info``, plus ``forward_intermediates``,
+``min_size`` and ``config``) and is registered by name in
+:data:`pretext3d.registry.ENCODERS`: ``"unet"``, ``"densenet"``, ``"conv"``.
+"""
+
+from pretext3d.models.base import Encoder
 from pretext3d.models.conv import ConvEncoder
 from pretext3d.models.densenet import DenseNet, DenseNet121, DenseNetEncoder
-from pretext3d.models.io import load_encoder, load_encoder_weights, save_encoder
+from pretext3d.models.io import encoder_name, load_encoder, load_encoder_weights, save_encoder
 from pretext3d.models.unet import UNet, UNetEncoder
 
 __all__ = [
@@ -10,8 +17,10 @@ __all__ = [
     "DenseNet",
     "DenseNet121",
     "DenseNetEncoder",
+    "Encoder",
     "UNet",
     "UNetEncoder",
+    "encoder_name",
     "load_encoder",
     "load_encoder_weights",
     "save_encoder",

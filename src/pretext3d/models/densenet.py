@@ -16,23 +16,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d._checks import check_int, check_spatial_dims, check_unit_interval
+from pretext3d._checks import check_choice, check_int, check_spatial_dims, check_unit_interval
 from pretext3d.models import _layers as L
+from pretext3d.models.base import Encoder
+from pretext3d.registry import register_encoder
 
 __all__ = ["DenseNet", "DenseNet121", "DenseNetEncoder"]
 
 
 class _DenseLayer(nn.Module):
-    def __init__(self, spatial_dims: int, cin: int, growth: int, bn_size: int, drop_rate: float) -> None:
+    def __init__(
+        self, spatial_dims: int, cin: int, growth: int, bn_size: int, norm: str, dropout: float
+    ) -> None:
         super().__init__()
         conv = L.conv(spatial_dims)
-        self.norm1 = L.norm("batch", spatial_dims, cin)
+        self.norm1 = L.norm(norm, spatial_dims, cin)
         self.relu1 = nn.ReLU(inplace=True)
         self.conv1 = conv(cin, bn_size * growth, 1, bias=False)
-        self.norm2 = L.norm("batch", spatial_dims, bn_size * growth)
+        self.norm2 = L.norm(norm, spatial_dims, bn_size * growth)
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = conv(bn_size * growth, growth, 3, padding=1, bias=False)
-        self.drop_rate = drop_rate
+        self.dropout = dropout
         self.checkpointing = False
 
     def _bottleneck(self, *inputs: Tensor) -> Tensor:
@@ -47,19 +51,27 @@ class _DenseLayer(nn.Module):
         else:
             bottleneck = self._bottleneck(*inputs)
         out: Tensor = self.conv2(self.relu2(self.norm2(bottleneck)))
-        if self.drop_rate > 0:
-            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        if self.dropout > 0:
+            out = F.dropout(out, p=self.dropout, training=self.training)
         return out
 
 
 class _DenseBlock(nn.ModuleDict):
     def __init__(
-        self, spatial_dims: int, num_layers: int, cin: int, growth: int, bn_size: int, drop_rate: float
+        self,
+        spatial_dims: int,
+        num_layers: int,
+        cin: int,
+        growth: int,
+        bn_size: int,
+        norm: str,
+        dropout: float,
     ) -> None:
         super().__init__()
         for i in range(num_layers):
             self.add_module(
-                f"denselayer{i + 1}", _DenseLayer(spatial_dims, cin + i * growth, growth, bn_size, drop_rate)
+                f"denselayer{i + 1}",
+                _DenseLayer(spatial_dims, cin + i * growth, growth, bn_size, norm, dropout),
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -70,16 +82,17 @@ class _DenseBlock(nn.ModuleDict):
 
 
 class _Transition(nn.Sequential):
-    def __init__(self, spatial_dims: int, cin: int, cout: int) -> None:
+    def __init__(self, spatial_dims: int, cin: int, cout: int, norm: str) -> None:
         super().__init__()
-        self.add_module("norm", L.norm("batch", spatial_dims, cin))
+        self.add_module("norm", L.norm(norm, spatial_dims, cin))
         self.add_module("relu", nn.ReLU(inplace=True))
         self.add_module("conv", L.conv(spatial_dims)(cin, cout, 1, bias=False))
         self.add_module("pool", L.avg_pool(spatial_dims)(2, stride=2))
 
 
-class DenseNetEncoder(nn.Module):
-    """The convolutional part of a DenseNet, ending in batch norm and ReLU.
+@register_encoder("densenet")
+class DenseNetEncoder(Encoder):
+    """The convolutional part of a DenseNet, ending in a normalisation and ReLU.
 
     Args:
         spatial_dims: 2 or 3.
@@ -88,18 +101,21 @@ class DenseNetEncoder(nn.Module):
         block_config: dense layers per block.
         init_features: channels of the stem convolution.
         bn_size: bottleneck width as a multiple of ``growth_rate``.
-        drop_rate: dropout after each dense layer.
+        norm: ``"batch"`` (the paper's and torchvision's), ``"instance"`` or ``"group"``.
+        dropout: dropout after each dense layer (torchvision's ``drop_rate``).
         checkpointing: recompute each dense layer's concatenation and bottleneck in
             backward (memory-efficient DenseNet).
 
     Attributes:
         num_features: channels of the output feature map.
-        feature_info: per stage (stem and dense blocks) ``{"num_chs", "reduction", "module"}``.
+        feature_info: per stage (stem, dense blocks, the final activation)
+            ``{"num_chs", "reduction", "module"}``.
         config: the constructor arguments, for saving and rebuilding.
 
     Shapes:
-        ``(N, C, *spatial)`` -> ``(N, num_features, *spatial / 32)``; every spatial size
-        must be at least ``2 ** (len(block_config) + 1)`` (32 for DenseNet-121).
+        ``forward``: ``(N, C, *spatial)`` -> pooled ``(N, num_features)``;
+        ``forward_features``: -> ``(N, num_features, *spatial / 2**(blocks + 1))``; every
+        spatial size must be at least ``2 ** (len(block_config) + 1)`` (32 for DenseNet-121).
     """
 
     def __init__(
@@ -110,12 +126,14 @@ class DenseNetEncoder(nn.Module):
         block_config: Sequence[int] = (6, 12, 24, 16),
         init_features: int = 64,
         bn_size: int = 4,
-        drop_rate: float = 0.0,
         *,
+        norm: L.Norm = "batch",
+        dropout: float = 0.0,
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
         d = check_spatial_dims(spatial_dims)
+        check_choice("norm", norm, L.NORMS)
         check_int("in_channels", in_channels, 1)
         check_int("growth_rate", growth_rate, 1)
         check_int("init_features", init_features, 1)
@@ -124,7 +142,7 @@ class DenseNetEncoder(nn.Module):
             raise ValueError("block_config must name at least one dense block, got ()")
         for i, n in enumerate(block_config):
             check_int(f"block_config[{i}]", n, 1)
-        check_unit_interval("drop_rate", drop_rate, include_one=False)
+        check_unit_interval("dropout", dropout, include_one=False)
         self.config: dict[str, Any] = {
             "spatial_dims": d,
             "in_channels": in_channels,
@@ -132,7 +150,8 @@ class DenseNetEncoder(nn.Module):
             "block_config": tuple(block_config),
             "init_features": init_features,
             "bn_size": bn_size,
-            "drop_rate": drop_rate,
+            "norm": norm,
+            "dropout": dropout,
         }
         self.spatial_dims = d
         self.in_channels = in_channels
@@ -140,27 +159,28 @@ class DenseNetEncoder(nn.Module):
         self.features.add_module(
             "conv0", L.conv(d)(in_channels, init_features, 7, stride=2, padding=3, bias=False)
         )
-        self.features.add_module("norm0", L.norm("batch", d, init_features))
+        self.features.add_module("norm0", L.norm(norm, d, init_features))
         self.features.add_module("relu0", nn.ReLU(inplace=True))
         self.features.add_module("pool0", L.max_pool(d)(3, stride=2, padding=1))
         channels = init_features
         self.feature_info = [{"num_chs": channels, "reduction": 4, "module": "features.pool0"}]
         for i, num_layers in enumerate(block_config):
             self.features.add_module(
-                f"denseblock{i + 1}", _DenseBlock(d, num_layers, channels, growth_rate, bn_size, drop_rate)
+                f"denseblock{i + 1}",
+                _DenseBlock(d, num_layers, channels, growth_rate, bn_size, norm, dropout),
             )
             channels += num_layers * growth_rate
             reduction = 4 * 2**i
-            self.feature_info.append(
-                {"num_chs": channels, "reduction": reduction, "module": f"features.denseblock{i + 1}"}
-            )
             if i != len(block_config) - 1:
-                self.features.add_module(f"transition{i + 1}", _Transition(d, channels, channels // 2))
+                self.feature_info.append(
+                    {"num_chs": channels, "reduction": reduction, "module": f"features.denseblock{i + 1}"}
+                )
+                self.features.add_module(f"transition{i + 1}", _Transition(d, channels, channels // 2, norm))
                 channels //= 2
-        self.features.add_module("norm5", L.norm("batch", d, channels))
+        self.features.add_module("norm5", L.norm(norm, d, channels))
         self.features.add_module("relu5", nn.ReLU(inplace=True))
+        self.feature_info.append({"num_chs": channels, "reduction": reduction, "module": "features.relu5"})
         self.num_features = channels
-        self.min_size = 2 ** (len(block_config) + 1)
         self.checkpointing = checkpointing
         for m in self.modules():
             if isinstance(m, nn.modules.conv._ConvNd):
@@ -168,6 +188,11 @@ class DenseNetEncoder(nn.Module):
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+
+    @property
+    def min_size(self) -> int:
+        """Smallest spatial size every axis must have: ``2 ** (blocks + 1)``."""
+        return int(2 ** (len(self.config["block_config"]) + 1))
 
     @property
     def checkpointing(self) -> bool:
@@ -181,13 +206,27 @@ class DenseNetEncoder(nn.Module):
             if isinstance(m, _DenseLayer):
                 m.checkpointing = self._checkpointing
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Feature map ``(N, num_features, *reduced)``."""
+    def _check(self, x: Tensor) -> None:
         blocks = len(self.config["block_config"])
         L.check_input(
             x, self.spatial_dims, self.in_channels, self.min_size, f"2**(blocks + 1) for {blocks} blocks"
         )
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The final feature map ``(N, num_features, *reduced)``."""
+        self._check(x)
         out: Tensor = self.features(x)
+        return out
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """The outputs of the stem, every dense block but the last, and the final activation."""
+        self._check(x)
+        wanted = {info["module"].removeprefix("features.") for info in self.feature_info}
+        out = []
+        for name, module in self.features.named_children():
+            x = module(x)
+            if name in wanted:
+                out.append(x)
         return out
 
 
@@ -196,7 +235,7 @@ class DenseNet(nn.Module):
 
     Args:
         spatial_dims, in_channels, growth_rate, block_config, init_features, bn_size,
-            drop_rate, checkpointing: as for :class:`DenseNetEncoder`.
+            norm, dropout, checkpointing: as for :class:`DenseNetEncoder`.
         num_classes: output classes.
 
     Shapes:
@@ -212,8 +251,9 @@ class DenseNet(nn.Module):
         block_config: Sequence[int] = (6, 12, 24, 16),
         init_features: int = 64,
         bn_size: int = 4,
-        drop_rate: float = 0.0,
         *,
+        norm: L.Norm = "batch",
+        dropout: float = 0.0,
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -224,7 +264,8 @@ class DenseNet(nn.Module):
             block_config,
             init_features,
             bn_size,
-            drop_rate,
+            norm=norm,
+            dropout=dropout,
             checkpointing=checkpointing,
         )
         self._build(encoder, num_classes)
@@ -261,30 +302,43 @@ class DenseNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes)``."""
-        out: Tensor = self.classifier(self.features(x).flatten(2).mean(-1))
+        out: Tensor = self.classifier(self.features(x))
         return out
 
 
-def DenseNet121(  # noqa: N802 - named like the architecture, as in torchvision
-    spatial_dims: int = 2,
-    in_channels: int = 3,
-    num_classes: int = 5,
-    *,
-    drop_rate: float = 0.0,
-    checkpointing: bool = False,
-) -> DenseNet:
+class DenseNet121(DenseNet):
     """DenseNet-121: growth 32, blocks (6, 12, 24, 16), 64 stem features, bottleneck 4.
 
-    In 2D with 3 input channels and 5 classes: 6,958,981 parameters, as torchvision's.
+    In 2D with 3 input channels and 5 classes: 6,958,981 parameters, as torchvision's
+    ``densenet121``. Its encoder is ``DenseNetEncoder(spatial_dims, in_channels)`` (the
+    encoder's defaults are DenseNet-121's).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        num_classes: output classes.
+        norm, dropout, checkpointing: as for :class:`DenseNetEncoder`.
     """
-    return DenseNet(
-        spatial_dims,
-        in_channels,
-        num_classes,
-        32,
-        (6, 12, 24, 16),
-        64,
-        4,
-        drop_rate,
-        checkpointing=checkpointing,
-    )
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        num_classes: int = 5,
+        *,
+        norm: L.Norm = "batch",
+        dropout: float = 0.0,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            num_classes,
+            32,
+            (6, 12, 24, 16),
+            64,
+            4,
+            norm=norm,
+            dropout=dropout,
+            checkpointing=checkpointing,
+        )

@@ -11,13 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._atomic import atomic_path
-from pretext3d.models.densenet import DenseNetEncoder
-from pretext3d.models.unet import UNetEncoder
+from pretext3d.registry import ENCODERS
 
-__all__ = ["load_encoder", "load_encoder_weights", "save_encoder"]
+__all__ = ["encoder_name", "load_encoder", "load_encoder_weights", "save_encoder"]
 
 _FORMAT = "pretext3d-encoder-v1"
-_BUILDERS: dict[str, type[nn.Module]] = {"UNetEncoder": UNetEncoder, "DenseNetEncoder": DenseNetEncoder}
+# constructor arguments renamed since 0.1, so that older files still load
+_RENAMED = {"drop_rate": "dropout"}
 # Where an encoder sits inside the models that hold one.
 _PREFIXES = ("encoder.", "features.", "module.encoder.")
 
@@ -26,14 +26,16 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
     """Write an encoder's weights (and, for the library's encoders, its config) to ``path``.
 
     Args:
-        encoder: any module; for :class:`UNetEncoder` and :class:`DenseNetEncoder` the
-            file also records the constructor arguments, so :func:`load_encoder` can
-            rebuild it.
+        encoder: any module. For an encoder whose class is registered
+            (:data:`pretext3d.registry.ENCODERS`: the library's own, or yours) and that
+            has a ``config`` dict of its constructor arguments, the file also records its
+            registered name and config, so :func:`load_encoder` can rebuild it.
         path: file to write (``torch.save`` format), atomically.
     """
     config = getattr(encoder, "config", None)
     payload = {
         "format": _FORMAT,
+        "encoder": ENCODERS.name_of(type(encoder)),
         "class": type(encoder).__name__,
         "config": dict(config) if isinstance(config, Mapping) else None,
         "state_dict": encoder.state_dict(),
@@ -47,17 +49,36 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+def encoder_name(path: str | PathLike[str]) -> str | None:
+    """The registered name of the encoder saved in ``path`` (``"unet"``, ...), or ``None`` if unregistered."""
+    return _registered_name(_read(path))
+
+
+def _registered_name(payload: dict[str, Any]) -> str | None:
+    name = payload.get("encoder")
+    if name is None:  # files of 0.1 name the class only
+        builders = {getattr(ENCODERS.get(n), "__name__", None): n for n in ENCODERS.names()}
+        name = builders.get(payload.get("class"))
+    return str(name) if name is not None else None
+
+
 def load_encoder(path: str | PathLike[str]) -> nn.Module:
-    """Rebuild a :class:`UNetEncoder` or :class:`DenseNetEncoder` saved by :func:`save_encoder`."""
+    """Rebuild an encoder saved by :func:`save_encoder`, by its registered name and config.
+
+    Raises:
+        ValueError: the file holds an encoder that is not registered or has no config;
+            build the module yourself and call :func:`load_encoder_weights`.
+    """
     payload = _read(path)
-    cls = _BUILDERS.get(str(payload.get("class")))
-    if cls is None or payload.get("config") is None:
+    name = _registered_name(payload)
+    if name is None or name not in ENCODERS or payload.get("config") is None:
         raise ValueError(
-            f"{str(path)!r} holds a {payload.get('class')} encoder without a config that "
-            f"pretext3d can rebuild ({sorted(_BUILDERS)}); build the module yourself and "
-            "call load_encoder_weights(module, path)"
+            f"{str(path)!r} holds a {payload.get('class')} encoder without a registered name and config "
+            f"that pretext3d can rebuild (registered: {ENCODERS.names()}); build the module yourself "
+            "and call load_encoder_weights(module, path)"
         )
-    encoder = cls(**payload["config"])
+    config = {_RENAMED.get(k, k): v for k, v in payload["config"].items()}
+    encoder: nn.Module = ENCODERS.get(name)(**config)
     encoder.load_state_dict(payload["state_dict"])
     return encoder
 

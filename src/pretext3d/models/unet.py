@@ -12,8 +12,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from pretext3d._checks import check_choice, check_int, check_spatial_dims, check_unit_interval
+from pretext3d._checks import check_choice, check_int, check_positive, check_spatial_dims, check_unit_interval
 from pretext3d.models import _layers as L
+from pretext3d.models.base import Encoder
+from pretext3d.registry import register_encoder
 
 __all__ = ["UNet", "UNetEncoder"]
 
@@ -57,7 +59,8 @@ class _UpBlock:
         return out
 
 
-class UNetEncoder(nn.Module):
+@register_encoder("unet")
+class UNetEncoder(Encoder):
     """The contracting half of a U-Net: double-conv stages with 2x max-pooling between them.
 
     With the defaults it is the paper's 3D encoder: widths 16/32/64/128 and a 256-wide
@@ -84,8 +87,10 @@ class UNetEncoder(nn.Module):
 
     Shapes:
         ``forward``: ``(N, C, *spatial)`` -> pooled ``(N, num_features)``.
-        ``forward_features``: ``(N, C, *spatial)`` -> list of stage outputs, stage ``i``
-        of shape ``(N, widths[i], *spatial // 2**i)``.
+        ``forward_features``: ``(N, C, *spatial)`` -> the bottleneck map
+        ``(N, num_features, *spatial // 2**(stages - 1))``.
+        ``forward_intermediates``: ``(N, C, *spatial)`` -> list of stage outputs, stage
+        ``i`` of shape ``(N, widths[i], *spatial // 2**i)``.
     """
 
     def __init__(
@@ -107,8 +112,7 @@ class UNetEncoder(nn.Module):
             raise ValueError("widths must name at least one stage, got ()")
         for i, w in enumerate(widths):
             check_int(f"widths[{i}]", w, 1)
-        if not width_multiplier > 0:
-            raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
+        check_positive("width_multiplier", width_multiplier)
         check_unit_interval("dropout", dropout, include_one=False)
         scaled = [max(1, round(w * width_multiplier)) for w in widths]
         self.config: dict[str, Any] = {
@@ -138,7 +142,7 @@ class UNetEncoder(nn.Module):
         """Smallest spatial size every axis must have."""
         return int(2 ** (len(self.widths) - 1))
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The output of every stage, finest first."""
         L.check_input(
             x,
@@ -156,10 +160,6 @@ class UNetEncoder(nn.Module):
             x = L.checkpointed(stage, block, x) if checkpoint else block(x)
             features.append(x)
         return features
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Globally average-pooled bottleneck features ``(N, num_features)``."""
-        return self.forward_features(x)[-1].flatten(2).mean(-1)
 
 
 class UNet(nn.Module):
@@ -275,7 +275,7 @@ class UNet(nn.Module):
                 f"UNet needs every spatial size to be a multiple of {factor} (2**(stages - 1)); "
                 f"got {tuple(x.shape[2:])}. Pad or crop to one of {nearest} per axis."
             )
-        features = self.encoder.forward_features(x)
+        features = self.encoder.forward_intermediates(x)
         y = features[-1]
         checkpoint = L.use_checkpoint(self.checkpointing)
         for up, stage, skip in zip(self.ups, self.stages, features[-2::-1], strict=True):

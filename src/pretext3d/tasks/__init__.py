@@ -1,20 +1,40 @@
-"""Pretext tasks: each turns an unlabelled batch into ``(views, labels)``."""
+"""Pretext tasks: each turns an unlabelled batch into ``(views, targets)``.
 
-from pretext3d.tasks.base import ClassificationTask, PretextTask
-from pretext3d.tasks.cpc import CPC
-from pretext3d.tasks.exemplar import AugmentParams, Exemplar, ExemplarAugmenter
-from pretext3d.tasks.jigsaw import Jigsaw
-from pretext3d.tasks.rotation import Rotation
-from pretext3d.tasks.rpl import RelativePatchLocation
+Three kinds (see :mod:`pretext3d.tasks.base`): classification (:class:`Rotation`,
+:class:`Jigsaw`, :class:`RelativePatchLocation`), embedding (:class:`Exemplar`) and
+predictive (:class:`CPC`). Each draws its parameters with ``randomize`` and builds its
+views with ``apply_params``; its parameter type is exported beside it.
+"""
+
+from pretext3d.tasks.base import (
+    ClassificationTask,
+    EmbeddingTask,
+    PredictiveTask,
+    PretextTask,
+    TaskParams,
+    check_classes,
+)
+from pretext3d.tasks.cpc import CPC, CPCParams
+from pretext3d.tasks.exemplar import Exemplar, ExemplarParams
+from pretext3d.tasks.jigsaw import Jigsaw, JigsawParams
+from pretext3d.tasks.rotation import Rotation, RotationParams
+from pretext3d.tasks.rpl import RelativePatchLocation, RelativePatchLocationParams
 
 __all__ = [
     "CPC",
-    "AugmentParams",
+    "CPCParams",
     "ClassificationTask",
+    "EmbeddingTask",
     "Exemplar",
-    "ExemplarAugmenter",
+    "ExemplarParams",
     "Jigsaw",
+    "JigsawParams",
+    "PredictiveTask",
     "PretextTask",
     "RelativePatchLocation",
+    "RelativePatchLocationParams",
     "Rotation",
+    "RotationParams",
+    "TaskParams",
+    "check_classes",
 ]

@@ -8,16 +8,16 @@ from torch import Tensor
 from pretext3d._checks import check_int
 from pretext3d._random import randint
 from pretext3d.functional.patches import cell_origins, extract_patches
-from pretext3d.tasks.base import ClassificationTask
+from pretext3d.tasks.base import ClassificationTask, P
 
 
-class GridPatchTask(ClassificationTask):
+class GridPatchTask(ClassificationTask[P]):
     """A task that cuts each image into ``grid`` cells per axis and crops a patch per cell.
 
     The cell edge along an axis is ``size // grid`` (the remainder at the far end is
-    unused); the patch edge is ``cell - jitter``. In training mode each patch sits at a
-    random offset in ``[0, jitter]`` per axis inside its cell, drawn per sample and
-    patch; in eval mode every patch is the cell's centre crop (offset ``jitter // 2``).
+    unused); the patch edge is ``cell - jitter``. Each patch sits at an offset in
+    ``[0, jitter]`` per axis inside its cell: drawn per sample and patch in training
+    mode (so borders cannot be matched), ``jitter // 2`` (the centre crop) in eval mode.
     """
 
     def __init__(self, spatial_dims: int, grid: int, jitter: int, *, check_finite: bool) -> None:
@@ -41,12 +41,22 @@ class GridPatchTask(ClassificationTask):
                 "voxels so that patches are at least 1 voxel wide"
             )
 
-    def _crop(self, x: Tensor, cells: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Crop the patches of ``cells`` (``(B, P)`` cell indices) into ``(B, P, C, *patch)``."""
-        cell, patch = self.geometry(tuple(x.shape[2:]))
-        starts = cell_origins(cell, self.grid, x.device)[cells]  # (B, P, d)
+    def _offsets(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """Patch offsets ``(B, num_patches, d)`` inside their cells, as the mode says."""
+        shape = (batch, self.num_patches or 1, self.spatial_dims)
         if self.training and self.jitter > 0:
-            starts = starts + randint(self.jitter + 1, tuple(starts.shape), generator, x.device)
-        else:
-            starts = starts + self.jitter // 2
+            return randint(self.jitter + 1, shape, generator, device)
+        return torch.full(shape, self.jitter // 2, dtype=torch.long, device=device)
+
+    def _crop(self, x: Tensor, cells: Tensor, offsets: Tensor) -> Tensor:
+        """Crop cells ``(B, P)`` at ``offsets (B, P, d)`` into ``(B, P, C, *patch)``."""
+        if offsets.shape != (*cells.shape, self.spatial_dims):
+            raise ValueError(
+                f"params.offsets must have shape {(*cells.shape, self.spatial_dims)}, "
+                f"got {tuple(offsets.shape)}"
+            )
+        if bool(((offsets < 0) | (offsets > self.jitter)).any()):
+            raise ValueError(f"params.offsets must lie in [0, jitter={self.jitter}]")
+        cell, patch = self.geometry(tuple(x.shape[2:]))
+        starts = cell_origins(cell, self.grid, x.device)[cells] + offsets
         return extract_patches(x, starts, patch)

@@ -1,109 +1,267 @@
-"""The common interface of every pretext task."""
+"""The contract every pretext task keeps, and its three kinds.
+
+One training step works for every task::
+
+    views, targets = task(x, generator)
+    loss = task.loss(model(views), targets, generator=generator)
+
+A call is two steps that can be taken apart: :meth:`PretextTask.randomize` draws the
+step's parameters (a :class:`TaskParams`) from the generator, and
+:meth:`PretextTask.apply_params` builds the views and targets from them without any
+randomness, so what the model saw can be rebuilt, inspected and pictured.
+
+The kind of task says what ``targets`` are:
+
+* :class:`ClassificationTask` (rotation, jigsaw, relative patch location): class indices
+  ``LongTensor (B,)`` in ``[0, num_classes)``;
+* :class:`EmbeddingTask` (exemplar): instance ids ``LongTensor (N,)``, equal for the
+  views of one image;
+* :class:`PredictiveTask` (CPC): ``None``, since the head predicts codes it also computes
+  from the image itself; there is nothing else to compare with.
+
+``.train()`` / ``.eval()`` mean the same for every task: eval mode switches off the
+randomness that is *not* the task (patch jitter, CPC's flips and crops) and freezes the
+task's state (the exemplar memory and instance counter); what *defines* the targets (the
+rotation, permutation or location drawn, the exemplar's augmented views) is still drawn
+from the generator, so a held-out pass measures the task itself.
+"""
 
 from __future__ import annotations
 
 import abc
+import dataclasses
+from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import Self
 
 from pretext3d._checks import check_batch, check_spatial_dims
-from pretext3d._random import randint
+from pretext3d.heads import ClassifierHead, MultiPatchClassifierHead, ProjectionHead
 
-__all__ = ["ClassificationTask", "PretextTask"]
+__all__ = [
+    "ClassificationTask",
+    "EmbeddingTask",
+    "PredictiveTask",
+    "PretextTask",
+    "TaskParams",
+    "check_classes",
+]
 
 
-class PretextTask(nn.Module, abc.ABC):
+@dataclasses.dataclass
+class TaskParams:
+    """The random parameters of one call of a task: tensors with the batch first.
+
+    Subclasses are dataclasses whose fields are tensors ``(B, ...)``, nested
+    :class:`TaskParams`, ``None`` or plain numbers.
+    """
+
+    def __len__(self) -> int:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (Tensor, TaskParams)):
+                return len(value)
+        raise TypeError(f"{type(self).__name__} holds no per-sample tensor")
+
+    def to(self, device: torch.device | str) -> Self:
+        """A copy with every tensor on ``device``."""
+        moved = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = value.to(device) if isinstance(value, (Tensor, TaskParams)) else value
+        return dataclasses.replace(self, **moved)
+
+
+P = TypeVar("P", bound=TaskParams)
+T = TypeVar("T")
+
+
+class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
     """Turns an unlabelled batch into pretext views and the targets to predict.
 
     A task holds no trainable weights. It is an ``nn.Module`` so that ``.to(device)``
-    moves its buffers and ``.train()``/``.eval()`` switch its random augmentation off
-    and on (a :class:`~pretext3d.PretextModel` holding it switches it too).
+    moves its buffers, ``state_dict`` saves its state (permutation sets, memories,
+    counters), and ``.train()``/``.eval()`` switch it as described in
+    :mod:`pretext3d.tasks.base` (a :class:`~pretext3d.PretextModel` holding it switches
+    it too).
+
+    Single samples: a classification or predictive task called on one sample
+    ``(C, *spatial)`` returns its views without the batch axis (and a 0-dim class), as a
+    ``Dataset`` would want; an embedding task needs a batch, since its targets relate
+    samples to each other.
 
     Attributes:
         spatial_dims: 2 or 3.
-        num_classes: number of pretext classes (0 for tasks that are not classifiers).
         num_patches: ``None`` when views are whole images ``(B, C, *spatial)``; ``P``
             when views are ``(B, P, C, *patch)`` patches that one shared encoder sees
             separately.
         check_finite: reject NaN/inf input (costs one reduction over the batch).
     """
 
-    num_classes: int
+    params_type: type[P]
     num_patches: int | None = None
 
     def __init__(self, spatial_dims: int, *, check_finite: bool = True) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
-        self.check_finite = check_finite
+        self.check_finite = bool(check_finite)
 
-    @abc.abstractmethod
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``(views, labels)`` for the batch ``x``."""
-
-    @abc.abstractmethod
-    def loss(self, output: Tensor, labels: Tensor) -> Tensor:
-        """The pretext loss of the head's ``output``."""
-
-    @abc.abstractmethod
-    def make_head(self, num_features: int) -> nn.Module:
-        """The task's default head for an encoder with ``num_features`` output channels."""
-
-    @staticmethod
-    @abc.abstractmethod
-    def accuracy(output: Tensor, labels: Tensor) -> Tensor:
-        """A pretext accuracy to log, in ``[0, 1]`` (a 0-dim tensor)."""
-
-
-class ClassificationTask(PretextTask):
-    """A task whose label is a class drawn per sample (rotation, jigsaw, relative patch location).
-
-    Calling it on ``(B, C, *spatial)`` returns ``(views, labels)`` on the input's device;
-    a single sample ``(C, *spatial)`` gives views without the batch axis and a 0-dim
-    label, as a ``Dataset`` would want.
-    """
-
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Draw a label per sample and build its views.
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, T]:
+        """``apply_params(x, randomize(x, generator))``: the views and targets of ``x``.
 
         Args:
             x: ``(B, C, *spatial)`` float batch, or one sample ``(C, *spatial)``.
-            generator: source of randomness; a seeded generator makes the call
-                reproducible. Labels are drawn on the generator's device (the global
-                generator of ``x``'s device if ``None``) and moved to ``x``'s device.
+            generator: the one source of this step's randomness; a seeded generator makes
+                the call reproducible. Numbers are drawn on the generator's device (the
+                global generator of ``x``'s device if ``None``) and moved to ``x``'s.
 
         Returns:
-            ``(views, labels)``: views as described by the subclass, ``labels`` a
-            ``LongTensor (B,)`` of class indices.
+            ``(views, targets)`` as the task's class documents them.
         """
-        batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
-        self._check_input(batch)
-        labels = randint(self.num_classes, (batch.shape[0],), generator, batch.device)
-        views = self._views(batch, labels, generator)
-        return (views[0], labels[0]) if single else (views, labels)
+        batch, single = self._check(x)
+        return self._output(self._make_views(batch, self._randomize(batch, generator)), single)
 
-    def loss(self, output: Tensor, labels: Tensor) -> Tensor:
-        """Cross-entropy of the head's logits ``(B, num_classes)`` against ``labels (B,)``."""
-        return F.cross_entropy(output, labels)
+    def randomize(self, x: Tensor, generator: torch.Generator | None = None) -> P:
+        """Draw the parameters of one call on ``x`` (as ``forward`` would, same generator use)."""
+        batch, _ = self._check(x)
+        return self._randomize(batch, generator)
 
-    @staticmethod
-    def accuracy(output: Tensor, labels: Tensor) -> Tensor:
-        """Fraction of samples whose largest logit is the label (a 0-dim tensor)."""
-        return (output.argmax(dim=-1) == labels).float().mean()
+    def apply_params(self, x: Tensor, params: P) -> tuple[Tensor, T]:
+        """Build the views and targets of ``x`` from ``params``, without randomness.
 
+        ``task(x, g)`` equals ``task.apply_params(x, task.randomize(x, g'))`` for two
+        generators in the same state, in either mode.
+
+        Raises:
+            TypeError: ``params`` is not this task's parameter type.
+            ValueError: ``params`` were drawn for another batch size.
+        """
+        batch, single = self._check(x)
+        if not isinstance(params, self.params_type):
+            raise TypeError(
+                f"params must be a {self.params_type.__name__} (from {type(self).__name__}.randomize), "
+                f"got {type(params).__name__}"
+            )
+        if len(params) != batch.shape[0]:
+            raise ValueError(
+                f"params were drawn for a batch of {len(params)}, but x holds {batch.shape[0]} samples"
+            )
+        return self._output(self._make_views(batch, params.to(batch.device)), single)
+
+    @abc.abstractmethod
+    def loss(self, output: Tensor, targets: T, *, generator: torch.Generator | None = None) -> Tensor:
+        """The pretext loss of the head's ``output`` (randomness, if any, from ``generator``)."""
+
+    @abc.abstractmethod
+    def accuracy(self, output: Tensor, targets: T) -> Tensor:
+        """A pretext accuracy to log, in ``[0, 1]`` (a 0-dim tensor)."""
+
+    @abc.abstractmethod
     def make_head(self, num_features: int) -> nn.Module:
         """The task's default head for an encoder with ``num_features`` output channels."""
-        from pretext3d.heads import ClassifierHead, MultiPatchClassifierHead
 
+    @abc.abstractmethod
+    def _randomize(self, x: Tensor, generator: torch.Generator | None) -> P:
+        """Parameters for the checked batch ``x``."""
+
+    @abc.abstractmethod
+    def _make_views(self, x: Tensor, params: P) -> tuple[Tensor, T]:
+        """Views and targets of the checked batch ``x`` (``params`` on ``x``'s device)."""
+
+    def _check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` if the checked batch ``x`` does not fit the task."""
+
+    def _check(self, x: Tensor) -> tuple[Tensor, bool]:
+        batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
+        self._check_input(batch)
+        return batch, single
+
+    @staticmethod
+    def _output(result: tuple[Tensor, T], single: bool) -> tuple[Tensor, T]:
+        views, targets = result
+        if not single:
+            return views, targets
+        return views[0], (targets[0] if isinstance(targets, Tensor) else targets)  # type: ignore[return-value]
+
+
+class ClassificationTask(PretextTask[P, Tensor]):
+    """A task whose target is a class drawn per sample (rotation, jigsaw, relative patch location).
+
+    Targets are ``LongTensor (B,)`` class indices; the head gives logits
+    ``(B, num_classes)``; the loss is cross-entropy.
+
+    Attributes:
+        num_classes: the number of pretext classes.
+    """
+
+    num_classes: int
+
+    def loss(self, output: Tensor, targets: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Cross-entropy of the logits ``(B, num_classes)`` against the classes ``(B,)`` (no randomness)."""
+        return F.cross_entropy(output, targets)
+
+    def accuracy(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Fraction of samples whose largest logit is their class (a 0-dim tensor)."""
+        return (output.argmax(dim=-1) == targets).float().mean()
+
+    def make_head(self, num_features: int) -> nn.Module:
+        """A :class:`~pretext3d.heads.ClassifierHead`, or a multi-patch one for patch views."""
         if self.num_patches is None:
             return ClassifierHead(num_features, self.num_classes)
         return MultiPatchClassifierHead(num_features, self.num_patches, self.num_classes)
 
-    @abc.abstractmethod
-    def _check_input(self, x: Tensor) -> None:
-        """Raise ``ValueError`` if ``x`` (a checked ``(B, C, *spatial)`` batch) does not fit."""
 
-    @abc.abstractmethod
-    def _views(self, x: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Views of ``x`` for ``labels``."""
+class EmbeddingTask(PretextTask[P, Tensor]):
+    """A task whose targets are instance ids: views with equal ids show the same image.
+
+    The head gives embeddings ``(N, embedding_dim)``; a metric loss pulls views of one
+    instance together and pushes other instances apart.
+
+    Attributes:
+        embedding_dim: size of the embeddings the default head produces.
+    """
+
+    embedding_dim: int
+
+    def accuracy(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Fraction of embeddings whose nearest other embedding has the same instance id."""
+        dist = torch.cdist(output.detach().float(), output.detach().float())
+        dist.fill_diagonal_(float("inf"))
+        return (targets[dist.argmin(dim=1)] == targets).float().mean()
+
+    def make_head(self, num_features: int) -> nn.Module:
+        """A :class:`~pretext3d.heads.ProjectionHead` to ``embedding_dim``."""
+        return ProjectionHead(num_features, self.embedding_dim)
+
+    def _check(self, x: Tensor) -> tuple[Tensor, bool]:
+        batch, single = super()._check(x)
+        if single:
+            raise ValueError(
+                f"{type(self).__name__} needs a batch (B, C, *spatial), got one sample of shape "
+                f"{tuple(x.shape)}: its targets relate samples to each other"
+            )
+        return batch, single
+
+
+class PredictiveTask(PretextTask[P, None]):
+    """A task whose head predicts parts of the input from other parts (CPC).
+
+    There are no external targets: the call returns ``(views, None)`` and the head's
+    output carries both its predictions and what they should match.
+    """
+
+
+def check_classes(classes: object, batch: int, num_classes: int, name: str) -> Tensor:
+    """Return ``classes`` as a ``LongTensor (batch,)`` of indices in ``[0, num_classes)``, else raise."""
+    if not isinstance(classes, torch.Tensor) or classes.is_floating_point() or classes.is_complex():
+        raise TypeError(f"{name} must be an integer tensor of shape ({batch},), got {classes!r}")
+    if classes.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) to match x, got {tuple(classes.shape)}")
+    if int(classes.min()) < 0 or int(classes.max()) >= num_classes:
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}), got values from {int(classes.min())} "
+            f"to {int(classes.max())}"
+        )
+    return classes.long()

@@ -5,29 +5,49 @@ Van den Oord et al., 2018; Hénaff et al., ICML 2020; in 3D, Taleb et al., NeurI
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d._checks import check_batch, check_choice, check_int, check_unit_interval
+from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
 from pretext3d._random import rand
 from pretext3d.functional.patches import extract_patches
 from pretext3d.functional.rotation import apply_rotations
-from pretext3d.losses import BinaryCPCLoss, InfoNCELoss
-from pretext3d.tasks.base import PretextTask
+from pretext3d.heads import CPCHead
+from pretext3d.objectives.losses import BinaryCPCLoss, InfoNCELoss
+from pretext3d.registry import register_task
+from pretext3d.tasks.base import PredictiveTask, TaskParams
 
-__all__ = ["CPC"]
+__all__ = ["CPC", "CPCParams"]
 
 
-class CPC(PretextTask):
+@dataclass
+class CPCParams(TaskParams):
+    """The parameters of one :class:`CPC` call: each patch's flips and crop.
+
+    Attributes:
+        flips: ``BoolTensor (B, grid**d, d)``: flip the patch along each spatial axis.
+        corners: ``LongTensor (B, grid**d, d)``: corner of the kept part, in ``[0, crop]``.
+        crop: voxels cut from each patch per axis before it is zero-padded back (0: none).
+    """
+
+    flips: Tensor
+    corners: Tensor
+    crop: int
+
+
+@register_task("cpc")
+class CPC(PredictiveTask[CPCParams]):
     """Predict the codes of patches further down a grid from the patches above them.
 
     Each image is cut into ``grid`` patches per axis (row-major cell order; a stride of
     ``patch * (1 - overlap)``, the grid centred in the image). In training mode every
-    patch is flipped along each axis with ``flip_p`` and cropped by up to ``crop``
-    voxels and zero-padded back (per patch, vectorised), as in the paper. A shared
+    patch is flipped along each axis with ``flip_p`` and cropped by ``crop`` voxels at a
+    random corner and zero-padded back (per patch, vectorised), as in the paper; eval
+    mode takes the patches as they are. A shared
     encoder embeds every patch (one batched call over ``B * grid**d`` patches, by
     :class:`~pretext3d.PretextModel`), and the :class:`~pretext3d.heads.CPCHead` predicts
     the codes of rows ``r + 1 .. r + steps`` from the context of rows ``0..r``.
@@ -57,10 +77,12 @@ class CPC(PretextTask):
         check_finite: reject NaN/inf input.
 
     Shapes:
-        input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)``; labels ``(B,)``
-        are zeros (CPC's targets come from the image itself); the head gives the
+        input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)`` and targets
+        ``None`` (what is predicted comes from the image itself); the head gives the
         ``(2, B, steps, grid - 1, grid, ..., code_dim)`` tensor that :meth:`loss` reads.
     """
+
+    params_type = CPCParams
 
     def __init__(
         self,
@@ -95,12 +117,12 @@ class CPC(PretextTask):
         self.crop = None if crop is None else check_int("crop", crop, 0)
         self.flip_p = check_unit_interval("flip_p", flip_p)
         check_choice("loss", loss, ("infonce", "binary"))
+        check_positive("temperature", temperature)
         if gather and loss == "binary":
             raise ValueError("gather=True only applies to loss='infonce'")
         self.loss_fn: nn.Module = (
             InfoNCELoss(temperature, gather=gather) if loss == "infonce" else BinaryCPCLoss(temperature)
         )
-        self.num_classes = 0
         self.num_patches = self.grid**self.spatial_dims
 
     def geometry(self, spatial_shape: tuple[int, ...]) -> tuple[int, int, tuple[int, ...]]:
@@ -119,41 +141,51 @@ class CPC(PretextTask):
             )
         return patch, stride, tuple((s - extent) // 2 for s in spatial_shape)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Patches ``(B, grid**d, C, *patch)`` and zero labels ``(B,)``."""
-        batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
-        patch, stride, offset = self.geometry(tuple(batch.shape[2:]))
-        d = self.spatial_dims
-        axes = [torch.arange(self.grid, device=batch.device) * stride + o for o in offset]
-        starts = torch.cartesian_prod(*axes).reshape(1, -1, d).expand(batch.shape[0], -1, -1)
-        views = extract_patches(batch, starts, (patch,) * d)
-        if self.training:
-            views = self._augment(views, patch, generator)
-        labels = torch.zeros(batch.shape[0], dtype=torch.long, device=batch.device)
-        return (views[0], labels[0]) if single else (views, labels)
+    def _check_input(self, x: Tensor) -> None:
+        self.geometry(tuple(x.shape[2:]))
 
-    def _augment(self, views: Tensor, patch: int, generator: torch.Generator | None) -> Tensor:
-        """Per-patch random flips and crop-and-pad, vectorised over all patches."""
-        b, p = views.shape[:2]
-        flat = views.flatten(0, 1)
-        d = self.spatial_dims
-        flips = (rand((b * p, d), generator, flat.device) < self.flip_p).long()
-        classes = torch.tensor([[(c >> a) & 1 for a in range(d)] for c in range(2**d)])
-        matrices = torch.diag_embed(1 - 2 * classes)
-        labels = (flips.cpu() * (2 ** torch.arange(d))).sum(1)
-        flat = apply_rotations(flat, labels, matrices)
+    def _randomize(self, x: Tensor, generator: torch.Generator | None) -> CPCParams:
+        patch = self.geometry(tuple(x.shape[2:]))[0]
+        shape = (x.shape[0], self.grid**self.spatial_dims, self.spatial_dims)
+        if not self.training:
+            none = torch.zeros(shape, dtype=torch.long, device=x.device)
+            return CPCParams(none.bool(), none, 0)
         crop = patch // 8 if self.crop is None else min(self.crop, patch - 1)
-        if crop:
-            corner = (rand((b * p, 1, d), generator, flat.device) * (crop + 1)).long()
-            kept = extract_patches(flat, corner, (patch - crop,) * d)[:, 0]
-            before = crop // 2
-            flat = F.pad(kept, [before, crop - before] * d)
-        return flat.view(views.shape)
+        flips = rand(shape, generator, x.device) < self.flip_p
+        corners = (rand(shape, generator, x.device) * (crop + 1)).long()
+        return CPCParams(flips, corners, crop)
+
+    def _make_views(self, x: Tensor, params: CPCParams) -> tuple[Tensor, None]:
+        patch, stride, offset = self.geometry(tuple(x.shape[2:]))
+        d, b = self.spatial_dims, x.shape[0]
+        shape = (b, self.grid**d, d)
+        if params.flips.shape != shape or params.corners.shape != shape:
+            raise ValueError(
+                f"params.flips and params.corners must have shape {shape}, got "
+                f"{tuple(params.flips.shape)} and {tuple(params.corners.shape)}"
+            )
+        if not 0 <= params.crop < patch or bool(
+            ((params.corners < 0) | (params.corners > params.crop)).any()
+        ):
+            raise ValueError(
+                f"params.crop must lie in [0, {patch - 1}] and params.corners in [0, crop]; "
+                f"got crop={params.crop}"
+            )
+        axes = [torch.arange(self.grid, device=x.device) * stride + o for o in offset]
+        starts = torch.cartesian_prod(*axes).reshape(1, -1, d).expand(b, -1, -1)
+        flat = extract_patches(x, starts, (patch,) * d).flatten(0, 1)
+        # every combination of flipped axes is a diagonal "rotation" class 0 .. 2**d - 1
+        flip_classes = (params.flips.reshape(-1, d).long().cpu() * 2 ** torch.arange(d)).sum(1)
+        axes_flipped = torch.tensor([[(c >> a) & 1 for a in range(d)] for c in range(2**d)])
+        flat = apply_rotations(flat, flip_classes, torch.diag_embed(1 - 2 * axes_flipped))
+        if params.crop:
+            kept = extract_patches(flat, params.corners.reshape(-1, 1, d), (patch - params.crop,) * d)[:, 0]
+            before = params.crop // 2
+            flat = F.pad(kept, [before, params.crop - before] * d)
+        return flat.view(b, -1, *flat.shape[1:]), None
 
     def make_head(self, num_features: int) -> nn.Module:
         """A :class:`~pretext3d.heads.CPCHead` for this grid."""
-        from pretext3d.heads import CPCHead
-
         return CPCHead(num_features, self.spatial_dims, self.grid, self.steps, self.code_dim)
 
     @staticmethod
@@ -174,19 +206,30 @@ class CPC(PretextTask):
             out.append((q, t))
         return out
 
-    def loss(self, output: Tensor, labels: Tensor) -> Tensor:
-        """Mean over steps of the InfoNCE (or binary) loss of the head's output."""
-        losses = [self.loss_fn(q, t) for q, t in self.pairs(output)]
+    def loss(
+        self, output: Tensor, targets: None = None, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Mean over steps of the InfoNCE (or binary) loss of the head's output.
+
+        Args:
+            output: the head's ``(2, B, steps, grid - 1, ...)`` tensor.
+            targets: ``None``, as the task returns it.
+            generator: draws the binary loss's negatives (InfoNCE draws nothing).
+        """
+        _check_no_targets(targets)
+        if isinstance(self.loss_fn, BinaryCPCLoss):
+            losses = [self.loss_fn(q, t, generator=generator) for q, t in self.pairs(output)]
+        else:
+            losses = [self.loss_fn(q, t) for q, t in self.pairs(output)]
         return torch.stack(losses).mean()
 
-    @staticmethod
-    def accuracy(output: Tensor, labels: Tensor) -> Tensor:
+    def accuracy(self, output: Tensor, targets: None = None) -> Tensor:
         """Top-1 accuracy of predictions among all candidate targets, mean over steps."""
         accs = [
             ((q.detach() @ t.detach().T).argmax(dim=1) == torch.arange(len(q), device=q.device))
             .float()
             .mean()
-            for q, t in CPC.pairs(output)
+            for q, t in self.pairs(output)
         ]
         return torch.stack(accs).mean()
 
@@ -195,4 +238,11 @@ class CPC(PretextTask):
         return (
             f"spatial_dims={self.spatial_dims}, grid={self.grid}, patch={self.patch}, "
             f"overlap={self.overlap}, steps={self.steps}"
+        )
+
+
+def _check_no_targets(targets: object) -> None:
+    if targets is not None:
+        raise TypeError(
+            f"CPC has no external targets: pass the None that the task returned, got {type(targets).__name__}"
         )

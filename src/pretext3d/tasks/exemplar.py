@@ -5,271 +5,91 @@ Dosovitskiy et al., NeurIPS 2014; in 3D with triplets, Taleb et al., NeurIPS 202
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from pretext3d import distributed
-from pretext3d._checks import check_batch, check_choice, check_int, check_spatial_dims, check_unit_interval
-from pretext3d._random import rand, randint
-from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix
-from pretext3d.losses import CrossBatchMemory, TripletMarginLoss
-from pretext3d.miners import BatchHardMiner, Miner, Triplets, check_embeddings
-from pretext3d.tasks.base import PretextTask
+from pretext3d._checks import check_choice, check_int
+from pretext3d._random import randint
+from pretext3d.objectives.gather import gather_labels, gather_with_grad
+from pretext3d.objectives.losses import TripletMarginLoss
+from pretext3d.objectives.memory import CrossBatchMemory
+from pretext3d.objectives.miners import BatchHardMiner, Miner, Triplets, check_embeddings
+from pretext3d.registry import register_task
+from pretext3d.tasks.base import EmbeddingTask, TaskParams
+from pretext3d.transforms.affine import AugmentParams, ExemplarAugmenter
 
-__all__ = ["AugmentParams", "Exemplar", "ExemplarAugmenter"]
+__all__ = ["Exemplar", "ExemplarParams"]
+
+_ID_PERIOD = 2**52  # instance ids wrap here (far beyond any memory's reach)
 
 
 @dataclass
-class AugmentParams:
-    """Per-sample parameters of one :class:`ExemplarAugmenter` draw.
+class ExemplarParams(TaskParams):
+    """The parameters of one :class:`Exemplar` call.
 
     Attributes:
-        matrix: ``(B, d, d)`` float64: the voxel at centred coordinates ``v`` (spatial
-            axis order) moves to ``matrix @ v``. Flips, quarter turns, free rotations and
-            zoom, composed in that order.
-        brightness: ``(B,)`` added after contrast.
-        contrast: ``(B,)`` factor about each sample's mean.
+        instance_ids: ``LongTensor (B,)``: each image's instance id (its targets).
+        first: the augmentation of the first view (``"two_views"``) or of the anchor
+            (``"original"``).
+        second: the augmentation of the second view (``"two_views"``; ``None`` otherwise).
+        negative: ``LongTensor (B,)``: the other image that is each anchor's negative
+            (``"original"``; ``None`` otherwise).
     """
 
-    matrix: Tensor
-    brightness: Tensor
-    contrast: Tensor
-
-    @classmethod
-    def identity(cls, batch: int, spatial_dims: int, device: torch.device | None = None) -> AugmentParams:
-        """Parameters that change nothing."""
-        eye = torch.eye(spatial_dims, dtype=torch.float64, device=device).expand(batch, -1, -1).clone()
-        return cls(eye, torch.zeros(batch, device=device), torch.ones(batch, device=device))
+    instance_ids: Tensor
+    first: AugmentParams
+    second: AugmentParams | None = None
+    negative: Tensor | None = None
 
 
-class ExemplarAugmenter(nn.Module):
-    """Random flips, 90° rotations, free rotations, anisotropic zoom, brightness and contrast.
-
-    Applied to a whole batch on its device at once: one composed affine per sample and a
-    single resampling pass (``affine_grid`` + ``grid_sample``) for the samples that need
-    interpolation; samples whose transform is only flips and quarter turns are moved
-    exactly (no interpolation) like :class:`~pretext3d.tasks.Rotation`. Intensities are
-    changed in place afterwards. Transforms act in voxel units about the volume centre,
-    so a rotation is rigid also for non-cubic volumes.
-
-    Defaults follow the exemplar protocol of Taleb et al.: each axis flipped with
-    p = 0.5; per plane a quarter turn (1-3 times) with p = 0.5 and a free rotation with
-    p = 0.5 (the paper gives no angle range: ``max_angle=45`` is ours); brightness
-    ±0.125 and contrast ×[0.5, 1.5], each with p = 0.5; zoom ×[0.8, 1.2] per axis with
-    p = 0.15.
-
-    Args:
-        spatial_dims: 2 or 3.
-        flip_p: probability of flipping each axis.
-        rot90_p: probability of a quarter turn in each plane.
-        rotate_p: probability of a free rotation in each plane.
-        max_angle: free rotations are uniform in ``[-max_angle, max_angle]`` degrees.
-        zoom_p: probability of zooming a sample.
-        zoom_range: per-axis zoom factors are uniform in this range (> 1 enlarges).
-        intensity_p: probability of brightness, and separately of contrast.
-        brightness: offsets are uniform in ``[-brightness, brightness]``.
-        contrast: factors are uniform in this range.
-        mode: ``"bilinear"`` (trilinear in 3D) or ``"nearest"`` resampling.
-        padding_mode: ``grid_sample``'s ``"zeros"``, ``"border"`` or ``"reflection"``.
-
-    Shapes:
-        ``(B, C, *spatial)`` -> the same.
-    """
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        *,
-        flip_p: float = 0.5,
-        rot90_p: float = 0.5,
-        rotate_p: float = 0.5,
-        max_angle: float = 45.0,
-        zoom_p: float = 0.15,
-        zoom_range: tuple[float, float] = (0.8, 1.2),
-        intensity_p: float = 0.5,
-        brightness: float = 0.125,
-        contrast: tuple[float, float] = (0.5, 1.5),
-        mode: Literal["bilinear", "nearest"] = "bilinear",
-        padding_mode: Literal["zeros", "border", "reflection"] = "zeros",
-    ) -> None:
-        super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
-        for name, p in [
-            ("flip_p", flip_p),
-            ("rot90_p", rot90_p),
-            ("rotate_p", rotate_p),
-            ("zoom_p", zoom_p),
-            ("intensity_p", intensity_p),
-        ]:
-            check_unit_interval(name, p)
-        if not 0.0 <= max_angle <= 180.0:
-            raise ValueError(f"max_angle must lie in [0, 180] degrees, got {max_angle}")
-        if not 0 < zoom_range[0] <= zoom_range[1]:
-            raise ValueError(f"zoom_range must be (low, high) with 0 < low <= high, got {zoom_range}")
-        if not 0 <= contrast[0] <= contrast[1]:
-            raise ValueError(f"contrast must be (low, high) with 0 <= low <= high, got {contrast}")
-        if brightness < 0:
-            raise ValueError(f"brightness must be >= 0, got {brightness}")
-        self.mode = check_choice("mode", mode, ("bilinear", "nearest"))
-        self.padding_mode = check_choice("padding_mode", padding_mode, ("zeros", "border", "reflection"))
-        self.flip_p, self.rot90_p, self.rotate_p = flip_p, rot90_p, rotate_p
-        self.max_angle = max_angle
-        self.zoom_p, self.zoom_range = zoom_p, zoom_range
-        self.intensity_p, self.brightness, self.contrast = intensity_p, brightness, contrast
-        self.planes = list(itertools.combinations(range(self.spatial_dims), 2))
-
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Augment every sample of ``x`` with freshly drawn parameters."""
-        batch, single = check_batch(x, self.spatial_dims, check_finite=False)
-        out = self.transform(batch, self.sample_params(batch.shape[0], generator, batch.device))
-        return out[0] if single else out
-
-    def sample_params(
-        self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None
-    ) -> AugmentParams:
-        """Draw parameters for ``batch`` samples (on the generator's device, then moved)."""
-        d = self.spatial_dims
-
-        def uniform(*shape: int) -> Tensor:
-            return rand(shape, generator, "cpu", torch.float64)
-
-        matrix = torch.diag_embed(torch.where(uniform(batch, d) < self.flip_p, -1.0, 1.0).double())
-        quarter = torch.where(
-            uniform(batch, len(self.planes)) < self.rot90_p,
-            1 + (uniform(batch, len(self.planes)) * 3).long(),
-            0,
-        )
-        turn = torch.where(uniform(batch, len(self.planes)) < self.rotate_p, 1.0, 0.0)
-        angles = turn * (uniform(batch, len(self.planes)) * 2 - 1) * math.radians(self.max_angle)
-        for j, plane in enumerate(self.planes):
-            turns = torch.stack([plane_rotation_matrix(d, plane, q) for q in range(4)]).double()
-            matrix = turns[quarter[:, j]] @ matrix
-        for j, (a, b) in enumerate(self.planes):
-            rot = torch.eye(d, dtype=torch.float64).repeat(batch, 1, 1)
-            cos, sin = torch.cos(angles[:, j]), torch.sin(angles[:, j])
-            rot[:, a, a], rot[:, a, b], rot[:, b, a], rot[:, b, b] = cos, -sin, sin, cos
-            matrix = rot @ matrix
-        low, high = self.zoom_range
-        zoom = torch.where(uniform(batch, 1) < self.zoom_p, low + (high - low) * uniform(batch, d), 1.0)
-        matrix = torch.diag_embed(zoom) @ matrix
-        bright = torch.where(
-            uniform(batch) < self.intensity_p, (uniform(batch) * 2 - 1) * self.brightness, 0.0
-        )
-        c_low, c_high = self.contrast
-        contrast = torch.where(
-            uniform(batch) < self.intensity_p, c_low + (c_high - c_low) * uniform(batch), 1.0
-        )
-        return AugmentParams(matrix.to(device), bright.float().to(device), contrast.float().to(device))
-
-    def transform(self, x: Tensor, params: AugmentParams) -> Tensor:
-        """Apply given parameters (deterministic): ``(B, C, *spatial)`` -> the same."""
-        batch, _ = check_batch(x, self.spatial_dims, check_finite=False)
-        if params.matrix.shape != (batch.shape[0], self.spatial_dims, self.spatial_dims):
-            raise ValueError(
-                f"params.matrix must have shape ({batch.shape[0]}, {self.spatial_dims}, "
-                f"{self.spatial_dims}) for this batch, got {tuple(params.matrix.shape)}"
-            )
-        matrix = params.matrix.detach().cpu().double()
-        rounded = matrix.round()
-        signed_perm = (matrix == rounded).flatten(1).all(1) & ((rounded.abs().sum(1) == 1).all(1))
-        sizes = torch.tensor(batch.shape[2:], dtype=torch.float64)
-        # A quarter turn between axes of different lengths is not a voxel permutation.
-        same_extent = ((rounded.abs() @ sizes) == sizes).all(1)
-        exact = signed_perm & same_extent
-        if exact.all():
-            out = self._move_exactly(batch, rounded)
-        elif not exact.any():
-            out = self._resample(batch, matrix)
-        else:
-            out = torch.empty_like(batch, memory_format=torch.contiguous_format)
-            for part, resample in ((exact, False), (~exact, True)):
-                idx = torch.nonzero(part).flatten().to(batch.device)
-                sub = batch[idx]
-                idx_cpu = idx.cpu()
-                out[idx] = (
-                    self._resample(sub, matrix[idx_cpu])
-                    if resample
-                    else self._move_exactly(sub, rounded[idx_cpu])
-                )
-        contrast = params.contrast.to(out.device, out.dtype)
-        brightness = params.brightness.to(out.device, out.dtype)
-        if bool(((contrast != 1) | (brightness != 0)).any()):
-            # x' = (x - mean) * c + mean + b = c * x + (b + (1 - c) * mean), in place
-            view = (-1,) + (1,) * (out.dim() - 1)
-            shift = brightness
-            if bool((contrast != 1).any()):
-                shift = shift + (1 - contrast) * out.mean(dim=tuple(range(1, out.dim())))
-            out.mul_(contrast.view(view)).add_(shift.view(view))
-        return out
-
-    @staticmethod
-    def _move_exactly(x: Tensor, matrices: Tensor) -> Tensor:
-        """Flips and quarter turns without interpolation, grouped by distinct matrix."""
-        classes, inverse = torch.unique(matrices.long(), dim=0, return_inverse=True)
-        return apply_rotations(x, inverse, classes)
-
-    def _resample(self, x: Tensor, matrix: Tensor) -> Tensor:
-        """One ``grid_sample`` pass: output voxel ``o`` reads input ``matrix^-1 o`` (voxel units)."""
-        d = self.spatial_dims
-        half = torch.tensor(x.shape[2:], dtype=torch.float64) / 2
-        # normalised (align_corners=False) -> voxel units -> inverse -> normalised
-        to_voxel = torch.diag(half)
-        to_norm = torch.diag(1 / half)
-        inverse = to_norm @ torch.linalg.inv(matrix) @ to_voxel
-        flip = torch.eye(d, dtype=torch.float64).flip(0)  # grid_sample wants (x, y, z) = reversed axes
-        theta = (flip @ inverse @ flip).to(x.device, x.dtype)  # (B, d, d), grid component order
-        # The grid of affine_grid, built as a sum of d broadcast terms (no (B, N, d+1) matmul):
-        # grid[b, ..., k] = sum_j theta[b, k, j] * u_j, with u_j the normalised coordinate of
-        # grid component j (the spatial axis d - 1 - j) at voxel centres.
-        sizes = x.shape[2:]
-        grid = torch.zeros(x.shape[0], *sizes, d, device=x.device, dtype=x.dtype)
-        for j in range(d):
-            axis = d - 1 - j
-            n = sizes[axis]
-            coords = (torch.arange(n, device=x.device, dtype=x.dtype) * 2 + 1) / n - 1
-            shape = [1] * (d + 2)
-            shape[1 + axis] = n
-            grid += coords.view(shape) * theta[:, :, j].reshape(-1, *[1] * d, d)
-        return F.grid_sample(x, grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=False)
-
-
-class Exemplar(PretextTask):
-    """Exemplar learning: views of the same volume embed close, of other volumes far.
+@register_task("exemplar")
+class Exemplar(EmbeddingTask[ExemplarParams]):
+    """Exemplar learning: views of the same image embed close, of other images far.
 
     ``protocol="two_views"`` (default): two independently augmented views of every
-    volume, ``views = cat([aug(x), aug(x)])``, instance labels ``cat([ids, ids])``;
-    triplets come from ``miner``. ``protocol="original"``: Taleb et al.'s triplets,
-    ``views = cat([aug(x), x, x[shift]])`` (anchor augmented, positive unaugmented,
-    negative another unaugmented volume), with triplets ``(i, B + i, 2B + i)``; it needs
-    two or more volumes per batch (a volume is never its own negative).
+    image, ``views = cat([aug(x), aug(x)])``, targets ``cat([ids, ids])``; triplets come
+    from ``miner``. ``protocol="original"``: Taleb et al.'s triplets,
+    ``views = cat([aug(x), x, x[negative]])`` (anchor augmented, positive unaugmented,
+    negative another unaugmented image), with triplets ``(i, B + i, 2B + i)``; it needs
+    two or more images per batch (an image is never its own negative).
 
-    Instance labels are unique across calls (a running counter), so a
-    :class:`~pretext3d.losses.CrossBatchMemory` (``memory_size > 0``) can mine against
-    earlier batches, and ``gather=True`` mines over the batches of all
-    ``torch.distributed`` ranks (see :mod:`pretext3d.distributed` for the gradients).
+    Instance ids come from a counter (a buffer, saved with ``state_dict``) and are
+    unique across training calls, so a :class:`~pretext3d.objectives.CrossBatchMemory`
+    (``memory_size > 0``) can mine against earlier batches; ``gather=True`` mines over
+    the batches of all ``torch.distributed`` ranks (see
+    :mod:`pretext3d.objectives.gather` for the gradients).
+
+    Eval mode: the augmentation still runs (the augmented views *are* the task; without
+    them every view would equal its positive), but the state is frozen: ids are
+    ``0..B-1`` and the counter does not move, and the loss mines within the batch alone,
+    neither reading nor writing the memory, so a validation score does not depend on
+    what training left in it.
 
     Args:
         spatial_dims: 2 or 3.
         augmenter: default ``ExemplarAugmenter(spatial_dims)``.
         protocol: ``"two_views"`` or ``"original"``.
-        miner: default :class:`~pretext3d.miners.BatchHardMiner`.
+        miner: default :class:`~pretext3d.objectives.BatchHardMiner`.
         margin: of the triplet loss (1 in the paper).
         embedding_dim: output size of the projection head.
         memory_size: embeddings kept by a cross-batch memory (0: none).
         gather: gather embeddings across ranks before mining.
         check_finite: reject NaN/inf input.
 
+    Attributes:
+        instance_counter: ``LongTensor ()``: the id the next training image gets.
+
     Shapes:
         input ``(B, C, *spatial)`` -> views ``(2B, C, *spatial)`` (``(3B, ...)`` for
-        ``"original"``), labels ``(2B,)``; the head gives unit embeddings
+        ``"original"``), targets ``(2B,)`` (``(3B,)``); the head gives unit embeddings
         ``(2B, embedding_dim)``.
     """
+
+    instance_counter: Tensor
+    params_type = ExemplarParams
 
     def __init__(
         self,
@@ -287,6 +107,8 @@ class Exemplar(PretextTask):
         super().__init__(spatial_dims, check_finite=check_finite)
         self.protocol = check_choice("protocol", protocol, ("two_views", "original"))
         self.augmenter = augmenter if augmenter is not None else ExemplarAugmenter(self.spatial_dims)
+        if not isinstance(self.augmenter, ExemplarAugmenter):
+            raise TypeError(f"augmenter must be an ExemplarAugmenter, got {type(augmenter).__name__}")
         if self.augmenter.spatial_dims != self.spatial_dims:
             raise ValueError(
                 f"augmenter works in {self.augmenter.spatial_dims}D but spatial_dims={self.spatial_dims}"
@@ -296,6 +118,8 @@ class Exemplar(PretextTask):
                 "protocol='original' uses its fixed triplets (i, B+i, 2B+i): miner, memory_size and "
                 "gather do not apply; use protocol='two_views' to mine"
             )
+        if miner is not None and not isinstance(miner, Miner):
+            raise TypeError(f"miner must be a pretext3d Miner, got {type(miner).__name__}")
         self.miner: Miner = miner if miner is not None else BatchHardMiner()
         self.triplet_loss = TripletMarginLoss(margin)
         self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
@@ -305,65 +129,81 @@ class Exemplar(PretextTask):
             if memory_size
             else None
         )
-        self.gather = gather
-        self.num_classes = 0  # not a classification task
-        self._next_id = 0
+        self.gather = bool(gather)
+        self.register_buffer("instance_counter", torch.zeros((), dtype=torch.long))
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Views and instance labels (see the class docstring)."""
-        batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
-        if single:
+    def _check_input(self, x: Tensor) -> None:
+        if self.protocol == "original" and x.shape[0] < 2:
             raise ValueError(
-                "Exemplar needs a batch (B, C, *spatial): its labels relate samples to each other"
+                "protocol='original' needs at least 2 images per batch: the negative is another "
+                f"image, and an image is never its own negative; got a batch of {x.shape[0]}"
             )
-        b = batch.shape[0]
-        ids = torch.arange(self._next_id, self._next_id + b, device=batch.device)
-        self._next_id = (self._next_id + b) % 2**52
+
+    def _randomize(self, x: Tensor, generator: torch.Generator | None) -> ExemplarParams:
+        b = x.shape[0]
+        if self.training:
+            start = int(self.instance_counter)
+            ids = (start + torch.arange(b, device=x.device)) % _ID_PERIOD
+            self.instance_counter.fill_((start + b) % _ID_PERIOD)
+        else:
+            ids = torch.arange(b, device=x.device)
         if self.protocol == "two_views":
-            views = torch.cat([self.augmenter(batch, generator), self.augmenter(batch, generator)])
-            return views, torch.cat([ids, ids])
-        if b < 2:
-            raise ValueError(
-                "protocol='original' needs at least 2 volumes per batch: the negative is another "
-                f"volume, and a volume is never its own negative; got a batch of {b}"
+            first = self.augmenter.randomize(x, generator)
+            return ExemplarParams(ids, first, self.augmenter.randomize(x, generator))
+        shift = 1 + int(randint(b - 1, (1,), generator, x.device))
+        negative = (torch.arange(b, device=x.device) + shift) % b
+        return ExemplarParams(ids, self.augmenter.randomize(x, generator), negative=negative)
+
+    def _make_views(self, x: Tensor, params: ExemplarParams) -> tuple[Tensor, Tensor]:
+        ids = params.instance_ids
+        if ids.shape != (x.shape[0],) or ids.is_floating_point():
+            raise ValueError(f"params.instance_ids must be an integer tensor ({x.shape[0]},)")
+        if self.protocol == "two_views":
+            if params.second is None:
+                raise ValueError("protocol='two_views' needs params.second, the second view's augmentation")
+            views = torch.cat(
+                [self.augmenter.apply_params(x, params.first), self.augmenter.apply_params(x, params.second)]
             )
-        shift = 1 + int(randint(b - 1, (1,), generator, batch.device))
-        other = (torch.arange(b, device=batch.device) + shift) % b
-        views = torch.cat([self.augmenter(batch, generator), batch, batch[other]])
+            return views, torch.cat([ids, ids])
+        other = params.negative
+        if (
+            other is None
+            or other.shape != ids.shape
+            or bool((other == torch.arange(len(ids), device=x.device)).any())
+        ):
+            raise ValueError(
+                "protocol='original' needs params.negative: (B,) indices of another image for every anchor"
+            )
+        views = torch.cat([self.augmenter.apply_params(x, params.first), x, x[other]])
         return views, torch.cat([ids, ids, ids[other]])
 
-    def make_head(self, num_features: int) -> nn.Module:
-        """A :class:`~pretext3d.heads.ProjectionHead` to ``embedding_dim``."""
-        from pretext3d.heads import ProjectionHead
-
-        return ProjectionHead(num_features, self.embedding_dim)
-
-    def triplets(self, embeddings: Tensor, labels: Tensor) -> Triplets:
-        """The triplets the loss uses for this batch."""
+    def triplets(
+        self, embeddings: Tensor, targets: Tensor, generator: torch.Generator | None = None
+    ) -> Triplets:
+        """The triplets the loss uses for this batch (without the memory)."""
         if self.protocol == "original":
-            if len(labels) % 3:
-                raise ValueError(f"protocol='original' expects 3B embeddings, got {len(labels)}")
-            i = torch.arange(len(labels) // 3, device=embeddings.device)
+            if len(targets) % 3:
+                raise ValueError(f"protocol='original' expects 3B embeddings, got {len(targets)}")
+            i = torch.arange(len(targets) // 3, device=embeddings.device)
             return i, i + len(i), i + 2 * len(i)
-        return self.miner(embeddings, labels)
+        return self.miner(embeddings, targets, generator=generator)
 
-    def loss(self, output: Tensor, labels: Tensor) -> Tensor:
-        """Triplet margin loss of the embeddings ``output`` ``(N, D)``."""
-        output, labels = check_embeddings(output, labels)
+    def loss(self, output: Tensor, targets: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Triplet margin loss of the embeddings ``output (N, D)`` with instance ids ``targets (N,)``.
+
+        Args:
+            output: the head's embeddings.
+            targets: the instance ids the task returned.
+            generator: the randomness of mining (random miners, the triplet cap).
+        """
+        output, targets = check_embeddings(output, targets)
         if self.gather:
-            output, labels = distributed.gather_with_grad(output), distributed.gather_labels(labels)
-        if self.memory is not None:
-            loss: Tensor = self.memory(output, labels)
+            output, targets = gather_with_grad(output), gather_labels(targets)
+        if self.memory is not None and self.training:
+            loss: Tensor = self.memory(output, targets, generator=generator)
             return loss
-        loss = self.triplet_loss(output, self.triplets(output, labels))
+        loss = self.triplet_loss(output, self.triplets(output, targets, generator))
         return loss
-
-    @staticmethod
-    def accuracy(output: Tensor, labels: Tensor) -> Tensor:
-        """Fraction of embeddings whose nearest other embedding has the same label."""
-        dist = torch.cdist(output.detach().float(), output.detach().float())
-        dist.fill_diagonal_(math.inf)
-        return (labels[dist.argmin(dim=1)] == labels).float().mean()
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""

@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from os import PathLike
 
 import torch
 from torch import Tensor
 
 from pretext3d._checks import check_int
+from pretext3d._random import randint
 from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
+from pretext3d.registry import register_task
 from pretext3d.tasks._grid import GridPatchTask
+from pretext3d.tasks.base import TaskParams, check_classes
 
-__all__ = ["Jigsaw"]
+__all__ = ["Jigsaw", "JigsawParams"]
 
 
-class Jigsaw(GridPatchTask):
+@dataclass
+class JigsawParams(TaskParams):
+    """The parameters of one :class:`Jigsaw` call.
+
+    Attributes:
+        permutation: ``LongTensor (B,)``: index into ``task.permutations`` (also the target).
+        offsets: ``LongTensor (B, grid**d, d)``: each slot's patch offset inside its cell,
+            in ``[0, jitter]``.
+    """
+
+    permutation: Tensor
+    offsets: Tensor
+
+
+@register_task("jigsaw")
+class Jigsaw(GridPatchTask[JigsawParams]):
     """Shuffle the grid cells of each image by one permutation of a fixed set.
 
     The class is the permutation's index.
 
     Cells are numbered in row-major order over the spatial axes. Slot ``p`` of the
     output receives cell ``perm[p]`` of the sample's permutation ``perm``, so
-    ``views[b, p] == patch(x[b], cell=permutations[labels[b], p])``; undo it with
-    ``views[:, permutations[labels].argsort(-1)]``.
+    ``views[b, p] == patch(x[b], cell=permutations[targets[b], p])``; undo it with
+    ``views[:, permutations[targets].argsort(-1)]``.
 
     The default set comes from :func:`~pretext3d.permutation_set`: for the 3D 3x3x3 grid
     every pair of its 100 permutations differs in at least 26 of the 27 cells (the
@@ -47,11 +66,12 @@ class Jigsaw(GridPatchTask):
         num_patches: ``grid**d``.
 
     Shapes:
-        input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)``, labels ``(B,)``,
+        input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)``, targets ``(B,)``,
         where ``patch = spatial // grid - jitter``.
     """
 
     permutations: Tensor
+    params_type = JigsawParams
 
     def __init__(
         self,
@@ -90,8 +110,13 @@ class Jigsaw(GridPatchTask):
         """Minimum and mean pairwise Hamming distance of the permutation set."""
         return hamming_stats(self.permutations)
 
-    def _views(self, x: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self._crop(x, self.permutations.to(labels.device)[labels], generator)
+    def _randomize(self, x: Tensor, generator: torch.Generator | None) -> JigsawParams:
+        permutation = randint(self.num_classes, (x.shape[0],), generator, x.device)
+        return JigsawParams(permutation, self._offsets(x.shape[0], generator, x.device))
+
+    def _make_views(self, x: Tensor, params: JigsawParams) -> tuple[Tensor, Tensor]:
+        permutation = check_classes(params.permutation, x.shape[0], self.num_classes, "params.permutation")
+        return self._crop(x, self.permutations[permutation], params.offsets), permutation
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from pretext3d._checks import check_batch, check_choice
+from pretext3d._checks import check_choice
+from pretext3d._random import randint
 from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix, rotation_group
-from pretext3d.tasks.base import ClassificationTask
+from pretext3d.registry import register_task
+from pretext3d.tasks.base import ClassificationTask, TaskParams, check_classes
 
-__all__ = ["Rotation"]
+__all__ = ["Rotation", "RotationParams"]
 
 RotationSet = Literal["plane4", "taleb10", "cube24"]
 
 
-class Rotation(ClassificationTask):
+@dataclass
+class RotationParams(TaskParams):
+    """The parameters of one :class:`Rotation` call.
+
+    Attributes:
+        rotation: ``LongTensor (B,)``: the rotation class of each sample (also its target).
+    """
+
+    rotation: Tensor
+
+
+@register_task("rotation")
+class Rotation(ClassificationTask[RotationParams]):
     """Rotate each sample by a random multiple of 90 degrees; the class is the rotation.
 
     Rotations are exact (``flip`` and ``permute``, no interpolation). Axis order and
@@ -32,6 +47,9 @@ class Rotation(ClassificationTask):
       class ``1 + 3k + (q - 1)`` turns ``q`` times (``q = 1, 2, 3``) about axis ``k``.
     * ``"cube24"`` (3D): the whole proper rotation group of the cube; its first 10
       classes are ``"taleb10"``'s, the other 14 follow in a fixed order.
+
+    Nothing but the class is random, so eval mode changes nothing. Undo a call with
+    ``task.apply_params(views, RotationParams(task.inverse_classes[targets]))``.
 
     Rotations that carry one axis onto another need those axes equally long: ``taleb10``
     and ``cube24`` need a cube, ``plane4`` a square plane. Crop first (random sub-crops
@@ -51,7 +69,7 @@ class Rotation(ClassificationTask):
 
     Example:
         >>> task = Rotation(spatial_dims=3)
-        >>> views, labels = task(torch.randn(2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(0))
+        >>> views, targets = task(torch.randn(2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(0))
         >>> views.shape, task.num_classes
         (torch.Size([2, 1, 8, 8, 8]), 10)
     """
@@ -94,27 +112,7 @@ class Rotation(ClassificationTask):
 
     matrices: Tensor
     inverse_classes: Tensor
-
-    def rotate(self, x: Tensor, labels: Tensor) -> Tensor:
-        """Rotate sample ``i`` of ``x`` by class ``labels[i]`` (deterministic).
-
-        ``task.rotate(task.rotate(x, labels), task.inverse_classes[labels])`` gives ``x`` back,
-        and ``task(x)`` returns ``(task.rotate(x, labels), labels)``. (The method is not
-        called ``apply``: that name is ``nn.Module.apply(fn)``, which ``model.apply(init)``
-        relies on for every submodule, tasks included.)
-
-        Args:
-            x: ``(B, C, *spatial)`` or ``(C, *spatial)``.
-            labels: ``(B,)`` (or 0-dim for one sample) class indices in ``[0, num_classes)``.
-
-        Returns:
-            The rotated batch, shaped like ``x``.
-        """
-        batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
-        self._check_input(batch)
-        labels = _check_labels(labels, batch.shape[0], self.num_classes)
-        out = self._views(batch, labels.to(batch.device), None)
-        return out[0] if single else out
+    params_type = RotationParams
 
     def _check_input(self, x: Tensor) -> None:
         sizes = [x.shape[2 + a] for a in self._moved_axes]
@@ -126,8 +124,12 @@ class Rotation(ClassificationTask):
                 f"{tuple(x.shape[2:])}. Crop x first."
             )
 
-    def _views(self, x: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
-        return apply_rotations(x, labels, self.matrices)
+    def _randomize(self, x: Tensor, generator: torch.Generator | None) -> RotationParams:
+        return RotationParams(randint(self.num_classes, (x.shape[0],), generator, x.device))
+
+    def _make_views(self, x: Tensor, params: RotationParams) -> tuple[Tensor, Tensor]:
+        rotation = check_classes(params.rotation, x.shape[0], self.num_classes, "params.rotation")
+        return apply_rotations(x, rotation, self.matrices), rotation
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""
@@ -153,17 +155,3 @@ def _inverses(matrices: Tensor) -> Tensor:
     inverse = matrices.transpose(1, 2)
     hits = (inverse[:, None] == matrices[None, :]).flatten(2).all(-1)
     return hits.int().argmax(dim=1)
-
-
-def _check_labels(labels: object, batch: int, num_classes: int) -> Tensor:
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"labels must be an integer tensor of shape ({batch},), got {labels!r}")
-    labels = labels.reshape(-1) if labels.dim() == 0 else labels
-    if labels.shape != (batch,):
-        raise ValueError(f"labels must have shape ({batch},) to match x, got {tuple(labels.shape)}")
-    if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got values from {int(labels.min())} "
-            f"to {int(labels.max())}"
-        )
-    return labels.long()

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from pretext3d._checks import check_int
+from pretext3d._random import randint
+from pretext3d.registry import register_task
 from pretext3d.tasks._grid import GridPatchTask
+from pretext3d.tasks.base import TaskParams, check_classes
 
-__all__ = ["RelativePatchLocation"]
+__all__ = ["RelativePatchLocation", "RelativePatchLocationParams"]
 
 
-class RelativePatchLocation(GridPatchTask):
+@dataclass
+class RelativePatchLocationParams(TaskParams):
+    """The parameters of one :class:`RelativePatchLocation` call.
+
+    Attributes:
+        location: ``LongTensor (B,)``: where the query cell lies (also the target).
+        offsets: ``LongTensor (B, 2, d)``: the centre's and the query's patch offsets
+            inside their cells, in ``[0, jitter]``.
+    """
+
+    location: Tensor
+    offsets: Tensor
+
+
+@register_task("rpl")
+class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
     """Show the centre cell and one other cell; the class is where the other one lies.
 
     The grid and patches are those of :class:`~pretext3d.tasks.Jigsaw`. The query's
@@ -27,8 +47,10 @@ class RelativePatchLocation(GridPatchTask):
 
     Shapes:
         input ``(B, C, *spatial)`` -> views ``(B, 2, C, *patch)`` (slot 0 the centre,
-        slot 1 the query), labels ``(B,)`` in ``[0, grid**d - 1)``.
+        slot 1 the query), targets ``(B,)`` in ``[0, grid**d - 1)``.
     """
+
+    params_type = RelativePatchLocationParams
 
     def __init__(
         self, spatial_dims: int, grid: int = 3, jitter: int = 3, *, check_finite: bool = True
@@ -40,14 +62,19 @@ class RelativePatchLocation(GridPatchTask):
         self.num_classes = self.num_cells - 1
         self.num_patches = 2
 
-    def query_cells(self, labels: Tensor) -> Tensor:
-        """Row-major cell index of each label's query cell."""
-        cells: Tensor = labels + (labels >= self.centre).long()
+    def query_cells(self, location: Tensor) -> Tensor:
+        """Row-major cell index of each location's query cell."""
+        cells: Tensor = location + (location >= self.centre).long()
         return cells
 
-    def _views(self, x: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
-        cells = torch.stack([torch.full_like(labels, self.centre), self.query_cells(labels)], dim=1)
-        return self._crop(x, cells, generator)
+    def _randomize(self, x: Tensor, generator: torch.Generator | None) -> RelativePatchLocationParams:
+        location = randint(self.num_classes, (x.shape[0],), generator, x.device)
+        return RelativePatchLocationParams(location, self._offsets(x.shape[0], generator, x.device))
+
+    def _make_views(self, x: Tensor, params: RelativePatchLocationParams) -> tuple[Tensor, Tensor]:
+        location = check_classes(params.location, x.shape[0], self.num_classes, "params.location")
+        cells = torch.stack([torch.full_like(location, self.centre), self.query_cells(location)], dim=1)
+        return self._crop(x, cells, params.offsets), location
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""

@@ -23,20 +23,34 @@ from pathlib import Path
 from typing import Any
 
 from pretext3d._atomic import write_text
-from pretext3d.finetune.stats import holm, paired_differences
+from pretext3d.experiments.stats import holm, paired_differences
+from pretext3d.registry import TASKS
 
 __all__ = ["PAPER_METRICS", "paper_curves", "read_runs", "summarize", "write_report"]
 
 # One colour per method, shared by our curve and the paper's (the paper's "baseline" is our "scratch").
-_COLOURS = {
-    "scratch": "black",
-    "baseline": "black",
-    "rotation": "tab:blue",
-    "jigsaw": "tab:orange",
-    "rpl": "tab:green",
-    "exemplar": "tab:red",
-    "cpc": "tab:purple",
-}
+_BASELINE_COLOUR = "black"
+_PALETTE = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+)
+
+
+def colour(method: str) -> str | None:
+    """A method's colour in the figures: black for the baseline, a fixed colour per registered task."""
+    if method in ("scratch", "baseline"):
+        return _BASELINE_COLOUR
+    if method in TASKS:
+        return _PALETTE[TASKS.names().index(method) % len(_PALETTE)]
+    return None  # matplotlib's next colour
+
+
 # The paper's figure for each of our metrics with the same definition, and its metric name.
 PAPER_METRICS = {
     "pooled_mean_dice_3class": ("fig3", "pooled_mean_dice_3class_incl_background"),
@@ -339,7 +353,7 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
                 yerr=[0 if math.isnan(s) else s for s in sds],
                 marker="o",
                 capsize=3,
-                color=_COLOURS.get(method),
+                color=colour(method),
                 label=method,
             )
     ax.set_ylabel(f"test {metric}")
@@ -352,7 +366,7 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
         low = [0 if math.isnan(c.low) else c.mean - c.low for c in mine]
         high = [0 if math.isnan(c.high) else c.high - c.mean for c in mine]
         ax.errorbar(where, [c.mean for c in mine], yerr=[low, high], marker="o", capsize=3,
-                    color=_COLOURS.get(method), label=method)  # fmt: skip
+                    color=colour(method), label=method)  # fmt: skip
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel(f"paired Δ {metric} vs {baseline}")
     ax.set_title("ours: paired difference, 95 % CI over split seeds", fontsize=9)
@@ -366,7 +380,7 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
                 [v for _, v in curve],
                 ["-", "--", ":"][sources.index(source) % 3],
                 marker=".",
-                color=_COLOURS.get(method),
+                color=colour(method),
                 label=f"{method} ({_SOURCES.get(source, source)})",
             )
         ax.set_ylabel(paper_metric)
@@ -393,15 +407,13 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
         for r in rows:
             if r["fraction"] == fraction:
                 scores = [h.get("val") for h in r.get("history", [])]
-                ax.plot(
-                    range(1, len(scores) + 1), scores, color=_COLOURS.get(r["method"]), alpha=0.35, lw=0.8
-                )
+                ax.plot(range(1, len(scores) + 1), scores, color=colour(r["method"]), alpha=0.35, lw=0.8)
         ax.set_title(f"{fraction:.0%} labelled", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"validation {metric}")
     methods = dict.fromkeys(r["method"] for r in rows)
-    handles = [Line2D([], [], color=_COLOURS.get(m), label=m) for m in methods]
+    handles = [Line2D([], [], color=colour(m), label=m) for m in methods]
     axes[0][-1].legend(handles=handles, fontsize=6)
     fig.suptitle(f"Learning curves, every run: {note}", fontsize=10)
     fig.tight_layout()

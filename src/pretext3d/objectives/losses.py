@@ -1,4 +1,4 @@
-"""Losses that score a head's output: the triplet margin loss and a cross-batch memory."""
+"""Losses that score a head's output: the triplet margin loss, InfoNCE and the binary CPC loss."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d import distributed
-from pretext3d._checks import check_int
+from pretext3d._checks import check_positive
 from pretext3d._random import randint
-from pretext3d.miners import Miner, Triplets, check_embeddings
+from pretext3d.objectives import gather
+from pretext3d.objectives.miners import Triplets
 
-__all__ = ["BinaryCPCLoss", "CrossBatchMemory", "InfoNCELoss", "TripletMarginLoss"]
+__all__ = ["BinaryCPCLoss", "InfoNCELoss", "TripletMarginLoss"]
 
 
 class TripletMarginLoss(nn.Module):
@@ -34,9 +34,7 @@ class TripletMarginLoss(nn.Module):
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
-        if not margin > 0:
-            raise ValueError(f"margin must be > 0, got {margin}")
-        self.margin = margin
+        self.margin = check_positive("margin", margin)
 
     def forward(self, embeddings: Tensor, triplets: Triplets) -> Tensor:
         """The loss of ``triplets`` (anchor, positive, negative indices into ``embeddings``)."""
@@ -50,71 +48,6 @@ class TripletMarginLoss(nn.Module):
         d_ap = torch.linalg.vector_norm(embeddings[a] - embeddings[p], dim=1)
         d_an = torch.linalg.vector_norm(embeddings[a] - embeddings[n], dim=1)
         return torch.relu(d_ap - d_an + self.margin).mean()
-
-
-class CrossBatchMemory(nn.Module):
-    """Mine against the embeddings of earlier batches too (Wang et al., "Cross-Batch Memory", CVPR 2020).
-
-    A 3D batch holds 2-8 volumes: too few negatives. This keeps the last ``size``
-    embeddings (detached) and their labels in a ring buffer; each call mines triplets
-    whose anchors are the current batch and whose positives and negatives come from the
-    batch and the memory, then adds the batch to the memory. Labels must be unique per
-    instance across batches (the exemplar task's are).
-
-    Args:
-        loss: the loss to apply, e.g. :class:`TripletMarginLoss`.
-        miner: the miner to use.
-        embedding_dim: ``D``.
-        size: number of embeddings remembered.
-
-    Shapes:
-        ``embeddings (B, D)``, ``labels (B,)`` -> scalar.
-    """
-
-    memory: Tensor
-    memory_labels: Tensor
-
-    def __init__(self, loss: nn.Module, miner: Miner, embedding_dim: int, size: int = 1024) -> None:
-        super().__init__()
-        self.loss = loss
-        self.miner = miner
-        self.size = check_int("size", size, 1)
-        self.register_buffer("memory", torch.zeros(size, check_int("embedding_dim", embedding_dim, 1)))
-        self.register_buffer("memory_labels", torch.zeros(size, dtype=torch.long))
-        self.filled = 0
-        self.position = 0
-
-    def forward(self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Loss of the batch against itself and the memory; then remember the batch."""
-        embeddings, labels = check_embeddings(embeddings, labels)
-        if embeddings.shape[1] != self.memory.shape[1]:
-            raise ValueError(
-                f"embeddings have {embeddings.shape[1]} dimensions, "
-                f"but the memory holds {self.memory.shape[1]}"
-            )
-        stored = self._stored()
-        every = torch.cat([embeddings, stored[0].to(embeddings.dtype)])
-        every_labels = torch.cat([labels, stored[1]])
-        triplets = self.miner(every, every_labels, num_anchors=len(embeddings), generator=generator)
-        loss: Tensor = self.loss(every, triplets)
-        self._enqueue(embeddings.detach(), labels)
-        return loss
-
-    def reset(self) -> None:
-        """Forget everything remembered."""
-        self.filled = self.position = 0
-
-    def _stored(self) -> tuple[Tensor, Tensor]:
-        return self.memory[: self.filled], self.memory_labels[: self.filled]
-
-    def _enqueue(self, embeddings: Tensor, labels: Tensor) -> None:
-        count = min(len(embeddings), self.size)
-        embeddings, labels = embeddings[-count:], labels[-count:]
-        slots = (self.position + torch.arange(count, device=self.memory.device)) % self.size
-        self.memory[slots] = embeddings.to(self.memory.dtype)
-        self.memory_labels[slots] = labels.to(self.memory_labels.device)
-        self.position = (self.position + count) % self.size
-        self.filled = min(self.filled + count, self.size)
 
 
 def _check_pairs(queries: Tensor, keys: Tensor) -> None:
@@ -143,7 +76,7 @@ class InfoNCELoss(nn.Module):
         gather: gather queries and keys of all ``torch.distributed`` ranks, so that
             every rank computes the loss of the global batch (every key a negative for
             every query); this rank's slices keep their gradient, as described in
-            :mod:`pretext3d.distributed`.
+            :mod:`pretext3d.objectives.gather`.
 
     Shapes:
         ``queries (Q, D)``, ``keys (K, D)`` with ``K >= Q`` (keys beyond ``Q`` are extra
@@ -152,21 +85,19 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, *, gather: bool = False) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_positive("temperature", temperature)
         self.gather = gather
 
     def logits(self, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
         """``(logits (Q', K'), targets (Q',))``, over all ranks' queries and keys if gathering."""
         _check_pairs(queries, keys)
         target = torch.arange(len(queries), device=queries.device)
-        world = distributed.world_size() if self.gather else 1
+        world = gather.world_size() if self.gather else 1
         if world > 1:
             # rank r's query j pairs with rank r's key j, at r * K + j among the gathered keys
             offsets = torch.arange(world, device=queries.device)[:, None] * len(keys)
             target = (offsets + target[None, :]).flatten()
-            queries, keys = distributed.gather_with_grad(queries), distributed.gather_with_grad(keys)
+            queries, keys = gather.gather_with_grad(queries), gather.gather_with_grad(keys)
         return queries @ keys.T / self.temperature, target
 
     def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
@@ -191,12 +122,10 @@ class BinaryCPCLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_positive("temperature", temperature)
 
-    def forward(self, queries: Tensor, keys: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Mean binary cross-entropy over positives and drawn negatives."""
+    def forward(self, queries: Tensor, keys: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Mean binary cross-entropy over positives and negatives drawn from ``generator``."""
         _check_pairs(queries, keys)
         if len(keys) < 2:
             raise ValueError("BinaryCPCLoss needs at least 2 keys: one positive and one negative")

@@ -10,9 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from pretext3d import distributed
-from pretext3d.losses import InfoNCELoss, TripletMarginLoss
-from pretext3d.miners import BatchHardMiner
+from pretext3d.objectives import BatchHardMiner, InfoNCELoss, TripletMarginLoss
+from pretext3d.objectives import gather as distributed
 
 BATCH, FEATURES, DIM = 6, 5, 3
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2])  # per rank: three instances, two views each

@@ -7,7 +7,7 @@ The protocol (a fair comparison, after the shortcomings of the original's):
   from-scratch baseline.
 - **Seeds.** Each split seed fixes its own validation and test cases; each repetition
   draws its own nested labelled subsets (5 % ⊂ 10 % ⊂ ...). Subset, initialisation and
-  batch order come from separate seed streams (:func:`~pretext3d.finetune.subsets.run_seeds`),
+  batch order come from separate seed streams (:func:`~pretext3d.experiments.subsets.run_seeds`),
   the same for every method of a (split seed, repetition) cell, so methods differ only in
   the encoder's starting weights. Grading data are split and subsampled stratified by grade.
 - **Fair baseline.** A from-scratch encoder is never frozen: freezing random features
@@ -17,7 +17,7 @@ The protocol (a fair comparison, after the shortcomings of the original's):
   restored). Whether each run converged (stopped by patience rather than by the budget)
   is recorded and reported.
 - **No test images in pretraining.** An encoder whose pretraining record
-  (:mod:`~pretext3d.finetune.provenance`) lists a validation or test case of a split is
+  (:mod:`~pretext3d.experiments.provenance`) lists a validation or test case of a split is
   refused, unless ``transductive=True`` (the paper's setting), which is recorded.
 - **Provenance.** ``config.json`` and every result row carry the settings, the data's
   hash and description, each encoder file's hash and pretraining record, and the
@@ -40,20 +40,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from pretext3d._atomic import write_text
-from pretext3d.finetune.provenance import (
+from pretext3d.experiments.provenance import (
     environment,
     file_sha256,
     overlapping_cases,
     read_pretraining_record,
     tensor_sha256,
 )
-from pretext3d.finetune.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
+from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
 
 __all__ = ["DataEfficiencyConfig", "Recipe", "run_data_efficiency", "run_name"]
@@ -65,6 +65,11 @@ class Recipe(Protocol):
     """What the runner needs of an experiment (see :mod:`pretext3d.finetune.recipes`)."""
 
     metric: str
+    encoder: ClassVar[str]
+
+    def check_encoder(self, in_channels: int, encoder_file: str | os.PathLike[str]) -> None:
+        """Raise ``ValueError`` unless the file's encoder loads into the recipe's model."""
+        ...
 
     def build(
         self, in_channels: int, encoder_file: str | os.PathLike[str] | None
@@ -103,7 +108,8 @@ class DataEfficiencyConfig:
         fractions: label fractions of the training pool.
         split_seeds: one validation/test split per seed; the independent repeats that the
             paired intervals are taken over (use five or more for a verdict).
-        repetitions: labelled subsets drawn per split seed.
+        repetitions: labelled subsets drawn per split seed: ``n`` runs repetitions
+            ``0..n-1``; a tuple runs exactly the repetitions it lists.
         val_fraction: share of all cases held out for validation (early stopping, best epoch).
         test_fraction: share of all cases held out for the test metrics.
         train: fine-tuning settings of the pretrained encoders (may freeze the encoder first).
@@ -119,7 +125,7 @@ class DataEfficiencyConfig:
 
     fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
     split_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    repetitions: int = 1
+    repetitions: int | tuple[int, ...] = 1
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -128,8 +134,11 @@ class DataEfficiencyConfig:
 
     def __post_init__(self) -> None:
         """Check the values."""
-        if self.repetitions < 1:
-            raise ValueError(f"repetitions must be >= 1, got {self.repetitions}")
+        reps = self.repetition_indices
+        if not reps or min(reps) < 0 or len(set(reps)) != len(reps):
+            raise ValueError(
+                f"repetitions must be a count >= 1 or distinct indices >= 0, got {self.repetitions!r}"
+            )
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions must be one or more numbers in (0, 1], got {self.fractions}")
         if len(set(self.fractions)) != len(self.fractions):
@@ -153,6 +162,13 @@ class DataEfficiencyConfig:
                         f"convergence rule for every arm), got {getattr(base, name)} and "
                         f"{getattr(self.train, name)}"
                     )
+
+    @property
+    def repetition_indices(self) -> tuple[int, ...]:
+        """The repetitions the grid runs."""
+        if isinstance(self.repetitions, int):
+            return tuple(range(self.repetitions))
+        return tuple(self.repetitions)
 
     def settings_for(self, pretrained: bool) -> TrainConfig:
         """The fine-tuning settings of a pretrained encoder or of the from-scratch baseline."""
@@ -216,8 +232,8 @@ def run_data_efficiency(
     """Run (or resume) the grid and write its results.
 
     Args:
-        recipe: the experiment (:class:`~pretext3d.finetune.recipes.SegmentationRecipe` or
-            :class:`~pretext3d.finetune.recipes.GradingRecipe`).
+        recipe: the experiment (:class:`~pretext3d.experiments.recipes.SegmentationRecipe` or
+            :class:`~pretext3d.experiments.recipes.GradingRecipe`).
         images: all labelled cases ``(N, C, *spatial)``.
         labels: ``(N, *spatial)`` label maps or ``(N,)`` grades (grades stratify the splits).
         methods: name -> pretrained encoder file, a list of them (one per pretraining
@@ -225,7 +241,7 @@ def run_data_efficiency(
         config: the grid and training settings.
         output_dir: receives ``runs/*.json`` (one per finished run), ``checkpoints/``,
             ``config.json`` and, at the end, the report files (see
-            :func:`~pretext3d.finetune.report.write_report`).
+            :func:`~pretext3d.experiments.report.write_report`).
         case_ids: one id per case (file stem, phantom id), recorded with the per-case
             scores and matched against the encoders' pretraining records; default
             ``case0``, ``case1``, ...
@@ -252,6 +268,10 @@ def run_data_efficiency(
             f"case_ids must be {len(images)} distinct ids, got {len(ids)} ({len(set(ids))} distinct)"
         )
     encoders = _encoder_lists(methods)
+    for files in encoders.values():
+        for f in files:
+            if f is not None:
+                recipe.check_encoder(images.shape[1], f)
     out = Path(output_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
@@ -283,7 +303,7 @@ def run_data_efficiency(
     grid = [
         (method, p, s, r, f)
         for s in config.split_seeds
-        for r in range(config.repetitions)
+        for r in config.repetition_indices
         for f in config.fractions
         for method, files in encoders.items()
         for p in range(len(files))

@@ -6,10 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pretext3d.functional.rotation import rotation_group
-from pretext3d.tasks import Rotation
+from pretext3d.tasks import Rotation, RotationParams
 
 SETS = {2: ["plane4"], 3: ["plane4", "taleb10", "cube24"]}
 SIZES = {"plane4": 4, "taleb10": 10, "cube24": 24}
+
+
+def rotate(task: Rotation, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The deterministic half of a call: rotate sample ``i`` by class ``classes[i]``."""
+    return task.apply_params(x, RotationParams(classes.reshape(-1)))[0]
 
 
 def all_sets() -> list[tuple[int, str]]:
@@ -59,7 +64,7 @@ def test_apply_matches_documented_rot90(spatial_dims: int, rotations: str, size:
     reference = reference_rot90(spatial_dims, rotations)
     labels = torch.arange(task.num_classes).repeat_interleave(2)[torch.randperm(2 * task.num_classes)]
     x = torch.randn(len(labels), 2, *[side] * spatial_dims)
-    out = task.rotate(x, labels)
+    out = rotate(task, x, labels)
     for i, k in enumerate(labels.tolist()):
         if k < len(reference):
             (a, b), q = reference[k]
@@ -80,7 +85,7 @@ def test_matrix_moves_each_voxel_as_documented(spatial_dims: int, rotations: str
             x = torch.zeros(1, 1, *[n] * spatial_dims)
             x[(0, 0, *pos.tolist())] = 1.0
             moved = mat @ (pos - n // 2) + n // 2
-            out = task.rotate(x, torch.tensor([k]))
+            out = rotate(task, x, torch.tensor([k]))
             assert out[(0, 0, *moved.tolist())] == 1.0 and out.sum() == 1.0
 
 
@@ -99,8 +104,8 @@ def test_inverse_restores_input_and_call_agrees_with_apply(
     x = torch.randn(batch, channels, *[side] * spatial_dims, generator=torch.Generator().manual_seed(seed))
     views, labels = task(x, generator=torch.Generator().manual_seed(seed))
     assert views.shape == x.shape and labels.shape == (batch,) and labels.dtype == torch.long
-    assert torch.equal(views, task.rotate(x, labels))
-    assert torch.equal(task.rotate(views, task.inverse_classes[labels]), x)
+    assert torch.equal(views, rotate(task, x, labels))
+    assert torch.equal(rotate(task, views, task.inverse_classes[labels]), x)
 
 
 def test_same_seed_same_output_other_seed_other_labels(spatial_dims: int) -> None:
@@ -119,13 +124,13 @@ def test_single_sample_and_device(spatial_dims: int, device: torch.device) -> No
     x = torch.randn(2, *[6] * spatial_dims, device=device)
     view, label = task(x)
     assert view.shape == x.shape and label.shape == () and view.device == x.device
-    assert torch.equal(view, task.rotate(x, label))
+    assert torch.equal(view, rotate(task, x, label))
 
 
 def test_plane4_needs_only_a_square_plane() -> None:
     task = Rotation(3, "plane4", plane=(0, 2))
     x = torch.randn(3, 1, 6, 4, 6)
-    out = task.rotate(x, torch.tensor([1, 2, 3]))
+    out = rotate(task, x, torch.tensor([1, 2, 3]))
     assert torch.equal(out[0], torch.rot90(x[0], 1, dims=(1, 3)))
     assert torch.equal(out[2], torch.rot90(x[2], 3, dims=(1, 3)))
 
@@ -134,7 +139,7 @@ def test_non_contiguous_input() -> None:
     x = torch.randn(4, 1, 8, 8, 8).transpose(2, 4)
     labels = torch.tensor([1, 4, 7, 1])
     task = Rotation(3)
-    assert torch.equal(task.rotate(x, labels), task.rotate(x.contiguous(), labels))
+    assert torch.equal(rotate(task, x, labels), rotate(task, x.contiguous(), labels))
 
 
 @pytest.mark.parametrize(
@@ -175,15 +180,17 @@ def test_bad_input(x: object, error: type[Exception], match: str) -> None:
         Rotation(3)(x)  # type: ignore[arg-type]
 
 
-def test_bad_labels() -> None:
+def test_bad_params() -> None:
     task = Rotation(3)
     x = torch.ones(2, 1, 4, 4, 4)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
-        task.rotate(x, torch.tensor([0, 10]))
-    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
-        task.rotate(x, torch.tensor([0, 1, 2]))
-    with pytest.raises(TypeError, match="labels must be an integer tensor"):
-        task.rotate(x, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"params.rotation must lie in \[0, 10\)"):
+        rotate(task, x, torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match=r"params were drawn for a batch of 3, but x holds 2"):
+        rotate(task, x, torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match=r"params.rotation must be an integer tensor"):
+        rotate(task, x, torch.tensor([0.0, 1.0]))
+    with pytest.raises(TypeError, match=r"params must be a RotationParams \(from Rotation.randomize\)"):
+        task.apply_params(x, torch.tensor([0, 1]))  # type: ignore[arg-type]
 
 
 def test_finite_check_can_be_switched_off() -> None:

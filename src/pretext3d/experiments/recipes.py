@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ from pretext3d.finetune.metrics import (
     quadratic_weighted_kappa,
     region_dice,
 )
-from pretext3d.models import DenseNet, UNet, load_encoder_weights
+from pretext3d.models import DenseNet, UNet, encoder_name, load_encoder_weights
+from pretext3d.transforms.crops import foreground_crops
 
 __all__ = ["GradingRecipe", "SegmentationRecipe"]
 
@@ -44,6 +45,23 @@ def _flip(
             if y is not None:
                 y[flip] = y[flip].flip(axis)
     return x, y
+
+
+def _check_encoder(recipe: SegmentationRecipe | GradingRecipe, in_channels: int, encoder_file: Path) -> None:
+    name = encoder_name(encoder_file)
+    kind = type(recipe).__name__
+    if name != recipe.encoder:
+        raise ValueError(
+            f"encoder file {str(encoder_file)!r} holds a {name or 'unregistered'!r} encoder, but "
+            f"{kind} fine-tunes {recipe.encoder!r} encoders; pretrain with encoder = {recipe.encoder!r}"
+        )
+    try:
+        recipe.build(in_channels, encoder_file)
+    except ValueError as err:
+        raise ValueError(
+            f"encoder file {str(encoder_file)!r} does not fit {kind}'s model ({err}); pretrain with the "
+            "recipe's architecture (its widths / blocks) or change the recipe to match"
+        ) from err
 
 
 @dataclass
@@ -81,6 +99,16 @@ class SegmentationRecipe:
         check_unit_interval("foreground_oversampling", self.foreground_oversampling)
 
     metric = "pancreas_dice"
+    #: the registered encoder family (:data:`pretext3d.registry.ENCODERS`) this recipe loads
+    encoder: ClassVar[str] = "unet"
+
+    def check_encoder(self, in_channels: int, encoder_file: Path) -> None:
+        """Raise ``ValueError`` unless ``encoder_file`` holds a ``"unet"`` encoder that fits."""
+        _check_encoder(self, in_channels, encoder_file)
+
+    def encoder_options(self) -> dict[str, Any]:
+        """Keyword arguments that make a ``"unet"`` encoder load into this recipe's U-Net."""
+        return {"widths": self.widths}
 
     def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
         """A U-Net (and its encoder), with the encoder's weights loaded from ``encoder_file`` if given."""
@@ -105,30 +133,10 @@ class SegmentationRecipe:
         pick = torch.tensor(indices)[torch.randint(len(indices), (batch,), generator=generator)]
         x, y = images[pick].clone(), labels[pick].clone()
         if self.crop is not None:
-            x, y = self._crops(x, y, generator)
+            x, y = foreground_crops(x, y, self.crop, self.foreground_oversampling, generator)
         if self.flip:
             x, _ = _flip(x, y, generator, 3)
         return x, y
-
-    def _crops(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        size = self.crop
-        assert size is not None
-        shape = torch.tensor(y.shape[1:])
-        if (shape < size).any():
-            raise ValueError(f"crop={size} exceeds the volume shape {tuple(y.shape[1:])}")
-        xs, ys = [], []
-        for i in range(x.shape[0]):
-            fg = torch.nonzero(y[i] > 0)
-            if len(fg) and float(torch.rand(1, generator=generator)) < self.foreground_oversampling:
-                centre = fg[int(torch.randint(len(fg), (1,), generator=generator))]
-                start = (centre - size // 2).clamp(min=0)
-                start = torch.minimum(start, shape - size)
-            else:
-                start = (torch.rand(3, generator=generator) * (shape - size + 1)).long()
-            region = tuple(slice(int(s), int(s) + size) for s in start)
-            xs.append(x[i][(slice(None), region[0], region[1], region[2])])
-            ys.append(y[i][region])
-        return torch.stack(xs), torch.stack(ys)
 
     @torch.no_grad()
     def predict(
@@ -221,6 +229,20 @@ class GradingRecipe:
             raise ValueError(f"encoding must be 'ce' or 'ordinal', got {self.encoding!r}")
 
     metric = "qwk"
+    #: the registered encoder family (:data:`pretext3d.registry.ENCODERS`) this recipe loads
+    encoder: ClassVar[str] = "densenet"
+
+    def check_encoder(self, in_channels: int, encoder_file: Path) -> None:
+        """Raise ``ValueError`` unless ``encoder_file`` holds a ``"densenet"`` encoder that fits."""
+        _check_encoder(self, in_channels, encoder_file)
+
+    def encoder_options(self) -> dict[str, Any]:
+        """Keyword arguments that make a ``"densenet"`` encoder load into this recipe's DenseNet."""
+        return {
+            "growth_rate": self.growth_rate,
+            "block_config": self.block_config,
+            "init_features": self.init_features,
+        }
 
     def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
         """A DenseNet classifier (and its encoder), the encoder loaded from ``encoder_file`` if given."""

@@ -11,6 +11,7 @@ from torch import nn
 
 import pretext3d as p3
 from pretext3d.models import (
+    ConvEncoder,
     DenseNet,
     DenseNet121,
     DenseNetEncoder,
@@ -50,7 +51,7 @@ def test_encoder_is_size_agnostic_and_declares_its_features(spatial_dims: int) -
     encoder = UNetEncoder(spatial_dims, 2, SMALL).eval()
     for size in (7, 13, 16):
         x = torch.randn(2, 2, *[size] * spatial_dims)
-        feats = encoder.forward_features(x)
+        feats = encoder.forward_intermediates(x)
         for f, info in zip(feats, encoder.feature_info, strict=True):
             assert f.shape == (2, info["num_chs"], *[size // info["reduction"]] * spatial_dims)
         pooled = encoder(x)
@@ -125,9 +126,28 @@ def test_encoder_weights_round_trip(tmp_path: Path) -> None:
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not an encoder file"):
         load_encoder(tmp_path / "other.pt")
-    save_encoder(p3.models.ConvEncoder(3), tmp_path / "conv.pt")
-    with pytest.raises(ValueError, match="without a config that pretext3d can rebuild"):
-        load_encoder(tmp_path / "conv.pt")
+    conv = p3.models.ConvEncoder(3, widths=(4, 8), norm="instance").eval()
+    save_encoder(conv, tmp_path / "conv.pt")
+    assert p3.models.encoder_name(tmp_path / "conv.pt") == "conv"
+    rebuilt_conv = load_encoder(tmp_path / "conv.pt").eval()
+    assert isinstance(rebuilt_conv, ConvEncoder) and torch.equal(rebuilt_conv(x), conv(x))
+    save_encoder(nn.Sequential(nn.Conv3d(1, 2, 3)), tmp_path / "plain.pt")
+    assert p3.models.encoder_name(tmp_path / "plain.pt") is None
+    with pytest.raises(ValueError, match="without a registered name and config"):
+        load_encoder(tmp_path / "plain.pt")
+
+
+def test_encoder_files_of_0_1_still_load(tmp_path: Path) -> None:
+    # 0.1 wrote the class name only, and DenseNet's dropout as drop_rate
+    encoder = DenseNetEncoder(2, 1, 4, (1, 1), 8).eval()
+    config = {**encoder.config, "drop_rate": 0.0}
+    del config["dropout"], config["norm"]
+    payload = {"format": "pretext3d-encoder-v1", "class": "DenseNetEncoder", "config": config,
+               "state_dict": encoder.state_dict()}  # fmt: skip
+    torch.save(payload, tmp_path / "old.pt")
+    assert p3.models.encoder_name(tmp_path / "old.pt") == "densenet"
+    x = torch.randn(1, 1, 16, 16)
+    assert torch.equal(load_encoder(tmp_path / "old.pt").eval()(x), encoder(x))
 
 
 def _step(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -220,7 +240,7 @@ def test_channels_last_and_bf16_autocast(make: object) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="width_multiplier must be > 0"):
+    with pytest.raises(ValueError, match="width_multiplier must be a number > 0"):
         UNetEncoder(3, 1, width_multiplier=0)
     with pytest.raises(ValueError, match=r"widths\[1\] must be an int >= 1, got 0"):
         UNetEncoder(3, 1, (4, 0))
@@ -230,3 +250,19 @@ def test_bad_arguments() -> None:
         UNet(3, 1, 2, upsample="nearest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="block_config must name at least one dense block"):
         DenseNet(2, 3, 5, block_config=())
+
+
+def test_conv_encoder_shapes_and_errors(spatial_dims: int) -> None:
+    enc = ConvEncoder(spatial_dims, in_channels=2, widths=(4, 8, 16))
+    x = torch.randn(2, 2, *[9] * spatial_dims)
+    assert enc.forward_features(x).shape == (2, 16, *[3] * spatial_dims)
+    assert enc.forward_features(x[..., :1, :1] if spatial_dims == 2 else x[..., :1, :1, :1]).shape == (
+        2,
+        16,
+        *[1] * spatial_dims,
+    )
+    assert torch.allclose(enc(x), enc.forward_features(x).flatten(2).mean(-1))
+    with pytest.raises(ValueError, match="widths must name at least one stage"):
+        ConvEncoder(spatial_dims, widths=())
+    with pytest.raises(ValueError, match=r"widths\[1\] must be an int >= 1, got 0"):
+        ConvEncoder(spatial_dims, widths=(4, 0))

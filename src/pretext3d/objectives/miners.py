@@ -1,8 +1,11 @@
 """Triplet miners: choose ``(anchor, positive, negative)`` index triplets from a batch.
 
+Miners are stateless: everything a call needs arrives with the call, and every random
+draw comes from its ``generator``.
+
 A miner sees embeddings ``(N, D)`` and labels ``(N,)`` (samples with equal labels belong
 together) and returns three ``LongTensor``s of equal length; a loss such as
-:class:`~pretext3d.losses.TripletMarginLoss` consumes them (the split of
+:class:`~pretext3d.objectives.TripletMarginLoss` consumes them (the split of
 pytorch-metric-learning). Every miner works on the ``(N, N)`` distance matrix, or on
 ``(pairs, N)`` rows of it, never on ``(N, N, N)`` masks.
 
@@ -14,8 +17,8 @@ original code made a sample its own negative in a batch of one).
 Write your own by subclassing :class:`Miner` and implementing :meth:`Miner.mine`::
 
     class HardestPairMiner(Miner):
-        def mine(self, dist, same, num_anchors, generator):
-            a, p = self.positive_pairs(same, num_anchors)
+        def mine(self, dist, same, *, embedding_dim, generator):
+            a, p = self.positive_pairs(same)
             neg_dist = dist[a].masked_fill(same[a], float("inf"))
             n = neg_dist.argmin(dim=1)
             keep = torch.isfinite(neg_dist[torch.arange(len(a)), n])
@@ -30,6 +33,7 @@ import math
 import torch
 from torch import Tensor
 
+from pretext3d._checks import check_positive
 from pretext3d._random import rand, randperm
 
 __all__ = [
@@ -79,7 +83,6 @@ class Miner(abc.ABC):
         if max_triplets is not None and (isinstance(max_triplets, bool) or max_triplets < 1):
             raise ValueError(f"max_triplets must be None or an int >= 1, got {max_triplets!r}")
         self.max_triplets = max_triplets
-        self.embedding_dim = 0  # of the last call's embeddings; miners that need it read it in mine()
 
     def __call__(
         self,
@@ -102,7 +105,6 @@ class Miner(abc.ABC):
             ``(anchor, positive, negative)`` index tensors of equal length.
         """
         embeddings, labels = check_embeddings(embeddings, labels)
-        self.embedding_dim = int(embeddings.shape[1])
         n = len(embeddings)
         num_anchors = n if num_anchors is None else num_anchors
         if not 0 <= num_anchors <= n:
@@ -110,7 +112,7 @@ class Miner(abc.ABC):
         with torch.no_grad():
             dist = torch.cdist(embeddings[:num_anchors].float(), embeddings.float())
             same = labels[:num_anchors, None] == labels[None, :]
-            a, p, neg = self.mine(dist, same, num_anchors, generator)
+            a, p, neg = self.mine(dist, same, embedding_dim=int(embeddings.shape[1]), generator=generator)
         if self.max_triplets is not None and len(a) > self.max_triplets:
             keep = randperm(len(a), generator, a.device)[: self.max_triplets]
             a, p, neg = a[keep], p[keep], neg[keep]
@@ -118,26 +120,27 @@ class Miner(abc.ABC):
 
     @abc.abstractmethod
     def mine(
-        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+        self, dist: Tensor, same: Tensor, *, embedding_dim: int, generator: torch.Generator | None
     ) -> Triplets:
         """Choose triplets.
 
         Args:
-            dist: ``(num_anchors, N)`` Euclidean distances from each anchor to every sample.
-            same: ``(num_anchors, N)`` bool, ``True`` where labels are equal (the diagonal
-                ``same[i, i]`` included: exclude it yourself).
-            num_anchors: rows of ``dist``.
-            generator: source of randomness.
+            dist: ``(A, N)`` Euclidean distances from each of the ``A`` anchors (the first
+                ``A`` samples) to every sample.
+            same: ``(A, N)`` bool, ``True`` where labels are equal (the diagonal
+                ``same[i, i]`` included: exclude it yourself, or use :meth:`positive_pairs`).
+            embedding_dim: ``D``, the embeddings' dimension.
+            generator: the source of all randomness.
 
         Returns:
             ``(anchor, positive, negative)`` index tensors.
         """
 
     @staticmethod
-    def positive_pairs(same: Tensor, num_anchors: int) -> tuple[Tensor, Tensor]:
-        """All ``(anchor, positive)`` pairs: equal labels, distinct indices."""
+    def positive_pairs(same: Tensor) -> tuple[Tensor, Tensor]:
+        """All ``(anchor, positive)`` pairs of an ``(A, N)`` label-equality matrix (distinct indices)."""
         pos = same.clone()
-        diagonal = torch.arange(num_anchors, device=same.device)
+        diagonal = torch.arange(same.shape[0], device=same.device)
         pos[diagonal, diagonal] = False
         a, p = torch.nonzero(pos, as_tuple=True)
         return a, p
@@ -151,10 +154,10 @@ class RandomNegativeMiner(Miner):
     """
 
     def mine(
-        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+        self, dist: Tensor, same: Tensor, *, embedding_dim: int, generator: torch.Generator | None
     ) -> Triplets:
         """Draw one negative per positive pair."""
-        a, p = self.positive_pairs(same, num_anchors)
+        a, p = self.positive_pairs(same)
         scores = rand((len(a), same.shape[1]), generator, dist.device).masked_fill(same[a], -1.0)
         n = scores.argmax(dim=1)
         keep = scores[torch.arange(len(a), device=a.device), n] >= 0
@@ -165,10 +168,10 @@ class BatchHardMiner(Miner):
     """Per anchor, its farthest positive and its nearest negative (Hermans et al., 2017)."""
 
     def mine(
-        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+        self, dist: Tensor, same: Tensor, *, embedding_dim: int, generator: torch.Generator | None
     ) -> Triplets:
         """One triplet per anchor that has a positive and a negative."""
-        rows = torch.arange(num_anchors, device=dist.device)
+        rows = torch.arange(dist.shape[0], device=dist.device)
         pos_dist = dist.masked_fill(~same, -1.0)
         pos_dist[rows, rows] = -1.0
         neg_dist = dist.masked_fill(same, math.inf)
@@ -191,15 +194,13 @@ class SemiHardMiner(Miner):
 
     def __init__(self, margin: float = 1.0, max_triplets: int | None = None) -> None:
         super().__init__(max_triplets)
-        if not margin > 0:
-            raise ValueError(f"margin must be > 0, got {margin}")
-        self.margin = margin
+        self.margin = check_positive("margin", margin)
 
     def mine(
-        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+        self, dist: Tensor, same: Tensor, *, embedding_dim: int, generator: torch.Generator | None
     ) -> Triplets:
         """One semi-hard negative per positive pair, where one exists."""
-        a, p = self.positive_pairs(same, num_anchors)
+        a, p = self.positive_pairs(same)
         d_ap = dist[a, p].unsqueeze(1)
         d_an = dist[a]
         ok = ~same[a] & (d_an > d_ap) & (d_an < d_ap + self.margin)
@@ -238,11 +239,11 @@ class DistanceWeightedMiner(Miner):
         self.nonzero_loss_cutoff = nonzero_loss_cutoff
 
     def mine(
-        self, dist: Tensor, same: Tensor, num_anchors: int, generator: torch.Generator | None
+        self, dist: Tensor, same: Tensor, *, embedding_dim: int, generator: torch.Generator | None
     ) -> Triplets:
         """One distance-weighted negative per positive pair."""
-        dim = max(self.embedding_dim, 4)
-        a, p = self.positive_pairs(same, num_anchors)
+        dim = max(embedding_dim, 4)
+        a, p = self.positive_pairs(same)
         d = dist[a].clamp(min=self.cutoff, max=2.0 - 1e-4)
         log_q = (dim - 2) * torch.log(d) + (dim - 3) / 2 * torch.log1p(-(d**2) / 4)
         allowed = ~same[a] & (dist[a] < self.nonzero_loss_cutoff)

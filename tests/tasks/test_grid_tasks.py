@@ -1,4 +1,4 @@
-"""Jigsaw and relative patch location: geometry, labels, randomness, errors."""
+"""Jigsaw and relative patch location: slots, jitter, eval crops, permutation sets, errors."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 import pretext3d as p3
-from pretext3d.functional import cell_origins, extract_patches, random_crops
 from pretext3d.tasks import Jigsaw, RelativePatchLocation
 from tests.conftest import coordinate_image
 
@@ -32,68 +29,6 @@ def reference_patch(
         slice(p * c + o, p * c + o + s) for p, c, o, s in zip(position, cell_size, offset, patch, strict=True)
     )
     return x[(slice(None), *region)]
-
-
-def test_cell_origins_are_row_major() -> None:
-    origins = cell_origins((4, 5, 6), 2)
-    expected = [[i * 4, j * 5, k * 6] for i, j, k in itertools.product(range(2), repeat=3)]
-    assert origins.tolist() == expected
-
-
-@given(
-    spatial_dims=st.sampled_from([2, 3]),
-    batch=st.integers(1, 3),
-    patches=st.integers(1, 4),
-    patch=st.integers(1, 4),
-    seed=st.integers(0, 1000),
-)
-def test_extract_patches_matches_slicing(
-    spatial_dims: int, batch: int, patches: int, patch: int, seed: int
-) -> None:
-    size = 7
-    x = coordinate_image(batch, 2, (size,) * spatial_dims)
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, size - patch + 1, (batch, patches, spatial_dims), generator=gen)
-    out = extract_patches(x, starts, (patch,) * spatial_dims)
-    assert out.shape == (batch, patches, 2, *[patch] * spatial_dims) and out.is_contiguous()
-    for b, p in itertools.product(range(batch), range(patches)):
-        region = tuple(slice(s, s + patch) for s in starts[b, p].tolist())
-        assert torch.equal(out[b, p], x[(b, slice(None), *region)])
-
-
-@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
-def test_extract_patches_on_strided_views(spatial_dims: int, layout: str) -> None:
-    base = coordinate_image(3, 2, (9,) * spatial_dims)
-    if layout == "transposed":
-        x = base.transpose(2, -1)
-    elif layout == "sliced":
-        x = base[1:, :, 1:, ::2]
-    else:
-        x = base[:1].expand(3, *base.shape[1:])
-    starts = torch.zeros(x.shape[0], 2, spatial_dims, dtype=torch.long)
-    starts[:, 1] = 1
-    out = extract_patches(x, starts, (3,) * spatial_dims)
-    for b, p in itertools.product(range(x.shape[0]), range(2)):
-        region = tuple(slice(p, p + 3) for _ in range(spatial_dims))
-        assert torch.equal(out[b, p], x[(b, slice(None), *region)])
-
-
-def test_random_crops_are_uniform_windows(spatial_dims: int) -> None:
-    shape = (6, 7, 8)[:spatial_dims]
-    x = coordinate_image(400, 1, shape)
-    size = (3, 4, 5)[:spatial_dims]
-    crops = random_crops(x, size, torch.Generator().manual_seed(0))
-    assert crops.shape == (400, 1, *size)
-    corners = set()
-    for b in range(400):
-        flat = int(crops[(b, 0, *[0] * spatial_dims)]) - b * int(torch.tensor(shape).prod())
-        corner = tuple(int(c) for c in torch.unravel_index(torch.tensor(flat), shape))
-        region = tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))
-        assert torch.equal(crops[b], x[(b, slice(None), *region)])
-        corners.add(corner)
-    assert len(corners) == 4**spatial_dims  # every placement occurs: 4 per axis
-    with pytest.raises(ValueError, match=r"size must give one crop edge in 1\.\.n per spatial axis"):
-        random_crops(x, (7,) * spatial_dims)
 
 
 @pytest.mark.parametrize("shape_extra", [0, 2], ids=["exact", "remainder"])

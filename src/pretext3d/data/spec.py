@@ -1,0 +1,122 @@
+"""Where a command's images come from: the built-in phantoms, a Task07 folder or an APTOS folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from pretext3d._checks import check_int
+from pretext3d.config import ConfigError
+from pretext3d.data.aptos import APTOS
+from pretext3d.data.msd import Task07Pancreas
+from pretext3d.data.phantoms import ct_phantom_batch, fundus_phantom_batch
+from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing
+
+__all__ = ["UNLABELLED_PHANTOMS", "DataSpec"]
+
+# Pretraining phantoms are drawn from their own range of case seeds, never the labelled ones.
+UNLABELLED_PHANTOMS = 50_000
+
+
+@dataclass
+class DataSpec:
+    """Where the images come from.
+
+    Labelled cases (``pretext3d data-efficiency`` / ``finetune``) and the pretraining pool
+    (``pretext3d pretrain``) are disjoint by default, so that no validation or test image
+    reaches pretraining: phantoms are drawn from another range of case seeds, Task07
+    pretrains on ``imagesTs`` (unlabelled) and APTOS on ``test_images`` (unlabelled).
+
+    Attributes:
+        kind: ``"ct-phantom"`` / ``"fundus-phantom"`` (built-in, SYNTHETIC), ``"task07"``
+            (an MSD Task07 folder) or ``"aptos"`` (an APTOS 2019 folder).
+        path: the folder, for ``task07`` and ``aptos``.
+        count: number of phantoms to draw (labelled cases, or pretraining images).
+        size: edge of the images (phantoms are drawn at it; real data are resized to it).
+        seed: phantom seed: case ``i`` is phantom ``seed * 100003 + i`` (labelled) or
+            ``seed * 100003 + 50000 + i`` (pretraining pool).
+        include_labelled: pretraining only: pretrain on the labelled cases too (phantoms:
+            exactly the labelled cases; Task07: ``imagesTr`` as well; APTOS: ``train_images``
+            as well). The paper's transductive setting; recorded, and the data-efficiency
+            runner refuses such an encoder unless ``experiment.transductive = true``.
+    """
+
+    kind: Literal["ct-phantom", "fundus-phantom", "task07", "aptos"] = "ct-phantom"
+    path: str = ""
+    count: int = 64
+    size: int = 32
+    seed: int = 0
+    include_labelled: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        check_int("data.count", self.count, 1)
+        check_int("data.size", self.size, 1)
+        check_int("data.seed", self.seed, 0)
+
+    @property
+    def spatial_dims(self) -> int:
+        """3 for CT, 2 for fundus images."""
+        return 3 if self.kind in ("ct-phantom", "task07") else 2
+
+    @property
+    def in_channels(self) -> int:
+        """1 for CT, 3 (RGB) for fundus images."""
+        return 1 if self.spatial_dims == 3 else 3
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether these are the built-in phantoms."""
+        return self.kind.endswith("phantom")
+
+    def _phantoms(self, first: int) -> tuple[Tensor, Tensor, list[str]]:
+        start = self.seed * 100_003 + first
+        ids = [f"{self.kind}-{start + i}" for i in range(self.count)]
+        if self.kind == "ct-phantom":
+            return (*ct_phantom_batch(self.count, self.size, seed=self.seed, first=first), ids)
+        return (*fundus_phantom_batch(self.count, self.size, seed=self.seed, first=first), ids)
+
+    def _folder(self) -> str:
+        if not self.path:
+            raise ConfigError(f"data.path must name the {self.kind} folder")
+        return self.path
+
+    def _ct_preprocessing(self) -> CTPreprocessing:
+        return CTPreprocessing(resize=(self.size,) * 3, dtype="float32")
+
+    def labelled(self) -> tuple[Tensor, Tensor, list[str]]:
+        """All labelled cases in memory: ``(images, labels, case ids)``."""
+        if self.synthetic:
+            return self._phantoms(0)
+        if self.kind == "task07":
+            task07 = Task07Pancreas(self._folder(), preprocessing=self._ct_preprocessing())
+            cases = [task07[i] for i in range(len(task07))]
+            return torch.stack([c[0] for c in cases]), torch.stack([c[1] for c in cases]), task07.case_ids
+        aptos = APTOS(self._folder(), preprocessing=FundusPreprocessing("resize", self.size))
+        items = [aptos[i] for i in range(len(aptos))]
+        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]), aptos.case_ids
+
+    def unlabelled(self) -> tuple[Tensor, list[str]]:
+        """The pretraining pool in memory: ``(images, case ids)``; see :attr:`include_labelled`."""
+        if self.synthetic:
+            images, _, ids = self._phantoms(0 if self.include_labelled else UNLABELLED_PHANTOMS)
+            return images, ids
+        if self.kind == "task07":
+            pool = Task07Pancreas.unlabelled(
+                self._folder(), include_training=self.include_labelled, preprocessing=self._ct_preprocessing()
+            )
+            return torch.stack([pool[i] for i in range(len(pool))]), pool.case_ids
+        prep = FundusPreprocessing("resize", self.size)
+        splits = ("test", "train") if self.include_labelled else ("test",)
+        photos: list[Tensor] = []
+        names: list[str] = []
+        for split in splits:
+            aptos = APTOS(self._folder(), split, preprocessing=prep)
+            photos += [aptos[i][0] for i in range(len(aptos))]
+            names += aptos.case_ids
+        if not photos:
+            raise ConfigError(f"no unlabelled images in {self.path!r} (test.csv lists none)")
+        return torch.stack(photos), names

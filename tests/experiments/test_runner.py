@@ -1,0 +1,236 @@
+"""The data-efficiency runner: resume, fair baseline, seeds, provenance, pretraining records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pretext3d as p3
+from pretext3d.experiments import (
+    DataEfficiencyConfig,
+    GradingRecipe,
+    case_key,
+    read_runs,
+    run_data_efficiency,
+    split_cases,
+    write_pretraining_record,
+    write_report,
+)
+from pretext3d.finetune import (
+    TrainConfig,
+)
+
+SMALL_TRAIN = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, freeze_encoder_epochs=1)
+
+
+SMALL_GRADING = GradingRecipe(block_config=(1, 1), growth_rate=4, init_features=8)
+
+
+def _small_encoder(path: Path, seed: int, cases: list[str] | None = None) -> Path:
+    torch.manual_seed(seed)
+    encoder = p3.models.DenseNetEncoder(2, 3, growth_rate=4, block_config=(1, 1), init_features=8)
+    p3.models.save_encoder(encoder, path)
+    if cases is not None:
+        write_pretraining_record(path, case_ids=cases, pretext_accuracy=0.5 + seed / 100)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fundus() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images, grades = p3.data.fundus_phantom_batch(24, 32, seed=0)
+    return images, grades, [f"img{i}" for i in range(24)]
+
+
+def test_runner_resumes_without_repeating_or_losing_runs(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    config = DataEfficiencyConfig(fractions=(0.5, 1.0), split_seeds=(0, 1), train=SMALL_TRAIN)
+    pretrained = [_small_encoder(tmp_path / f"enc{k}.pt", k, ["other1", "other2"]) for k in range(2)]
+    methods = {"scratch": None, "pre": pretrained}
+    kwargs = {"case_ids": ids, "progress": False}
+
+    full = run_data_efficiency(
+        SMALL_GRADING, images, grades, methods, config, tmp_path / "full", log=lambda s: None, **kwargs
+    )
+
+    finished: list[str] = []
+
+    def crash_after_three(line: str) -> None:
+        if ": qwk" in line:
+            finished.append(line)
+            if len(finished) == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_data_efficiency(
+            SMALL_GRADING, images, grades, methods, config, tmp_path / "out", log=crash_after_three, **kwargs
+        )
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 3
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").glob("*.json")}
+    lines: list[str] = []
+    rows = run_data_efficiency(
+        SMALL_GRADING, images, grades, methods, config, tmp_path / "out", log=lines.append, **kwargs
+    )
+    # 2 split seeds x 2 fractions x (scratch + 2 pretraining seeds)
+    assert "12 runs, 3 already done" in lines[0]
+    keys = {(r["method"], r["pretraining_seed"], r["split_seed"], r["fraction"]) for r in rows}
+    assert len(rows) == 12 and len(keys) == 12
+    for p in (tmp_path / "out" / "runs").glob("*.json"):  # finished runs were not redone
+        if p.name in before:
+            assert p.stat().st_mtime_ns == before[p.name]
+    assert [r["test"] for r in rows] == [r["test"] for r in full]  # same numbers as without the crash
+    assert {r["pretext_accuracy"] for r in rows if r["method"] == "pre"} == {0.5, 0.51}
+    # within a (split, repetition, fraction) cell every method gets the same cases and seeds
+    for r in rows:
+        twin = next(
+            q
+            for q in rows
+            if q["method"] == "scratch"
+            and (q["split_seed"], q["fraction"]) == (r["split_seed"], r["fraction"])
+        )
+        assert r["labelled_cases"] == twin["labelled_cases"] and r["seeds"] == twin["seeds"]
+        assert r["test_cases"]["case_id"] == twin["test_cases"]["case_id"]
+    # per-case scores behind the summary
+    for r in rows:
+        assert len(r["test_cases"]["correct"]) == r["n_test"]
+        assert r["test"]["accuracy"] == pytest.approx(sum(r["test_cases"]["correct"]) / r["n_test"])
+    assert read_runs(tmp_path / "out") == rows  # the same rows, in the grid's order, without running
+    files = write_report(rows, tmp_path / "out", "qwk", synthetic=True)
+    names = {f.name for f in files}
+    assert names == {
+        "results.csv",
+        "cases.csv",
+        "results.json",
+        "summary.md",
+        "data_efficiency.png",
+        "learning_curves.png",
+    }
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "SYNTHETIC" in summary and "| pre | 50% |" in summary and "2 split seed(s) [0, 1]" in summary
+    assert (
+        "encoder frozen for the first 0 epochs" in summary
+        and "encoder frozen for the first 1 epochs" in summary
+    )
+    cases = (tmp_path / "out" / "cases.csv").read_text().splitlines()
+    assert len(cases) == 1 + sum(r["n_test"] for r in rows) and cases[0].startswith("method,pretraining_seed")
+    with pytest.raises(ValueError, match="holds runs made with other settings"):
+        other = DataEfficiencyConfig(fractions=(0.5,), split_seeds=(0, 1), train=SMALL_TRAIN)
+        run_data_efficiency(
+            SMALL_GRADING, images, grades, methods, other, tmp_path / "out", log=lambda s: None, **kwargs
+        )
+
+
+def test_scratch_is_never_frozen_and_budgets_match(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN)
+    methods = {"scratch": None, "pre": _small_encoder(tmp_path / "enc.pt", 0, [])}
+    rows = run_data_efficiency(
+        SMALL_GRADING, images, grades, methods, config, tmp_path / "o", case_ids=ids, progress=False,
+        log=lambda s: None,
+    )  # fmt: skip
+    frozen = {r["method"]: [h["encoder_frozen"] for h in r["history"]] for r in rows}
+    assert frozen == {"scratch": [False, False], "pre": [True, False]}
+    assert {r["method"]: r["train"]["freeze_encoder_epochs"] for r in rows} == {"scratch": 0, "pre": 1}
+    # the baseline may have its own schedule, but never a freeze, and the same budget and seed
+    own = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, lr=3e-3)
+    assert DataEfficiencyConfig(train=SMALL_TRAIN, baseline_train=own).settings_for(False).lr == 3e-3
+    with pytest.raises(ValueError, match=r"baseline_train\.freeze_encoder_epochs must be 0"):
+        DataEfficiencyConfig(train=SMALL_TRAIN, baseline_train=SMALL_TRAIN)
+    with pytest.raises(ValueError, match=r"baseline_train\.epochs must equal train\.epochs"):
+        DataEfficiencyConfig(train=SMALL_TRAIN, baseline_train=TrainConfig(epochs=5))
+    with pytest.raises(ValueError, match="split_seeds must not repeat"):
+        DataEfficiencyConfig(split_seeds=(1, 1))
+
+
+def test_changing_train_seed_changes_the_run(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    rows = {}
+    for seed in (0, 123):
+        train = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, seed=seed)
+        config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=train)
+        (row,) = run_data_efficiency(
+            SMALL_GRADING, images, grades, {"scratch": None}, config, tmp_path / str(seed), case_ids=ids,
+            progress=False, log=lambda s: None,
+        )  # fmt: skip
+        rows[seed] = row
+    assert rows[0]["labelled_cases"] == rows[123]["labelled_cases"]
+    assert rows[0]["seeds"]["init"] != rows[123]["seeds"]["init"]
+    assert rows[0]["history"][0]["loss"] != rows[123]["history"][0]["loss"]
+
+
+def test_provenance_is_recorded_and_a_mismatch_refuses_reuse(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN)
+    encoder = _small_encoder(tmp_path / "enc.pt", 0, ["x"])
+    methods = {"scratch": None, "pre": encoder}
+
+    def run(imgs: torch.Tensor = images, info: dict[str, int] | None = None) -> list[dict[str, object]]:
+        return run_data_efficiency(
+            SMALL_GRADING, imgs, grades, methods, config, tmp_path / "o", case_ids=ids,
+            data_info=info or {"size": 32}, progress=False, log=lambda s: None,
+        )  # fmt: skip
+
+    rows = run()
+    prov = rows[1]["provenance"]
+    assert prov["data"]["info"] == {"size": 32} and len(prov["data"]["sha256"]) == 64
+    env = prov["environment"]
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
+    assert env["pretext3d"] == p3.__version__ and env["device"] == "cpu" and "git_commit" in env
+    assert rows[1]["encoder"]["sha256"] == p3.experiments.provenance.file_sha256(encoder)
+    assert rows[1]["encoder"]["pretraining"]["pretraining_cases"] == ["x"]
+    config_json = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config_json["data"]["sha256"] == prov["data"]["sha256"]
+    with pytest.raises(ValueError, match=r"changed: data\.info\.size"):
+        run(info={"size": 24})
+    with pytest.raises(ValueError, match=r"changed: data\.sha256"):
+        run(images + 0.01)
+    _small_encoder(encoder, 7, ["x"])  # re-pretrained into the same file
+    with pytest.raises(ValueError, match=r"methods\.pre"):
+        run()
+
+
+def test_encoders_pretrained_on_test_cases_are_refused(
+    tmp_path: Path, fundus: tuple[torch.Tensor, torch.Tensor, list[str]]
+) -> None:
+    images, grades, ids = fundus
+    config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN)
+    split = split_cases(24, 0.15, 0.25, 0, strata=grades.tolist())
+    test_case = ids[split.test[0]]
+    # a folder loader's name for the same scan matches too
+    leaky = _small_encoder(tmp_path / "leaky.pt", 0, ["unrelated", f"train_images__{test_case}.png"])
+    with pytest.raises(ValueError, match=r"pretrained on 1 validation/test case\(s\) of split seed 0"):
+        run_data_efficiency(
+            SMALL_GRADING, images, grades, {"pre": leaky}, config, tmp_path / "a", case_ids=ids,
+            progress=False, log=lambda s: None,
+        )  # fmt: skip
+    allowed = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=SMALL_TRAIN, transductive=True)
+    (row,) = run_data_efficiency(  # the refused grid left nothing behind: the same folder accepts it now
+        SMALL_GRADING, images, grades, {"pre": leaky}, allowed, tmp_path / "a", case_ids=ids,
+        progress=False, log=lambda s: None,
+    )  # fmt: skip
+    assert row["transductive"] is True
+    # pretraining on the training pool only is fine
+    train_only = [ids[i] for i in split.train]
+    fine = _small_encoder(tmp_path / "fine.pt", 0, train_only)
+    (row,) = run_data_efficiency(
+        SMALL_GRADING, images, grades, {"pre": fine}, config, tmp_path / "c", case_ids=ids,
+        progress=False, log=lambda s: None,
+    )  # fmt: skip
+    assert row["transductive"] is False
+
+
+@pytest.mark.parametrize(
+    "name", ["imagesTr__pancreas_001.nii.gz", "pancreas_001_0000", "pancreas_001", "a/pancreas_001.npy"]
+)
+def test_case_key_matches_loader_names(name: str) -> None:
+    assert case_key(name) == "pancreas_001"

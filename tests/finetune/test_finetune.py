@@ -1,0 +1,202 @@
+"""Fine-tuning: metrics against MONAI/scikit-learn and by hand, losses, the trainer."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from monai.metrics import DiceMetric
+from sklearn.metrics import cohen_kappa_score
+from torch import nn
+
+from pretext3d.finetune import (
+    DiceCELoss,
+    OrdinalLoss,
+    SoftDiceLoss,
+    TrainConfig,
+    Trainer,
+    dice_per_case,
+    ordinal_decode,
+    ordinal_encode,
+    pooled_mean_dice,
+    quadratic_weighted_kappa,
+    region_dice,
+)
+
+
+def _toy_problem(seed: int = 0) -> tuple[nn.Module, nn.Module, object]:
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    model = nn.Sequential(encoder, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1234))  # the same data always
+    y = (x.mean((1, 2, 3)) > 0).long()
+
+    def sample(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(32, (8,), generator=gen)
+        return x[idx], y[idx]
+
+    return model, encoder, sample
+
+
+@given(seed=st.integers(0, 10_000), classes=st.integers(2, 4), cases=st.integers(1, 4))
+def test_dice_per_case_matches_monai(seed: int, classes: int, cases: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randint(classes, (cases, 5, 6, 4), generator=gen)
+    target = torch.randint(classes, (cases, 5, 6, 4), generator=gen)
+    target[0][target[0] == classes - 1] = 0  # an empty class in case 0: NaN in both
+    ours = dice_per_case(pred, target, classes)
+    onehot = lambda x: torch.nn.functional.one_hot(x, classes).movedim(-1, 1).float()  # noqa: E731
+    reference = DiceMetric(include_background=False, reduction="none")(onehot(pred), onehot(target))
+    assert ours.shape == (cases, classes - 1)
+    assert torch.allclose(ours, reference.double(), equal_nan=True)
+    assert torch.isnan(ours[0, -1])
+
+
+def test_dice_and_regions_by_hand() -> None:
+    target = torch.tensor([[0, 1, 1, 2, 2, 0]])
+    pred = torch.tensor([[0, 1, 2, 2, 0, 1]])
+    dice = dice_per_case(pred, target, 3)
+    assert dice[0, 0].item() == pytest.approx(2 * 1 / (2 + 2))  # class 1: |P|=2, |T|=2, overlap 1
+    assert dice[0, 1].item() == pytest.approx(2 * 1 / (2 + 2))  # class 2
+    regions = region_dice(pred, target)
+    assert regions["pancreas"].item() == pytest.approx(2 * 3 / (4 + 4))  # {1,2}: overlap at 1,2,3
+    assert regions["tumour"].item() == pytest.approx(0.5)
+    # pooled over cases, background included: class 0 |P|=2 |T|=2 overlap 1
+    assert pooled_mean_dice(pred, target, 3) == pytest.approx((0.5 + 0.5 + 0.5) / 3)
+    assert math.isnan(region_dice(pred, torch.zeros_like(target))["tumour"].item())
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 60), classes=st.integers(2, 6))
+def test_kappa_matches_scikit_learn(seed: int, n: int, classes: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randint(classes, (n,), generator=gen)
+    target = torch.randint(classes, (n,), generator=gen)
+    ours = quadratic_weighted_kappa(pred, target, classes)
+    with warnings.catch_warnings():  # scikit-learn warns where it returns NaN
+        warnings.simplefilter("ignore")
+        theirs = cohen_kappa_score(
+            target.numpy(), pred.numpy(), weights="quadratic", labels=list(range(classes))
+        )
+    assert ours == pytest.approx(theirs, abs=1e-9, nan_ok=True)
+
+
+def test_kappa_by_hand() -> None:
+    assert quadratic_weighted_kappa(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3]), 5) == 1.0
+    # two raters swapping 0 and 4 disagree maximally
+    assert quadratic_weighted_kappa(torch.tensor([4, 0]), torch.tensor([0, 4]), 5) == pytest.approx(-1.0)
+    assert math.isnan(quadratic_weighted_kappa(torch.tensor([2, 2]), torch.tensor([2, 2]), 5))
+    with pytest.raises(TypeError, match="integer grades"):
+        quadratic_weighted_kappa(torch.tensor([0.5]), torch.tensor([1.0]), 5)
+
+
+def test_soft_dice_by_hand_and_weights() -> None:
+    logits = torch.tensor([[[5.0, -5.0], [-5.0, 5.0], [-5.0, -5.0]]]).permute(0, 1, 2)  # (1, 3, 2)
+    target = torch.tensor([[0, 1]])
+    probs = logits.softmax(1)
+    d1 = (2 * probs[0, 1, 1] + 1e-5) / (probs[0, 1].sum() + 1 + 1e-5)
+    d2 = (0 + 1e-5) / (probs[0, 2].sum() + 0 + 1e-5)
+    assert SoftDiceLoss(3).per_class(logits, target).tolist() == pytest.approx(
+        [d1.item(), d2.item()], rel=1e-5
+    )
+    assert SoftDiceLoss(3)(logits, target).item() == pytest.approx(1 - (d1 + d2).item() / 2, rel=1e-5)
+    weighted = SoftDiceLoss(3, weights=[3.0, 1.0])(logits, target).item()
+    assert weighted == pytest.approx(1 - (0.75 * d1 + 0.25 * d2).item(), rel=1e-5)
+    assert len(SoftDiceLoss(3, include_background=True).per_class(logits, target)) == 3
+    both = DiceCELoss(3)(logits, target)
+    assert both.item() == pytest.approx(
+        SoftDiceLoss(3)(logits, target).item() + nn.functional.cross_entropy(logits, target).item()
+    )
+    with pytest.raises(ValueError, match="weights must be 2 non-negative numbers"):
+        SoftDiceLoss(3, weights=[1.0])
+
+
+def test_ordinal_encoding() -> None:
+    grades = torch.tensor([0, 1, 2, 3, 4])
+    codes = ordinal_encode(grades, 5)
+    assert codes.tolist() == [[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert torch.equal(ordinal_decode(codes * 20 - 10), grades)
+    logits = torch.randn(5, 4)
+    expected = nn.functional.binary_cross_entropy_with_logits(logits, codes)
+    assert OrdinalLoss(5)(logits, grades).item() == pytest.approx(expected.item())
+
+
+def test_freeze_schedule_really_freezes() -> None:
+    model, encoder, sample = _toy_problem()
+    config = TrainConfig(epochs=4, steps_per_epoch=3, freeze_encoder_epochs=2, lr=0.05)
+    trainer = Trainer(model, nn.functional.cross_entropy, sample, config, encoder=encoder)  # type: ignore[arg-type]
+    start = {k: v.clone() for k, v in encoder.state_dict().items()}
+    head_start = model[3].weight.clone()
+    trainer.config = TrainConfig(epochs=2, steps_per_epoch=3, freeze_encoder_epochs=2, lr=0.05)
+    trainer.fit()
+    for k, v in encoder.state_dict().items():  # weights and batch-norm statistics untouched
+        assert torch.equal(v, start[k]), k
+    assert not torch.equal(model[3].weight, head_start)
+    assert all(h["encoder_frozen"] for h in trainer.history)
+    trainer.config = config
+    trainer.fit()
+    assert not torch.equal(encoder[0].weight, start["0.weight"])
+    assert not torch.equal(encoder[1].running_mean, start["1.running_mean"])
+    assert [h["encoder_frozen"] for h in trainer.history] == [True, True, False, False]
+    # Adam's moments of the encoder start at unfreezing: 6 steps, not 12
+    assert int(trainer.optimizer.state[encoder[0].weight]["step"]) == 6
+    assert int(trainer.optimizer.state[model[3].weight]["step"]) == 12
+
+
+def test_resume_after_a_crash_gives_the_same_weights(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=4, steps_per_epoch=3, freeze_encoder_epochs=1, lr=0.05)
+    model, encoder, sample = _toy_problem()
+    Trainer(model, nn.functional.cross_entropy, sample, config, encoder=encoder).fit()  # type: ignore[arg-type]
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+
+    calls = {"n": 0}
+    model, encoder, sample = _toy_problem()
+
+    def crashing(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += 1
+        if calls["n"] == 8:  # in the third epoch
+            raise KeyboardInterrupt
+        return sample(gen)  # type: ignore[operator,no-any-return]
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(
+            model, nn.functional.cross_entropy, crashing, config, encoder=encoder, checkpoint=checkpoint
+        ).fit()
+    model, encoder, sample = _toy_problem(seed=99)  # a fresh process: other random weights
+    resumed = Trainer(
+        model, nn.functional.cross_entropy, sample, config, encoder=encoder, checkpoint=checkpoint
+    )  # type: ignore[arg-type]
+    assert resumed.epoch == 2
+    history = resumed.fit()
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v.float(), reference[k].float()), k
+    with pytest.raises(ValueError, match="written with other settings"):
+        Trainer(model, nn.functional.cross_entropy, sample, TrainConfig(epochs=5), checkpoint=checkpoint)  # type: ignore[arg-type]
+
+
+def test_early_stopping_restores_the_best_weights() -> None:
+    model, _encoder, sample = _toy_problem()
+    scores = iter([0.5, 0.9, 0.4, 0.3, 0.2, 0.1])
+    snapshots: list[torch.Tensor] = []
+
+    def validate(m: nn.Module) -> float:
+        snapshots.append(m[3].weight.clone())
+        return next(scores)
+
+    config = TrainConfig(epochs=6, steps_per_epoch=2, early_stopping_patience=2, lr=0.05, autocast="bf16")
+    history = Trainer(model, nn.functional.cross_entropy, sample, config, validate=validate).fit()  # type: ignore[arg-type]
+    assert len(history) == 4  # best at epoch 1, then two epochs without improvement
+    assert torch.equal(model[3].weight, snapshots[1])
+
+
+def test_train_config_errors() -> None:
+    with pytest.raises(ValueError, match=r"freeze_encoder_epochs must lie in \[0, epochs=2\]"):
+        TrainConfig(epochs=2, freeze_encoder_epochs=3)
+    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'adamw'"):
+        TrainConfig(optimizer="sgd")  # type: ignore[arg-type]

@@ -1,0 +1,195 @@
+"""The command line: end to end, disjoint pretraining pools, config errors, example configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pretext3d as p3
+from pretext3d.cli import main
+
+
+@pytest.fixture(scope="module")
+def fundus() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images, grades = p3.data.fundus_phantom_batch(24, 32, seed=0)
+    return images, grades, [f"img{i}" for i in range(24)]
+
+
+def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    encoder = tmp_path / "rotation.pt"
+    assert (
+        main(
+            [
+                "pretrain",
+                "--set",
+                "steps=4",
+                "--set",
+                "data.count=12",
+                "--set",
+                "held_out=4",
+                "--set",
+                "batch_size=2",
+                "--set",
+                f'output="{encoder}"',
+            ]
+        )
+        == 0
+    )
+    record = json.loads(Path(f"{encoder}.json").read_text())
+    assert 0 <= record["pretext_accuracy"] <= 1 and record["synthetic"] is True
+    config = tmp_path / "de.toml"
+    config.write_text(f"""
+output_dir = "{tmp_path / "de"}"
+[data]
+kind = "ct-phantom"
+count = 12
+[methods]
+scratch = ""
+rotation = "{encoder}"
+[segmentation]
+crop = 16
+[experiment]
+fractions = [0.5, 1.0]
+split_seeds = [0]
+[experiment.train]
+epochs = 1
+steps_per_epoch = 1
+batch_size = 2
+""")
+    assert main(["data-efficiency", "--config", str(config)]) == 0
+    assert len(list((tmp_path / "de" / "runs").glob("*.json"))) == 4
+    assert "SYNTHETIC" in (tmp_path / "de" / "summary.md").read_text()
+    assert (
+        main(
+            [
+                "finetune",
+                "--set",
+                "data.count=12",
+                "--set",
+                "fraction=0.5",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.steps_per_epoch=1",
+                "--set",
+                f'output_dir="{tmp_path / "ft"}"',
+                "--set",
+                f'encoder="{encoder}"',
+                "--set",
+                'name="rotation"',
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "ft" / "runs" / "rotation__p0__s0__r0__f0.5.json").exists()
+
+
+def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path) -> None:
+    from pretext3d.data import DataSpec
+
+    spec = DataSpec(kind="fundus-phantom", count=6, size=16)
+    _, _, labelled = spec.labelled()
+    _, pool = spec.unlabelled()
+    assert not set(labelled) & set(pool)
+    transductive = DataSpec(kind="fundus-phantom", count=6, size=16, include_labelled=True)
+    assert transductive.unlabelled()[1] == labelled
+    # an encoder pretrained on the labelled cases is refused by data-efficiency unless transductive
+    encoder = tmp_path / "enc.pt"
+    args = ["--set", "data.count=12", "--set", "data.include_labelled=true", "--set", "held_out=4"]
+    args += ["--set", "steps=1", "--set", "batch_size=2", "--set", f'output="{encoder}"']
+    assert main(["pretrain", *args]) == 0
+    assert json.loads(Path(f"{encoder}.json").read_text())["transductive"] is True
+    common = ["--set", "data.count=12", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1"]
+    common += ["--set", f'encoder="{encoder}"', "--set", f'output_dir="{tmp_path / "ft"}"']
+    assert main(["finetune", *common]) == 2
+    assert (
+        main(["finetune", *common, "--set", f'output_dir="{tmp_path / "ft2"}"', "--set", "transductive=true"])
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["data-efficiency", "--set", "experiment.train.lrr=0.1"],
+            "unknown key 'lrr' in [experiment.train]; did you mean 'lr'?",
+        ),
+        (["pretrain", "--set", "stpes=3"], "unknown key 'stpes' in [top level]; did you mean 'steps'?"),
+        (
+            ["pretrain", "--set", "task_options.gird=2", "--set", 'task="jigsaw"'],
+            "unknown key 'gird' in [task_options] for Jigsaw; did you mean 'grid'?",
+        ),
+        (["pretrain", "--set", 'task="rotaton"'], "unknown task 'rotaton'; did you mean 'rotation'?"),
+        (["finetune", "--set", 'train.epochs="ten"'], "train.epochs must be an integer"),
+        (
+            ["finetune", "--set", "data.include_labelled=true"],
+            "data.include_labelled applies to the pretraining",
+        ),
+        (["pretrain", "--set", "data.count=0"], "data.count must be an int >= 1, got 0"),
+    ],
+)
+def test_cli_config_errors_name_the_key(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("experiment", ["pancreas", "fundus"])
+def test_example_configs_are_valid_and_fair(experiment: str) -> None:
+    from pretext3d.cli import DataEfficiencyCommand, PretrainCommand
+    from pretext3d.config import from_mapping, load_toml
+    from pretext3d.data import DataSpec
+
+    folder = Path(__file__).parent.parent / "examples" / "configs"
+    pre = from_mapping(PretrainCommand, load_toml(folder / f"{experiment}_pretrain.toml"))
+    grid = from_mapping(DataEfficiencyCommand, load_toml(folder / f"{experiment}_data_efficiency.toml"))
+    assert len(grid.experiment.split_seeds) >= 5
+    base = grid.experiment.settings_for(pretrained=False)
+    assert base.freeze_encoder_epochs == 0 and base.epochs == grid.experiment.train.epochs
+    assert base.early_stopping_patience is not None
+    # the pretraining pool never holds a labelled case, whatever the sizes
+    labelled = DataSpec(kind=grid.data.kind, count=grid.data.count, size=8, seed=grid.data.seed)
+    pool = DataSpec(kind=pre.data.kind, count=pre.data.count, size=8, seed=pre.data.seed)
+    assert not pool.include_labelled
+    assert not set(labelled.labelled()[2]) & set(pool.unlabelled()[1])
+
+
+@pytest.mark.parametrize("experiment", ["pancreas", "fundus"])
+def test_benchmark_task_settings_run_a_step(experiment: str) -> None:
+    """Every task setting of examples/benchmark.py builds and trains one step on its phantoms."""
+    import importlib.util
+
+    from pretext3d.config import parse_override
+    from pretext3d.experiments import GradingRecipe, SegmentationRecipe
+    from pretext3d.registry import ENCODERS, TASKS
+    from pretext3d.transforms import random_crops
+
+    path = Path(__file__).parent.parent / "examples" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark", path)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    recipe = SegmentationRecipe() if experiment == "pancreas" else GradingRecipe()
+    dims = 3 if experiment == "pancreas" else 2
+    if dims == 3:
+        images = p3.data.ct_phantom_batch(4, 32, seed=5)[0]
+    else:
+        images = p3.data.fundus_phantom_batch(4, 64, seed=5)[0]
+    gen = torch.Generator().manual_seed(0)
+    assert set(benchmark.TASK_SETTINGS[experiment]) == set(TASKS) == set(benchmark.TASKS)
+    for name, (crop, options) in benchmark.TASK_SETTINGS[experiment].items():
+        task = TASKS.get(name)(dims, **parse_override(f"options={options}")[1])
+        encoder = ENCODERS.get(recipe.encoder)(
+            spatial_dims=dims, in_channels=images.shape[1], **recipe.encoder_options()
+        )
+        model = p3.PretextModel(encoder, task)
+        batch = random_crops(images, (crop,) * dims, gen) if crop else images
+        views, targets = task(batch, gen)
+        loss = task.loss(model(views), targets, generator=gen)
+        loss.backward()
+        assert torch.isfinite(loss), name
