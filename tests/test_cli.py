@@ -10,6 +10,7 @@ import torch
 
 import pretext3d as p3
 from pretext3d.cli import main
+from pretext3d.experiments import DataEfficiencyConfig, SegmentationRecipe, run_data_efficiency
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,11 @@ batch_size = 2
         == 0
     )
     assert (tmp_path / "ft" / "runs" / "rotation__p0__s0__r0__f0.5.json").exists()
+    # finetune runs the one repetition it names (0.1 ran repetitions 0..r)
+    args = ["--set", "data.count=12", "--set", "fraction=0.5", "--set", "repetition=1"]
+    args += ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=1"]
+    assert main(["finetune", *args, "--set", f'output_dir="{tmp_path / "ft1"}"']) == 0
+    assert [p.name for p in (tmp_path / "ft1" / "runs").glob("*.json")] == ["run__p0__s0__r1__f0.5.json"]
 
 
 def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path) -> None:
@@ -193,3 +199,36 @@ def test_benchmark_task_settings_run_a_step(experiment: str) -> None:
         loss = task.loss(model(views), targets, generator=gen)
         loss.backward()
         assert torch.isfinite(loss), name
+
+
+def test_a_pairing_that_cannot_load_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conv, wide = tmp_path / "conv.pt", tmp_path / "wide.pt"
+    p3.models.save_encoder(p3.models.ConvEncoder(3), conv)
+    p3.models.save_encoder(p3.models.UNetEncoder(3, widths=(4, 8, 16, 32)), wide)
+    for file, message in [
+        (conv, "holds a 'conv' encoder, but SegmentationRecipe fine-tunes 'unet' encoders"),
+        (wide, "does not fit SegmentationRecipe's model"),
+    ]:
+        out = tmp_path / f"de_{file.stem}"
+        code = main(
+            ["data-efficiency", "--set", f'methods.rotation="{file}"', "--set", f'output_dir="{out}"']
+        )
+        assert code == 2 and message in capsys.readouterr().err
+        assert not out.exists(), "refused before any data were read or any run started"
+    # the library path refuses it too, before training
+    images, labels, _ = p3.data.DataSpec(count=8, size=16).labelled()
+    with pytest.raises(ValueError, match="fine-tunes 'unet' encoders"):
+        run_data_efficiency(
+            SegmentationRecipe(),
+            images,
+            labels,
+            {"conv": str(conv)},
+            DataEfficiencyConfig(),
+            tmp_path / "lib",
+        )
+    # pretraining a conv encoder on CT data says it will not load into the U-Net recipe
+    args = ["--set", 'encoder="conv"', "--set", "steps=1", "--set", "data.count=6", "--set", "held_out=2"]
+    assert main(["pretrain", *args, "--set", f'output="{tmp_path / "c.pt"}"']) == 0
+    assert "a 'conv' encoder will not load into it" in capsys.readouterr().out

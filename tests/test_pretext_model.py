@@ -86,3 +86,56 @@ def test_feature_width_errors() -> None:
         p3.PretextModel(lambda x: x, Rotation(3))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="task must be a pretext3d PretextTask"):
         p3.PretextModel(nn.Flatten(), "rotation")  # type: ignore[arg-type]
+
+
+class Returns(nn.Module):
+    """An encoder whose output is whatever ``make`` builds from a feature map."""
+
+    def __init__(self, spatial_dims: int, make: object) -> None:
+        super().__init__()
+        self.conv = (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(1, 4, 3, padding=1)
+        self.make = make
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.make(self.conv(x))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda f: (f, f), TypeError, r"returned a tuple of 2 Tensor, Tensor, not a feature tensor; wrap"),
+        (lambda f: {"features": f}, TypeError, r"returned a dict with keys \['features'\]"),
+        (lambda f: f.flatten(2).transpose(1, 2), ValueError, r"a rank-3 output looks like a token sequence"),
+    ],
+)
+def test_outputs_it_cannot_interpret_are_refused_with_advice(
+    spatial_dims: int, make: object, error: type[Exception], match: str
+) -> None:
+    model = p3.PretextModel(Returns(spatial_dims, make), Rotation(spatial_dims), num_features=4)
+    with pytest.raises(error, match=match):
+        model(torch.randn(2, 1, *[8] * spatial_dims))
+    with pytest.raises(error, match=match):  # the probe says the same
+        p3.PretextModel(Returns(spatial_dims, make), Rotation(spatial_dims))
+
+
+def test_mismatched_dims_and_widths_are_refused(spatial_dims: int) -> None:
+    other = 5 - spatial_dims
+    with pytest.raises(
+        ValueError, match=rf"declares spatial_dims={other} but the task Rotation works in {spatial_dims}D"
+    ):
+        p3.PretextModel(ConvEncoder(other), Rotation(spatial_dims))
+
+    class Lying(ConvEncoder):
+        num_features = 99  # type: ignore[assignment]
+
+    lying = Lying(spatial_dims, widths=(4, 8))
+    lying.num_features = 99
+    model = p3.PretextModel(lying, Rotation(spatial_dims))
+    with pytest.raises(
+        ValueError,
+        match=r"returned 8 feature channels, but encoder.num_features gave 99; pass num_features=8",
+    ):
+        model(torch.randn(2, 1, *[8] * spatial_dims))
+    wrong = p3.PretextModel(ConvEncoder(spatial_dims, widths=(4,)), Rotation(spatial_dims), num_features=3)
+    with pytest.raises(ValueError, match="but the num_features argument gave 3"):
+        wrong(torch.randn(2, 1, *[8] * spatial_dims))

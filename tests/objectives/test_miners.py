@@ -111,3 +111,14 @@ def test_the_documented_custom_miner_works() -> None:
     emb = torch.tensor([[0.0], [1.0], [1.5], [5.0]])
     a, p, n = miner(emb, torch.tensor([0, 0, 1, 1]))
     assert a.tolist() == [0, 1, 2, 3] and p.tolist() == [1, 0, 3, 2] and n.tolist() == [2, 2, 1, 1]
+
+
+@pytest.mark.parametrize("miner", MINERS, ids=lambda m: type(m).__name__)
+def test_miners_are_stateless_and_follow_the_generator(miner: Miner) -> None:
+    emb = torch.nn.functional.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.arange(6).repeat(2)
+    before = dict(vars(miner))
+    first = miner(emb, labels, generator=torch.Generator().manual_seed(1))
+    again = miner(emb, labels, generator=torch.Generator().manual_seed(1))
+    assert vars(miner) == before, "a call must leave no state on the miner"
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))

@@ -98,3 +98,20 @@ def test_grid_that_does_not_fit() -> None:
         CPC(3)(torch.randn(1, 1, 96, 96, 96))
     with pytest.raises(ValueError, match="must be the CPC head's"):
         CPC.pairs(torch.randn(3, 4))
+
+
+def test_binary_negatives_follow_the_generator_and_eval_takes_plain_patches(spatial_dims: int) -> None:
+    task = CPC(spatial_dims, grid=3, patch=4, overlap=0.0, steps=1, code_dim=8, loss="binary")
+    x = torch.randn(2, 1, *[12] * spatial_dims)
+    model = p3.PretextModel(p3.models.ConvEncoder(spatial_dims, widths=(4,)), task)
+    views, targets = task(x, torch.Generator().manual_seed(0))
+    out = model(views)
+
+    def loss(seed: int) -> torch.Tensor:
+        return task.loss(out, targets, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(loss(1), loss(1)) and not torch.equal(loss(1), loss(2))
+    with pytest.raises(TypeError, match="CPC has no external targets"):
+        task.loss(out, torch.zeros(2, dtype=torch.long))  # type: ignore[arg-type]
+    params = task.eval().randomize(x, torch.Generator().manual_seed(0))
+    assert params.crop == 0 and not params.flips.any()

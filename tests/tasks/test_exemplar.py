@@ -88,3 +88,30 @@ def test_exemplar_rejects_single_samples_and_mismatched_augmenters() -> None:
         Exemplar(3)(torch.randn(1, 8, 8, 8))
     with pytest.raises(ValueError, match="augmenter works in 2D but spatial_dims=3"):
         Exemplar(3, ExemplarAugmenter(2))
+
+
+def test_instance_ids_come_from_a_saved_counter_that_only_training_advances(spatial_dims: int) -> None:
+    task = Exemplar(spatial_dims)
+    x = torch.randn(3, 1, *[8] * spatial_dims)
+    _, first = task(x)
+    _, second = task(x)
+    assert first.tolist() == [0, 1, 2] * 2 and second.tolist() == [3, 4, 5] * 2
+    assert int(task.instance_counter) == 6 and "instance_counter" in task.state_dict()
+    task.eval()
+    assert task(x)[1].tolist() == [0, 1, 2] * 2 and int(task.instance_counter) == 6
+    restored = Exemplar(spatial_dims)
+    restored.load_state_dict(task.state_dict())
+    assert restored(x)[1].tolist() == [6, 7, 8] * 2
+
+
+def test_original_protocol_params_name_the_negative(spatial_dims: int) -> None:
+    task = Exemplar(spatial_dims, protocol="original")
+    x = torch.randn(4, 1, *[8] * spatial_dims)
+    params = task.randomize(x, torch.Generator().manual_seed(0))
+    assert params.second is None and params.negative is not None
+    assert not bool((params.negative == torch.arange(4)).any())
+    views, _ = task.apply_params(x, params)
+    assert torch.equal(views[8:], x[params.negative])
+    params.negative = torch.arange(4)
+    with pytest.raises(ValueError, match="indices of another image for every anchor"):
+        task.apply_params(x, params)

@@ -1,0 +1,102 @@
+"""The registries: one table of tasks and one of encoders, open to users' own."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import pretext3d as p3
+from pretext3d.cli import main
+from pretext3d.registry import ENCODERS, TASKS, Registry
+
+
+@pytest.fixture
+def clean_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations made by a test are forgotten after it."""
+    monkeypatch.setattr(TASKS, "_entries", dict(TASKS._entries))
+    monkeypatch.setattr(ENCODERS, "_entries", dict(ENCODERS._entries))
+
+
+def test_built_ins_are_registered_under_their_names() -> None:
+    assert TASKS.names() == ["cpc", "exemplar", "jigsaw", "rotation", "rpl"]
+    assert TASKS.get("rpl") is p3.tasks.RelativePatchLocation
+    assert ENCODERS.names() == ["conv", "densenet", "unet"]
+    assert ENCODERS.get("unet") is p3.models.UNetEncoder
+    assert ENCODERS.name_of(p3.models.DenseNetEncoder) == "densenet"
+    assert ENCODERS.name_of(nn.Linear) is None
+
+
+def test_registry_refuses_duplicates_and_suggests_names() -> None:
+    registry: Registry[object] = Registry("thing")
+    registry.register("a", 1)
+    registry.register("a", 1)  # the same object again is fine
+    with pytest.raises(ValueError, match="thing 'a' is already registered"):
+        registry.register("a", 2)
+    registry.register("a", 2, overwrite=True)
+    assert registry.get("a") == 2 and "a" in registry and len(registry) == 1
+    with pytest.raises(KeyError, match=r"unknown thing 'b'.* Registered: a"):
+        registry.get("b")
+    with pytest.raises(KeyError, match="did you mean 'rotation'"):
+        TASKS.get("rotaton")
+    for bad in ["", " a", 3]:
+        with pytest.raises(ValueError, match="must be a non-empty string"):
+            registry.register(bad, 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("clean_registries")
+def test_register_decorators_check_what_they_get() -> None:
+    with pytest.raises(TypeError, match="takes a PretextTask subclass"):
+        p3.register_task("bad")(nn.Linear)
+    with pytest.raises(TypeError, match="takes a class or callable"):
+        p3.register_encoder("bad")(3)  # type: ignore[type-var]
+
+    @p3.register_task("rotation2")
+    class MyRotation(p3.tasks.Rotation):
+        pass
+
+    assert TASKS.get("rotation2") is MyRotation
+
+
+@pytest.mark.usefixtures("clean_registries")
+def test_a_users_encoder_named_in_a_toml_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_encoders.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        import pretext3d
+
+        @pretext3d.register_encoder("tiny")
+        class Tiny(nn.Module):
+            def __init__(self, spatial_dims, in_channels=1, width=4):
+                super().__init__()
+                self.config = {"spatial_dims": spatial_dims, "in_channels": in_channels, "width": width}
+                conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+                self.net = nn.Sequential(conv(in_channels, width, 3, padding=1), nn.ReLU())
+                self.num_features = width
+
+            def forward(self, x):
+                return self.net(x)
+        """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "pretrain.toml"
+    encoder = tmp_path / "tiny.pt"
+    config.write_text(
+        f'plugins = ["my_encoders"]\nencoder = "tiny"\nencoder_options = {{width = 6}}\n'
+        f'steps = 2\nbatch_size = 2\nheld_out = 2\noutput = "{encoder}"\n[data]\ncount = 6\nsize = 16\n'
+    )
+    assert main(["pretrain", "--config", str(config)]) == 0
+    assert p3.models.encoder_name(encoder) == "tiny"
+    rebuilt = p3.models.load_encoder(encoder)
+    assert type(rebuilt).__name__ == "Tiny" and rebuilt.num_features == 6
+    x = torch.randn(1, 1, 8, 8, 8)
+    assert rebuilt(x).shape == (1, 6, 8, 8, 8)
+    # without the plugin the name is unknown, and the error says how to add it
+    config.write_text(config.read_text().replace('plugins = ["my_encoders"]\n', ""))
+    monkeypatch.setattr(ENCODERS, "_entries", {k: v for k, v in ENCODERS._entries.items() if k != "tiny"})
+    assert main(["pretrain", "--config", str(config)]) == 2
+    config.write_text('plugins = ["no_such_module"]\n')
+    assert main(["pretrain", "--config", str(config)]) == 2
