@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-__all__ = ["ConfigError", "check_keywords", "from_mapping", "load_toml", "parse_override"]
+__all__ = ["ConfigError", "check_keywords", "from_mapping", "load_toml", "merge_override", "parse_override"]
 
 T = TypeVar("T")
 

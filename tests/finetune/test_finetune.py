@@ -198,5 +198,5 @@ def test_early_stopping_restores_the_best_weights() -> None:
 def test_train_config_errors() -> None:
     with pytest.raises(ValueError, match=r"freeze_encoder_epochs must lie in \[0, epochs=2\]"):
         TrainConfig(epochs=2, freeze_encoder_epochs=3)
-    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'adamw'"):
+    with pytest.raises(ValueError, match=r"optimizer must be one of \['adam', 'adamw'\], got 'sgd'"):
         TrainConfig(optimizer="sgd")  # type: ignore[arg-type]

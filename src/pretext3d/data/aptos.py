@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pretext3d._checks import check_choice
 from pretext3d.data.folders import IMAGE_SUFFIXES, OnError, check_on_error
 from pretext3d.data.io import read_rgb
 from pretext3d.data.preprocess import FundusPreprocessing
@@ -54,8 +55,7 @@ class APTOS(Dataset[tuple[Tensor, Tensor]]):
     ) -> None:
         root = Path(root)
         check_on_error(on_error)
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_choice("split", split, ("train", "test"))
         table = root / f"{split}.csv"
         folder = root / f"{split}_images"
         if not table.exists():

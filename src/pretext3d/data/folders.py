@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pretext3d._checks import check_choice
 from pretext3d.data.cache import CaseCache
 from pretext3d.data.io import Volume, read_dicom_series, read_rgb, read_volume
 from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing
@@ -33,9 +34,7 @@ def is_junk(path: Path) -> bool:
 
 def check_on_error(on_error: str) -> OnError:
     """Validate the ``on_error`` argument."""
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    return on_error  # type: ignore[return-value]
+    return check_choice("on_error", on_error, ("raise", "skip"))  # type: ignore[return-value]
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pretext3d._checks import check_choice
 from pretext3d.data.cache import CaseCache
 from pretext3d.data.folders import OnError, VolumeDataset, check_on_error, is_junk
 from pretext3d.data.io import read_nifti
@@ -61,8 +62,7 @@ def task07_cases(
     """
     root = Path(root)
     check_on_error(on_error)
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_choice("split", split, ("train", "test"))
     if not root.is_dir():
         raise ValueError(f"Task07 folder {str(root)!r} does not exist")
     manifest = root / "dataset.json"

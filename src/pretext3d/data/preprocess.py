@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from pretext3d._checks import check_choice, check_int
+
 __all__ = [
     "CTPreprocessing",
     "FundusPreprocessing",
@@ -146,18 +148,15 @@ class CTPreprocessing:
 
     def __post_init__(self) -> None:
         """Check the arguments."""
-        if self.interpolation not in ("linear", "cubic"):
-            raise ValueError(f"interpolation must be 'linear' or 'cubic', got {self.interpolation!r}")
-        if self.normalize not in ("zscore", "minmax"):
-            raise ValueError(f"normalize must be 'zscore' or 'minmax', got {self.normalize!r}")
+        check_choice("interpolation", self.interpolation, ("linear", "cubic"))
+        check_choice("normalize", self.normalize, ("zscore", "minmax"))
         if not (
             self.crop is None or self.crop == "body" or (isinstance(self.crop, tuple) and len(self.crop) == 3)
         ):
             raise ValueError(f"crop must be 'body', None or a 3-tuple of sizes, got {self.crop!r}")
         if self.window[0] >= self.window[1]:
             raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be 'float16' or 'float32', got {self.dtype!r}")
+        check_choice("dtype", self.dtype, ("float16", "float32"))
 
     def key(self) -> str:
         """A short hash of every argument: changes whenever any of them does."""
@@ -257,10 +256,8 @@ class FundusPreprocessing:
 
     def __post_init__(self) -> None:
         """Check the arguments."""
-        if self.method not in ("ben_graham", "resize"):
-            raise ValueError(f"method must be 'ben_graham' or 'resize', got {self.method!r}")
-        if self.size < 8:
-            raise ValueError(f"size must be >= 8, got {self.size}")
+        check_choice("method", self.method, ("ben_graham", "resize"))
+        check_int("size", self.size, 8)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> ``(3, size, size)`` float32 in ``[0, 1]``."""

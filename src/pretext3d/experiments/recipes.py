@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d._checks import check_unit_interval
+from pretext3d._checks import check_choice, check_unit_interval
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
 from pretext3d.finetune.metrics import (
     PANCREAS_REGIONS,
@@ -225,8 +225,7 @@ class GradingRecipe:
 
     def __post_init__(self) -> None:
         """Check the values."""
-        if self.encoding not in ("ce", "ordinal"):
-            raise ValueError(f"encoding must be 'ce' or 'ordinal', got {self.encoding!r}")
+        check_choice("encoding", self.encoding, ("ce", "ordinal"))
 
     metric = "qwk"
     #: the registered encoder family (:data:`pretext3d.registry.ENCODERS`) this recipe loads

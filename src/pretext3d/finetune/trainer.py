@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._atomic import atomic_path
+from pretext3d._checks import check_choice, check_int, check_positive
 
 __all__ = ["TrainConfig", "Trainer"]
 
@@ -65,14 +66,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Check the values."""
         for name in ("epochs", "steps_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.autocast not in ("none", "bf16", "fp16"):
-            raise ValueError(f"autocast must be 'none', 'bf16' or 'fp16', got {self.autocast!r}")
+            check_int(name, getattr(self, name), 1)
+        check_positive("lr", self.lr)
+        check_choice("optimizer", self.optimizer, ("adam", "adamw"))
+        check_choice("autocast", self.autocast, ("none", "bf16", "fp16"))
         if not 0 <= self.min_epochs <= self.epochs:
             raise ValueError(f"min_epochs must lie in [0, epochs={self.epochs}], got {self.min_epochs}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
