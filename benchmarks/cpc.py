@@ -46,8 +46,8 @@ def main() -> None:
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        views, labels = task(x, gen)
-        loss = task.loss(model(views), labels)
+        views, targets = task(x, gen)
+        loss = task.loss(model(views), targets, generator=gen)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

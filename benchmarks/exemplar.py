@@ -1,6 +1,6 @@
 """Exemplar augmenter throughput against a per-sample scipy pipeline, and miner cost.
 
-Part 1: volumes/s of :class:`~pretext3d.tasks.ExemplarAugmenter` (default parameters)
+Part 1: volumes/s of :class:`~pretext3d.transforms.ExemplarAugmenter` (default parameters)
 on a ``(2, 1, 128, 128, 128)`` batch on the CPU, next to the paper's pipeline style
 timed in the same run: per sample, numpy flips and quarter turns, ``scipy.ndimage.rotate``
 per plane and ``scipy.ndimage.zoom`` (cropped or padded back), brightness and contrast,
@@ -26,7 +26,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from pretext3d.tasks import ExemplarAugmenter
+from pretext3d.transforms import ExemplarAugmenter
 
 
 def scipy_augment(volume: np.ndarray, rng: np.random.Generator, order: int) -> np.ndarray:
@@ -57,7 +57,7 @@ def scipy_augment(volume: np.ndarray, rng: np.random.Generator, order: int) -> n
 
 
 def miner_run(name: str, size: int) -> dict[str, float]:
-    from pretext3d import miners
+    from pretext3d import objectives as miners
 
     miner = getattr(miners, name)()
     gen = torch.Generator().manual_seed(0)

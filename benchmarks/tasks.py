@@ -18,6 +18,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -57,7 +58,7 @@ def main() -> None:
 
     copy = median_seconds(x.clone, args.repeats)
     print(f"{'clone() (copy limit)':34s} {args.batch / copy:8.1f} volumes/s   1.00x copy")
-    tasks: dict[str, p3.tasks.PretextTask] = {
+    tasks: dict[str, p3.tasks.PretextTask[Any, Any]] = {
         "Rotation taleb10": p3.tasks.Rotation(3, "taleb10"),
         "Rotation cube24": p3.tasks.Rotation(3, "cube24"),
         "Rotation plane4": p3.tasks.Rotation(3, "plane4"),

@@ -191,13 +191,12 @@ class CPCHead(nn.Module):
 
     def contexts(self, z: Tensor) -> Tensor:
         """Contexts ``(B, G, ..., G, context_dim)``: row ``r`` has seen rows ``0..r`` of its column."""
-        # one GRU sequence per column: rows become the sequence axis
-        pattern = "b r w c -> (b w) r c" if self.spatial_dims == 2 else "b r h w c -> (b h w) r c"
-        out: Tensor = self.context(rearrange(z, pattern))[0]
-        back = "(b w) r c -> b r w c" if self.spatial_dims == 2 else "(b h w) r c -> b r h w c"
-        return rearrange(
-            out, back, b=z.shape[0], w=self.grid, **({} if self.spatial_dims == 2 else {"h": self.grid})
-        )
+        # one GRU sequence per column: the rows become the sequence axis
+        if self.spatial_dims == 2:
+            out: Tensor = self.context(rearrange(z, "b r w c -> (b w) r c"))[0]
+            return rearrange(out, "(b w) r c -> b r w c", b=z.shape[0])
+        out = self.context(rearrange(z, "b r h w c -> (b h w) r c"))[0]
+        return rearrange(out, "(b h w) r c -> b r h w c", b=z.shape[0], h=self.grid)
 
     def forward(self, features: Tensor) -> Tensor:
         """Stacked predictions and targets, see the class docstring."""

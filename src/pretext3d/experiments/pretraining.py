@@ -47,7 +47,7 @@ def pretrain_in_memory(
     others, takes a random ``crop`` (edge; 0: whole images), makes the task's views and
     takes an Adam step on ``task.loss``; every random draw comes from one generator
     seeded with ``seed``. At the end the held-out images (cropped by another seeded
-    generator) give the pretext accuracy in eval mode.
+    generator) give the pretext accuracy in eval mode (NaN when ``held_out`` is 0).
 
     Args:
         task: the pretext task.

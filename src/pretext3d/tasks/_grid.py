@@ -41,22 +41,24 @@ class GridPatchTask(ClassificationTask[P]):
                 "voxels so that patches are at least 1 voxel wide"
             )
 
-    def _offsets(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-        """Patch offsets ``(B, num_patches, d)`` inside their cells, as the mode says."""
-        shape = (batch, self.num_patches or 1, self.spatial_dims)
+    def _offsets(
+        self, batch: int, patches: int, generator: torch.Generator | None, device: torch.device
+    ) -> Tensor:
+        """Patch offsets ``(B, patches, d)`` inside their cells, as the mode says."""
+        shape = (batch, patches, self.spatial_dims)
         if self.training and self.jitter > 0:
             return randint(self.jitter + 1, shape, generator, device)
         return torch.full(shape, self.jitter // 2, dtype=torch.long, device=device)
 
-    def _crop(self, x: Tensor, cells: Tensor, offsets: Tensor) -> Tensor:
-        """Crop cells ``(B, P)`` at ``offsets (B, P, d)`` into ``(B, P, C, *patch)``."""
-        if offsets.shape != (*cells.shape, self.spatial_dims):
-            raise ValueError(
-                f"params.offsets must have shape {(*cells.shape, self.spatial_dims)}, "
-                f"got {tuple(offsets.shape)}"
-            )
+    def _check_offsets(self, offsets: Tensor, batch: int, patches: int) -> None:
+        shape = (batch, patches, self.spatial_dims)
+        if not isinstance(offsets, Tensor) or offsets.is_floating_point() or offsets.shape != shape:
+            raise ValueError(f"params.offsets must be an integer tensor of shape {shape}, got {offsets!r}")
         if bool(((offsets < 0) | (offsets > self.jitter)).any()):
             raise ValueError(f"params.offsets must lie in [0, jitter={self.jitter}]")
+
+    def _crop(self, x: Tensor, cells: Tensor, offsets: Tensor) -> Tensor:
+        """Crop cells ``(B, P)`` at ``offsets (B, P, d)`` into ``(B, P, C, *patch)``."""
         cell, patch = self.geometry(tuple(x.shape[2:]))
         starts = cell_origins(cell, self.grid, x.device)[cells] + offsets
         return extract_patches(x, starts, patch)

@@ -61,7 +61,7 @@ class TaskParams:
     def __len__(self) -> int:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (Tensor, TaskParams)):
+            if isinstance(value, Tensor) or hasattr(value, "to"):
                 return len(value)
         raise TypeError(f"{type(self).__name__} holds no per-sample tensor")
 
@@ -70,7 +70,8 @@ class TaskParams:
         moved = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = value.to(device) if isinstance(value, (Tensor, TaskParams)) else value
+            # tensors and nested parameter objects (TaskParams, AugmentParams) move; numbers stay
+            moved[f.name] = value.to(device) if hasattr(value, "to") else value
         return dataclasses.replace(self, **moved)
 
 
@@ -148,7 +149,9 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
             raise ValueError(
                 f"params were drawn for a batch of {len(params)}, but x holds {batch.shape[0]} samples"
             )
-        return self._output(self._make_views(batch, params.to(batch.device)), single)
+        params = params.to(batch.device)
+        self._check_params(batch, params)
+        return self._output(self._make_views(batch, params), single)
 
     @abc.abstractmethod
     def loss(self, output: Tensor, targets: T, *, generator: torch.Generator | None = None) -> Tensor:
@@ -168,7 +171,10 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
 
     @abc.abstractmethod
     def _make_views(self, x: Tensor, params: P) -> tuple[Tensor, T]:
-        """Views and targets of the checked batch ``x`` (``params`` on ``x``'s device)."""
+        """Views and targets of the checked batch ``x`` (``params`` valid, on ``x``'s device)."""
+
+    def _check_params(self, x: Tensor, params: P) -> None:
+        """Raise if user-given ``params`` do not fit the checked batch ``x`` (drawn ones always do)."""
 
     def _check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` if the checked batch ``x`` does not fit the task."""

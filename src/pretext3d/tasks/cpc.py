@@ -155,10 +155,9 @@ class CPC(PredictiveTask[CPCParams]):
         corners = (rand(shape, generator, x.device) * (crop + 1)).long()
         return CPCParams(flips, corners, crop)
 
-    def _make_views(self, x: Tensor, params: CPCParams) -> tuple[Tensor, None]:
-        patch, stride, offset = self.geometry(tuple(x.shape[2:]))
-        d, b = self.spatial_dims, x.shape[0]
-        shape = (b, self.grid**d, d)
+    def _check_params(self, x: Tensor, params: CPCParams) -> None:
+        patch = self.geometry(tuple(x.shape[2:]))[0]
+        shape = (x.shape[0], self.grid**self.spatial_dims, self.spatial_dims)
         if params.flips.shape != shape or params.corners.shape != shape:
             raise ValueError(
                 f"params.flips and params.corners must have shape {shape}, got "
@@ -171,6 +170,10 @@ class CPC(PredictiveTask[CPCParams]):
                 f"params.crop must lie in [0, {patch - 1}] and params.corners in [0, crop]; "
                 f"got crop={params.crop}"
             )
+
+    def _make_views(self, x: Tensor, params: CPCParams) -> tuple[Tensor, None]:
+        patch, stride, offset = self.geometry(tuple(x.shape[2:]))
+        d, b = self.spatial_dims, x.shape[0]
         axes = [torch.arange(self.grid, device=x.device) * stride + o for o in offset]
         starts = torch.cartesian_prod(*axes).reshape(1, -1, d).expand(b, -1, -1)
         flat = extract_patches(x, starts, (patch,) * d).flatten(0, 1)

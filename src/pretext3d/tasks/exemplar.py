@@ -57,7 +57,8 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
     two or more images per batch (an image is never its own negative).
 
     Instance ids come from a counter (a buffer, saved with ``state_dict``) and are
-    unique across training calls, so a :class:`~pretext3d.objectives.CrossBatchMemory`
+    unique across training calls (each training-mode draw, a call or :meth:`randomize`,
+    takes the next ``B`` ids), so a :class:`~pretext3d.objectives.CrossBatchMemory`
     (``memory_size > 0``) can mine against earlier batches; ``gather=True`` mines over
     the batches of all ``torch.distributed`` ranks (see
     :mod:`pretext3d.objectives.gather` for the gradients).
@@ -154,19 +155,14 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         negative = (torch.arange(b, device=x.device) + shift) % b
         return ExemplarParams(ids, self.augmenter.randomize(x, generator), negative=negative)
 
-    def _make_views(self, x: Tensor, params: ExemplarParams) -> tuple[Tensor, Tensor]:
+    def _check_params(self, x: Tensor, params: ExemplarParams) -> None:
         ids = params.instance_ids
         if ids.shape != (x.shape[0],) or ids.is_floating_point():
             raise ValueError(f"params.instance_ids must be an integer tensor ({x.shape[0]},)")
-        if self.protocol == "two_views":
-            if params.second is None:
-                raise ValueError("protocol='two_views' needs params.second, the second view's augmentation")
-            views = torch.cat(
-                [self.augmenter.apply_params(x, params.first), self.augmenter.apply_params(x, params.second)]
-            )
-            return views, torch.cat([ids, ids])
+        if self.protocol == "two_views" and params.second is None:
+            raise ValueError("protocol='two_views' needs params.second, the second view's augmentation")
         other = params.negative
-        if (
+        if self.protocol == "original" and (
             other is None
             or other.shape != ids.shape
             or bool((other == torch.arange(len(ids), device=x.device)).any())
@@ -174,6 +170,16 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
             raise ValueError(
                 "protocol='original' needs params.negative: (B,) indices of another image for every anchor"
             )
+
+    def _make_views(self, x: Tensor, params: ExemplarParams) -> tuple[Tensor, Tensor]:
+        ids = params.instance_ids
+        if params.second is not None:  # two views
+            views = torch.cat(
+                [self.augmenter.apply_params(x, params.first), self.augmenter.apply_params(x, params.second)]
+            )
+            return views, torch.cat([ids, ids])
+        assert params.negative is not None  # the original protocol
+        other = params.negative
         views = torch.cat([self.augmenter.apply_params(x, params.first), x, x[other]])
         return views, torch.cat([ids, ids, ids[other]])
 

@@ -112,11 +112,16 @@ class Jigsaw(GridPatchTask[JigsawParams]):
 
     def _randomize(self, x: Tensor, generator: torch.Generator | None) -> JigsawParams:
         permutation = randint(self.num_classes, (x.shape[0],), generator, x.device)
-        return JigsawParams(permutation, self._offsets(x.shape[0], generator, x.device))
+        return JigsawParams(permutation, self._offsets(x.shape[0], self.num_cells, generator, x.device))
+
+    def _check_params(self, x: Tensor, params: JigsawParams) -> None:
+        params.permutation = check_classes(
+            params.permutation, x.shape[0], self.num_classes, "params.permutation"
+        )
+        self._check_offsets(params.offsets, x.shape[0], self.num_cells)
 
     def _make_views(self, x: Tensor, params: JigsawParams) -> tuple[Tensor, Tensor]:
-        permutation = check_classes(params.permutation, x.shape[0], self.num_classes, "params.permutation")
-        return self._crop(x, self.permutations[permutation], params.offsets), permutation
+        return self._crop(x, self.permutations[params.permutation], params.offsets), params.permutation
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""

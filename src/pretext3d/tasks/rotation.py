@@ -127,9 +127,11 @@ class Rotation(ClassificationTask[RotationParams]):
     def _randomize(self, x: Tensor, generator: torch.Generator | None) -> RotationParams:
         return RotationParams(randint(self.num_classes, (x.shape[0],), generator, x.device))
 
+    def _check_params(self, x: Tensor, params: RotationParams) -> None:
+        params.rotation = check_classes(params.rotation, x.shape[0], self.num_classes, "params.rotation")
+
     def _make_views(self, x: Tensor, params: RotationParams) -> tuple[Tensor, Tensor]:
-        rotation = check_classes(params.rotation, x.shape[0], self.num_classes, "params.rotation")
-        return apply_rotations(x, rotation, self.matrices), rotation
+        return apply_rotations(x, params.rotation, self.matrices), params.rotation
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""

@@ -69,10 +69,14 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
 
     def _randomize(self, x: Tensor, generator: torch.Generator | None) -> RelativePatchLocationParams:
         location = randint(self.num_classes, (x.shape[0],), generator, x.device)
-        return RelativePatchLocationParams(location, self._offsets(x.shape[0], generator, x.device))
+        return RelativePatchLocationParams(location, self._offsets(x.shape[0], 2, generator, x.device))
+
+    def _check_params(self, x: Tensor, params: RelativePatchLocationParams) -> None:
+        params.location = check_classes(params.location, x.shape[0], self.num_classes, "params.location")
+        self._check_offsets(params.offsets, x.shape[0], 2)
 
     def _make_views(self, x: Tensor, params: RelativePatchLocationParams) -> tuple[Tensor, Tensor]:
-        location = check_classes(params.location, x.shape[0], self.num_classes, "params.location")
+        location = params.location
         cells = torch.stack([torch.full_like(location, self.centre), self.query_cells(location)], dim=1)
         return self._crop(x, cells, params.offsets), location
 
