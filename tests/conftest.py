@@ -31,3 +31,14 @@ def coordinate_image(batch: int, channels: int, shape: tuple[int, ...]) -> torch
     return torch.arange(batch * channels * int(torch.tensor(shape).prod()), dtype=torch.float64).reshape(
         batch, channels, *shape
     )
+
+
+def result_row(method: str, fraction: float, split: int, value: float, rep: int = 0) -> dict[str, object]:
+    """A data-efficiency result row with test metric ``m``, for the statistics and report tests."""
+    return {
+        "method": method,
+        "fraction": fraction,
+        "split_seed": split,
+        "repetition": rep,
+        "test": {"m": value},
+    }

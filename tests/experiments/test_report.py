@@ -10,21 +10,12 @@ from pretext3d.experiments import (
     paper_curves,
     summarize,
 )
-
-
-def _row(method: str, fraction: float, split: int, value: float, rep: int = 0) -> dict[str, object]:
-    return {
-        "method": method,
-        "fraction": fraction,
-        "split_seed": split,
-        "repetition": rep,
-        "test": {"m": value},
-    }
+from tests.conftest import result_row
 
 
 def test_summary_and_paper_curves() -> None:
-    rows = [_row("a", 0.1, 0, 0.2), _row("a", 0.1, 0, 0.4, rep=1), _row("a", 0.1, 1, 0.6)]
-    rows += [_row("a", 0.1, 2, float("nan")), _row("b", 0.1, 0, 0.5)]
+    rows = [result_row("a", 0.1, 0, 0.2), result_row("a", 0.1, 0, 0.4, rep=1), result_row("a", 0.1, 1, 0.6)]
+    rows += [result_row("a", 0.1, 2, float("nan")), result_row("b", 0.1, 0, 0.5)]
     mean, sd, n = summarize(rows, "m")[("a", 0.1)]  # split 0 averaged first: 0.3, then 0.6
     assert (mean, n) == (pytest.approx(0.45), 2) and sd == pytest.approx(math.sqrt(0.045))
     assert math.isnan(summarize(rows, "m")[("b", 0.1)][1])  # one split seed: no spread, not 0

@@ -10,23 +10,16 @@ from pretext3d.experiments import (
     holm,
     paired_differences,
 )
-
-
-def _row(method: str, fraction: float, split: int, value: float, rep: int = 0) -> dict[str, object]:
-    return {
-        "method": method,
-        "fraction": fraction,
-        "split_seed": split,
-        "repetition": rep,
-        "test": {"m": value},
-    }
+from tests.conftest import result_row
 
 
 def test_paired_differences_by_hand() -> None:
-    rows = [_row("scratch", 0.1, s, v) for s, v in enumerate([0.5, 0.6, 0.7])]
-    rows += [_row("pre", 0.1, s, v) for s, v in enumerate([0.6, 0.6, 0.9])]
-    rows += [_row("pre", 0.1, 2, 0.7)]  # a second pretraining seed on split 2: averaged within the split
-    rows += [_row("pre", 1.0, 0, 0.3), _row("scratch", 1.0, 0, float("nan"))]  # no valid pair
+    rows = [result_row("scratch", 0.1, s, v) for s, v in enumerate([0.5, 0.6, 0.7])]
+    rows += [result_row("pre", 0.1, s, v) for s, v in enumerate([0.6, 0.6, 0.9])]
+    rows += [
+        result_row("pre", 0.1, 2, 0.7)
+    ]  # a second pretraining seed on split 2: averaged within the split
+    rows += [result_row("pre", 1.0, 0, 0.3), result_row("scratch", 1.0, 0, float("nan"))]  # no valid pair
     (c,) = paired_differences(rows, "m")
     assert c.method == "pre" and c.fraction == 0.1 and c.n == 3 and c.wins == 2
     diffs = [0.1, 0.0, 0.1]  # split 2: mean of 0.2 and 0.0
@@ -40,5 +33,5 @@ def test_paired_differences_by_hand() -> None:
     assert holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx(
         [0.03, 0.06, float("nan"), 0.06], nan_ok=True
     )
-    (one,) = paired_differences([_row("scratch", 0.1, 0, 0.5), _row("pre", 0.1, 0, 0.7)], "m")
+    (one,) = paired_differences([result_row("scratch", 0.1, 0, 0.5), result_row("pre", 0.1, 0, 0.7)], "m")
     assert one.mean == pytest.approx(0.2) and math.isnan(one.low) and math.isnan(one.p_value)

@@ -8,6 +8,7 @@ the same budget, optimizer and augmentation.
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 from collections.abc import Sequence
@@ -47,25 +48,52 @@ def _flip(
     return x, y
 
 
-def _check_encoder(recipe: SegmentationRecipe | GradingRecipe, in_channels: int, encoder_file: Path) -> None:
-    name = encoder_name(encoder_file)
-    kind = type(recipe).__name__
-    if name != recipe.encoder:
-        raise ValueError(
-            f"encoder file {str(encoder_file)!r} holds a {name or 'unregistered'!r} encoder, but "
-            f"{kind} fine-tunes {recipe.encoder!r} encoders; pretrain with encoder = {recipe.encoder!r}"
-        )
-    try:
-        recipe.build(in_channels, encoder_file)
-    except ValueError as err:
-        raise ValueError(
-            f"encoder file {str(encoder_file)!r} does not fit {kind}'s model ({err}); pretrain with the "
-            "recipe's architecture (its widths / blocks) or change the recipe to match"
-        ) from err
+class _Recipe(abc.ABC):
+    """What both recipes share: the encoder check and ``evaluate``."""
+
+    #: the registered encoder family (:data:`pretext3d.registry.ENCODERS`) this recipe loads
+    encoder: ClassVar[str]
+
+    @abc.abstractmethod
+    def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
+        """Model and its encoder, the encoder's weights loaded from ``encoder_file`` if given."""
+
+    @abc.abstractmethod
+    def score_cases(
+        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Metrics on whole images and the per-case scores behind them."""
+
+    def check_encoder(self, in_channels: int, encoder_file: Path) -> None:
+        """Raise ``ValueError`` unless ``encoder_file`` holds an encoder of this recipe's family that fits.
+
+        Called by the runner (and the CLI) before anything runs, so that a pairing that cannot
+        load is refused at once rather than after training.
+        """
+        name = encoder_name(encoder_file)
+        kind = type(self).__name__
+        if name != self.encoder:
+            raise ValueError(
+                f"encoder file {str(encoder_file)!r} holds a {name or 'unregistered'!r} encoder, but "
+                f"{kind} fine-tunes {self.encoder!r} encoders; pretrain with encoder = {self.encoder!r}"
+            )
+        try:
+            self.build(in_channels, encoder_file)
+        except ValueError as err:
+            raise ValueError(
+                f"encoder file {str(encoder_file)!r} does not fit {kind}'s model ({err}); pretrain with "
+                "the recipe's architecture (its widths / blocks) or change the recipe to match"
+            ) from err
+
+    def evaluate(
+        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
+    ) -> dict[str, float]:
+        """The metrics of :meth:`score_cases` without the per-case scores."""
+        return self.score_cases(model, images, labels, device)[0]
 
 
 @dataclass
-class SegmentationRecipe:
+class SegmentationRecipe(_Recipe):
     """3D U-Net segmentation of the pancreas and its tumour (MSD Task07 or the CT phantoms).
 
     Attributes:
@@ -99,12 +127,7 @@ class SegmentationRecipe:
         check_unit_interval("foreground_oversampling", self.foreground_oversampling)
 
     metric = "pancreas_dice"
-    #: the registered encoder family (:data:`pretext3d.registry.ENCODERS`) this recipe loads
     encoder: ClassVar[str] = "unet"
-
-    def check_encoder(self, in_channels: int, encoder_file: Path) -> None:
-        """Raise ``ValueError`` unless ``encoder_file`` holds a ``"unet"`` encoder that fits."""
-        _check_encoder(self, in_channels, encoder_file)
 
     def encoder_options(self) -> dict[str, Any]:
         """Keyword arguments that make a ``"unet"`` encoder load into this recipe's U-Net."""
@@ -159,12 +182,6 @@ class SegmentationRecipe:
             out.append(logits.argmax(1).cpu())
         return torch.cat(out)
 
-    def evaluate(
-        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
-    ) -> dict[str, float]:
-        """The metrics of :meth:`score_cases` without the per-case scores."""
-        return self.score_cases(model, images, labels, device)[0]
-
     def score_cases(
         self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
     ) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -203,7 +220,7 @@ class SegmentationRecipe:
 
 
 @dataclass
-class GradingRecipe:
+class GradingRecipe(_Recipe):
     """DenseNet grading of diabetic retinopathy (APTOS 2019 or the fundus phantoms).
 
     Attributes:
@@ -228,12 +245,7 @@ class GradingRecipe:
         check_choice("encoding", self.encoding, ("ce", "ordinal"))
 
     metric = "qwk"
-    #: the registered encoder family (:data:`pretext3d.registry.ENCODERS`) this recipe loads
     encoder: ClassVar[str] = "densenet"
-
-    def check_encoder(self, in_channels: int, encoder_file: Path) -> None:
-        """Raise ``ValueError`` unless ``encoder_file`` holds a ``"densenet"`` encoder that fits."""
-        _check_encoder(self, in_channels, encoder_file)
 
     def encoder_options(self) -> dict[str, Any]:
         """Keyword arguments that make a ``"densenet"`` encoder load into this recipe's DenseNet."""
@@ -271,12 +283,6 @@ class GradingRecipe:
         model.eval()
         logits = torch.cat([model(images[i : i + 32].to(device)).cpu() for i in range(0, len(images), 32)])
         return logits.argmax(1) if self.encoding == "ce" else ordinal_decode(logits)
-
-    def evaluate(
-        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
-    ) -> dict[str, float]:
-        """The metrics of :meth:`score_cases` without the per-case scores."""
-        return self.score_cases(model, images, labels, device)[0]
 
     def score_cases(
         self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
