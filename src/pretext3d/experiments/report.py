@@ -95,7 +95,7 @@ def read_runs(
 
     Reads ``runs/*.json`` without running anything, so a report can be rewritten (or written
     for a grid still in progress) after the code or the software changed, which would make
-    :func:`~pretext3d.finetune.runner.run_data_efficiency` refuse the folder.
+    :func:`~pretext3d.experiments.runner.run_data_efficiency` refuse the folder.
 
     Args:
         output_dir: the folder.
@@ -273,7 +273,7 @@ def write_report(
     Every file made from the built-in phantoms says so (``synthetic``).
 
     Args:
-        rows: the runs (:func:`~pretext3d.finetune.runner.run_data_efficiency`).
+        rows: the runs (:func:`~pretext3d.experiments.runner.run_data_efficiency`).
         output_dir: where the files go.
         metric: the main test metric.
         synthetic: the data are the built-in phantoms.

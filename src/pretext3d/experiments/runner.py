@@ -62,7 +62,7 @@ EncoderFiles = str | os.PathLike[str] | None | Sequence[str | os.PathLike[str]]
 
 
 class Recipe(Protocol):
-    """What the runner needs of an experiment (see :mod:`pretext3d.finetune.recipes`)."""
+    """What the runner needs of an experiment (see :mod:`pretext3d.experiments.recipes`)."""
 
     metric: str
     encoder: ClassVar[str]

@@ -58,7 +58,7 @@ def paired_differences(
     """Paired differences of every method against ``baseline``, per label fraction.
 
     Args:
-        rows: results of :func:`~pretext3d.finetune.runner.run_data_efficiency` (each with
+        rows: results of :func:`~pretext3d.experiments.runner.run_data_efficiency` (each with
             ``method``, ``fraction``, ``split_seed``, ``repetition`` and ``test[metric]``).
         metric: the test metric.
         baseline: the method the others are compared against.
