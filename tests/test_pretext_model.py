@@ -61,7 +61,13 @@ def test_module_apply_still_reaches_every_submodule() -> None:
 
 def test_accuracy_by_hand() -> None:
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
-    assert float(Rotation(2).accuracy(logits, torch.tensor([0, 1, 1]))) == pytest.approx(2 / 3)
+    task = Rotation(2, "plane4")
+    logits = torch.cat([logits, torch.full((3, 2), -9.0)], dim=1)  # 4 classes
+    assert float(task.accuracy(logits, torch.tensor([0, 1, 1]))) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"Rotation scores logits \(B, num_classes=4\), got \(3, 11\)"):
+        task.loss(torch.randn(3, 11), torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match=r"targets must be the task's classes \(3,\), got \(2,\)"):
+        task.accuracy(logits, torch.tensor([0, 1]))
 
 
 def test_feature_width_declared_or_probed(spatial_dims: int) -> None:

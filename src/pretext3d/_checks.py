@@ -6,6 +6,7 @@ Every failure names the argument, the value it got and what would be accepted
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +36,8 @@ def check_int(name: str, value: object, minimum: int) -> int:
 def check_unit_interval(name: str, value: float, *, include_one: bool = True) -> float:
     """Return ``value`` if it lies in ``[0, 1]`` (or ``[0, 1)``), else raise ``ValueError``."""
     high = "1]" if include_one else "1)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in [0, {high}, got {value!r} ({type(value).__name__})")
     if not (0.0 <= value <= 1.0 if include_one else 0.0 <= value < 1.0):
         raise ValueError(f"{name} must lie in [0, {high}, got {value}")
     return value
@@ -48,7 +51,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 
 
 def check_batch(
-    x: object, spatial_dims: int, *, name: str = "x", check_finite: bool = True
+    x: object, spatial_dims: int, *, name: str = "x", check_finite: bool = True, allow_single: bool = True
 ) -> tuple[Tensor, bool]:
     """Validate an image batch and add a batch axis to a single sample.
 
@@ -58,6 +61,8 @@ def check_batch(
         name: the argument's name in error messages.
         check_finite: also reject NaN and infinite values. It costs one read of ``x``
             (a reduction, no copy) and, on a GPU, one synchronisation.
+        allow_single: accept a single sample; ``False`` requires the batch axis (a 2D batch
+            given to a 3D task would otherwise pass as one sample).
 
     Returns:
         ``(batch, was_single)``: ``batch`` is ``(B, C, *spatial)``; ``was_single`` says
@@ -71,6 +76,11 @@ def check_batch(
             f"convert it with {name}.float()"
         )
     rank = spatial_dims + 2
+    if not allow_single and x.dim() != rank:
+        raise ValueError(
+            f"{name} must have shape (B, C, *spatial) with {spatial_dims} spatial axes (rank {rank}), "
+            f"got shape {tuple(x.shape)} (rank {x.dim()}); for one sample (C, *spatial) call task.single(x)"
+        )
     if x.dim() not in (rank, rank - 1):
         raise ValueError(
             f"{name} must have shape (B, C, *spatial) with {spatial_dims} spatial axes "
@@ -94,8 +104,8 @@ def check_positive(name: str, value: object, *, allow_zero: bool = False) -> flo
     bound = ">= 0" if allow_zero else "> 0"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number {bound}, got {value!r} ({type(value).__name__})")
-    if not (value >= 0 if allow_zero else value > 0):  # also False for NaN
-        raise ValueError(f"{name} must be a number {bound}, got {value}")
+    if not (value >= 0 if allow_zero else value > 0) or not math.isfinite(value):  # NaN fails both
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
     return float(value)
 
 
@@ -105,7 +115,10 @@ def check_range(name: str, value: tuple[float, float], *, low: float = 0.0) -> t
         not isinstance(value, (tuple, list))
         or len(value) != 2
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(math.isfinite(v) for v in value)
         or not low <= value[0] <= value[1]
     ):
-        raise ValueError(f"{name} must be a pair (a, b) with {low} <= a <= b, got {value!r}")
+        raise ValueError(
+            f"{name} must be a pair of finite numbers (a, b) with {low} <= a <= b, got {value!r}"
+        )
     return float(value[0]), float(value[1])

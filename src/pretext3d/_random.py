@@ -11,6 +11,22 @@ import torch
 from torch import Tensor
 
 
+def as_generator(generator: object, name: str = "generator") -> torch.Generator | None:
+    """A ``torch.Generator`` from what a user may pass: a generator, an int seed, or ``None``.
+
+    An int seed gives a fresh CPU generator seeded with it, so the same seed gives the same
+    draws every call (pass one generator and keep it for a stream of different draws).
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        return torch.Generator().manual_seed(generator)
+    raise TypeError(
+        f"{name} must be a torch.Generator, an int seed or None, "
+        f"got {generator!r} ({type(generator).__name__})"
+    )
+
+
 def _source(generator: torch.Generator | None, device: torch.device | str) -> torch.device | str:
     return generator.device if generator is not None else device
 

@@ -173,8 +173,10 @@ def _pairwise_hamming(arr: np.ndarray) -> np.ndarray:
 def _cached_set(num_cells: int, count: int, seed: int, method: str) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if method == "random":
+        _check_feasible(num_cells, count, greedy=False)
         return _random_set(num_cells, count, rng)
     construction = "greedy" if method == "greedy" else _construction(num_cells, count, method)
+    _check_feasible(num_cells, count, greedy=construction == "greedy")
     if construction == "affine":
         return _affine_set(num_cells, count, rng)
     if construction == "mobius":
@@ -217,7 +219,33 @@ def _checked_size(method: str, size: int, num_cells: int, count: int) -> str:
     return method
 
 
+# Bounds on the work (element comparisons) and memory (elements) of a set, so that a
+# request that cannot finish in seconds is refused with what is feasible instead of running for hours.
+_MAX_GREEDY_WORK = 2 * 10**8
+_MAX_ELEMENTS = 5 * 10**7
+
+
+def _check_feasible(num_cells: int, count: int, greedy: bool) -> None:
+    if count * num_cells > _MAX_ELEMENTS:
+        raise ValueError(
+            f"count={count} permutations of {num_cells} cells would hold {count * num_cells:,} numbers; "
+            f"at most {_MAX_ELEMENTS // num_cells:,} permutations of {num_cells} cells are supported"
+        )
+    if greedy and num_cells > _ENUMERATE_UP_TO and count * count * num_cells > _MAX_GREEDY_WORK:
+        feasible = int((_MAX_GREEDY_WORK / num_cells) ** 0.5)
+        raise ValueError(
+            f"a greedy far-apart set of count={count} permutations of {num_cells} cells is beyond a "
+            f"search of a few seconds (feasible: count <= {feasible:,}); ask for fewer, or use "
+            "method='random' (uniform draws, as the original code did)"
+        )
+
+
 def _random_set(num_cells: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    if num_cells <= 10 and 2 * count > math.factorial(num_cells):
+        # most of all n! permutations: draw without replacement from the enumeration (drawing
+        # one at a time until count are distinct would take ~ n! log n! tries)
+        every = np.array(list(_all_permutations(range(num_cells))), dtype=np.int64)
+        return every[rng.choice(len(every), count, replace=False)]
     rows: dict[bytes, np.ndarray] = {}
     while len(rows) < count:
         p = rng.permutation(num_cells)
@@ -229,7 +257,8 @@ def _pool(num_cells: int, count: int, rng: np.random.Generator) -> np.ndarray:
     """Candidates for the greedy search: all permutations if few, else a random sample."""
     if num_cells <= _ENUMERATE_UP_TO:
         return np.array(list(_all_permutations(range(num_cells))), dtype=np.int64)
-    size = max(20 * count, 2000)
+    # 20 candidates per pick, fewer (but at least count) when that would exceed the work bound
+    size = max(count, min(max(20 * count, 2000), _MAX_GREEDY_WORK // (count * num_cells)))
     return _random_set(num_cells, min(size, math.factorial(min(num_cells, 20))), rng)
 
 

@@ -240,7 +240,7 @@ def test_channels_last_and_bf16_autocast(make: object) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="width_multiplier must be a number > 0"):
+    with pytest.raises(ValueError, match="width_multiplier must be a finite number > 0"):
         UNetEncoder(3, 1, width_multiplier=0)
     with pytest.raises(ValueError, match=r"widths\[1\] must be an int >= 1, got 0"):
         UNetEncoder(3, 1, (4, 0))

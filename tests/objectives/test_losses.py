@@ -38,7 +38,7 @@ def test_identical_anchor_and_positive_give_finite_gradients() -> None:
 
 
 def test_loss_bad_input() -> None:
-    with pytest.raises(ValueError, match="margin must be a number > 0, got 0"):
+    with pytest.raises(ValueError, match="margin must be a finite number > 0, got 0"):
         TripletMarginLoss(0)
     with pytest.raises(ValueError, match="differ in length"):
         TripletMarginLoss()(torch.randn(3, 2), (torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([2])))
@@ -80,7 +80,7 @@ def test_binary_loss_by_hand() -> None:
 
 
 def test_losses_bad_input() -> None:
-    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         InfoNCELoss(0.0)
     with pytest.raises(ValueError, match=r"queries and keys must be \(Q, D\) and \(K, D\) with the same D"):
         InfoNCELoss()(torch.randn(3, 2), torch.randn(3, 4))

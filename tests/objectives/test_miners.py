@@ -95,9 +95,9 @@ def test_miner_bad_input() -> None:
         BatchHardMiner()(torch.randn(3, 2), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"embeddings must have shape \(N, D\); got \(3, 2, 2\)"):
         BatchHardMiner()(torch.randn(3, 2, 2), torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="margin must be a number > 0"):
+    with pytest.raises(ValueError, match="margin must be a finite number > 0"):
         SemiHardMiner(margin=-1.0)
-    with pytest.raises(ValueError, match="max_triplets must be None or an int >= 1"):
+    with pytest.raises(ValueError, match="max_triplets must be an int >= 1"):
         RandomNegativeMiner(max_triplets=0)
 
 

@@ -166,12 +166,17 @@ def test_eval_is_deterministic_and_freezes_state(name: str, spatial_dims: int, d
 @pytest.mark.parametrize("name", NAMES)
 def test_single_sample_rule(name: str, spatial_dims: int, device: torch.device) -> None:
     task, x = make(name, spatial_dims, device)
+    # the call needs the batch axis, so that a 2D batch never passes as one 3D sample
+    with pytest.raises(ValueError, match=r"must have shape \(B, C, \*spatial\).*call task.single\(x\)"):
+        task(x[0], gen())
     if isinstance(task, EmbeddingTask):
         with pytest.raises(ValueError, match=r"needs a batch \(B, C, \*spatial\)"):
-            task(x[0], gen())
+            task.single(x[0], gen())
         return
+    with pytest.raises(ValueError, match=r"single\(\) takes one sample"):
+        task.single(x, gen())
     twin = copy.deepcopy(task)
-    view, target = task(x[0], gen(8))
+    view, target = task.single(x[0], gen(8))
     views, targets = twin(x[:1], gen(8))
     assert torch.equal(view, views[0])
     if targets is None:

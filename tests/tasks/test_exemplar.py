@@ -85,7 +85,7 @@ def test_hard_mining_with_memory_learns_to_retrieve() -> None:
 
 def test_exemplar_rejects_single_samples_and_mismatched_augmenters() -> None:
     with pytest.raises(ValueError, match="Exemplar needs a batch"):
-        Exemplar(3)(torch.randn(1, 8, 8, 8))
+        Exemplar(3).single(torch.randn(1, 8, 8, 8))
     with pytest.raises(ValueError, match="augmenter works in 2D but spatial_dims=3"):
         Exemplar(3, ExemplarAugmenter(2))
 

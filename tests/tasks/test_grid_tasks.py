@@ -152,7 +152,7 @@ def test_determinism_per_seed(spatial_dims: int, task_cls: type) -> None:
 @pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
 def test_single_sample_and_device(spatial_dims: int, task_cls: type, device: torch.device) -> None:
     task = task_cls(spatial_dims).to(device)
-    view, label = task(torch.randn(1, *[15] * spatial_dims, device=device))
+    view, label = task.single(torch.randn(1, *[15] * spatial_dims, device=device))
     assert view.shape == (task.num_patches, 1, *[2] * spatial_dims)
     assert label.shape == () and view.device.type == device.type
 

@@ -122,9 +122,9 @@ def test_same_seed_same_output_other_seed_other_labels(spatial_dims: int) -> Non
 def test_single_sample_and_device(spatial_dims: int, device: torch.device) -> None:
     task = Rotation(spatial_dims).to(device)
     x = torch.randn(2, *[6] * spatial_dims, device=device)
-    view, label = task(x)
+    view, label = task.single(x)
     assert view.shape == x.shape and label.shape == () and view.device == x.device
-    assert torch.equal(view, rotate(task, x, label))
+    assert torch.equal(view, rotate(task, x[None], label)[0])
 
 
 def test_plane4_needs_only_a_square_plane() -> None:
@@ -168,7 +168,7 @@ def test_bad_construction(make: object, error: type[Exception], match: str) -> N
     [
         ([[1.0]], TypeError, "x must be a torch.Tensor, got list"),
         (torch.ones(2, 1, 4, 4, 4, dtype=torch.int64), TypeError, "floating-point tensor"),
-        (torch.ones(4, 4, 4), ValueError, r"rank 5\) or be a single sample"),
+        (torch.ones(4, 4, 4), ValueError, r"\(rank 5\), got shape \(4, 4, 4\) \(rank 3\)"),
         (torch.ones(1, 1, 1, 4, 4, 4), ValueError, r"got shape \(1, 1, 1, 4, 4, 4\) \(rank 6\)"),
         (torch.ones(0, 1, 4, 4, 4), ValueError, "must not be empty"),
         (torch.ones(2, 1, 4, 4, 5), ValueError, "needs equal sizes there"),

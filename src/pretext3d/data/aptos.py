@@ -60,7 +60,7 @@ class APTOS(Dataset[tuple[Tensor, Tensor]]):
         folder = root / f"{split}_images"
         if not table.exists():
             raise ValueError(f"{str(table)!r} does not exist")
-        with open(table, newline="") as handle:
+        with open(table, newline="", encoding="utf-8-sig") as handle:  # a BOM (Excel's) is fine
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
             rows = list(reader)
@@ -75,14 +75,24 @@ class APTOS(Dataset[tuple[Tensor, Tensor]]):
             )
         if split == "train" and grade_col is None:
             raise ValueError(f"{str(table)!r} has no grade column ('diagnosis' or 'level')")
+        if not rows:
+            raise ValueError(f"{str(table)!r} lists no images (a header without rows)")
+        # image files by name without suffix; suffixes in any case (.png, .PNG, .jpeg)
+        by_stem = (
+            {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+            if folder.is_dir()
+            else {}
+        )
+        idents = [(row.get(id_col) or "").strip() for row in rows]
+        repeated = sorted({i for i in idents if idents.count(i) > 1})
+        if repeated:
+            raise ValueError(f"{str(table)!r} lists image ids more than once: {repeated[:5]}")
         self.files: list[Path] = []
         self.grades: list[int] = []
         self.skipped: list[tuple[str, str]] = []
         for line, row in enumerate(rows, start=2):
             ident = (row.get(id_col) or "").strip()
-            path = next(
-                (folder / f"{ident}{s}" for s in IMAGE_SUFFIXES if (folder / f"{ident}{s}").exists()), None
-            )
+            path = by_stem.get(ident)
             grade = -1
             problem = None
             if path is None:

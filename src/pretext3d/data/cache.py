@@ -30,9 +30,13 @@ class CaseCache:
         """Where part ``part`` (``"image"`` or ``"label"``) of ``case`` is stored."""
         return self.folder / f"{case}_{part}.npy"
 
-    def has(self, case: str) -> bool:
-        """Whether ``case`` is completely cached."""
-        return self.path(case, "image").exists()
+    def has(self, case: str, *, label: bool = False) -> bool:
+        """Whether ``case`` is completely cached (with its label, when ``label``).
+
+        An unlabelled pool and a labelled set may share one cache: a case that the pool
+        cached without its label is not "cached" for the labelled set, which then writes it.
+        """
+        return self.path(case, "image").exists() and (not label or self.path(case, "label").exists())
 
     def load(self, case: str, *, label: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The cached image (and label, when ``label``) of ``case``."""

@@ -32,6 +32,29 @@ def is_junk(path: Path) -> bool:
     return path.name.startswith(".")
 
 
+def list_files(root: Path, accept: Callable[[Path], bool]) -> list[Path]:
+    """Every accepted file under ``root`` (recursively, sorted), hidden files skipped.
+
+    Nothing is skipped silently: a link that points nowhere or a sub-folder that cannot be
+    read is an error naming it, since either would quietly shrink the data set.
+    """
+
+    def refuse(err: OSError) -> None:
+        raise ValueError(f"cannot read {err.filename!r} under {str(root)!r}: {err.strerror}") from err
+
+    found = []
+    for folder, dirs, names in os.walk(root, onerror=refuse, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = Path(folder) / name
+            if is_junk(path) or not accept(path):
+                continue
+            if not path.exists():
+                raise ValueError(f"{str(path)!r} is a link that points nowhere (to {os.readlink(path)!r})")
+            found.append(path)
+    return sorted(found)
+
+
 def check_on_error(on_error: str) -> OnError:
     """Validate the ``on_error`` argument."""
     return check_choice("on_error", on_error, ("raise", "skip"))  # type: ignore[return-value]
@@ -123,9 +146,7 @@ class VolumeFolder(VolumeDataset):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"volume folder {str(root)!r} does not exist")
-        files = sorted(
-            p for p in root.rglob("*") if p.is_file() and p.name.endswith(VOLUME_SUFFIXES) and not is_junk(p)
-        )
+        files = list_files(root, lambda p: p.name.endswith(VOLUME_SUFFIXES))
         if not files:
             raise ValueError(f"no .nii, .nii.gz or .npy files under {str(root)!r}")
         names = [str(p.relative_to(root)).replace(os.sep, "__") for p in files]
@@ -187,11 +208,7 @@ class FundusFolder(Dataset[Tensor]):
         if not root.is_dir():
             raise ValueError(f"image folder {str(root)!r} does not exist")
         self.root = root
-        self.files = sorted(
-            p
-            for p in root.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_junk(p)
-        )
+        self.files = list_files(root, lambda p: p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise ValueError(f"no .png, .jpg or .jpeg files under {str(root)!r}")
         self.names: list[UKBiobankName] | None = None

@@ -16,7 +16,16 @@ import numpy as np
 from pretext3d._atomic import atomic_path
 from pretext3d.data._optional import require
 
-__all__ = ["Volume", "read_dicom_series", "read_nifti", "read_rgb", "read_volume", "write_nifti", "write_png"]
+__all__ = [
+    "Volume",
+    "check_volume",
+    "read_dicom_series",
+    "read_nifti",
+    "read_rgb",
+    "read_volume",
+    "write_nifti",
+    "write_png",
+]
 
 
 @dataclass
@@ -36,6 +45,29 @@ class Volume:
     def spacing(self) -> tuple[float, ...]:
         """Voxel size in mm per array axis (norms of the affine's columns)."""
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def check_volume(volume: Volume, source: str | Path) -> Volume:
+    """Return ``volume`` if its values are finite and its affine is a proper geometry, else raise.
+
+    Raises:
+        ValueError: NaN or infinite voxels (counted), or an affine that is not finite or whose
+            voxel axes are degenerate (a zero spacing); the message names ``source``.
+    """
+    array = volume.array
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(
+            f"{str(source)!r} holds {bad} NaN or infinite voxel value(s) of {array.size}; "
+            "fix or mask the file (pretext3d does not guess values)"
+        )
+    affine = volume.affine
+    if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise ValueError(
+            f"{str(source)!r} has no usable geometry: its affine {affine.tolist()} is not finite or "
+            f"has a zero voxel size (spacing {volume.spacing})"
+        )
+    return volume
 
 
 def read_nifti(path: str | Path, *, canonical: bool = True) -> Volume:
@@ -58,10 +90,13 @@ def read_nifti(path: str | Path, *, canonical: bool = True) -> Volume:
         array = np.asanyarray(image.dataobj)
     except Exception as err:  # nibabel raises many types for broken files
         raise ValueError(f"cannot read NIfTI file {str(path)!r}: {err}") from err
-    array = np.squeeze(array, axis=tuple(range(3, array.ndim))) if array.ndim > 3 else array
-    if array.ndim != 3:
-        raise ValueError(f"NIfTI file {str(path)!r} holds a {array.ndim}-D image, expected 3-D")
-    return Volume(array, np.asarray(image.affine, dtype=np.float64))
+    if array.ndim != 3 and not (array.ndim > 3 and all(n == 1 for n in array.shape[3:])):
+        raise ValueError(
+            f"NIfTI file {str(path)!r} holds a {array.ndim}-D image of shape {array.shape}, "
+            "expected one 3-D volume (split a 4-D series into volumes first)"
+        )
+    array = array.reshape(array.shape[:3])
+    return check_volume(Volume(array, np.asarray(image.affine, dtype=np.float64)), path)
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
@@ -84,13 +119,16 @@ def read_volume(path: str | Path) -> Volume:
             array = np.load(path, allow_pickle=False)
         except Exception as err:
             raise ValueError(f"cannot read .npy file {str(path)!r}: {err}") from err
-        if array.ndim != 3:
-            raise ValueError(f".npy file {str(path)!r} holds a {array.ndim}-D array, expected 3-D")
-        return Volume(array, np.eye(4))
+        if array.ndim != 3 or array.dtype.kind not in "biuf":
+            raise ValueError(
+                f".npy file {str(path)!r} holds a {array.ndim}-D {array.dtype} array, "
+                "expected a 3-D array of numbers"
+            )
+        return check_volume(Volume(array, np.eye(4)), path)
     return read_nifti(path)
 
 
-def read_dicom_series(folder: str | Path) -> Volume:
+def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> Volume:
     """Read one DICOM series (all ``*.dcm`` files, or all files, of a folder) as a volume in HU.
 
     Slices are sorted along the slice normal by ``ImagePositionPatient``;
@@ -98,48 +136,106 @@ def read_dicom_series(folder: str | Path) -> Volume:
     units. The array is ``(X, Y, Z)`` = (columns, rows, slices), the affine LPS-to-RAS
     converted so that it means what a NIfTI affine means.
 
+    The series is validated, never guessed at: one ``SeriesInstanceUID`` (or the one
+    named by ``series_uid``), one orientation, one slice size, no two slices at the same
+    position, and uniform slice spacing (within 1 % or 0.01 mm), so that a missing slice
+    is reported instead of being spread into a wrong uniform spacing.
+
+    Args:
+        folder: the series' folder.
+        series_uid: which series to read when the folder holds several.
+
     Raises:
-        ValueError: no readable slices, mixed sizes, or a file that is not DICOM.
+        ValueError: no readable slices, a file that is not DICOM or lacks position,
+            orientation or pixel data, several series without ``series_uid``, mixed
+            orientations or sizes, duplicate positions, or a gap; the message names the
+            folder or file.
     """
     pydicom = require("pydicom")
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise ValueError(f"DICOM folder {str(folder)!r} holds no files")
-    slices: list[Any] = []
+    slices: list[tuple[Path, Any]] = []
     for f in files:
         try:
-            slices.append(pydicom.dcmread(str(f)))
+            slices.append((f, pydicom.dcmread(str(f))))
         except Exception as err:
             raise ValueError(f"cannot read DICOM file {str(f)!r}: {err}") from err
-    orientation = np.array(slices[0].ImageOrientationPatient, dtype=np.float64)
+    by_series: dict[str, list[tuple[Path, Any]]] = {}
+    for f, s in slices:
+        by_series.setdefault(str(getattr(s, "SeriesInstanceUID", "")), []).append((f, s))
+    if series_uid is not None:
+        if series_uid not in by_series:
+            raise ValueError(
+                f"DICOM folder {str(folder)!r} has no series {series_uid!r}; it has {sorted(by_series)}"
+            )
+        slices = by_series[series_uid]
+    elif len(by_series) > 1:
+        counts = {uid: len(members) for uid, members in sorted(by_series.items())}
+        raise ValueError(
+            f"DICOM folder {str(folder)!r} mixes {len(by_series)} series (SeriesInstanceUID: slices) "
+            f"{counts}; pass series_uid=... or give each series its own folder"
+        )
+    for f, s in slices:
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "PixelData"):
+            if getattr(s, tag, None) is None:
+                raise ValueError(f"DICOM file {str(f)!r} has no {tag}; it cannot be placed in a volume")
+    orientation = np.array(slices[0][1].ImageOrientationPatient, dtype=np.float64)
+    for f, s in slices:
+        if not np.allclose(np.array(s.ImageOrientationPatient, dtype=np.float64), orientation, atol=1e-4):
+            raise ValueError(
+                f"DICOM file {str(f)!r} has orientation {list(s.ImageOrientationPatient)}, the series "
+                f"{orientation.tolist()}: one series must have one orientation"
+            )
     row, col = orientation[:3], orientation[3:]
     normal = np.cross(row, col)
-    slices.sort(key=lambda s: float(np.dot(normal, np.array(s.ImagePositionPatient, dtype=np.float64))))
-    shapes = {s.pixel_array.shape for s in slices}
+
+    def position(s: Any) -> float:
+        return float(np.dot(normal, np.array(s.ImagePositionPatient, dtype=np.float64)))
+
+    slices.sort(key=lambda item: position(item[1]))
+    shapes = {s.pixel_array.shape for _, s in slices}
     if len(shapes) != 1:
         raise ValueError(f"DICOM series {str(folder)!r} mixes slice sizes {sorted(shapes)}")
+    positions = np.array([position(s) for _, s in slices])
+    if len(slices) > 1:
+        steps = np.diff(positions)
+        if steps.min() < 1e-3:
+            k = int(steps.argmin())
+            raise ValueError(
+                f"DICOM files {str(slices[k][0])!r} and {str(slices[k + 1][0])!r} share the slice "
+                f"position {positions[k]:.3f} mm: duplicate slices"
+            )
+        typical = float(np.median(steps))
+        off = np.abs(steps - typical) > max(0.01, 0.01 * typical)
+        if off.any():
+            k = int(np.argmax(off))
+            raise ValueError(
+                f"DICOM series {str(folder)!r} is not evenly spaced: {steps[k]:.3f} mm between "
+                f"{slices[k][0].name!r} and {slices[k + 1][0].name!r} where the slices are "
+                f"{typical:.3f} mm apart (a missing slice?)"
+            )
     stack = np.stack(
         [
             s.pixel_array.astype(np.float64) * float(getattr(s, "RescaleSlope", 1))
             + float(getattr(s, "RescaleIntercept", 0))
-            for s in slices
+            for _, s in slices
         ],
         axis=-1,
     )  # (rows, cols, slices)
     array = np.transpose(stack, (1, 0, 2))  # (cols = X, rows = Y, slices = Z)
-    dr, dc = (float(v) for v in slices[0].PixelSpacing)  # row spacing, column spacing
+    first = slices[0][1]
+    dr, dc = (float(v) for v in first.PixelSpacing)  # row spacing, column spacing
     if len(slices) > 1:
-        first = np.array(slices[0].ImagePositionPatient, dtype=np.float64)
-        last = np.array(slices[-1].ImagePositionPatient, dtype=np.float64)
-        dz = float(np.dot(normal, last - first)) / (len(slices) - 1)
+        dz = float(positions[-1] - positions[0]) / (len(slices) - 1)
     else:
-        dz = float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
+        dz = float(getattr(first, "SliceThickness", 1.0) or 1.0)
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2] = row * dc, col * dr, normal * dz
-    lps[:3, 3] = np.array(slices[0].ImagePositionPatient, dtype=np.float64)
+    lps[:3, 3] = np.array(first.ImagePositionPatient, dtype=np.float64)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS (DICOM) -> RAS (NIfTI)
-    return Volume(array.astype(np.float32), affine)
+    return check_volume(Volume(array.astype(np.float32), affine), folder)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

@@ -71,14 +71,25 @@ def task07_cases(
             meta = json.loads(manifest.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"cannot parse {str(manifest)!r}: {err}") from err
-        entries = meta.get("training" if split == "train" else "test")
+        key = "training" if split == "train" else "test"
+        entries = meta.get(key) if isinstance(meta, dict) else None
         if not isinstance(entries, list):
-            raise ValueError(
-                f"{str(manifest)!r} has no list under {'training' if split == 'train' else 'test'!r}"
-            )
-        pairs = [
-            (root / e["image"], root / e["label"]) if split == "train" else (root / e, None) for e in entries
-        ]
+            raise ValueError(f"{str(manifest)!r} has no list under {key!r}")
+        pairs = []
+        for n, e in enumerate(entries):
+            if split == "train" and not (isinstance(e, dict) and isinstance(e.get("image"), str)
+                                         and isinstance(e.get("label"), str)):  # fmt: skip
+                raise ValueError(
+                    f"{str(manifest)!r}: entry {n} of {key!r} must be an object with 'image' and "
+                    f"'label' paths, got {e!r}"
+                )
+            if split == "test" and not isinstance(e, str):
+                raise ValueError(f"{str(manifest)!r}: entry {n} of {key!r} must be a file path, got {e!r}")
+            pairs.append((root / e["image"], root / e["label"]) if split == "train" else (root / e, None))
+        images = [os.path.normpath(image) for image, _ in pairs]
+        repeated = sorted({i for i in images if images.count(i) > 1})
+        if repeated:
+            raise ValueError(f"{str(manifest)!r} lists {key!r} images more than once: {repeated[:5]}")
     else:
         folder = root / ("imagesTr" if split == "train" else "imagesTs")
         images = sorted(p for p in folder.glob("*_0000.nii*")) if folder.is_dir() else []
@@ -152,7 +163,7 @@ class Task07Pancreas(Dataset[tuple[Tensor, Tensor]]):
     def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed ``(image, label)`` arrays of case ``index``."""
         case = self.cases[index]
-        if self.cache is not None and self.cache.has(case.case_id):
+        if self.cache is not None and self.cache.has(case.case_id, label=True):
             image, label = self.cache.load(case.case_id, label=True)
             assert label is not None
             return image, label
@@ -162,6 +173,12 @@ class Task07Pancreas(Dataset[tuple[Tensor, Tensor]]):
             raise ValueError(
                 f"label {str(case.label)!r} has shape {seg.array.shape}, its image {str(case.image)!r} "
                 f"{volume.array.shape}"
+            )
+        tolerance = 1e-3 * max(volume.spacing)
+        if not np.allclose(seg.affine, volume.affine, atol=tolerance):
+            raise ValueError(
+                f"label {str(case.label)!r} and image {str(case.image)!r} differ in geometry (affine, "
+                f"spacing {seg.spacing} vs {volume.spacing}): a label must lie on its image's voxel grid"
             )
         values = np.unique(seg.array)
         if not np.isin(values, list(LABELS)).all():

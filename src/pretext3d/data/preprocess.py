@@ -154,8 +154,14 @@ class CTPreprocessing:
             self.crop is None or self.crop == "body" or (isinstance(self.crop, tuple) and len(self.crop) == 3)
         ):
             raise ValueError(f"crop must be 'body', None or a 3-tuple of sizes, got {self.crop!r}")
-        if self.window[0] >= self.window[1]:
-            raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
+        if not (np.isfinite(self.window).all() and self.window[0] < self.window[1]):
+            raise ValueError(f"window must be finite (low, high) with low < high, got {self.window}")
+        for name in ("spacing", "resize"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 3 or not all(np.isfinite(v) and v > 0 for v in value)):
+                raise ValueError(f"{name} must be None or three finite sizes > 0, got {value!r}")
+        if isinstance(self.crop, tuple) and not all(isinstance(v, int) and v > 0 for v in self.crop):
+            raise ValueError(f"crop must be 'body', None or three sizes >= 1, got {self.crop!r}")
         check_choice("dtype", self.dtype, ("float16", "float32"))
 
     def key(self) -> str:
@@ -173,7 +179,14 @@ class CTPreprocessing:
         """
         if label is not None and label.shape != image.shape:
             raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+        if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(f"spacing must be three finite voxel sizes > 0 (mm), got {spacing!r}")
         image = image.astype(np.float32)
+        if not np.isfinite(image).all():
+            raise ValueError(
+                f"image holds {int((~np.isfinite(image)).sum())} NaN or infinite values; one would make "
+                "the whole normalised volume NaN"
+            )
         if self.spacing is not None:
             shape = _target_shape(image.shape, spacing, self.spacing)
             image = self._resize_image(image, shape)

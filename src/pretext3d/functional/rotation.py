@@ -156,8 +156,11 @@ def apply_rotations(x: Tensor, labels: Tensor, matrices: Tensor) -> Tensor:
             -1, work too).
 
     Returns:
-        ``(B, C, *spatial)`` rotated batch, new memory, contiguous.
+        ``(B, C, *spatial)`` rotated batch, new memory, contiguous. Differentiable: an input
+        that requires grad takes a path without in-place ``out=`` kernels.
     """
+    if x.requires_grad and torch.is_grad_enabled():
+        return _apply_differentiable(x, labels, matrices)
     x = x.contiguous()
     out = torch.empty_like(x)
     labels_cpu, matrices = labels.cpu(), matrices.cpu()
@@ -176,6 +179,20 @@ def apply_rotations(x: Tensor, labels: Tensor, matrices: Tensor) -> Tensor:
             _rotate_into(rotated, members, matrices[k])
             out[idx_dev] = rotated
     return out
+
+
+def _apply_differentiable(x: Tensor, labels: Tensor, matrices: Tensor) -> Tensor:
+    """:func:`apply_rotations` from differentiable views (permute, flip, index_copy)."""
+    labels_cpu, matrices = labels.cpu(), matrices.cpu()
+    parts, order = [], []
+    for k in torch.unique(labels_cpu).tolist():
+        idx = torch.nonzero(labels_cpu == k).flatten()
+        perm, flips = _permute_and_flips(matrices[k])
+        view = x[idx.to(x.device)].permute(0, 1, *(2 + p for p in perm))
+        parts.append(view.flip([2 + f for f in flips]) if flips else view)
+        order.append(idx)
+    index = torch.cat(order).to(x.device)
+    return torch.zeros_like(x).index_copy(0, index, torch.cat(parts))
 
 
 def _runs(idx: Tensor) -> list[tuple[int, int]]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -114,3 +115,24 @@ def check_input(x: Tensor, spatial_dims: int, in_channels: int, min_size: int, r
         )
     if min(x.shape[2:]) < min_size:
         raise ValueError(f"every spatial size must be at least {min_size} = {rule}, got {tuple(x.shape[2:])}")
+
+
+def check_batch_statistics(module: nn.Module, x: Tensor, deepest: Sequence[int]) -> None:
+    """Raise ``ValueError`` when batch norm in training mode would see one value per channel.
+
+    Args:
+        module: the encoder.
+        x: its input ``(N, C, *spatial)``.
+        deepest: the spatial size of its smallest feature map for this input.
+    """
+    values = x.shape[0] * math.prod(deepest)
+    if (
+        values == 1
+        and module.training
+        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    ):
+        raise ValueError(
+            f"batch norm in training mode needs more than one value per channel, but a batch of "
+            f"{x.shape[0]} at spatial size {tuple(x.shape[2:])} leaves a {tuple(deepest)} map at the deepest "
+            "stage; use a batch of 2 or more, a larger input, eval mode, or norm='group'/'instance'"
+        )

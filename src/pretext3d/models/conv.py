@@ -91,6 +91,8 @@ class ConvEncoder(Encoder):
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The output of every stage, finest first."""
         L.check_input(x, self.spatial_dims, self.in_channels, 1, "1")
+        pooled = 2 ** (len(self.stages) - 1)
+        L.check_batch_statistics(self, x, [-(-s // pooled) for s in x.shape[2:]])
         out = []
         for stage in self.stages:
             x = stage(x)

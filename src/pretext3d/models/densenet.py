@@ -211,6 +211,12 @@ class DenseNetEncoder(Encoder):
         L.check_input(
             x, self.spatial_dims, self.in_channels, self.min_size, f"2**(blocks + 1) for {blocks} blocks"
         )
+        deepest = []
+        for s in x.shape[2:]:
+            s = (s - 1) // 2 + 1  # stem convolution, stride 2
+            s = (s - 1) // 2 + 1  # max pool, stride 2
+            deepest.append(s // 2 ** (blocks - 1))  # one average pool per transition
+        L.check_batch_statistics(self, x, deepest)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The final feature map ``(N, num_features, *reduced)``."""

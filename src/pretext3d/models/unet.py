@@ -151,6 +151,7 @@ class UNetEncoder(Encoder):
             self.min_size,
             f"2**(stages - 1) for {len(self.widths)} stages",
         )
+        L.check_batch_statistics(self, x, [s // self.min_size for s in x.shape[2:]])
         features = []
         checkpoint = L.use_checkpoint(self.checkpointing)
         for i, stage in enumerate(self.stages):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_positive
-from pretext3d._random import randint
+from pretext3d._random import as_generator, randint
 from pretext3d.objectives import gather
 from pretext3d.objectives.miners import Triplets
 
@@ -124,9 +124,12 @@ class BinaryCPCLoss(nn.Module):
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
 
-    def forward(self, queries: Tensor, keys: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self, queries: Tensor, keys: Tensor, *, generator: torch.Generator | int | None = None
+    ) -> Tensor:
         """Mean binary cross-entropy over positives and negatives drawn from ``generator``."""
         _check_pairs(queries, keys)
+        generator = as_generator(generator)
         if len(keys) < 2:
             raise ValueError("BinaryCPCLoss needs at least 2 keys: one positive and one negative")
         q = len(queries)

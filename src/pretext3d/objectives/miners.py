@@ -33,8 +33,8 @@ import math
 import torch
 from torch import Tensor
 
-from pretext3d._checks import check_positive
-from pretext3d._random import rand, randperm
+from pretext3d._checks import check_int, check_positive
+from pretext3d._random import as_generator, rand, randperm
 
 __all__ = [
     "BatchHardMiner",
@@ -80,8 +80,8 @@ class Miner(abc.ABC):
     """
 
     def __init__(self, max_triplets: int | None = None) -> None:
-        if max_triplets is not None and (isinstance(max_triplets, bool) or max_triplets < 1):
-            raise ValueError(f"max_triplets must be None or an int >= 1, got {max_triplets!r}")
+        if max_triplets is not None:
+            check_int("max_triplets", max_triplets, 1)
         self.max_triplets = max_triplets
 
     def __call__(
@@ -90,7 +90,7 @@ class Miner(abc.ABC):
         labels: Tensor,
         *,
         num_anchors: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | int | None = None,
     ) -> Triplets:
         """Mine triplets.
 
@@ -105,10 +105,14 @@ class Miner(abc.ABC):
             ``(anchor, positive, negative)`` index tensors of equal length.
         """
         embeddings, labels = check_embeddings(embeddings, labels)
+        generator = as_generator(generator)
         n = len(embeddings)
         num_anchors = n if num_anchors is None else num_anchors
-        if not 0 <= num_anchors <= n:
-            raise ValueError(f"num_anchors must lie in [0, {n}], got {num_anchors}")
+        if isinstance(num_anchors, bool) or not isinstance(num_anchors, int) or not 0 <= num_anchors <= n:
+            raise ValueError(f"num_anchors must be an int in [0, {n}], got {num_anchors!r}")
+        if num_anchors == 0:  # nothing to anchor (an empty batch): no triplet
+            empty = torch.zeros(0, dtype=torch.long, device=embeddings.device)
+            return empty, empty, empty
         with torch.no_grad():
             dist = torch.cdist(embeddings[:num_anchors].float(), embeddings.float())
             same = labels[:num_anchors, None] == labels[None, :]

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from typing_extensions import Self
 
 from pretext3d._checks import check_batch, check_spatial_dims
+from pretext3d._random import as_generator
 from pretext3d.heads import ClassifierHead, MultiPatchClassifierHead, ProjectionHead
 
 __all__ = [
@@ -109,25 +110,41 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.check_finite = bool(check_finite)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, T]:
+    def forward(self, x: Tensor, generator: torch.Generator | int | None = None) -> tuple[Tensor, T]:
         """``apply_params(x, randomize(x, generator))``: the views and targets of ``x``.
 
         Args:
-            x: ``(B, C, *spatial)`` float batch, or one sample ``(C, *spatial)``.
+            x: ``(B, C, *spatial)`` float batch (for one sample use :meth:`single`).
             generator: the one source of this step's randomness; a seeded generator makes
-                the call reproducible. Numbers are drawn on the generator's device (the
-                global generator of ``x``'s device if ``None``) and moved to ``x``'s.
+                the call reproducible (an int seeds a fresh one). Numbers are drawn on the
+                generator's device (the global generator of ``x``'s device if ``None``) and
+                moved to ``x``'s.
 
         Returns:
             ``(views, targets)`` as the task's class documents them.
         """
-        batch, single = self._check(x)
-        return self._output(self._make_views(batch, self._randomize(batch, generator)), single)
+        batch = self._check(x)
+        return self._make_views(batch, self._randomize(batch, as_generator(generator)))
 
-    def randomize(self, x: Tensor, generator: torch.Generator | None = None) -> P:
-        """Draw the parameters of one call on ``x`` (as ``forward`` would, same generator use)."""
-        batch, _ = self._check(x)
-        return self._randomize(batch, generator)
+    def single(self, x: Tensor, generator: torch.Generator | int | None = None) -> tuple[Tensor, T]:
+        """The views and targets of one sample ``(C, *spatial)`` without a batch axis (for a ``Dataset``).
+
+        Equal to ``task(x[None], generator)`` with the batch axis taken off again (a class
+        becomes 0-dim). A method of its own, because a 2D batch given to a 3D task would
+        otherwise pass as one sample.
+        """
+        one, single = check_batch(x, self.spatial_dims, check_finite=False)
+        if not single:
+            raise ValueError(
+                f"single() takes one sample (C, *spatial) with {self.spatial_dims} spatial axes, got "
+                f"shape {tuple(x.shape)}; call the task itself on a batch"
+            )
+        views, targets = self(one, generator)
+        return views[0], (targets[0] if isinstance(targets, Tensor) else targets)  # type: ignore[return-value]
+
+    def randomize(self, x: Tensor, generator: torch.Generator | int | None = None) -> P:
+        """Draw the parameters of one call on the batch ``x`` (as ``forward`` would)."""
+        return self._randomize(self._check(x), as_generator(generator))
 
     def apply_params(self, x: Tensor, params: P) -> tuple[Tensor, T]:
         """Build the views and targets of ``x`` from ``params``, without randomness.
@@ -139,7 +156,7 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
             TypeError: ``params`` is not this task's parameter type.
             ValueError: ``params`` were drawn for another batch size.
         """
-        batch, single = self._check(x)
+        batch = self._check(x)
         if not isinstance(params, self.params_type):
             raise TypeError(
                 f"params must be a {self.params_type.__name__} (from {type(self).__name__}.randomize), "
@@ -151,10 +168,10 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
             )
         params = params.to(batch.device)
         self._check_params(batch, params)
-        return self._output(self._make_views(batch, params), single)
+        return self._make_views(batch, params)
 
     @abc.abstractmethod
-    def loss(self, output: Tensor, targets: T, *, generator: torch.Generator | None = None) -> Tensor:
+    def loss(self, output: Tensor, targets: T, *, generator: torch.Generator | int | None = None) -> Tensor:
         """The pretext loss of the head's ``output`` (randomness, if any, from ``generator``)."""
 
     @abc.abstractmethod
@@ -179,17 +196,10 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
     def _check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` if the checked batch ``x`` does not fit the task."""
 
-    def _check(self, x: Tensor) -> tuple[Tensor, bool]:
-        batch, single = check_batch(x, self.spatial_dims, check_finite=self.check_finite)
+    def _check(self, x: Tensor) -> Tensor:
+        batch, _ = check_batch(x, self.spatial_dims, check_finite=self.check_finite, allow_single=False)
         self._check_input(batch)
-        return batch, single
-
-    @staticmethod
-    def _output(result: tuple[Tensor, T], single: bool) -> tuple[Tensor, T]:
-        views, targets = result
-        if not single:
-            return views, targets
-        return views[0], (targets[0] if isinstance(targets, Tensor) else targets)  # type: ignore[return-value]
+        return batch
 
 
 class ClassificationTask(PretextTask[P, Tensor]):
@@ -204,13 +214,27 @@ class ClassificationTask(PretextTask[P, Tensor]):
 
     num_classes: int
 
-    def loss(self, output: Tensor, targets: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def loss(
+        self, output: Tensor, targets: Tensor, *, generator: torch.Generator | int | None = None
+    ) -> Tensor:
         """Cross-entropy of the logits ``(B, num_classes)`` against the classes ``(B,)`` (no randomness)."""
+        self._check_logits(output, targets)
         return F.cross_entropy(output, targets)
 
     def accuracy(self, output: Tensor, targets: Tensor) -> Tensor:
         """Fraction of samples whose largest logit is their class (a 0-dim tensor)."""
+        self._check_logits(output, targets)
         return (output.argmax(dim=-1) == targets).float().mean()
+
+    def _check_logits(self, output: object, targets: object) -> None:
+        if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != self.num_classes:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"{type(self).__name__} scores logits (B, num_classes={self.num_classes}), got {shape}"
+            )
+        if not isinstance(targets, Tensor) or targets.shape != (output.shape[0],):
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ValueError(f"targets must be the task's classes ({output.shape[0]},), got {shape}")
 
     def make_head(self, num_features: int) -> nn.Module:
         """A :class:`~pretext3d.heads.ClassifierHead`, or a multi-patch one for patch views."""
@@ -241,14 +265,12 @@ class EmbeddingTask(PretextTask[P, Tensor]):
         """A :class:`~pretext3d.heads.ProjectionHead` to ``embedding_dim``."""
         return ProjectionHead(num_features, self.embedding_dim)
 
-    def _check(self, x: Tensor) -> tuple[Tensor, bool]:
-        batch, single = super()._check(x)
-        if single:
-            raise ValueError(
-                f"{type(self).__name__} needs a batch (B, C, *spatial), got one sample of shape "
-                f"{tuple(x.shape)}: its targets relate samples to each other"
-            )
-        return batch, single
+    def single(self, x: Tensor, generator: torch.Generator | int | None = None) -> tuple[Tensor, Tensor]:
+        """Refused: an embedding task's targets relate the samples of a batch to each other."""
+        raise ValueError(
+            f"{type(self).__name__} needs a batch (B, C, *spatial), not one sample: its targets relate "
+            "samples to each other"
+        )
 
 
 class PredictiveTask(PretextTask[P, None]):

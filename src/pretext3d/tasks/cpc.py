@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
-from pretext3d._random import rand
+from pretext3d._random import as_generator, rand
 from pretext3d.functional.patches import extract_patches
 from pretext3d.functional.rotation import apply_rotations
 from pretext3d.heads import CPCHead
@@ -210,7 +210,7 @@ class CPC(PredictiveTask[CPCParams]):
         return out
 
     def loss(
-        self, output: Tensor, targets: None = None, *, generator: torch.Generator | None = None
+        self, output: Tensor, targets: None = None, *, generator: torch.Generator | int | None = None
     ) -> Tensor:
         """Mean over steps of the InfoNCE (or binary) loss of the head's output.
 
@@ -220,6 +220,7 @@ class CPC(PredictiveTask[CPCParams]):
             generator: draws the binary loss's negatives (InfoNCE draws nothing).
         """
         _check_no_targets(targets)
+        generator = as_generator(generator)
         if isinstance(self.loss_fn, BinaryCPCLoss):
             losses = [self.loss_fn(q, t, generator=generator) for q, t in self.pairs(output)]
         else:

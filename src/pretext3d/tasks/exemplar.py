@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from pretext3d._checks import check_choice, check_int
-from pretext3d._random import randint
+from pretext3d._random import as_generator, randint
 from pretext3d.objectives.gather import gather_labels, gather_with_grad
 from pretext3d.objectives.losses import TripletMarginLoss
 from pretext3d.objectives.memory import CrossBatchMemory
@@ -194,7 +194,9 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
             return i, i + len(i), i + 2 * len(i)
         return self.miner(embeddings, targets, generator=generator)
 
-    def loss(self, output: Tensor, targets: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def loss(
+        self, output: Tensor, targets: Tensor, *, generator: torch.Generator | int | None = None
+    ) -> Tensor:
         """Triplet margin loss of the embeddings ``output (N, D)`` with instance ids ``targets (N,)``.
 
         Args:
@@ -203,6 +205,7 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
             generator: the randomness of mining (random miners, the triplet cap).
         """
         output, targets = check_embeddings(output, targets)
+        generator = as_generator(generator)
         if self.gather:
             output, targets = gather_with_grad(output), gather_labels(targets)
         if self.memory is not None and self.training:

@@ -23,7 +23,7 @@ from pretext3d._checks import (
     check_spatial_dims,
     check_unit_interval,
 )
-from pretext3d._random import rand
+from pretext3d._random import as_generator, rand
 from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix
 
 __all__ = ["AugmentParams", "ExemplarAugmenter"]
@@ -136,11 +136,11 @@ class ExemplarAugmenter(nn.Module):
         self.intensity_p, self.brightness, self.contrast = intensity_p, brightness, contrast
         self.planes = list(itertools.combinations(range(self.spatial_dims), 2))
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | int | None = None) -> Tensor:
         """Augment every sample of ``x`` with freshly drawn parameters."""
         return self.apply_params(x, self.randomize(x, generator))
 
-    def randomize(self, x: Tensor, generator: torch.Generator | None = None) -> AugmentParams:
+    def randomize(self, x: Tensor, generator: torch.Generator | int | None = None) -> AugmentParams:
         """Draw parameters for every sample of ``x`` (on the generator's device, moved to ``x``'s).
 
         Args:
@@ -150,6 +150,7 @@ class ExemplarAugmenter(nn.Module):
         """
         batch_x, _ = check_batch(x, self.spatial_dims, check_finite=False)
         batch, device = batch_x.shape[0], batch_x.device
+        generator = as_generator(generator)
         d = self.spatial_dims
 
         def uniform(*shape: int) -> Tensor:

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pretext3d._random import rand
+from pretext3d._random import as_generator, rand
 from pretext3d.functional.patches import extract_patches
 
 __all__ = ["foreground_crops", "random_crop", "random_crops"]
 
 
-def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | int | None = None) -> Tensor:
     """One uniformly placed crop of ``size`` per sample, in one gather.
 
     Rotation prediction on random sub-crops cannot lean on the body outline the way a
@@ -35,6 +35,10 @@ def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | No
     Returns:
         ``(B, C, *size)``, contiguous.
     """
+    if not isinstance(x, Tensor) or x.dim() < 3 or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a non-empty batch (B, C, *spatial), got {shape}")
+    generator = as_generator(generator)
     spatial = x.shape[2:]
     if len(size) != len(spatial) or any(not 1 <= s <= n for s, n in zip(size, spatial, strict=True)):
         raise ValueError(
@@ -46,9 +50,14 @@ def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | No
 
 
 def random_crop(
-    array: np.ndarray, size: Sequence[int], generator: torch.Generator | None = None
+    array: np.ndarray, size: Sequence[int], generator: torch.Generator | int | None = None
 ) -> np.ndarray:
     """A uniformly placed crop of ``size`` from the last ``len(size)`` axes, zero-padded where too small."""
+    generator = as_generator(generator)
+    if not len(size) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
+        raise ValueError(f"size must be crop edges >= 1, got {tuple(size)}")
+    if array.ndim < len(size):
+        raise ValueError(f"array has {array.ndim} axes, fewer than the {len(size)} of size {tuple(size)}")
     spatial = array.shape[-len(size) :]
     pad = [(0, 0)] * (array.ndim - len(size)) + [
         (0, max(0, s - n)) for s, n in zip(size, spatial, strict=True)
