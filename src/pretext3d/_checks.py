@@ -122,3 +122,28 @@ def check_range(name: str, value: tuple[float, float], *, low: float = 0.0) -> t
             f"{name} must be a pair of finite numbers (a, b) with {low} <= a <= b, got {value!r}"
         )
     return float(value[0]), float(value[1])
+
+
+def check_device(device: object) -> torch.device:
+    """Return ``device`` as a ``torch.device`` that exists here, else raise ``ValueError``."""
+    if isinstance(device, torch.device):
+        parsed = device
+    elif isinstance(device, str):
+        try:
+            parsed = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(
+                f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'mps', got {device!r}"
+            ) from err
+    else:
+        raise TypeError(f"device must be a string like 'cpu' or a torch.device, got {device!r}")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index is not None and parsed.index >= count):
+            have = (
+                "this torch build or machine has no CUDA device" if not count else f"{count} CUDA device(s)"
+            )
+            raise ValueError(f"device {device!r} is not available: {have}; use device='cpu'")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} is not available here; use device='cpu'")
+    return parsed

@@ -15,12 +15,14 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pretext3d._checks import check_device, check_int, check_positive
 from pretext3d.config import (
     ConfigError,
     check_keywords,
@@ -97,9 +99,17 @@ class PretrainCommand:
     plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        """Check the names against the registries."""
+        """Check the names against the registries, and the numbers."""
         _registered(self.task, TASKS)
         _registered(self.encoder, ENCODERS)
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("held_out", self.held_out, 0)
+        check_int("crop", self.crop, 0)
+        check_int("seed", self.seed, 0)
+        check_positive("lr", self.lr)
+        if not self.output.strip():
+            raise ValueError("output must name the encoder file to write, got ''")
 
 
 @dataclass
@@ -126,6 +136,14 @@ class DataEfficiencyCommand:
     output_dir: str = "data-efficiency"
     device: str = "cpu"
     plugins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Check what can be checked before any data are read."""
+        if not self.methods:
+            raise ValueError('methods must name at least one method, e.g. scratch = ""')
+        if not self.output_dir.strip():
+            raise ValueError("output_dir must name a folder, got ''")
+        check_device(self.device)
 
 
 @dataclass
@@ -166,6 +184,12 @@ class FinetuneCommand:
     device: str = "cpu"
     plugins: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Check what can be checked before any data are read."""
+        if not self.output_dir.strip():
+            raise ValueError("output_dir must name a folder, got ''")
+        check_device(self.device)
+
 
 def _recipe(
     data: DataSpec, segmentation: SegmentationRecipe, grading: GradingRecipe
@@ -175,10 +199,19 @@ def _recipe(
 
 def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
     task_cls, encoder_cls = TASKS.get(cfg.task), ENCODERS.get(cfg.encoder)
-    check_keywords(getattr(task_cls, "__name__", cfg.task), cfg.task_options, task_cls, "task_options")
+    from_data = "pretext3d sets it from the data (data.kind)"
     check_keywords(
-        getattr(encoder_cls, "__name__", cfg.encoder), cfg.encoder_options, encoder_cls, "encoder_options"
-    )
+        getattr(task_cls, "__name__", cfg.task), cfg.task_options, task_cls, "task_options",
+        {"spatial_dims": from_data},
+    )  # fmt: skip
+    check_keywords(
+        getattr(encoder_cls, "__name__", cfg.encoder), cfg.encoder_options, encoder_cls, "encoder_options",
+        {"spatial_dims": from_data, "in_channels": from_data},
+    )  # fmt: skip
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"output {cfg.output!r} cannot be written (checked before training)")
     recipe = _recipe(cfg.data, SegmentationRecipe(), GradingRecipe())
     if cfg.encoder != recipe.encoder:
         print(
@@ -309,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--config", type=Path, help="TOML file with the settings")
+        p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
         p.add_argument(
             "--set",
             action="append",
@@ -326,8 +360,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = from_mapping(cls, values)
         run(config)
     except ConfigError as err:
+        if args.debug:
+            raise
         print(f"pretext3d {args.command}: configuration error: {err}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:  # what a user's input can cause
+        if args.debug:
+            raise
+        print(f"pretext3d {args.command}: error: {type(err).__name__}: {err} (--debug for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

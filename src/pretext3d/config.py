@@ -32,13 +32,33 @@ def _suggest(key: str, valid: list[str]) -> str:
     return f"{hint} Valid keys: {', '.join(sorted(valid))}"
 
 
-def check_keywords(name: str, options: Mapping[str, Any], target: Callable[..., Any], where: str) -> None:
-    """Check that ``options`` are keyword arguments ``target`` accepts."""
+def check_keywords(
+    name: str,
+    options: Mapping[str, Any],
+    target: Callable[..., Any],
+    where: str,
+    reserved: Mapping[str, str] | None = None,
+) -> None:
+    """Check that ``options`` are keyword arguments ``target`` accepts.
+
+    Args:
+        name: what ``target`` is, for messages.
+        options: the keyword arguments a config gives.
+        target: the class or function they go to.
+        where: the config table, for messages.
+        reserved: arguments the caller sets itself, with why (e.g. ``{"spatial_dims":
+            "it follows the data"}``): not offered as valid, refused with the reason.
+    """
+    reserved = dict(reserved or {})
     params = inspect.signature(target).parameters
     valid = [
-        p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD) and p != "self"
+        p
+        for p, v in params.items()
+        if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD) and p != "self" and p not in reserved
     ]
     for key in options:
+        if key in reserved:
+            raise ConfigError(f"[{where}] must not set {key!r}: {reserved[key]}")
         if key not in valid:
             raise ConfigError(f"unknown key {key!r} in [{where}] for {name}{_suggest(key, valid)}")
 
@@ -148,7 +168,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file, naming it in the error if it is malformed."""
     path = Path(path)
     try:
-        return _toml_loads(path.read_text())
+        return _toml_loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine
     except OSError as err:
         raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from err
     except ValueError as err:  # tomllib.TOMLDecodeError is a ValueError

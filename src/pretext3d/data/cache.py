@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretext3d._atomic import atomic_path
+from pretext3d._atomic import atomic_path, remove_stale_temporaries
 
 __all__ = ["CaseCache"]
 
@@ -25,6 +25,7 @@ class CaseCache:
     def __init__(self, root: str | os.PathLike[str], key: str) -> None:
         self.folder = Path(root) / key
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder)  # left by a killed writer
 
     def path(self, case: str, part: str) -> Path:
         """Where part ``part`` (``"image"`` or ``"label"``) of ``case`` is stored."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d._checks import check_choice, check_unit_interval
+from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
 from pretext3d.finetune.metrics import (
     PANCREAS_REGIONS,
@@ -125,6 +125,19 @@ class SegmentationRecipe(_Recipe):
                 f"crop must be a multiple of {factor} for {len(self.widths)} U-Net stages, got {self.crop}"
             )
         check_unit_interval("foreground_oversampling", self.foreground_oversampling)
+        check_int("num_classes", self.num_classes, 2)
+        check_positive("dice_weight", self.dice_weight, allow_zero=True)
+        check_positive("ce_weight", self.ce_weight, allow_zero=True)
+        if self.dice_weight == 0 and self.ce_weight == 0:
+            raise ValueError("dice_weight and ce_weight must not both be 0: the loss would be 0")
+        if self.class_weights is not None:
+            if len(self.class_weights) != self.num_classes - 1:
+                raise ValueError(
+                    f"class_weights must give one weight per foreground class ({self.num_classes - 1}), "
+                    f"got {self.class_weights}"
+                )
+            for i, w in enumerate(self.class_weights):
+                check_positive(f"class_weights[{i}]", w, allow_zero=True)
 
     metric = "pancreas_dice"
     encoder: ClassVar[str] = "unet"

@@ -45,7 +45,9 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from pretext3d._atomic import write_text
+from pretext3d._atomic import remove_stale_temporaries, write_text
+from pretext3d._checks import check_device
+from pretext3d.experiments.locks import RunLock
 from pretext3d.experiments.provenance import (
     environment,
     file_sha256,
@@ -57,6 +59,8 @@ from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_s
 from pretext3d.finetune.trainer import TrainConfig, Trainer
 
 __all__ = ["DataEfficiencyConfig", "Recipe", "run_data_efficiency", "run_name"]
+
+_POLL_SECONDS = 5.0  # how often a worker looks again at runs that other workers hold
 
 EncoderFiles = str | os.PathLike[str] | None | Sequence[str | os.PathLike[str]]
 
@@ -141,8 +145,12 @@ class DataEfficiencyConfig:
             )
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions must be one or more numbers in (0, 1], got {self.fractions}")
-        if len(set(self.fractions)) != len(self.fractions):
-            raise ValueError(f"fractions must not repeat, got {self.fractions}")
+        names = [f"{f:g}" for f in self.fractions]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"fractions must be distinct to 6 significant digits (they name the run files), got "
+                f"{self.fractions}"
+            )
         if not self.split_seeds or any(s < 0 for s in self.split_seeds):
             raise ValueError(f"split_seeds must be one or more seeds >= 0, got {self.split_seeds}")
         if len(set(self.split_seeds)) != len(self.split_seeds):
@@ -267,6 +275,9 @@ def run_data_efficiency(
         raise ValueError(
             f"case_ids must be {len(images)} distinct ids, got {len(ids)} ({len(set(ids))} distinct)"
         )
+    if not str(output_dir).strip():
+        raise ValueError("output_dir must name a folder, got ''")
+    check_device(device)
     encoders = _encoder_lists(methods)
     for files in encoders.values():
         for f in files:
@@ -275,6 +286,9 @@ def run_data_efficiency(
     out = Path(output_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
+    for folder in (out, out / "runs", out / "checkpoints"):
+        for stale in remove_stale_temporaries(folder):
+            log(f"removed {stale}, left by a killed process")
     settings = {
         "config": asdict(config),
         "methods": {name: [_encoder_info(f) for f in files] for name, files in encoders.items()},
@@ -294,7 +308,11 @@ def run_data_efficiency(
     if saved.exists():
         old = json.loads(saved.read_text())
         changed = _differences(old, settings)
-        if changed:
+        if changed and not any((out / "runs").glob("*.json")):
+            # nothing finished under the old settings (e.g. a run failed at its start): no
+            # result to protect, so the folder is not locked by a configuration that never ran
+            log(f"{saved} held other settings but no finished run; it is replaced")
+        elif changed:
             raise ValueError(
                 f"{str(out)!r} holds runs made with other settings, data or software "
                 f"(changed: {', '.join(changed[:8])}); use another output folder"
@@ -314,7 +332,11 @@ def run_data_efficiency(
     }
     _check_pretraining(settings["methods"], splits, ids, config.transductive, log)
     _write_json(saved, settings)  # only once the grid may run: a refused one leaves no trace
-    todo = [cell for cell in grid if not (out / "runs" / f"{_name(cell)}.json").exists()]
+
+    def done(cell: tuple[str, int, int, int, float]) -> bool:
+        return (out / "runs" / f"{_name(cell)}.json").exists()
+
+    todo = [cell for cell in grid if not done(cell)]
     first = splits[config.split_seeds[0]]
     log(
         f"data efficiency: {len(grid)} runs, {len(grid) - len(todo)} already done; per split "
@@ -322,7 +344,8 @@ def run_data_efficiency(
     )
     provenance = {k: settings[k] for k in ("data", "environment", "synthetic")}
     bar = _progress(len(todo)) if progress else None
-    for cell in todo:
+
+    def run(cell: tuple[str, int, int, int, float]) -> None:
         method, p, s, r, fraction = cell
         split = splits[s]
         seeds = run_seeds(s, r, config.train.seed)
@@ -357,6 +380,24 @@ def run_data_efficiency(
             f"best epoch {row['best_epoch']}/{row['epochs_run']}"
             f"{'' if row['converged'] is not False else ', NOT converged'}, {row['seconds']:.0f} s)"
         )
+
+    # Workers sharing the folder (processes, machines, torchrun ranks) claim each run with a
+    # lock file; a run another live worker holds is left to it and waited for at the end.
+    pending = list(todo)
+    while pending:
+        progressed = False
+        for cell in list(pending):
+            if not done(cell):
+                with RunLock(out / "runs" / f"{_name(cell)}.lock") as claimed:
+                    if not claimed:
+                        continue
+                    if not done(cell):
+                        run(cell)
+            pending.remove(cell)
+            progressed = True
+        if pending and not progressed:
+            log(f"waiting for {len(pending)} run(s) that other workers hold")
+            time.sleep(_POLL_SECONDS)
     if bar is not None:
         bar.close()
     return [json.loads((out / "runs" / f"{_name(cell)}.json").read_text()) for cell in grid]

@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._atomic import atomic_path
-from pretext3d._checks import check_choice, check_int, check_positive
+from pretext3d._checks import check_choice, check_device, check_int, check_positive
 
-__all__ = ["TrainConfig", "Trainer"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "Trainer"]
 
 Batch = tuple[Tensor, Tensor]
 
@@ -68,19 +69,27 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             check_int(name, getattr(self, name), 1)
         check_positive("lr", self.lr)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        if self.grad_clip is not None:
+            check_positive("grad_clip", self.grad_clip)  # <= 0 would zero or reverse the step
         check_choice("optimizer", self.optimizer, ("adam", "adamw"))
         check_choice("autocast", self.autocast, ("none", "bf16", "fp16"))
         if not 0 <= self.min_epochs <= self.epochs:
             raise ValueError(f"min_epochs must lie in [0, epochs={self.epochs}], got {self.min_epochs}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError(
-                f"early_stopping_patience must be >= 1 or None, got {self.early_stopping_patience}"
-            )
+        if self.early_stopping_patience is not None:
+            check_int("early_stopping_patience", self.early_stopping_patience, 1)
+        check_int("min_epochs", self.min_epochs, 0)
+        check_int("freeze_encoder_epochs", self.freeze_encoder_epochs, 0)
+        check_int("seed", self.seed, 0)
         if not 0 <= self.freeze_encoder_epochs <= self.epochs:
             raise ValueError(
                 f"freeze_encoder_epochs must lie in [0, epochs={self.epochs}], "
                 f"got {self.freeze_encoder_epochs}"
             )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message says at which epoch and step."""
 
 
 class Trainer:
@@ -124,7 +133,7 @@ class Trainer:
         self.model = model.to(device)
         self.loss_fn, self.sample, self.config = loss_fn, sample, config
         self.encoder, self.validate = encoder, validate
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -150,7 +159,7 @@ class Trainer:
             start = time.perf_counter()
             frozen = self.frozen(self.epoch)
             self._set_frozen(frozen)
-            losses = [self._step() for _ in range(self.config.steps_per_epoch)]
+            losses = [self._step(step) for step in range(self.config.steps_per_epoch)]
             record: dict[str, Any] = {
                 "epoch": self.epoch,
                 "loss": sum(losses) / len(losses),
@@ -201,11 +210,17 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.autocast == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _step(self) -> float:
+    def _step(self, step: int) -> float:
         x, y = self.sample(self.generator)
         x, y = x.to(self.device), y.to(self.device)
         with self._autocast():
             loss = self.loss_fn(self.model(x), y)
+        if not bool(torch.isfinite(loss.detach())):
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss)} at epoch {self.epoch}, step {step} of "
+                f"{self.config.steps_per_epoch}; the run stops rather than report a score (lower lr, "
+                f"now {self.config.lr}, or check the data for NaN)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         if self.config.grad_clip is not None:
@@ -235,7 +250,18 @@ class Trainer:
 
     def _resume(self) -> None:
         assert self.checkpoint is not None
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+            if not isinstance(state, dict) or "config" not in state:
+                raise ValueError("not a pretext3d trainer checkpoint")
+        except Exception as err:  # truncated or foreign: the run is unfinished by definition
+            warnings.warn(
+                f"checkpoint {str(self.checkpoint)!r} cannot be read ({type(err).__name__}: {err}); "
+                "it is removed and the run starts over",
+                stacklevel=3,
+            )
+            self.checkpoint.unlink(missing_ok=True)
+            return
         if state["config"] != asdict(self.config):
             raise ValueError(
                 f"checkpoint {str(self.checkpoint)!r} was written with other settings; "

@@ -119,7 +119,15 @@ def load_encoder_weights(
 
 
 def _read(path: str | PathLike[str]) -> dict[str, Any]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise ValueError(f"encoder file {str(path)!r} does not exist") from err
+    except Exception as err:  # torch's unpickling errors say much, but not which file
+        raise ValueError(
+            f"{str(path)!r} is not an encoder file written by pretext3d.models.save_encoder "
+            f"(torch.load failed: {str(err).splitlines()[0][:200]})"
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{str(path)!r} is not an encoder file written by pretext3d.models.save_encoder")
     return payload

@@ -1,0 +1,75 @@
+"""A lock file per run, so that several workers can share one data-efficiency grid.
+
+A worker claims a run by creating ``<run>.lock`` exclusively (``O_CREAT | O_EXCL``, atomic
+on local and NFSv3+ file systems) with its host name and process id in it, and deletes it
+when the run is written or fails. A lock whose holder is a process that no longer runs on
+this host is stale (its holder was killed) and is taken over; a lock from another host is
+respected until its holder removes it (delete it by hand if that machine died).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+
+from pretext3d._atomic import pid_alive
+
+__all__ = ["RunLock"]
+
+_EMPTY_LOCK_SECONDS = 60.0
+
+
+class RunLock:
+    """``with RunLock(path) as claimed:``: ``claimed`` says whether this process holds the run.
+
+    Args:
+        path: the lock file (beside the run's result file).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.held = False
+
+    def acquire(self) -> bool:
+        """Try to take the lock (taking over a stale one); ``True`` when this process holds it."""
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                self.path.unlink(missing_ok=True)  # a killed holder's: take it over
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+            self.held = True
+            return True
+        return False
+
+    def release(self) -> None:
+        """Give the lock up (only if this process holds it)."""
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _stale(self) -> bool:
+        try:
+            text = self.path.read_text()
+            age = time.time() - self.path.stat().st_mtime
+        except OSError:  # already gone
+            return False
+        if not text.strip():  # being written right now, or its writer died in between
+            return age > _EMPTY_LOCK_SECONDS
+        host, pid = text.split()
+        return host == socket.gethostname() and not pid_alive(int(pid))
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.release()
