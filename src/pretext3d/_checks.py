@@ -51,7 +51,13 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 
 
 def check_batch(
-    x: object, spatial_dims: int, *, name: str = "x", check_finite: bool = True, allow_single: bool = True
+    x: object,
+    spatial_dims: int,
+    *,
+    name: str = "x",
+    check_finite: bool = True,
+    allow_single: bool = True,
+    single_hint: str = "call task.single(x)",
 ) -> tuple[Tensor, bool]:
     """Validate an image batch and add a batch axis to a single sample.
 
@@ -63,6 +69,7 @@ def check_batch(
             (a reduction, no copy) and, on a GPU, one synchronisation.
         allow_single: accept a single sample; ``False`` requires the batch axis (a 2D batch
             given to a 3D task would otherwise pass as one sample).
+        single_hint: what the error tells a caller with one sample to do.
 
     Returns:
         ``(batch, was_single)``: ``batch`` is ``(B, C, *spatial)``; ``was_single`` says
@@ -79,7 +86,7 @@ def check_batch(
     if not allow_single and x.dim() != rank:
         raise ValueError(
             f"{name} must have shape (B, C, *spatial) with {spatial_dims} spatial axes (rank {rank}), "
-            f"got shape {tuple(x.shape)} (rank {x.dim()}); for one sample (C, *spatial) call task.single(x)"
+            f"got shape {tuple(x.shape)} (rank {x.dim()}); for one sample (C, *spatial) {single_hint}"
         )
     if x.dim() not in (rank, rank - 1):
         raise ValueError(

@@ -189,6 +189,20 @@ class FinetuneCommand:
         if not self.output_dir.strip():
             raise ValueError("output_dir must name a folder, got ''")
         check_device(self.device)
+        self.experiment()
+
+    def experiment(self) -> DataEfficiencyConfig:
+        """The one-run grid this command runs (its checks name ``fraction``, ``repetition``, ...)."""
+        check_int("repetition", self.repetition, 0)
+        return DataEfficiencyConfig(
+            fractions=(self.fraction,),
+            repetitions=(self.repetition,),
+            split_seeds=(self.split_seed,),
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            train=self.train,
+            transductive=self.transductive,
+        )
 
 
 def _recipe(
@@ -295,21 +309,12 @@ def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
 
 
 def _finetune(cfg: FinetuneCommand) -> list[dict[str, Any]]:
-    experiment = DataEfficiencyConfig(
-        fractions=(cfg.fraction,),
-        repetitions=(cfg.repetition,),
-        split_seeds=(cfg.split_seed,),
-        val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction,
-        train=cfg.train,
-        transductive=cfg.transductive,
-    )
     command = DataEfficiencyCommand(
         data=cfg.data,
         methods={cfg.name: cfg.encoder},
         segmentation=cfg.segmentation,
         grading=cfg.grading,
-        experiment=experiment,
+        experiment=cfg.experiment(),
         output_dir=cfg.output_dir,
         device=cfg.device,
         plugins=cfg.plugins,

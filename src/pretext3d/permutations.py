@@ -136,7 +136,10 @@ def load_permutation_set(path: str | PathLike[str], num_cells: int | None = None
         ValueError: if a row is not a permutation, rows repeat, or the width differs
             from ``num_cells``.
     """
-    arr = np.load(path, allow_pickle=False)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read permutation file {str(path)!r} as a .npy array: {err}") from err
     if arr.ndim != 2 or (not np.issubdtype(arr.dtype, np.integer) and not _is_integral(arr)):
         raise ValueError(
             f"permutation file {str(path)!r} must hold a 2-D integer array (count, num_cells), "

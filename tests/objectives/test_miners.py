@@ -122,3 +122,9 @@ def test_miners_are_stateless_and_follow_the_generator(miner: Miner) -> None:
     again = miner(emb, labels, generator=torch.Generator().manual_seed(1))
     assert vars(miner) == before, "a call must leave no state on the miner"
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+@pytest.mark.parametrize("miner", MINERS, ids=lambda m: type(m).__name__)
+def test_an_empty_batch_gives_no_triplets(miner: Miner) -> None:
+    a, p, n = miner(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert len(a) == len(p) == len(n) == 0

@@ -225,3 +225,14 @@ def test_the_documented_training_step_lowers_the_loss(name: str, spatial_dims: i
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.8 * first, f"loss went from {first:.3f} to {last:.3f}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_views_of_an_input_that_requires_grad_carry_its_gradient(name: str, spatial_dims: int) -> None:
+    task, x = make(name, spatial_dims)
+    x = x.clone().requires_grad_()
+    views, _ = task(x, gen(11))
+    views.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape and bool(x.grad.abs().sum() > 0)
+    # and the values are those of the no-grad path
+    assert torch.equal(views.detach(), task(x.detach(), gen(11))[0])

@@ -197,6 +197,8 @@ def _write_json(path: Path, payload: object) -> None:
 
 
 def _encoder_lists(methods: Mapping[str, EncoderFiles]) -> dict[str, list[str | None]]:
+    if not methods:
+        raise ValueError("methods must name at least one method, e.g. {'scratch': None}")
     out: dict[str, list[str | None]] = {}
     for name, files in methods.items():
         if not name or "__" in name or "/" in name:

@@ -12,11 +12,12 @@ from pretext3d.finetune.metrics import (
     quadratic_weighted_kappa,
     region_dice,
 )
-from pretext3d.finetune.trainer import TrainConfig, Trainer
+from pretext3d.finetune.trainer import NonFiniteLossError, TrainConfig, Trainer
 
 __all__ = [
     "PANCREAS_REGIONS",
     "DiceCELoss",
+    "NonFiniteLossError",
     "OrdinalLoss",
     "SoftDiceLoss",
     "TrainConfig",

@@ -126,6 +126,7 @@ class Trainer:
         checkpoint: str | os.PathLike[str] | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
+        device = check_device(device)
         if encoder is not None and not any(m is encoder for m in model.modules()):
             raise ValueError("encoder must be a submodule of model")
         if config.freeze_encoder_epochs and encoder is None:
@@ -133,7 +134,7 @@ class Trainer:
         self.model = model.to(device)
         self.loss_fn, self.sample, self.config = loss_fn, sample, config
         self.encoder, self.validate = encoder, validate
-        self.device = check_device(device)
+        self.device = device
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -217,7 +218,7 @@ class Trainer:
             loss = self.loss_fn(self.model(x), y)
         if not bool(torch.isfinite(loss.detach())):
             raise NonFiniteLossError(
-                f"the training loss is {float(loss)} at epoch {self.epoch}, step {step} of "
+                f"the training loss is {float(loss.detach())} at epoch {self.epoch}, step {step} of "
                 f"{self.config.steps_per_epoch}; the run stops rather than report a score (lower lr, "
                 f"now {self.config.lr}, or check the data for NaN)"
             )

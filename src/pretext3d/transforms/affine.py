@@ -144,11 +144,10 @@ class ExemplarAugmenter(nn.Module):
         """Draw parameters for every sample of ``x`` (on the generator's device, moved to ``x``'s).
 
         Args:
-            x: ``(B, C, *spatial)`` or one sample ``(C, *spatial)``; only its batch size
-                and device are read.
+            x: ``(B, C, *spatial)``; only its batch size and device are read.
             generator: the source of randomness.
         """
-        batch_x, _ = check_batch(x, self.spatial_dims, check_finite=False)
+        batch_x = self._batch(x)
         batch, device = batch_x.shape[0], batch_x.device
         generator = as_generator(generator)
         d = self.spatial_dims
@@ -185,10 +184,12 @@ class ExemplarAugmenter(nn.Module):
         return AugmentParams(matrix.to(device), bright.float().to(device), contrast.float().to(device))
 
     def apply_params(self, x: Tensor, params: AugmentParams) -> Tensor:
-        """Apply given parameters (deterministic): ``(B, C, *spatial)`` -> the same (or one sample)."""
-        batch, single = check_batch(x, self.spatial_dims, check_finite=False)
-        out = self._transform(batch, params)
-        return out[0] if single else out
+        """Apply given parameters (deterministic): ``(B, C, *spatial)`` -> the same."""
+        return self._transform(self._batch(x), params)
+
+    def _batch(self, x: Tensor) -> Tensor:
+        hint = "add the batch axis, x[None]"
+        return check_batch(x, self.spatial_dims, check_finite=False, allow_single=False, single_hint=hint)[0]
 
     def _transform(self, batch: Tensor, params: AugmentParams) -> Tensor:
         if params.matrix.shape != (batch.shape[0], self.spatial_dims, self.spatial_dims):
