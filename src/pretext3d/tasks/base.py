@@ -89,10 +89,10 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
     :mod:`pretext3d.tasks.base` (a :class:`~pretext3d.PretextModel` holding it switches
     it too).
 
-    Single samples: a classification or predictive task called on one sample
-    ``(C, *spatial)`` returns its views without the batch axis (and a 0-dim class), as a
-    ``Dataset`` would want; an embedding task needs a batch, since its targets relate
-    samples to each other.
+    Calls need the batch axis, so that a 2D batch never passes as one 3D sample. One
+    sample ``(C, *spatial)``, as a ``Dataset`` has it, goes through :meth:`single`, which
+    returns views without the batch axis (and a 0-dim class); an embedding task refuses
+    it, since its targets relate samples to each other.
 
     Attributes:
         spatial_dims: 2 or 3.
