@@ -88,9 +88,9 @@ def pretrain(experiment: str, task: str, seed: int, output: Path) -> Path:
             "--set",
             f"task_options={options}",
             "--set",
-            f"crop={crop}",
+            f"train.crop={crop}",
             "--set",
-            f"seed={seed}",
+            f"train.seed={seed}",
             "--set",
             f'output="{encoder}"',
         ]

@@ -30,6 +30,8 @@ LAYERS: dict[str, int] = {
     "_atomic": 0,
     "config": 0,
     "registry": 0,
+    "engine": 1,
+    "provenance": 1,
     "functional": 1,
     "permutations": 1,
     "heads": 2,
@@ -40,6 +42,7 @@ LAYERS: dict[str, int] = {
     "pretext_model": 4,
     "data": 5,
     "finetune": 5,
+    "pretrainer": 5,
     "experiments": 6,
     "cli": 7,
 }

@@ -26,13 +26,15 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
             [
                 "pretrain",
                 "--set",
-                "steps=4",
+                "train.steps=4",
                 "--set",
                 "data.count=12",
                 "--set",
                 "held_out=4",
                 "--set",
-                "batch_size=2",
+                "train.batch_size=2",
+                "--set",
+                "train.progress=false",
                 "--set",
                 f'output="{encoder}"',
             ]
@@ -98,14 +100,14 @@ def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path
 
     spec = DataSpec(kind="fundus-phantom", count=6, size=16)
     _, _, labelled = spec.labelled()
-    _, pool = spec.unlabelled()
+    pool = spec.unlabelled().case_ids  # type: ignore[attr-defined]
     assert not set(labelled) & set(pool)
     transductive = DataSpec(kind="fundus-phantom", count=6, size=16, include_labelled=True)
-    assert transductive.unlabelled()[1] == labelled
+    assert transductive.unlabelled().case_ids == labelled  # type: ignore[attr-defined]
     # an encoder pretrained on the labelled cases is refused by data-efficiency unless transductive
     encoder = tmp_path / "enc.pt"
     args = ["--set", "data.count=12", "--set", "data.include_labelled=true", "--set", "held_out=4"]
-    args += ["--set", "steps=1", "--set", "batch_size=2", "--set", f'output="{encoder}"']
+    args += ["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", f'output="{encoder}"']
     assert main(["pretrain", *args]) == 0
     assert json.loads(Path(f"{encoder}.json").read_text())["transductive"] is True
     common = ["--set", "data.count=12", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1"]
@@ -124,7 +126,7 @@ def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path
             ["data-efficiency", "--set", "experiment.train.lrr=0.1"],
             "unknown key 'lrr' in [experiment.train]; did you mean 'lr'?",
         ),
-        (["pretrain", "--set", "stpes=3"], "unknown key 'stpes' in [top level]; did you mean 'steps'?"),
+        (["pretrain", "--set", "train.stpes=3"], "unknown key 'stpes' in [train]; did you mean 'steps'?"),
         (
             ["pretrain", "--set", "task_options.gird=2", "--set", 'task="jigsaw"'],
             "unknown key 'gird' in [task_options] for Jigsaw; did you mean 'grid'?",
@@ -162,7 +164,7 @@ def test_example_configs_are_valid_and_fair(experiment: str) -> None:
     labelled = DataSpec(kind=grid.data.kind, count=grid.data.count, size=8, seed=grid.data.seed)
     pool = DataSpec(kind=pre.data.kind, count=pre.data.count, size=8, seed=pre.data.seed)
     assert not pool.include_labelled
-    assert not set(labelled.labelled()[2]) & set(pool.unlabelled()[1])
+    assert not set(labelled.labelled()[2]) & set(pool.unlabelled().case_ids)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("experiment", ["pancreas", "fundus"])
@@ -229,6 +231,17 @@ def test_a_pairing_that_cannot_load_is_refused_before_anything_runs(
             tmp_path / "lib",
         )
     # pretraining a conv encoder on CT data says it will not load into the U-Net recipe
-    args = ["--set", 'encoder="conv"', "--set", "steps=1", "--set", "data.count=6", "--set", "held_out=2"]
+    args = [
+        "--set",
+        'encoder="conv"',
+        "--set",
+        "train.steps=1",
+        "--set",
+        "data.count=6",
+        "--set",
+        "held_out=2",
+        "--set",
+        "train.batch_size=2",
+    ]
     assert main(["pretrain", *args, "--set", f'output="{tmp_path / "c.pt"}"']) == 0
     assert "a 'conv' encoder will not load into it" in capsys.readouterr().out

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import Subset
+
 from pretext3d._checks import check_device, check_int, check_positive
 from pretext3d.config import (
     ConfigError,
@@ -32,11 +34,11 @@ from pretext3d.config import (
     parse_override,
 )
 from pretext3d.data.spec import DataSpec
-from pretext3d.experiments.pretraining import pretrain_in_memory
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.experiments.report import write_report
 from pretext3d.experiments.runner import DataEfficiencyConfig, run_data_efficiency
 from pretext3d.finetune.trainer import TrainConfig
+from pretext3d.pretrainer import PretrainConfig, Pretrainer, WeightedTask
 from pretext3d.registry import ENCODERS, TASKS
 
 __all__ = ["DataEfficiencyCommand", "FinetuneCommand", "PretrainCommand", "main"]
@@ -61,40 +63,62 @@ def _registered(name: str, registry: Any) -> None:
 
 
 @dataclass
+class TaskEntry:
+    """One task of a ``[[tasks]]`` list.
+
+    Attributes:
+        name: a registered task.
+        weight: its loss weight.
+        options: its keyword arguments.
+    """
+
+    name: str = "rotation"
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check the name against the registry."""
+        _registered(self.name, TASKS)
+        check_positive("weight", self.weight, allow_zero=True)
+
+
+@dataclass
 class PretrainCommand:
-    """``pretext3d pretrain``: pretrain an encoder on a pretext task.
+    """``pretext3d pretrain``: pretrain an encoder on one or several pretext tasks.
+
+    It streams the images (``data``) through the :class:`~pretext3d.pretrainer.Pretrainer`
+    on ``train.device`` (``"auto"``: a GPU if there is one), and resumes after a crash when
+    rerun with the same settings.
 
     Attributes:
         task: a registered task: ``rotation``, ``jigsaw``, ``rpl``, ``exemplar``, ``cpc``
-            or one a plugin registered.
+            or one a plugin registered (ignored when ``tasks`` is given).
         task_options: keyword arguments of the task (e.g. ``grid``, ``jitter``).
+        tasks: several tasks on one encoder: ``[[tasks]]`` tables with ``name``, ``weight``
+            and ``options``.
         encoder: a registered encoder: ``unet``, ``densenet``, ``conv`` or a plugin's.
         encoder_options: keyword arguments of the encoder; empty means, for the encoder
             family the data's fine-tuning recipe loads (``unet`` for CT, ``densenet`` for
             fundus), the recipe's default architecture (U-Net widths 8/16/32; DenseNet
             growth 12, blocks 2/2/2, stem 16), so the weights fit it.
-        data: the images.
-        crop: random crop edge taken from every image before the task (``0``: none).
-        steps: optimizer steps.
-        batch_size: images per step.
-        lr: Adam learning rate.
-        seed: randomness of initialisation, crops and tasks.
-        held_out: images kept aside to measure the pretext accuracy.
-        output: the encoder file (``save_encoder``); ``<output>.json`` records the run.
+        data: the images (``volume-folder``, ``dicom-folder``, ``fundus-folder``,
+            ``task07``, ``aptos`` or the phantoms).
+        held_out: images of the pool kept aside to measure the pretext loss and accuracy.
+        train: the loop's settings (:class:`~pretext3d.pretrainer.PretrainConfig`): steps,
+            batch_size, crop, optimizer, lr, schedule, device, precision, num_workers, ...
+        output: the encoder file (``save_encoder``); ``<output>.json`` records the run,
+            ``<output>.run/`` holds the checkpoint and the metrics.
         plugins: modules to import first, e.g. ones that register your tasks or encoders.
     """
 
     task: str = "rotation"
     task_options: dict[str, Any] = field(default_factory=dict)
+    tasks: list[TaskEntry] = field(default_factory=list)
     encoder: str = "unet"
     encoder_options: dict[str, Any] = field(default_factory=dict)
     data: DataSpec = field(default_factory=DataSpec)
-    crop: int = 16
-    steps: int = 200
-    batch_size: int = 8
-    lr: float = 1e-3
-    seed: int = 0
     held_out: int = 16
+    train: PretrainConfig = field(default_factory=PretrainConfig)
     output: str = "encoder.pt"
     plugins: list[str] = field(default_factory=list)
 
@@ -102,14 +126,13 @@ class PretrainCommand:
         """Check the names against the registries, and the numbers."""
         _registered(self.task, TASKS)
         _registered(self.encoder, ENCODERS)
-        check_int("steps", self.steps, 1)
-        check_int("batch_size", self.batch_size, 1)
         check_int("held_out", self.held_out, 0)
-        check_int("crop", self.crop, 0)
-        check_int("seed", self.seed, 0)
-        check_positive("lr", self.lr)
         if not self.output.strip():
             raise ValueError("output must name the encoder file to write, got ''")
+
+    def entries(self) -> list[TaskEntry]:
+        """The tasks to train: ``tasks``, or the one ``task``."""
+        return self.tasks or [TaskEntry(self.task, 1.0, self.task_options)]
 
 
 @dataclass
@@ -212,12 +235,15 @@ def _recipe(
 
 
 def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
-    task_cls, encoder_cls = TASKS.get(cfg.task), ENCODERS.get(cfg.encoder)
     from_data = "pretext3d sets it from the data (data.kind)"
-    check_keywords(
-        getattr(task_cls, "__name__", cfg.task), cfg.task_options, task_cls, "task_options",
-        {"spatial_dims": from_data},
-    )  # fmt: skip
+    d = cfg.data.spatial_dims
+    encoder_cls = ENCODERS.get(cfg.encoder)
+    for entry in cfg.entries():
+        task_cls = TASKS.get(entry.name)
+        check_keywords(
+            getattr(task_cls, "__name__", entry.name), entry.options, task_cls, "task_options",
+            {"spatial_dims": from_data},
+        )  # fmt: skip
     check_keywords(
         getattr(encoder_cls, "__name__", cfg.encoder), cfg.encoder_options, encoder_cls, "encoder_options",
         {"spatial_dims": from_data, "in_channels": from_data},
@@ -235,35 +261,34 @@ def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
     encoder_options = cfg.encoder_options or (
         recipe.encoder_options() if cfg.encoder == recipe.encoder else {}
     )
-    d = cfg.data.spatial_dims
-    images, case_ids = cfg.data.unlabelled()
+    pool = cfg.data.unlabelled()
+    size = len(pool)  # type: ignore[arg-type]
+    if cfg.held_out >= size:
+        raise ConfigError(f"held_out={cfg.held_out} leaves no training images out of {size}")
     try:
-        task = task_cls(d, **cfg.task_options)
-        encoder = encoder_cls(spatial_dims=d, in_channels=images.shape[1], **encoder_options)
-        record = pretrain_in_memory(
-            task,
+        tasks = [WeightedTask(TASKS.get(e.name)(d, **e.options), e.weight, e.name) for e in cfg.entries()]
+        encoder = encoder_cls(spatial_dims=d, in_channels=cfg.data.in_channels, **encoder_options)
+        trainer = Pretrainer(
             encoder,
-            images,
-            case_ids,
+            tasks,
+            Subset(pool, range(cfg.held_out, size)),
+            cfg.train,
             cfg.output,
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            crop=cfg.crop,
-            held_out=cfg.held_out,
-            seed=cfg.seed,
+            held_out=Subset(pool, range(cfg.held_out)) if cfg.held_out else None,
             record={
-                "task": cfg.task,
+                "task": "+".join(e.name for e in cfg.entries()),
                 "synthetic": cfg.data.synthetic,
                 "transductive": cfg.data.include_labelled,
-                "config": dataclasses.asdict(cfg),
+                "command": dataclasses.asdict(cfg),
             },
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from err
+    record = trainer.fit()
+    accuracy = record["pretext_accuracy"]
     print(
-        f"held-out pretext accuracy {record['pretext_accuracy']:.3f}; encoder written to {cfg.output}"
-        + ("  [SYNTHETIC phantom data]" if cfg.data.synthetic else "")
+        f"held-out pretext accuracy {'n/a' if accuracy is None else f'{accuracy:.3f}'}; encoder written to "
+        f"{cfg.output}" + ("  [SYNTHETIC phantom data]" if cfg.data.synthetic else "")
     )
     return record
 

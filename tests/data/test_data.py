@@ -324,7 +324,7 @@ def test_dicom_series_in_hounsfield_units(tmp_path: Path) -> None:
 
 
 def test_pretraining_pools_exclude_labelled_cases_by_default(task07: Path, tmp_path: Path) -> None:
-    from pretext3d.experiments.provenance import overlapping_cases
+    from pretext3d.provenance import overlapping_cases
 
     labelled = Task07Pancreas(task07, preprocessing=RAW).case_ids
     pool = Task07Pancreas.unlabelled(task07, preprocessing=RAW).case_ids

@@ -186,7 +186,7 @@ def test_provenance_is_recorded_and_a_mismatch_refuses_reuse(
     env = prov["environment"]
     assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
     assert env["pretext3d"] == p3.__version__ and env["device"] == "cpu" and "git_commit" in env
-    assert rows[1]["encoder"]["sha256"] == p3.experiments.provenance.file_sha256(encoder)
+    assert rows[1]["encoder"]["sha256"] == p3.provenance.file_sha256(encoder)
     assert rows[1]["encoder"]["pretraining"]["pretraining_cases"] == ["x"]
     config_json = json.loads((tmp_path / "o" / "config.json").read_text())
     assert config_json["data"]["sha256"] == prov["data"]["sha256"]

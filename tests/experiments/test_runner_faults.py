@@ -31,12 +31,23 @@ def test_a_change_of_data_or_encoder_refuses_the_old_results(
     assert main(["data-efficiency", *TINY, *out, "--set", "data.size=16", "--set", "data.seed=1"]) == 2
     # an encoder pretrained again into the same file is another encoder
     encoder = tmp_path / "enc.pt"
-    pretrain = ["--set", "steps=1", "--set", "data.count=6", "--set", "data.size=16", "--set", "held_out=2"]
-    pretrain += ["--set", "crop=8", "--set", f'output="{encoder}"']
+    pretrain = [
+        "--set",
+        "train.steps=1",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "data.count=6",
+        "--set",
+        "data.size=16",
+        "--set",
+        "held_out=2",
+    ]
+    pretrain += ["--set", "train.crop=8", "--set", "train.progress=false", "--set", f'output="{encoder}"']
     assert main(["pretrain", *pretrain]) == 0
     enc_out = ["--set", f'output_dir="{tmp_path / "de2"}"', "--set", f'methods.rotation="{encoder}"']
     assert main(["data-efficiency", *TINY, *enc_out, "--set", "data.size=16"]) == 0
-    assert main(["pretrain", *pretrain, "--set", "seed=1"]) == 0
+    assert main(["pretrain", *pretrain, "--set", "train.seed=1"]) == 0
     capsys.readouterr()
     assert main(["data-efficiency", *TINY, *enc_out, "--set", "data.size=16"]) == 2
     assert "methods.rotation" in capsys.readouterr().err

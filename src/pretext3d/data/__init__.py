@@ -21,6 +21,7 @@ from pretext3d.data.io import (
 )
 from pretext3d.data.msd import Task07Pancreas, task07_cases
 from pretext3d.data.phantoms import (
+    PhantomImages,
     ct_phantom,
     ct_phantom_batch,
     fundus_phantom,
@@ -41,6 +42,7 @@ __all__ = [
     "DicomFolder",
     "FundusFolder",
     "FundusPreprocessing",
+    "PhantomImages",
     "Task07Pancreas",
     "Volume",
     "VolumeDataset",

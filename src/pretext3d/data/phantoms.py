@@ -42,12 +42,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from pretext3d._atomic import write_text
 
 __all__ = [
     "APTOS_PRIOR",
     "CTPhantom",
+    "PhantomImages",
     "ct_phantom",
     "ct_phantom_batch",
     "fundus_phantom",
@@ -492,3 +494,44 @@ def write_aptos_phantom(
             lines.append(f"{ident},{grade}" if split == "train" else ident)
         write_text(folder / f"{split}.csv", "\n".join(lines) + "\n")
     return folder
+
+
+class PhantomImages(Dataset[Tensor]):
+    """Phantom images drawn one at a time, for streaming (nothing held in memory).
+
+    Image ``i`` equals ``ct_phantom_batch(count, size, seed=seed, first=first)[0][i]`` (or the
+    fundus one): the same cases, drawn in the loader's workers.
+
+    Args:
+        kind: ``"ct"`` (``(1, size, size, size)``, windowed and z-scored) or ``"fundus"``
+            (``(3, size, size)`` in ``[0, 1]``).
+        count: number of images.
+        size: their edge.
+        seed: the phantom seed.
+        first: the first case number.
+    """
+
+    def __init__(self, kind: str, count: int, size: int, *, seed: int = 0, first: int = 0) -> None:
+        from pretext3d._checks import check_choice, check_int
+
+        self.kind = check_choice("kind", kind, ("ct", "fundus"))
+        self.count, self.size = check_int("count", count, 1), check_int("size", size, 1)
+        self.seed, self.first = check_int("seed", seed, 0), check_int("first", first, 0)
+        self._drawn: dict[int, Tensor] = {}  # small: drawn once per process, then reused
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def case_ids(self) -> list[str]:
+        """``ct-phantom-<case number>`` (or ``fundus-phantom-...``), as the CLI names them."""
+        start = self.seed * 100_003 + self.first
+        return [f"{self.kind}-phantom-{start + i}" for i in range(self.count)]
+
+    def __getitem__(self, index: int) -> Tensor:
+        if not 0 <= index < self.count:
+            raise IndexError(f"index {index} is out of range for {self.count} phantoms")
+        if index not in self._drawn:
+            draw = ct_phantom_batch if self.kind == "ct" else fundus_phantom_batch
+            self._drawn[index] = draw(1, self.size, seed=self.seed, first=self.first + index)[0][0]
+        return self._drawn[index]

@@ -7,12 +7,14 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from pretext3d._checks import check_int
 from pretext3d.config import ConfigError
 from pretext3d.data.aptos import APTOS
+from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeFolder
 from pretext3d.data.msd import Task07Pancreas
-from pretext3d.data.phantoms import ct_phantom_batch, fundus_phantom_batch
+from pretext3d.data.phantoms import PhantomImages, ct_phantom_batch, fundus_phantom_batch
 from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing
 
 __all__ = ["UNLABELLED_PHANTOMS", "DataSpec"]
@@ -32,7 +34,9 @@ class DataSpec:
 
     Attributes:
         kind: ``"ct-phantom"`` / ``"fundus-phantom"`` (built-in, SYNTHETIC), ``"task07"``
-            (an MSD Task07 folder) or ``"aptos"`` (an APTOS 2019 folder).
+            (an MSD Task07 folder) or ``"aptos"`` (an APTOS 2019 folder); for pretraining
+            only, ``"volume-folder"`` (NIfTI/.npy scans), ``"dicom-folder"`` (one DICOM
+            series per sub-folder) or ``"fundus-folder"`` (PNG/JPEG photographs).
         path: the folder, for ``task07`` and ``aptos``.
         count: number of phantoms to draw (labelled cases, or pretraining images).
         size: edge of the images (phantoms are drawn at it; real data are resized to it).
@@ -44,7 +48,9 @@ class DataSpec:
             runner refuses such an encoder unless ``experiment.transductive = true``.
     """
 
-    kind: Literal["ct-phantom", "fundus-phantom", "task07", "aptos"] = "ct-phantom"
+    kind: Literal[
+        "ct-phantom", "fundus-phantom", "task07", "aptos", "volume-folder", "dicom-folder", "fundus-folder"
+    ] = "ct-phantom"
     path: str = ""
     count: int = 64
     size: int = 32
@@ -60,7 +66,7 @@ class DataSpec:
     @property
     def spatial_dims(self) -> int:
         """3 for CT, 2 for fundus images."""
-        return 3 if self.kind in ("ct-phantom", "task07") else 2
+        return 3 if self.kind in ("ct-phantom", "task07", "volume-folder", "dicom-folder") else 2
 
     @property
     def in_channels(self) -> int:
@@ -89,6 +95,8 @@ class DataSpec:
 
     def labelled(self) -> tuple[Tensor, Tensor, list[str]]:
         """All labelled cases in memory: ``(images, labels, case ids)``."""
+        if self.kind.endswith("-folder"):
+            raise ConfigError(f"data.kind = {self.kind!r} holds unlabelled images: use it to pretrain only")
         if self.synthetic:
             return self._phantoms(0)
         if self.kind == "task07":
@@ -99,24 +107,55 @@ class DataSpec:
         items = [aptos[i] for i in range(len(aptos))]
         return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]), aptos.case_ids
 
-    def unlabelled(self) -> tuple[Tensor, list[str]]:
-        """The pretraining pool in memory: ``(images, case ids)``; see :attr:`include_labelled`."""
+    def unlabelled(self) -> Dataset[Tensor]:
+        """The pretraining pool as a streaming data set (items ``(C, *spatial)``), with ``case_ids``.
+
+        Nothing is loaded until an item is read: phantoms are drawn per item, scans are read
+        (and preprocessed) per item. See :attr:`include_labelled` for what the pool holds.
+        """
         if self.synthetic:
-            images, _, ids = self._phantoms(0 if self.include_labelled else UNLABELLED_PHANTOMS)
-            return images, ids
+            first = 0 if self.include_labelled else UNLABELLED_PHANTOMS
+            return PhantomImages(self.kind.split("-")[0], self.count, self.size, seed=self.seed, first=first)
         if self.kind == "task07":
-            pool = Task07Pancreas.unlabelled(
+            return Task07Pancreas.unlabelled(
                 self._folder(), include_training=self.include_labelled, preprocessing=self._ct_preprocessing()
             )
-            return torch.stack([pool[i] for i in range(len(pool))]), pool.case_ids
+        if self.kind == "volume-folder":
+            return VolumeFolder(self._folder(), preprocessing=self._ct_preprocessing())
+        if self.kind == "dicom-folder":
+            return DicomFolder(self._folder(), preprocessing=self._ct_preprocessing())
         prep = FundusPreprocessing("resize", self.size)
+        if self.kind == "fundus-folder":
+            return FundusFolder(self._folder(), preprocessing=prep)
         splits = ("test", "train") if self.include_labelled else ("test",)
-        photos: list[Tensor] = []
-        names: list[str] = []
-        for split in splits:
-            aptos = APTOS(self._folder(), split, preprocessing=prep)
-            photos += [aptos[i][0] for i in range(len(aptos))]
-            names += aptos.case_ids
-        if not photos:
+        parts = [_Images(APTOS(self._folder(), split, preprocessing=prep)) for split in splits]
+        if not sum(len(p) for p in parts):
             raise ConfigError(f"no unlabelled images in {self.path!r} (test.csv lists none)")
-        return torch.stack(photos), names
+        return _Images.concat(parts)
+
+
+class _Images(Dataset[Tensor]):
+    """The images of a labelled data set (its items' first element), keeping ``case_ids``."""
+
+    def __init__(self, data: APTOS) -> None:
+        self.parts: list[APTOS] = [data]
+
+    @classmethod
+    def concat(cls, parts: list[_Images]) -> _Images:
+        out = cls.__new__(cls)
+        out.parts = [p for part in parts for p in part.parts]
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c for p in self.parts for c in p.case_ids]
+
+    def __getitem__(self, index: int) -> Tensor:
+        for part in self.parts:
+            if index < len(part):
+                return part[index][0]
+            index -= len(part)
+        raise IndexError(index)

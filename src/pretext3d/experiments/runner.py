@@ -17,7 +17,7 @@ The protocol (a fair comparison, after the shortcomings of the original's):
   restored). Whether each run converged (stopped by patience rather than by the budget)
   is recorded and reported.
 - **No test images in pretraining.** An encoder whose pretraining record
-  (:mod:`~pretext3d.experiments.provenance`) lists a validation or test case of a split is
+  (:mod:`~pretext3d.provenance`) lists a validation or test case of a split is
   refused, unless ``transductive=True`` (the paper's setting), which is recorded.
 - **Provenance.** ``config.json`` and every result row carry the settings, the data's
   hash and description, each encoder file's hash and pretraining record, and the
@@ -48,15 +48,15 @@ from torch import Tensor, nn
 from pretext3d._atomic import remove_stale_temporaries, write_text
 from pretext3d._checks import check_device
 from pretext3d.experiments.locks import RunLock
-from pretext3d.experiments.provenance import (
+from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
+from pretext3d.finetune.trainer import TrainConfig, Trainer
+from pretext3d.provenance import (
     environment,
     file_sha256,
     overlapping_cases,
     read_pretraining_record,
     tensor_sha256,
 )
-from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
-from pretext3d.finetune.trainer import TrainConfig, Trainer
 
 __all__ = ["DataEfficiencyConfig", "Recipe", "run_data_efficiency", "run_name"]
 

@@ -10,7 +10,6 @@ import contextlib
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +18,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from pretext3d._atomic import atomic_path
+from pretext3d import engine
 from pretext3d._checks import check_choice, check_device, check_int, check_positive
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "Trainer"]
+
+NonFiniteLossError = engine.NonFiniteLossError
 
 Batch = tuple[Tensor, Tensor]
 
@@ -86,10 +87,6 @@ class TrainConfig:
                 f"freeze_encoder_epochs must lie in [0, epochs={self.epochs}], "
                 f"got {self.freeze_encoder_epochs}"
             )
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message says at which epoch and step."""
 
 
 class Trainer:
@@ -206,10 +203,7 @@ class Trainer:
             self.encoder.eval()
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.config.autocast == "none":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.autocast == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return engine.autocast(self.device, {"none": "fp32"}.get(self.config.autocast, self.config.autocast))
 
     def _step(self, step: int) -> float:
         x, y = self.sample(self.generator)
@@ -217,7 +211,7 @@ class Trainer:
         with self._autocast():
             loss = self.loss_fn(self.model(x), y)
         if not bool(torch.isfinite(loss.detach())):
-            raise NonFiniteLossError(
+            raise engine.NonFiniteLossError(
                 f"the training loss is {float(loss.detach())} at epoch {self.epoch}, step {step} of "
                 f"{self.config.steps_per_epoch}; the run stops rather than report a score (lower lr, "
                 f"now {self.config.lr}, or check the data for NaN)"
@@ -233,35 +227,25 @@ class Trainer:
     def _save(self) -> None:
         if self.checkpoint is None:
             return
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.checkpoint) as tmp:
-            torch.save(
-                {
-                    "config": asdict(self.config),
-                    "epoch": self.epoch,
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "history": self.history,
-                    "best_score": self.best_score,
-                    "best_state": self.best_state,
-                    "generator": self.generator.get_state(),
-                },
-                tmp,
-            )
+        engine.save_checkpoint(
+            self.checkpoint,
+            {
+                "config": asdict(self.config),
+                "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "history": self.history,
+                "best_score": self.best_score,
+                "best_state": self.best_state,
+                "generator": self.generator.get_state(),
+            },
+        )
 
     def _resume(self) -> None:
         assert self.checkpoint is not None
-        try:
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-            if not isinstance(state, dict) or "config" not in state:
-                raise ValueError("not a pretext3d trainer checkpoint")
-        except Exception as err:  # truncated or foreign: the run is unfinished by definition
-            warnings.warn(
-                f"checkpoint {str(self.checkpoint)!r} cannot be read ({type(err).__name__}: {err}); "
-                "it is removed and the run starts over",
-                stacklevel=3,
-            )
-            self.checkpoint.unlink(missing_ok=True)
+        required = ("config", "model", "optimizer", "epoch")
+        state = engine.load_checkpoint(self.checkpoint, required, self.device)
+        if state is None:  # unreadable: reported, removed, the run starts over
             return
         if state["config"] != asdict(self.config):
             raise ValueError(

@@ -1,0 +1,229 @@
+"""The training machinery the fine-tuning ``Trainer`` and the ``Pretrainer`` share.
+
+Devices (``"auto"``: CUDA, then MPS, then the CPU), precision (fp32, bf16 autocast, fp16
+autocast with a gradient scaler), channels-last layouts, every random state a resumed run
+needs, atomic checkpoints that are never trusted blindly, and metric logs (JSON lines and
+CSV always, TensorBoard when installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import random
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pretext3d._atomic import atomic_path
+from pretext3d._checks import check_choice, check_device
+
+__all__ = [
+    "MetricsLog",
+    "NonFiniteLossError",
+    "Precision",
+    "autocast",
+    "grad_scaler",
+    "load_checkpoint",
+    "resolve_device",
+    "resolve_precision",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "to_channels_last",
+]
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA if available, else MPS, else CPU; anything else is checked to exist."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return check_device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> bf16 on a GPU that supports it (the fast path), else fp32."""
+    check_choice("precision", precision, ("auto", "fp32", "bf16", "fp16"))
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of ``precision`` (``fp32``: none)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only for fp16 (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def to_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:
+    """``module`` in the channels-last memory format of its dimension (faster convolutions on GPUs)."""
+    fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    for param in module.parameters():  # (nn.Module.to takes memory_format, its stubs do not)
+        if param.dim() == spatial_dims + 2:
+            param.data = param.data.contiguous(memory_format=fmt)
+    return module
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random state a resumed run needs: Python, NumPy, torch CPU and CUDA."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` with ``torch.save`` atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(dict(payload), tmp)
+
+
+def load_checkpoint(
+    path: str | Path, required: tuple[str, ...], device: torch.device | str = "cpu"
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or ``None`` (with a warning naming it) if it cannot be used.
+
+    A missing file gives ``None`` silently; a truncated, foreign or incomplete one (lacking a
+    key of ``required``) is removed with a warning, since the run it belongs to is unfinished
+    by definition and starts over.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        missing = [k for k in required if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"not a checkpoint of this kind (missing {missing})")
+    except Exception as err:
+        warnings.warn(
+            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {str(err)[:200]}); "
+            "it is removed and the run starts over",
+            stacklevel=3,
+        )
+        path.unlink(missing_ok=True)
+        return None
+    assert isinstance(state, dict)
+    return state
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message says where."""
+
+
+class MetricsLog:
+    """Metric rows to ``<folder>/metrics.jsonl`` and ``metrics.csv`` (and TensorBoard if installed).
+
+    Each row is a dict with an int ``step``. On resume, :meth:`truncate` drops rows beyond the
+    step the run restarts from, so a resumed log equals an uninterrupted one.
+
+    Args:
+        folder: where the files go.
+        tensorboard: also write TensorBoard events (needs ``pip install tensorboard``).
+    """
+
+    def __init__(self, folder: str | Path, *, tensorboard: bool = False) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.folder / "metrics.jsonl"
+        self.csv = self.folder / "metrics.csv"
+        self.writer: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # pragma: no cover - depends on the extra
+                raise ImportError("tensorboard logging needs: pip install 'pretext3d[tensorboard]'") from err
+            self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row logged so far."""
+        if not self.jsonl.exists():
+            return []
+        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+
+    def truncate(self, step: int) -> None:
+        """Keep only the rows up to ``step`` (a resumed run logs the rest again)."""
+        kept = [r for r in self.rows() if r["step"] <= step]
+        with atomic_path(self.jsonl) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        """Append one row to the JSON lines (the CSV is rewritten by :meth:`flush`)."""
+        with open(self.jsonl, "a") as handle:
+            handle.write(json.dumps(dict(row)) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["step"])
+
+    def flush(self) -> None:
+        """Write ``metrics.csv`` from the JSON lines (the union of all columns)."""
+        self._write_csv(self.rows())
+
+    def _write_csv(self, rows: list[dict[str, Any]]) -> None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_path(self.csv) as tmp:
+            tmp.write_text(buffer.getvalue())
+
+    def close(self) -> None:
+        """Write the CSV and flush TensorBoard."""
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+@contextlib.contextmanager
+def progress(total: int, initial: int, enabled: bool, description: str) -> Iterator[Any]:
+    """A tqdm bar if tqdm is installed and ``enabled``; else ``None``."""
+    bar = None
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True)
+        except ImportError:
+            bar = None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,201 @@
+"""The pretrainer: exact resume after a kill, streaming through workers, several tasks, bf16, records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import pretext3d as p3
+from pretext3d import engine
+from pretext3d.data import PhantomImages, VolumeFolder, write_task07_phantom
+from pretext3d.models import ConvEncoder
+from pretext3d.pretrainer import PretrainConfig, Pretrainer, WeightedTask, pretext_warning
+from pretext3d.tasks import Jigsaw, Rotation
+
+RUN = {"steps": 6, "batch_size": 4, "crop": 16, "log_every": 1, "eval_every": 3, "checkpoint_every": 2,
+       "progress": False, "device": "cpu"}  # fmt: skip
+
+
+def trainer(tmp: Path, tasks: Any = None, data: Any = None, **options: Any) -> Pretrainer:
+    torch.manual_seed(0)
+    encoder = ConvEncoder(3, widths=(4, 8))
+    data = data if data is not None else PhantomImages("ct", 12, 24, seed=3)
+    held = PhantomImages("ct", 4, 24, seed=4)
+    config = PretrainConfig(**{**RUN, **options})
+    return Pretrainer(encoder, tasks if tasks is not None else Rotation(3), data, config, tmp / "enc.pt",
+                      held_out=held, log=lambda line: None)  # fmt: skip
+
+
+def weights(t: Pretrainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in t.models.state_dict().items()}
+
+
+def without_timing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "data_wait")} for r in rows]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = trainer(tmp_path / "full")
+    full.fit()
+    reference = weights(full)
+    log = engine.MetricsLog.log
+
+    def kill_at_step_5(self: engine.MetricsLog, row: dict[str, Any]) -> None:
+        log(self, row)
+        if row["step"] == 5:
+            raise KeyboardInterrupt  # as a kill: the last checkpoint is step 4
+
+    monkeypatch.setattr(engine.MetricsLog, "log", kill_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "killed").fit()
+    monkeypatch.setattr(engine.MetricsLog, "log", log)
+    resumed = trainer(tmp_path / "killed")
+    lines: list[str] = []
+    resumed.log = lines.append
+    resumed.fit()
+    assert any("resumed from" in line and "at step 4/6" in line for line in lines)
+    assert all(torch.equal(reference[k], v) for k, v in weights(resumed).items())
+    rows = resumed.metrics.rows()
+    assert without_timing(rows) == without_timing(full.metrics.rows())  # the log as if never killed
+    assert (tmp_path / "killed" / "enc.pt.run" / "metrics.csv").read_text().count("\n") == len(rows) + 1
+
+
+def test_streaming_from_nifti_files_through_two_workers(tmp_path: Path) -> None:
+    root = write_task07_phantom(tmp_path / "data", num_train=0, num_test=8, size=24)
+    raw = p3.data.CTPreprocessing(spacing=None, crop=None, dtype="float32")
+    folder = VolumeFolder(root / "imagesTs", preprocessing=raw)
+    two = trainer(tmp_path / "two", data=folder, num_workers=2, steps=3)
+    record = two.fit()
+    one = trainer(tmp_path / "one", data=folder, num_workers=0, steps=3)
+    one.fit()
+    # crops are a function of (seed, epoch, index): the workers do not change what the model sees
+    assert all(torch.equal(v, weights(one)[k]) for k, v in weights(two).items())
+    saved = json.loads((tmp_path / "two" / "enc.pt.json").read_text())
+    assert saved["pretraining_cases"][:8] == folder.case_ids and record["tasks"] == ["rotation"]
+    assert isinstance(p3.models.load_encoder(tmp_path / "two" / "enc.pt"), ConvEncoder)
+
+
+def test_several_tasks_on_one_encoder(tmp_path: Path) -> None:
+    jigsaw = Jigsaw(3, grid=2, num_permutations=6, jitter=1)
+    both = trainer(
+        tmp_path / "both", [Rotation(3), WeightedTask(jigsaw, 0.5, "jigsaw")], steps=20, eval_every=20
+    )
+    record = both.fit()
+    rows = [r for r in both.metrics.rows() if "loss/rotation" in r]
+    assert {"loss/rotation", "loss/jigsaw", "accuracy/jigsaw"} <= set(rows[-1])
+    assert record["tasks"] == ["rotation", "jigsaw"] and record["task_weights"] == [1.0, 0.5]
+    first = sum(r["loss/jigsaw"] for r in rows[:5]) / 5
+    last = sum(r["loss/jigsaw"] for r in rows[-5:]) / 5
+    assert last < first, (first, last)
+    # one task in a list is the single-task run; a second task with weight 0 leaves the first
+    # task's trajectory alone (each task draws from its own generator)
+    single = trainer(tmp_path / "single", Rotation(3))
+    single.fit()
+    listed = trainer(tmp_path / "listed", [WeightedTask(Rotation(3), 1.0, "rotation")])
+    listed.fit()
+    assert all(torch.equal(v, weights(single)[k]) for k, v in weights(listed).items())
+    zero = trainer(
+        tmp_path / "zero", [Rotation(3), WeightedTask(Jigsaw(3, grid=2, num_permutations=6, jitter=1), 0.0)]
+    )
+    zero.fit()
+    params = dict(single.models["rotation"].named_parameters())
+    assert all(torch.equal(p, params[n]) for n, p in zero.models["rotation"].named_parameters())
+    alternating = trainer(
+        tmp_path / "alt", [Rotation(3), WeightedTask(jigsaw, 1.0, "jigsaw")], task_mode="alternate"
+    )
+    alternating.fit()
+    steps = {r["step"]: r for r in alternating.metrics.rows() if "lr" in r}
+    assert "loss/rotation" in steps[1] and "loss/jigsaw" not in steps[1] and "loss/jigsaw" in steps[2]
+
+
+def test_bf16_autocast_on_the_cpu(tmp_path: Path) -> None:
+    run = trainer(tmp_path, precision="bf16", steps=3)
+    before = weights(run)
+    run.fit()
+    after = weights(run)
+    assert run.precision == "bf16" and any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in after.values())
+    assert all(
+        r.get("loss/rotation", 0.0) == r.get("loss/rotation", 0.0) for r in run.metrics.rows()
+    )  # no NaN
+
+
+def test_schedule_warmup_then_cosine(tmp_path: Path) -> None:
+    run = trainer(tmp_path, steps=10, warmup_steps=2, lr=0.1)
+    factors = [run._lr_factor(s) for s in range(10)]
+    assert factors[0] == pytest.approx(1 / 3) and factors[1] == pytest.approx(2 / 3) and factors[2] == 1.0
+    assert factors[2] > factors[5] > factors[9] > 0.0
+    constant = trainer(tmp_path / "c", steps=10, schedule="constant")
+    assert [constant._lr_factor(s) for s in range(10)] == [1.0] * 10
+
+
+def test_warnings_at_chance_and_when_solved() -> None:
+    assert pretext_warning(Rotation(3), 0.11) is not None and "chance" in str(
+        pretext_warning(Rotation(3), 0.11)
+    )
+    assert "solved outright" in str(pretext_warning(Rotation(3), 0.995))
+    assert pretext_warning(Rotation(3), 0.6) is None
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": None}, "exactly one of steps and epochs"),
+        ({"epochs": 2}, "exactly one of steps and epochs"),
+        ({"optimizer": "lion"}, "optimizer"),
+        ({"lr": float("inf")}, "lr"),
+        ({"precision": "fp8"}, "precision"),
+        ({"accumulate": 0}, "accumulate"),
+        ({"grad_clip": 0.0}, "grad_clip"),
+        ({"device": "cuda:7"}, "not available"),
+        ({"schedule": "step"}, "schedule"),
+    ],
+)
+def test_bad_settings_are_named(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PretrainConfig(**options)
+
+
+def test_bad_runs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="fewer than batch_size=4"):
+        trainer(tmp_path, data=PhantomImages("ct", 2, 24))
+    with pytest.raises(ValueError, match="task names must differ"):
+        trainer(tmp_path, [Rotation(3), Rotation(3)])
+    with pytest.raises(ValueError, match="one spatial dimension"):
+        trainer(tmp_path, [Rotation(3), WeightedTask(Rotation(2), 1.0, "r2")])
+    with pytest.raises(ValueError, match="differ in shape"):
+        trainer(tmp_path, data=_Uneven(), crop=0).fit()
+    # an unfinished checkpoint of other settings is refused, not silently continued; a finished
+    # run of other settings is replaced by the new one
+    log = engine.MetricsLog.log
+
+    def kill(self: engine.MetricsLog, row: dict[str, Any]) -> None:
+        log(self, row)
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.MetricsLog, "log", kill)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "a", steps=4, checkpoint_every=1).fit()
+    monkeypatch.setattr(engine.MetricsLog, "log", log)
+    with pytest.raises(ValueError, match="holds an unfinished run of other settings"):
+        trainer(tmp_path / "a", steps=4, lr=0.5).fit()
+    trainer(tmp_path / "b", steps=2).fit()
+    lines: list[str] = []
+    again = trainer(tmp_path / "b", steps=2, lr=0.5)
+    again.log = lines.append
+    again.fit()
+    assert any("finished run of other settings; starting a new run" in line for line in lines)
+
+
+class _Uneven(torch.utils.data.Dataset[torch.Tensor]):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.zeros(1, 16 + i, 16, 16)
