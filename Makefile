@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/exemplar.py
 	$(BIN)/python benchmarks/cpc.py
 	$(BIN)/python benchmarks/backbones.py
+	$(BIN)/python benchmarks/pretrain.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -245,3 +245,37 @@ def test_a_pairing_that_cannot_load_is_refused_before_anything_runs(
     ]
     assert main(["pretrain", *args, "--set", f'output="{tmp_path / "c.pt"}"']) == 0
     assert "a 'conv' encoder will not load into it" in capsys.readouterr().out
+
+
+def test_cli_pretrains_several_tasks_streaming_from_a_scan_folder(tmp_path: Path) -> None:
+    root = p3.data.write_task07_phantom(tmp_path, num_train=0, num_test=6, size=20)
+    config = tmp_path / "pretrain.toml"
+    config.write_text(f"""
+encoder = "unet"
+held_out = 2
+output = "{tmp_path / "enc.pt"}"
+[data]
+kind = "volume-folder"
+path = "{root / "imagesTs"}"
+size = 16
+[[tasks]]
+name = "rotation"
+[[tasks]]
+name = "rpl"
+weight = 0.5
+options = {{ grid = 3, jitter = 0 }}
+[train]
+steps = 2
+batch_size = 2
+device = "cpu"
+progress = false
+""")
+    assert main(["pretrain", "--config", str(config)]) == 0
+    record = json.loads((tmp_path / "enc.pt.json").read_text())
+    assert record["tasks"] == ["rotation", "rpl"] and record["task_weights"] == [1.0, 0.5]
+    assert len(record["pretraining_cases"]) == 6 and record["synthetic"] is False
+    assert isinstance(p3.models.load_encoder(tmp_path / "enc.pt"), p3.models.UNetEncoder)
+    rows = [json.loads(line) for line in (tmp_path / "enc.pt.run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/rpl" in r for r in rows) and any("held_out_accuracy/rotation" in r for r in rows)
+    # rerunning the same command resumes the finished run: nothing is trained again
+    assert main(["pretrain", "--config", str(config)]) == 0
