@@ -430,7 +430,9 @@ class Pretrainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
-                        loss=f"{sum(losses.values()):.3f}", images_s=f"{seen / max(wait + compute, 1e-9):.1f}"
+                        loss=f"{sum(losses.values()):.3f}",
+                        accuracy=f"{sum(accuracies.values()) / len(accuracies):.3f}",
+                        images_s=f"{seen / max(wait + compute, 1e-9):.1f}",
                     )
                 if self.step % cfg.log_every == 0 or self.step == self.steps:
                     row: dict[str, Any] = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]}
