@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 import pretext3d as p3
 from pretext3d.pretrainer import PretrainConfig, Pretrainer
 
@@ -48,6 +50,7 @@ def main() -> None:
         f"{len(train)} training and {len(held_out)} held-out 32^3 phantom volumes, random {args.crop}^3 "
         f"crops; chance accuracy {chance:.0%}"
     )
+    torch.manual_seed(args.seed)  # the encoder's initialisation (the Pretrainer seeds the rest)
     trainer = Pretrainer(
         p3.models.ConvEncoder(3, widths=(8, 16, 32)), task, train, config, args.output / "encoder.pt",
         held_out=held_out, log=print,

@@ -279,3 +279,7 @@ progress = false
     assert any("loss/rpl" in r for r in rows) and any("held_out_accuracy/rotation" in r for r in rows)
     # rerunning the same command resumes the finished run: nothing is trained again
     assert main(["pretrain", "--config", str(config)]) == 0
+    # the same settings into another file give the same weights (the encoder's init follows the seed)
+    again = tmp_path / "again.pt"
+    assert main(["pretrain", "--config", str(config), "--set", f'output="{again}"']) == 0
+    assert p3.provenance.file_sha256(again) == p3.provenance.file_sha256(tmp_path / "enc.pt")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Subset
 
 from pretext3d._checks import check_device, check_int, check_positive
@@ -267,6 +268,7 @@ def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
         raise ConfigError(f"held_out={cfg.held_out} leaves no training images out of {size}")
     try:
         tasks = [WeightedTask(TASKS.get(e.name)(d, **e.options), e.weight, e.name) for e in cfg.entries()]
+        torch.manual_seed(cfg.train.seed)  # the encoder's initialisation follows the run's seed
         encoder = encoder_cls(spatial_dims=d, in_channels=cfg.data.in_channels, **encoder_options)
         trainer = Pretrainer(
             encoder,

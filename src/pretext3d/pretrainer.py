@@ -208,7 +208,9 @@ class Pretrainer:
     """Pretrain ``encoder`` on one or several pretext tasks; see the module docstring.
 
     Args:
-        encoder: any encoder (:class:`~pretext3d.PretextModel`'s rules); trained in place.
+        encoder: any encoder (:class:`~pretext3d.PretextModel`'s rules); trained in place. It is
+            built before the pretrainer sees it: seed its initialisation yourself
+            (``torch.manual_seed``) for a reproducible run.
         tasks: one task, or several (tasks or :class:`WeightedTask`) sharing the encoder.
         data: unlabelled images; items ``(C, *spatial)`` tensors or arrays (or tuples whose
             first element is one, e.g. a labelled data set's ``(image, label)``).
