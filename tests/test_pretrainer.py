@@ -199,3 +199,14 @@ class _Uneven(torch.utils.data.Dataset[torch.Tensor]):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return torch.zeros(1, 16 + i, 16, 16)
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path: Path) -> None:
+    first = trainer(tmp_path)
+    record = first.fit()
+    rows = first.metrics.rows()
+    again = trainer(tmp_path)
+    assert again.fit()["held_out"] == record["held_out"]
+    assert again.metrics.rows() == rows and all(
+        torch.equal(v, weights(first)[k]) for k, v in weights(again).items()
+    )

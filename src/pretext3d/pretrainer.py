@@ -454,8 +454,11 @@ class Pretrainer:
                     last_eval = self.evaluate()
                 if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
                     self._save()
-        if self.held_out is not None and not last_eval:
-            last_eval = self.evaluate()
+        if self.held_out is not None and not last_eval:  # a finished run, resumed: its last evaluation
+            logged = [
+                r for r in self.metrics.rows() if r["step"] == self.steps and any("held_out" in k for k in r)
+            ]
+            last_eval = {k: v for k, v in logged[-1].items() if k != "step"} if logged else self.evaluate()
         return self._finish(start_step, last_eval)
 
     @torch.no_grad()
