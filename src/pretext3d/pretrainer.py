@@ -331,7 +331,6 @@ class Pretrainer:
         if state["config"] != dataclasses.asdict(self.config) or state["tasks"] != self._task_names():
             if state["step"] >= state.get("steps", math.inf):  # a finished run of other settings
                 self.log(f"{self.checkpoint} holds a finished run of other settings; starting a new run")
-                self.metrics.truncate(0)
                 return
             raise ValueError(
                 f"checkpoint {str(self.checkpoint)!r} holds an unfinished run of other settings or tasks "
@@ -345,7 +344,6 @@ class Pretrainer:
             g.set_state(s)
         engine.set_rng_state(state["rng"])
         self.step = int(state["step"])
-        self.metrics.truncate(self.step)
         self.log(f"resumed from {self.checkpoint} at step {self.step}/{self.steps}")
 
     def _save(self) -> None:
@@ -373,6 +371,7 @@ class Pretrainer:
         """Train (or continue) to ``steps``, write the encoder and its record; the summary."""
         cfg = self.config
         self._resume()
+        self.metrics.truncate(self.step)  # rows logged after the checkpoint (or by an unsaved start) go
         start_step = self.step
         micro = cfg.accumulate
         loader = self._loader(self.data, self.step * micro, (self.steps - self.step) * micro, cfg.seed, True)
