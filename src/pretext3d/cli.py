@@ -35,6 +35,7 @@ from pretext3d.config import (
     parse_override,
 )
 from pretext3d.data.spec import DataSpec
+from pretext3d.experiments.locks import RunLock
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.experiments.report import write_report
 from pretext3d.experiments.runner import DataEfficiencyConfig, run_data_efficiency
@@ -139,6 +140,10 @@ class PretrainCommand:
 @dataclass
 class DataEfficiencyCommand:
     """``pretext3d data-efficiency``: downstream quality against the fraction of labels.
+
+    Several workers can share one grid: start it N times on one ``output_dir`` (or under
+    ``torchrun --nproc-per-node N``, one GPU each with ``device = "cuda"``); each run is
+    claimed by one worker, a killed worker's run is taken over, the report is written once.
 
     Attributes:
         data: the labelled images (CT: segmentation; fundus: grading).
@@ -254,7 +259,7 @@ def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise ConfigError(f"output {cfg.output!r} cannot be written (checked before training)")
     recipe = _recipe(cfg.data, SegmentationRecipe(), GradingRecipe())
-    if cfg.encoder != recipe.encoder:
+    if cfg.encoder != recipe.encoder and os.environ.get("RANK", "0") == "0":
         print(
             f"note: {type(recipe).__name__}, which pretext3d data-efficiency uses for these data, "
             f"fine-tunes {recipe.encoder!r} encoders; a {cfg.encoder!r} encoder will not load into it"
@@ -287,6 +292,8 @@ def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from err
     record = trainer.fit()
+    if not trainer.main:  # under torchrun, rank 0 speaks
+        return record
     accuracy = record["pretext_accuracy"]
     print(
         f"held-out pretext accuracy {'n/a' if accuracy is None else f'{accuracy:.3f}'}; encoder written to "
@@ -315,6 +322,9 @@ def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
             except ValueError as err:
                 raise ConfigError(f"methods.{name}: {err}") from err
     images, labels, case_ids = cfg.data.labelled()
+    device = cfg.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per worker
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     try:
         rows = run_data_efficiency(
             recipe,
@@ -325,13 +335,20 @@ def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
             cfg.output_dir,
             case_ids=case_ids,
             data_info=dataclasses.asdict(cfg.data),
-            device=cfg.device,
+            device=device,
             synthetic=cfg.data.synthetic,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    for path in write_report(rows, cfg.output_dir, recipe.metric, synthetic=cfg.data.synthetic):
-        print(f"wrote {path}")
+    # Several workers (torchrun ranks, or processes on one folder) finish together: the report is
+    # written once, by the worker that finds it missing or older than the newest run.
+    out = Path(cfg.output_dir)
+    with RunLock(out / "report.lock") as claimed:
+        summary = out / "summary.md"
+        newest = max(p.stat().st_mtime for p in (out / "runs").glob("*.json"))
+        if claimed and (not summary.exists() or summary.stat().st_mtime < newest):
+            for path in write_report(rows, cfg.output_dir, recipe.metric, synthetic=cfg.data.synthetic):
+                print(f"wrote {path}")
     return rows
 
 

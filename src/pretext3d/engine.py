@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import random
 import warnings
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pretext3d._atomic import atomic_path
@@ -32,6 +34,7 @@ __all__ = [
     "autocast",
     "grad_scaler",
     "load_checkpoint",
+    "process_group",
     "resolve_device",
     "resolve_precision",
     "rng_state",
@@ -41,6 +44,21 @@ __all__ = [
 ]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of this run, initialising the process group torchrun describes.
+
+    With an initialised ``torch.distributed`` process group its rank and size; else, under
+    ``torchrun`` (``WORLD_SIZE > 1`` in the environment), it initialises one (NCCL with CUDA,
+    gloo without) from the environment's rendezvous; else ``(0, 1)``.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

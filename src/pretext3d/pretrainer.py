@@ -16,6 +16,7 @@ generator per task for views and losses. That is what makes a resumed run exact.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
@@ -48,7 +50,8 @@ class PretrainConfig:
     Attributes:
         steps: optimizer steps (``None`` when ``epochs`` is given).
         epochs: passes over the data instead of ``steps``.
-        batch_size: images per micro-batch.
+        batch_size: images per micro-batch and process (under ``torchrun`` the global batch is
+            ``batch_size * world_size``).
         accumulate: micro-batches per optimizer step (gradient accumulation).
         crop: edge of the random crop each image gets in the loader (``0``: whole images,
             which must then share one shape).
@@ -69,6 +72,8 @@ class PretrainConfig:
         compile: ``torch.compile`` the models.
         activation_checkpointing: recompute the encoder's activations in backward (less
             memory); the encoder must have a ``checkpointing`` attribute.
+        sync_batchnorm: under several processes, batch-norm statistics over all ranks' batches
+            (``SyncBatchNorm``; CUDA only).
         num_workers: loader processes.
         eval_every: steps between held-out evaluations (and at the end).
         log_every: steps between metric rows.
@@ -96,6 +101,7 @@ class PretrainConfig:
     channels_last: bool | None = None
     compile: bool = False
     activation_checkpointing: bool = False
+    sync_batchnorm: bool = False
     num_workers: int = 0
     eval_every: int = 100
     log_every: int = 10
@@ -173,20 +179,28 @@ class _Crops(Dataset[Tensor]):
 
 
 class _Batches(Sampler[list[int]]):
-    """Micro-batches ``first, first + 1, ...``; epoch ``e`` visits the items in an order of (seed, e)."""
+    """Micro-batches ``first, first + 1, ...`` of one rank.
+
+    Epoch ``e`` visits the items in an order of (seed, e) (the same on every rank); global
+    batch ``b`` is items ``[b * B * world, (b + 1) * B * world)`` of that order, and rank ``r``
+    takes its ``r``-th slice of ``B`` (``DistributedSampler``'s split, with the per-epoch
+    reshuffle, in a form that resumes at any batch).
+    """
 
     def __init__(
-        self, size: int, batch: int, seed: int, first: int, count: int, shuffle: bool = True
+        self,
+        size: int,
+        batch: int,
+        seed: int,
+        first: int,
+        count: int,
+        shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        self.size, self.batch, self.seed, self.first, self.count, self.shuffle = (
-            size,
-            batch,
-            seed,
-            first,
-            count,
-            shuffle,
-        )
-        self.per_epoch = max(1, size // batch)
+        self.size, self.batch, self.seed, self.shuffle = size, batch, seed, shuffle
+        self.first, self.count, self.rank, self.world = first, count, rank, world
+        self.per_epoch = max(1, size // (batch * world))
 
     def __len__(self) -> int:
         return self.count
@@ -201,7 +215,19 @@ class _Batches(Sampler[list[int]]):
                 order = torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
                 epoch_of_order = epoch
             assert order is not None
-            yield [epoch * self.size + int(i) for i in order[j * self.batch : (j + 1) * self.batch]]
+            start = (j * self.world + self.rank) * self.batch
+            yield [epoch * self.size + int(i) for i in order[start : start + self.batch]]
+
+
+class _AllTasks(nn.Module):
+    """The task models as one module, so one (DDP) forward serves every task of a step."""
+
+    def __init__(self, models: nn.ModuleDict) -> None:
+        super().__init__()
+        self.models = models
+
+    def forward(self, views: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {name: self.models[name](v) for name, v in views.items()}
 
 
 class Pretrainer:
@@ -249,17 +275,25 @@ class Pretrainer:
         if not hasattr(data, "__len__") or len(data) == 0:
             raise ValueError("data must be a non-empty Dataset with a length")
         self.size = len(data)
-        if self.size < config.batch_size:
-            raise ValueError(f"data holds {self.size} images, fewer than batch_size={config.batch_size}")
         self.data, self.held_out = data, held_out
         self.output = Path(output)
         self.run_dir = self.output.with_name(self.output.name + ".run")
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(self.output.parent, os.W_OK):
             raise ValueError(f"output {str(self.output)!r} cannot be written")
+        self.rank, self.world = engine.process_group()
+        self.main = self.rank == 0
         self.device = engine.resolve_device(config.device)
+        if self.world > 1 and self.device.type == "cuda":  # one GPU per process
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+            torch.cuda.set_device(self.device)
         self.precision = engine.resolve_precision(config.precision, self.device)
-        self.per_epoch = self.size // config.batch_size
+        if self.size < config.batch_size * self.world:
+            raise ValueError(
+                f"data holds {self.size} images, fewer than batch_size={config.batch_size} x "
+                f"{self.world} processes"
+            )
+        self.per_epoch = self.size // (config.batch_size * self.world)
         self.steps = (
             config.steps
             if config.steps is not None
@@ -291,8 +325,10 @@ class Pretrainer:
             self.optimizer = cls(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = engine.grad_scaler(self.device, self.precision)
+        # one view/loss stream per task and rank: ranks draw different views, reruns the same ones
         self.generators = [
-            torch.Generator().manual_seed(config.seed * 1000 + k + 1) for k in range(len(self.entries))
+            torch.Generator().manual_seed(config.seed * 1000 + k + 1 + 7919 * self.rank)
+            for k in range(len(self.entries))
         ]
         self.step = 0
         self.metrics = engine.MetricsLog(self.run_dir, tensorboard=config.tensorboard)
@@ -300,6 +336,17 @@ class Pretrainer:
         if config.compile:
             for model in self.models.values():
                 model.compile()
+        self.net: nn.Module = _AllTasks(self.models)
+        if config.sync_batchnorm:
+            if self.device.type != "cuda":
+                raise ValueError("sync_batchnorm needs CUDA devices (torch's SyncBatchNorm runs there only)")
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)  # type: ignore[no-untyped-call]
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=config.task_mode == "alternate",
+            )
 
     def _lr_factor(self, step: int) -> float:
         warmup = self.config.warmup_steps
@@ -315,7 +362,8 @@ class Pretrainer:
     ) -> DataLoader[Tensor]:
         crops = _Crops(data, len(data), self.config.crop, self.spatial_dims, seed)  # type: ignore[arg-type]
         batch = min(self.config.batch_size, len(crops))
-        sampler = _Batches(len(crops), batch, seed, first, count, shuffle)
+        rank, world = (self.rank, self.world) if shuffle else (0, 1)  # held-out data is not split
+        sampler = _Batches(len(crops), batch, seed, first, count, shuffle, rank, world)
         return DataLoader(
             crops,
             batch_sampler=sampler,
@@ -336,33 +384,55 @@ class Pretrainer:
                 f"checkpoint {str(self.checkpoint)!r} holds an unfinished run of other settings or tasks "
                 "(rerun that to resume it); delete its folder or write the encoder to another path"
             )
+        if state.get("world", 1) != self.world:
+            raise ValueError(
+                f"checkpoint {str(self.checkpoint)!r} was written by {state.get('world', 1)} processes, this "
+                f"run has {self.world}: resume with the same number (the data split and views depend on it)"
+            )
         self.models.load_state_dict(state["models"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        for g, s in zip(self.generators, state["generators"], strict=True):
+        for g, s in zip(self.generators, state["generators"][self.rank], strict=True):
             g.set_state(s)
-        engine.set_rng_state(state["rng"])
+        engine.set_rng_state(state["rng"][self.rank])
         self.step = int(state["step"])
-        self.log(f"resumed from {self.checkpoint} at step {self.step}/{self.steps}")
+        if self.main:
+            self.log(f"resumed from {self.checkpoint} at step {self.step}/{self.steps}")
+
+    def _gather(self, value: Any) -> list[Any]:
+        """``value`` of every rank, in rank order (``[value]`` for one process)."""
+        if self.world == 1:
+            return [value]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
 
     def _save(self) -> None:
+        generators = self._gather([g.get_state() for g in self.generators])  # every rank's streams
+        rng = self._gather(engine.rng_state())
+        if not self.main:
+            dist.barrier()  # until rank 0 has written it
+            return
         engine.save_checkpoint(
             self.checkpoint,
             {
                 "step": self.step,
                 "steps": self.steps,
+                "world": self.world,
                 "config": dataclasses.asdict(self.config),
                 "tasks": self._task_names(),
                 "models": self.models.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "generators": [g.get_state() for g in self.generators],
-                "rng": engine.rng_state(),
+                "generators": generators,
+                "rng": rng,
             },
         )
         self.metrics.flush()
+        if self.world > 1:
+            dist.barrier()
 
     def _task_names(self) -> list[str]:
         return [e.name for e in self.entries]
@@ -371,7 +441,8 @@ class Pretrainer:
         """Train (or continue) to ``steps``, write the encoder and its record; the summary."""
         cfg = self.config
         self._resume()
-        self.metrics.truncate(self.step)  # rows logged after the checkpoint (or by an unsaved start) go
+        if self.main:
+            self.metrics.truncate(self.step)  # rows logged after the checkpoint (or by an unsaved start) go
         start_step = self.step
         micro = cfg.accumulate
         loader = self._loader(self.data, self.step * micro, (self.steps - self.step) * micro, cfg.seed, True)
@@ -381,7 +452,7 @@ class Pretrainer:
         window_loss: dict[str, list[float]] = {}  # the steps since the last metric row
         window_acc: dict[str, list[float]] = {}
         last_eval: dict[str, float] = {}
-        with engine.progress(self.steps, self.step, cfg.progress, "pretraining") as bar:
+        with engine.progress(self.steps, self.step, cfg.progress and self.main, "pretraining") as bar:
             while self.step < self.steps:
                 for model in self.models.values():
                     model.train()
@@ -390,31 +461,37 @@ class Pretrainer:
                 )
                 losses: dict[str, float] = {}  # this step's
                 accuracies: dict[str, float] = {}
-                for _ in range(micro):
+                for m in range(micro):
                     t0 = time.perf_counter()
                     x = next(batches).to(self.device, non_blocking=True)
                     t1 = time.perf_counter()
                     wait += t1 - t0
-                    total = torch.zeros((), device=self.device)
-                    for entry in active:
-                        k = self.entries.index(entry)
+                    drawn = {e.name: e.task(x, self.generators[self.entries.index(e)]) for e in active}
+                    # under DDP gradients are averaged once per step: not on the accumulating micro-batches
+                    last = m == micro - 1 or not isinstance(self.net, nn.parallel.DistributedDataParallel)
+                    with contextlib.nullcontext() if last else self.net.no_sync():  # type: ignore[operator]
                         with engine.autocast(self.device, self.precision):
-                            views, targets = entry.task(x, self.generators[k])
-                            output = self.models[entry.name](views)
-                        output = output.float()
-                        loss = entry.task.loss(output, targets, generator=self.generators[k])
-                        if not bool(torch.isfinite(loss.detach())):
-                            raise engine.NonFiniteLossError(
-                                f"the {entry.name} loss is {float(loss.detach())} at step {self.step}; the "
-                                f"run stops (lower lr, now {cfg.lr}, or check the data for NaN)"
+                            outputs = self.net({name: views for name, (views, _) in drawn.items()})
+                        total = torch.zeros((), device=self.device)
+                        for entry in active:
+                            targets = drawn[entry.name][1]
+                            output = outputs[entry.name].float()
+                            gen = self.generators[self.entries.index(entry)]
+                            loss = entry.task.loss(output, targets, generator=gen)
+                            if not bool(torch.isfinite(loss.detach())):
+                                raise engine.NonFiniteLossError(
+                                    f"the {entry.name} loss is {float(loss.detach())} at step {self.step}; "
+                                    f"the run stops (lower lr, now {cfg.lr}, or check the data for NaN)"
+                                )
+                            # a loss over negatives gathered from every rank is the global batch's loss on
+                            # each rank; DDP averages the gradients, so it is scaled back up (see gather)
+                            total = total + entry.weight * loss * (self.world if _gathers(entry.task) else 1)
+                            losses[entry.name] = losses.get(entry.name, 0.0) + float(loss.detach()) / micro
+                            accuracies[entry.name] = (
+                                accuracies.get(entry.name, 0.0)
+                                + float(entry.task.accuracy(output.detach(), targets)) / micro
                             )
-                        total = total + entry.weight * loss
-                        losses[entry.name] = losses.get(entry.name, 0.0) + float(loss.detach()) / micro
-                        accuracies[entry.name] = (
-                            accuracies.get(entry.name, 0.0)
-                            + float(entry.task.accuracy(output.detach(), targets)) / micro
-                        )
-                    self.scaler.scale(total / micro).backward()  # type: ignore[no-untyped-call]
+                        self.scaler.scale(total / micro).backward()  # type: ignore[no-untyped-call]
                     seen += x.shape[0]
                     compute += time.perf_counter() - t1
                 for name, value in losses.items():
@@ -441,19 +518,22 @@ class Pretrainer:
                     row.update({f"accuracy/{n}": sum(v) / len(v) for n, v in window_acc.items()})
                     busy = wait + compute
                     row.update(images_per_s=seen / max(busy, 1e-9), data_wait=wait / max(busy, 1e-9))
-                    self.metrics.log(row)
-                    if busy and wait / busy > 0.5:
+                    row = self._mean_over_ranks(row)
+                    if self.main:
+                        self.metrics.log(row)
+                    if self.main and busy and wait / busy > 0.5:
                         share = f"{wait / busy:.0%}"
                         self.log(f"step {self.step}: {share} of the time waits for data; add num_workers")
 
                     wait = compute = 0.0
                     seen = 0
                     window_loss, window_acc = {}, {}
-                if self.held_out is not None and (self.step % cfg.eval_every == 0 or self.step == self.steps):
+                evaluate = self.step % cfg.eval_every == 0 or self.step == self.steps
+                if self.held_out is not None and self.main and evaluate:  # rank 0 only: no collectives
                     last_eval = self.evaluate()
                 if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
                     self._save()
-        if self.held_out is not None and not last_eval:  # a finished run, resumed: its last evaluation
+        if self.held_out is not None and self.main and not last_eval:  # a resumed finished run: its last
             logged = [
                 r for r in self.metrics.rows() if r["step"] == self.steps and any("held_out" in k for k in r)
             ]
@@ -492,7 +572,23 @@ class Pretrainer:
         self.metrics.log({"step": self.step, **result})
         return result
 
+    def _mean_over_ranks(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A metric row averaged over the ranks (images/s summed); rank 0 logs it."""
+        if self.world == 1:
+            return row
+        keys = [k for k in row if k != "step" and isinstance(row[k], float)]
+        values = torch.tensor([row[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(values)
+        out = dict(row)
+        for k, v in zip(keys, values.tolist(), strict=True):
+            out[k] = v if k == "images_per_s" else v / self.world
+        return out
+
     def _finish(self, start_step: int, held: dict[str, float]) -> dict[str, Any]:
+        if not self.main:  # rank 0 writes; the others return its record
+            box: list[Any] = [None]
+            dist.broadcast_object_list(box, src=0)
+            return dict(box[0])
         save_encoder(self.encoder, self.output)
         accuracy = [v for k, v in held.items() if k.startswith("held_out_accuracy/")]
         record = {
@@ -511,6 +607,8 @@ class Pretrainer:
         record["held_out_cases"] = held_ids
         write_pretraining_record(self.output, case_ids=_case_ids(self.data) + held_ids, **record)
         self.metrics.close()
+        if self.world > 1:
+            dist.broadcast_object_list([record], src=0)
         self.log(
             f"pretrained {self._task_names()} for {self.steps} steps ({self.steps - start_step} now) on "
             f"{self.device} in {self.precision}; encoder: {self.output}; record: {self.output}.json; "
@@ -530,6 +628,11 @@ def pretext_warning(task: PretextTask[Any, Any], accuracy: float) -> str | None:
     if isinstance(task, ClassificationTask) and accuracy < 1.5 / task.num_classes:
         return f"is at chance (held-out accuracy {accuracy:.3f}, chance {1 / task.num_classes:.3f})"
     return None
+
+
+def _gathers(task: PretextTask[Any, Any]) -> bool:
+    """Whether ``task``'s loss gathers across ranks (exemplar's or CPC's ``gather=True``)."""
+    return bool(getattr(task, "gather", False))
 
 
 def _case_ids(data: Dataset[Any]) -> list[str]:

@@ -195,3 +195,47 @@ def test_bad_experiment_settings_are_refused_before_anything_runs(tmp_path: Path
         )
     assert not (tmp_path / "x").exists()
     assert json.dumps({}) == "{}"
+
+
+def test_a_killed_worker_leaves_its_run_to_another(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), str(tmp_path / "grid")]
+    first = subprocess.Popen(
+        [*command, str(tmp_path / "log0.txt")], stdout=subprocess.PIPE, text=True, env=env
+    )
+    runs = tmp_path / "grid" / "runs"
+    deadline = time.time() + 120
+    while not list(runs.glob("*.lock")) and time.time() < deadline:  # until it holds a run
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    held = [p.stem for p in runs.glob("*.lock")]
+    assert held, "the first worker held no run when killed"
+    second = subprocess.run([*command, str(tmp_path / "log1.txt")], capture_output=True, text=True, env=env,
+                            timeout=300, check=True)  # fmt: skip
+    assert second.stdout.strip() == "6"
+    finished = sorted(p.stem for p in runs.glob("*.json"))
+    assert len(finished) == 6 and not list(runs.glob("*.lock"))
+    done_by_second = [
+        line.split(":")[0] for line in (tmp_path / "log1.txt").read_text().splitlines() if ": qwk" in line
+    ]
+    assert set(held) <= set(done_by_second)  # the killed worker's run was taken over
+
+
+def test_workers_on_one_folder_write_the_report_once(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "pretext3d.cli", "data-efficiency", *TINY, "--set", "data.size=16"]
+    args += ["--set", f'output_dir="{tmp_path / "de"}"', "--set", "experiment.fractions=[0.5, 1.0]"]
+    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0]
+    assert sum("summary.md" in o for o in outputs) == 1, outputs
+    assert len(list((tmp_path / "de" / "runs").glob("*.json"))) == 2

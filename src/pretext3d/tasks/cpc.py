@@ -120,6 +120,7 @@ class CPC(PredictiveTask[CPCParams]):
         check_positive("temperature", temperature)
         if gather and loss == "binary":
             raise ValueError("gather=True only applies to loss='infonce'")
+        self.gather = bool(gather)
         self.loss_fn: nn.Module = (
             InfoNCELoss(temperature, gather=gather) if loss == "infonce" else BinaryCPCLoss(temperature)
         )
