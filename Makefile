@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cpc.py
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/pretrain.py
+	$(BIN)/python benchmarks/distributed.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

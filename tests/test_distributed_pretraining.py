@@ -126,6 +126,7 @@ def test_pretext3d_pretrain_runs_under_torchrun(tmp_path: Path) -> None:
         "train.log_every=1",
     ]
     args += ["train.crop=16", "train.progress=false", 'train.device="cpu"', f'output="{tmp_path / "enc.pt"}"']
+    args += ['tasks=[{name = "rotation"}, {name = "rpl", weight = 0.5, options = {grid = 3, jitter = 0}}]']
     command = [
         sys.executable,
         "-m",
@@ -143,7 +144,7 @@ def test_pretext3d_pretrain_runs_under_torchrun(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("encoder written to") == 1  # rank 0 speaks
     record = json.loads((tmp_path / "enc.pt.json").read_text())
-    assert record["tasks"] == ["rotation"] and record["steps"] == 4
+    assert record["tasks"] == ["rotation", "rpl"] and record["steps"] == 4  # two tasks under DDP
     rows = [json.loads(line) for line in (tmp_path / "enc.pt.run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss/rotation" in r]
     assert steps == [1, 2, 3, 4]  # one row per step: rank 0 logs, the others do not
