@@ -22,21 +22,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils.data import Dataset
+from pretrain import Volumes  # benchmarks/pretrain.py, beside this script
 
 import pretext3d as p3
 from pretext3d.pretrainer import PretrainConfig, Pretrainer
-
-
-class Volumes(Dataset[torch.Tensor]):
-    def __init__(self, count: int, size: int) -> None:
-        self.data = torch.randn(count, 1, size, size, size, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.data[i]
 
 
 def task(name: str) -> Any:
