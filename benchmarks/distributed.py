@@ -56,7 +56,7 @@ def measure(rank: int, world: int, args: dict[str, Any], name: str, out: str) ->
             Path(out).write_text(json.dumps({"seconds": seconds}))
     finally:
         if world > 1:
-            dist.destroy_process_group()
+            p3.engine.end_process_group()
 
 
 def main() -> None:

@@ -68,6 +68,7 @@ def _worker(rank: int, init: str, folder: str, name: str, steps: int, kill_at: i
         trainer.fit()
         torch.save({"views": seen, "initial": initial, "final": trainer.models.state_dict()},
                    Path(folder) / f"rank{rank}.pt")  # fmt: skip
+        dist.barrier()  # no rank leaves while another still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -32,6 +32,7 @@ __all__ = [
     "NonFiniteLossError",
     "Precision",
     "autocast",
+    "end_process_group",
     "grad_scaler",
     "load_checkpoint",
     "process_group",
@@ -46,19 +47,30 @@ __all__ = [
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
-def process_group() -> tuple[int, int]:
-    """``(rank, world size)`` of this run, initialising the process group torchrun describes.
+def process_group() -> tuple[int, int, bool]:
+    """``(rank, world size, started here)`` of this run, starting the process group torchrun describes.
 
     With an initialised ``torch.distributed`` process group its rank and size; else, under
     ``torchrun`` (``WORLD_SIZE > 1`` in the environment), it initialises one (NCCL with CUDA,
-    gloo without) from the environment's rendezvous; else ``(0, 1)``.
+    gloo without) from the environment's rendezvous, and says so: who starts a group ends it
+    (:func:`end_process_group`); else ``(0, 1, False)``.
     """
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
+        return dist.get_rank(), dist.get_world_size(), False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def end_process_group() -> None:
+    """Wait for every rank, then shut the process group down.
+
+    A process that exits with the process group's threads still running is aborted.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

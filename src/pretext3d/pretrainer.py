@@ -281,7 +281,7 @@ class Pretrainer:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(self.output.parent, os.W_OK):
             raise ValueError(f"output {str(self.output)!r} cannot be written")
-        self.rank, self.world = engine.process_group()
+        self.rank, self.world, self._started_group = engine.process_group()
         self.main = self.rank == 0
         self.device = engine.resolve_device(config.device)
         if self.world > 1 and self.device.type == "cuda":  # one GPU per process
@@ -588,6 +588,8 @@ class Pretrainer:
         if not self.main:  # rank 0 writes; the others return its record
             box: list[Any] = [None]
             dist.broadcast_object_list(box, src=0)
+            if self._started_group:
+                engine.end_process_group()
             return dict(box[0])
         save_encoder(self.encoder, self.output)
         accuracy = [v for k, v in held.items() if k.startswith("held_out_accuracy/")]
@@ -609,6 +611,8 @@ class Pretrainer:
         self.metrics.close()
         if self.world > 1:
             dist.broadcast_object_list([record], src=0)
+            if self._started_group:
+                engine.end_process_group()
         self.log(
             f"pretrained {self._task_names()} for {self.steps} steps ({self.steps - start_step} now) on "
             f"{self.device} in {self.precision}; encoder: {self.output}; record: {self.output}.json; "
