@@ -69,8 +69,12 @@ def _worker(rank: int, init: str, folder: str, name: str, steps: int, kill_at: i
         torch.save({"views": seen, "initial": initial, "final": trainer.models.state_dict()},
                    Path(folder) / f"rank{rank}.pt")  # fmt: skip
         dist.barrier()  # no rank leaves while another still talks to it
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Leave without running gloo's C++ teardown at interpreter exit, which now and then aborts a
+    # process whose work is done and saved (the library ends a group it starts after a barrier).
+    os._exit(0)
 
 
 def run(folder: Path, name: str, steps: int, kill_at: int = 0) -> list[dict[str, Any]]:
@@ -102,7 +106,7 @@ def test_one_ddp_step_equals_one_step_on_the_concatenated_batch(tmp_path: Path, 
 
 def test_a_killed_rank_resumes_to_the_same_weights(tmp_path: Path) -> None:
     reference = run(tmp_path / "ref", "rotation", steps=4)
-    with pytest.raises(mp.ProcessExitedException):
+    with pytest.raises((mp.ProcessExitedException, mp.ProcessRaisedException)):
         run(tmp_path / "killed", "rotation", steps=4, kill_at=3)  # rank 1 dies after step 3
     resumed = run(tmp_path / "killed", "rotation", steps=4)  # every rank resumes from step 2
     for r in range(2):
