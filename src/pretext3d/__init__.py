@@ -5,19 +5,23 @@ Five tasks after Taleb et al., "3D Self-Supervised Methods for Medical Imaging",
 with a triplet loss, and contrastive predictive coding (:mod:`pretext3d.tasks`).
 Around them: heads (:mod:`~pretext3d.heads`) and :class:`PretextModel` to put one on any
 encoder, losses and miners (:mod:`~pretext3d.objectives`), transforms, reference
-encoders (:mod:`~pretext3d.models`), fine-tuning (:mod:`~pretext3d.finetune`), the
-paper's experiments (:mod:`~pretext3d.experiments`), data loaders and phantoms
-(:mod:`~pretext3d.data`), and the registry of named tasks and encoders.
+encoders (:mod:`~pretext3d.models`), the pretraining loop (:mod:`~pretext3d.pretrainer`,
+under torchrun too), fine-tuning (:mod:`~pretext3d.finetune`), the paper's experiments
+(:mod:`~pretext3d.experiments`), data loaders and phantoms (:mod:`~pretext3d.data`), and the
+registry of named tasks and encoders.
 """
 
 from pretext3d import (
     data,
+    engine,
     experiments,
     finetune,
     functional,
     heads,
     models,
     objectives,
+    pretrainer,
+    provenance,
     registry,
     tasks,
     transforms,
@@ -33,6 +37,7 @@ __all__ = [
     "PretextModel",
     "__version__",
     "data",
+    "engine",
     "experiments",
     "finetune",
     "functional",
@@ -43,6 +48,8 @@ __all__ = [
     "models",
     "objectives",
     "permutation_set",
+    "pretrainer",
+    "provenance",
     "register_encoder",
     "register_task",
     "registry",
