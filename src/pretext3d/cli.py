@@ -38,7 +38,7 @@ from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.locks import RunLock
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.experiments.report import write_report
-from pretext3d.experiments.runner import DataEfficiencyConfig, run_data_efficiency
+from pretext3d.experiments.runner import DataEfficiencyConfig, check_methods, run_data_efficiency
 from pretext3d.finetune.trainer import TrainConfig
 from pretext3d.pretrainer import PretrainConfig, Pretrainer, WeightedTask
 from pretext3d.registry import ENCODERS, TASKS
@@ -254,10 +254,6 @@ def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
         getattr(encoder_cls, "__name__", cfg.encoder), cfg.encoder_options, encoder_cls, "encoder_options",
         {"spatial_dims": from_data, "in_channels": from_data},
     )  # fmt: skip
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ConfigError(f"output {cfg.output!r} cannot be written (checked before training)")
     recipe = _recipe(cfg.data, SegmentationRecipe(), GradingRecipe())
     if cfg.encoder != recipe.encoder and os.environ.get("RANK", "0") == "0":
         print(
@@ -312,15 +308,10 @@ def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
     methods: dict[str, str | list[str] | None] = {
         name: (path or None) if isinstance(path, str) else list(path) for name, path in cfg.methods.items()
     }
-    # refuse an encoder the recipe cannot load now, before reading the data or training
-    for name, files in methods.items():
-        for file in [files] if isinstance(files, str) else files or []:
-            if not Path(file).is_file():
-                raise ConfigError(f"methods.{name}: encoder file {file!r} does not exist")
-            try:
-                recipe.check_encoder(cfg.data.in_channels, file)
-            except ValueError as err:
-                raise ConfigError(f"methods.{name}: {err}") from err
+    try:  # refuse an encoder the recipe cannot load now, before reading the data or training
+        check_methods(recipe, cfg.data.in_channels, methods)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     images, labels, case_ids = cfg.data.labelled()
     device = cfg.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per worker

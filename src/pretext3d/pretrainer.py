@@ -279,8 +279,10 @@ class Pretrainer:
         self.output = Path(output)
         self.run_dir = self.output.with_name(self.output.name + ".run")
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.output.parent, os.W_OK):
-            raise ValueError(f"output {str(self.output)!r} cannot be written")
+        if not os.access(self.output.parent, os.W_OK) or (
+            self.output.exists() and not os.access(self.output, os.W_OK)
+        ):
+            raise ValueError(f"output {str(self.output)!r} cannot be written (checked before training)")
         self.rank, self.world, self._started_group = engine.process_group()
         self.main = self.rank == 0
         self.device = engine.resolve_device(config.device)

@@ -6,7 +6,7 @@ provenance records, and the in-memory pretraining loop of ``pretext3d pretrain``
 
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.experiments.report import paper_curves, read_runs, summarize, write_report
-from pretext3d.experiments.runner import DataEfficiencyConfig, run_data_efficiency, run_name
+from pretext3d.experiments.runner import DataEfficiencyConfig, check_methods, run_data_efficiency, run_name
 from pretext3d.experiments.stats import PairedComparison, holm, paired_differences
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.provenance import (
@@ -24,6 +24,7 @@ __all__ = [
     "SegmentationRecipe",
     "Split",
     "case_key",
+    "check_methods",
     "environment",
     "holm",
     "nested_subsets",

@@ -58,7 +58,7 @@ from pretext3d.provenance import (
     tensor_sha256,
 )
 
-__all__ = ["DataEfficiencyConfig", "Recipe", "run_data_efficiency", "run_name"]
+__all__ = ["DataEfficiencyConfig", "Recipe", "check_methods", "run_data_efficiency", "run_name"]
 
 _POLL_SECONDS = 5.0  # how often a worker looks again at runs that other workers hold
 
@@ -196,6 +196,29 @@ def _write_json(path: Path, payload: object) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
+def check_methods(
+    recipe: Recipe, in_channels: int, methods: Mapping[str, EncoderFiles]
+) -> dict[str, list[str | None]]:
+    """Each method's encoder files (``None``: from scratch), every one checked to load into ``recipe``.
+
+    What :func:`run_data_efficiency` checks before anything runs; the CLI calls it before
+    reading the data.
+
+    Raises:
+        ValueError: no method, a bad method name, an empty list, a missing file, or an encoder
+            the recipe cannot load; the message names the method.
+    """
+    encoders = _encoder_lists(methods)
+    for name, files in encoders.items():
+        for f in files:
+            if f is not None:
+                try:
+                    recipe.check_encoder(in_channels, f)
+                except ValueError as err:
+                    raise ValueError(f"methods[{name!r}]: {err}") from err
+    return encoders
+
+
 def _encoder_lists(methods: Mapping[str, EncoderFiles]) -> dict[str, list[str | None]]:
     if not methods:
         raise ValueError("methods must name at least one method, e.g. {'scratch': None}")
@@ -280,11 +303,7 @@ def run_data_efficiency(
     if not str(output_dir).strip():
         raise ValueError("output_dir must name a folder, got ''")
     check_device(device)
-    encoders = _encoder_lists(methods)
-    for files in encoders.values():
-        for f in files:
-            if f is not None:
-                recipe.check_encoder(images.shape[1], f)
+    encoders = check_methods(recipe, images.shape[1], methods)
     out = Path(output_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
