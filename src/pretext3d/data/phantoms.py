@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pretext3d._atomic import write_text
+from pretext3d._checks import check_choice, check_int
 
 __all__ = [
     "APTOS_PRIOR",
@@ -512,8 +513,6 @@ class PhantomImages(Dataset[Tensor]):
     """
 
     def __init__(self, kind: str, count: int, size: int, *, seed: int = 0, first: int = 0) -> None:
-        from pretext3d._checks import check_choice, check_int
-
         self.kind = check_choice("kind", kind, ("ct", "fundus"))
         self.count, self.size = check_int("count", count, 1), check_int("size", size, 1)
         self.seed, self.first = check_int("seed", seed, 0), check_int("first", first, 0)
