@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "finetune": 5,
     "pretrainer": 5,
     "experiments": 6,
+    "viz": 6,
     "cli": 7,
 }
 SRC = Path(__file__).parent.parent / "src" / "pretext3d"

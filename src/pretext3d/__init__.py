@@ -7,8 +7,9 @@ Around them: heads (:mod:`~pretext3d.heads`) and :class:`PretextModel` to put on
 encoder, losses and miners (:mod:`~pretext3d.objectives`), transforms, reference
 encoders (:mod:`~pretext3d.models`), the pretraining loop (:mod:`~pretext3d.pretrainer`,
 under torchrun too), fine-tuning (:mod:`~pretext3d.finetune`), the paper's experiments
-(:mod:`~pretext3d.experiments`), data loaders and phantoms (:mod:`~pretext3d.data`), and the
-registry of named tasks and encoders.
+(:mod:`~pretext3d.experiments`, with the reproductions of its Figures 3 and 4), data loaders
+and phantoms (:mod:`~pretext3d.data`), pictures of the views a task makes (:mod:`~pretext3d.viz`),
+and the registry of named tasks and encoders.
 """
 
 from pretext3d import (
@@ -25,6 +26,7 @@ from pretext3d import (
     registry,
     tasks,
     transforms,
+    viz,
 )
 from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
 from pretext3d.pretext_model import PretextModel, infer_num_features
@@ -55,4 +57,5 @@ __all__ = [
     "registry",
     "tasks",
     "transforms",
+    "viz",
 ]

@@ -1,4 +1,4 @@
-"""The ``pretext3d`` command: ``pretrain``, ``finetune`` and ``data-efficiency``.
+"""The ``pretext3d`` command: ``pretrain``, ``finetune``, ``data-efficiency`` and ``reproduce``.
 
 Each takes a TOML config (``--config``) and ``--set KEY=VALUE`` overrides (dotted keys,
 TOML values). Configs are typed: an unknown or misspelled key is an error naming it and
@@ -22,13 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import Subset
-
-from pretext3d._checks import check_device, check_int, check_positive
+from pretext3d._checks import check_device, check_int
 from pretext3d.config import (
     ConfigError,
-    check_keywords,
     from_mapping,
     load_toml,
     merge_override,
@@ -36,11 +32,13 @@ from pretext3d.config import (
 )
 from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.locks import RunLock
+from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, registered
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.experiments.report import write_report
+from pretext3d.experiments.reproduce import Reproduction, run_reproduction
 from pretext3d.experiments.runner import DataEfficiencyConfig, check_methods, run_data_efficiency
 from pretext3d.finetune.trainer import TrainConfig
-from pretext3d.pretrainer import PretrainConfig, Pretrainer, WeightedTask
+from pretext3d.pretrainer import PretrainConfig
 from pretext3d.registry import ENCODERS, TASKS
 
 __all__ = ["DataEfficiencyCommand", "FinetuneCommand", "PretrainCommand", "main"]
@@ -55,33 +53,6 @@ def _import_plugins(modules: object) -> None:
             importlib.import_module(name)
         except ImportError as err:
             raise ConfigError(f"plugins: cannot import {name!r} ({err})") from err
-
-
-def _registered(name: str, registry: Any) -> None:
-    try:
-        registry.get(name)
-    except KeyError as err:
-        raise ValueError(f'{err.args[0]} (add your own with plugins = ["your.module"])') from None
-
-
-@dataclass
-class TaskEntry:
-    """One task of a ``[[tasks]]`` list.
-
-    Attributes:
-        name: a registered task.
-        weight: its loss weight.
-        options: its keyword arguments.
-    """
-
-    name: str = "rotation"
-    weight: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        """Check the name against the registry."""
-        _registered(self.name, TASKS)
-        check_positive("weight", self.weight, allow_zero=True)
 
 
 @dataclass
@@ -126,8 +97,8 @@ class PretrainCommand:
 
     def __post_init__(self) -> None:
         """Check the names against the registries, and the numbers."""
-        _registered(self.task, TASKS)
-        _registered(self.encoder, ENCODERS)
+        registered(self.task, TASKS)
+        registered(self.encoder, ENCODERS)
         check_int("held_out", self.held_out, 0)
         if not self.output.strip():
             raise ValueError("output must name the encoder file to write, got ''")
@@ -241,60 +212,16 @@ def _recipe(
 
 
 def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
-    from_data = "pretext3d sets it from the data (data.kind)"
-    d = cfg.data.spatial_dims
-    encoder_cls = ENCODERS.get(cfg.encoder)
-    for entry in cfg.entries():
-        task_cls = TASKS.get(entry.name)
-        check_keywords(
-            getattr(task_cls, "__name__", entry.name), entry.options, task_cls, "task_options",
-            {"spatial_dims": from_data},
-        )  # fmt: skip
-    check_keywords(
-        getattr(encoder_cls, "__name__", cfg.encoder), cfg.encoder_options, encoder_cls, "encoder_options",
-        {"spatial_dims": from_data, "in_channels": from_data},
+    record = pretrain_encoder(
+        cfg.entries(), cfg.encoder, cfg.encoder_options, cfg.data, cfg.held_out, cfg.train, cfg.output,
+        record={"command": dataclasses.asdict(cfg)},
     )  # fmt: skip
-    recipe = _recipe(cfg.data, SegmentationRecipe(), GradingRecipe())
-    if cfg.encoder != recipe.encoder and os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        accuracy = record["pretext_accuracy"]
         print(
-            f"note: {type(recipe).__name__}, which pretext3d data-efficiency uses for these data, "
-            f"fine-tunes {recipe.encoder!r} encoders; a {cfg.encoder!r} encoder will not load into it"
+            f"held-out pretext accuracy {'n/a' if accuracy is None else f'{accuracy:.3f}'}; encoder written "
+            f"to {cfg.output}" + ("  [SYNTHETIC phantom data]" if cfg.data.synthetic else "")
         )
-    encoder_options = cfg.encoder_options or (
-        recipe.encoder_options() if cfg.encoder == recipe.encoder else {}
-    )
-    pool = cfg.data.unlabelled()
-    size = len(pool)  # type: ignore[arg-type]
-    if cfg.held_out >= size:
-        raise ConfigError(f"held_out={cfg.held_out} leaves no training images out of {size}")
-    try:
-        tasks = [WeightedTask(TASKS.get(e.name)(d, **e.options), e.weight, e.name) for e in cfg.entries()]
-        torch.manual_seed(cfg.train.seed)  # the encoder's initialisation follows the run's seed
-        encoder = encoder_cls(spatial_dims=d, in_channels=cfg.data.in_channels, **encoder_options)
-        trainer = Pretrainer(
-            encoder,
-            tasks,
-            Subset(pool, range(cfg.held_out, size)),
-            cfg.train,
-            cfg.output,
-            held_out=Subset(pool, range(cfg.held_out)) if cfg.held_out else None,
-            record={
-                "task": "+".join(e.name for e in cfg.entries()),
-                "synthetic": cfg.data.synthetic,
-                "transductive": cfg.data.include_labelled,
-                "command": dataclasses.asdict(cfg),
-            },
-        )
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err)) from err
-    record = trainer.fit()
-    if not trainer.main:  # under torchrun, rank 0 speaks
-        return record
-    accuracy = record["pretext_accuracy"]
-    print(
-        f"held-out pretext accuracy {'n/a' if accuracy is None else f'{accuracy:.3f}'}; encoder written to "
-        f"{cfg.output}" + ("  [SYNTHETIC phantom data]" if cfg.data.synthetic else "")
-    )
     return record
 
 
@@ -361,6 +288,7 @@ COMMANDS: dict[str, tuple[type[Any], Any]] = {
     "pretrain": (PretrainCommand, _pretrain),
     "finetune": (FinetuneCommand, _finetune),
     "data-efficiency": (DataEfficiencyCommand, _data_efficiency),
+    "reproduce": (Reproduction, run_reproduction),
 }
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
+from pretext3d.finetune.inference import sliding_window_inference
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
 from pretext3d.finetune.metrics import (
     PANCREAS_REGIONS,
@@ -106,6 +107,12 @@ class SegmentationRecipe(_Recipe):
         dice_weight: weight of the soft Dice term of the loss.
         ce_weight: weight of the cross-entropy term.
         class_weights: Dice weights of the foreground classes.
+        inference_window: evaluate whole volumes window by window, with windows of this
+            edge blended by Gaussian weights
+            (:func:`~pretext3d.finetune.inference.sliding_window_inference`); ``None``: one
+            forward pass per whole volume, padded to the U-Net's size rule. A multiple of
+            ``2**(len(widths)-1)``.
+        inference_overlap: share of a window that the next one overlaps.
     """
 
     num_classes: int = 3
@@ -116,14 +123,19 @@ class SegmentationRecipe(_Recipe):
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     class_weights: tuple[float, ...] | None = None
+    inference_window: int | None = None
+    inference_overlap: float = 0.5
 
     def __post_init__(self) -> None:
         """Check the values."""
         factor = 2 ** (len(self.widths) - 1)
-        if self.crop is not None and self.crop % factor:
-            raise ValueError(
-                f"crop must be a multiple of {factor} for {len(self.widths)} U-Net stages, got {self.crop}"
-            )
+        for name in ("crop", "inference_window"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 or value % factor):
+                raise ValueError(
+                    f"{name} must be a multiple of {factor} for {len(self.widths)} U-Net stages, got {value}"
+                )
+        check_unit_interval("inference_overlap", self.inference_overlap, include_one=False)
         check_unit_interval("foreground_oversampling", self.foreground_oversampling)
         check_int("num_classes", self.num_classes, 2)
         check_positive("dice_weight", self.dice_weight, allow_zero=True)
@@ -181,9 +193,15 @@ class SegmentationRecipe(_Recipe):
         """Label maps of whole volumes, ``batch`` at a time, padded to the U-Net's size rule.
 
         Each volume is padded with its own minimum, so the result does not depend on ``batch``.
+        With :attr:`inference_window`, each volume is predicted by Gaussian-weighted sliding windows.
         """
         factor = 2 ** (len(self.widths) - 1)
         model.eval()
+        if self.inference_window is not None:
+            logits = sliding_window_inference(
+                model, images, self.inference_window, overlap=self.inference_overlap, device=device
+            )
+            return logits.argmax(1)
         spatial = images.shape[2:]
         pad = [math.ceil(s / factor) * factor - s for s in spatial]
         out = []

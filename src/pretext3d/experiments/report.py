@@ -26,7 +26,7 @@ from pretext3d._atomic import write_text
 from pretext3d.experiments.stats import holm, paired_differences
 from pretext3d.registry import TASKS
 
-__all__ = ["PAPER_METRICS", "paper_curves", "read_runs", "summarize", "write_report"]
+__all__ = ["PAPER_METRICS", "paper_curves", "read_runs", "summarize", "summary_table", "write_report"]
 
 # One colour per method, shared by our curve and the paper's (the paper's "baseline" is our "scratch").
 _BASELINE_COLOUR = "black"
@@ -62,6 +62,34 @@ _SOURCES = {
     "aptos2019_fundus_2d": "pretrained on APTOS",
     "none": "from scratch",
 }
+
+
+# What the paper's number is, beside ours in the third panel of data_efficiency.png.
+_PAPER_NOTES = {
+    "pooled_mean_dice_3class": (
+        "solid: ours; dashed: Taleb et al. 2020 Fig. 3 (REAL Task07, read off the figure).\n"
+        "Metric of both: voxels pooled over all test cases, mean Dice of background,\n"
+        "pancreas and tumour (background Dice near 1 lifts it above per-case Dice)"
+    ),
+    "qwk": (
+        "solid: ours; dashed/dotted: Taleb et al. 2020 Fig. 4 (REAL APTOS 2019,\n"
+        "read off the figure). Metric of both: quadratic weighted kappa over the test images"
+    ),
+}
+_NOT_COMPARABLE = "\nOurs: SYNTHETIC phantoms, not comparable in value"
+
+
+def _curves(ax: Any, rows: Sequence[dict[str, Any]], metric: str, label: str = "{}") -> None:
+    """Mean ± sd over split seeds per method and fraction, as error bars."""
+    stats = summarize(rows, metric)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = sorted((f, *stats[(m, f)][:2]) for (m, f) in stats if m == method)
+        if points:
+            xs, means, sds = zip(*points, strict=True)
+            ax.errorbar(
+                [100 * x for x in xs], means, yerr=[0 if math.isnan(s) else s for s in sds],
+                marker="o", capsize=3, color=colour(method), label=label.format(method),
+            )  # fmt: skip
 
 
 def paper_curves(figure: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
@@ -186,7 +214,8 @@ def _num(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def _table(rows: Sequence[dict[str, Any]], metric: str) -> str:
+def summary_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
+    """A Markdown table of a test metric: method × fraction, mean ± sd over split seeds (n)."""
     stats = summarize(rows, metric)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fractions = sorted({r["fraction"] for r in rows})
@@ -267,6 +296,7 @@ def write_report(
     *,
     synthetic: bool,
     baseline: str = "scratch",
+    title: str = "Data efficiency",
 ) -> list[Path]:
     """Write the report files (see the module docstring).
 
@@ -278,6 +308,7 @@ def write_report(
         metric: the main test metric.
         synthetic: the data are the built-in phantoms.
         baseline: the method the others are compared against.
+        title: the summary's and the figures' title.
 
     Returns:
         The files written.
@@ -303,7 +334,7 @@ def write_report(
     env = _env(rows[0]) if rows else {}
     splits = sorted({r["split_seed"] for r in rows})
     summary = [
-        f"# Data efficiency\n\n{note}\n",
+        f"# {title}\n\n{note}\n",
         f"Test metrics over {len(splits)} split seed(s) {splits}: runs of one split seed (repetitions, "
         "pretraining seeds) are averaged first; ± is the sd between split seeds (n/a for one).\n",
         "## Protocol\n",
@@ -322,10 +353,10 @@ def write_report(
         _paired_table(rows, metric, baseline) + "\n",
         "## Test metrics\n",
     ]
-    summary += [_table(rows, m) + "\n" for m in metrics]
+    summary += [summary_table(rows, m) + "\n" for m in metrics]
     write_text(out / "summary.md", "\n".join(summary))
     written.append(out / "summary.md")
-    written += _plots(rows, out, metric, note, baseline)
+    written += _plots(rows, out, metric, f"{title}: {note}", baseline)
     return written
 
 
@@ -340,22 +371,10 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
         return []
     comparable = next((m for m in PAPER_METRICS if rows and m in rows[0]["test"]), None)
     panels = 2 + (comparable is not None)
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.3), squeeze=False)
+    width = 5.2 * panels + (2.5 if comparable is not None else 0)  # room for the paper's legend
+    fig, axes = plt.subplots(1, panels, figsize=(width, 4.3), squeeze=False)
     ax = axes[0][0]
-    stats = summarize(rows, metric)
-    for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((f, *stats[(m, f)][:2]) for (m, f) in stats if m == method)
-        if points:
-            xs, means, sds = zip(*points, strict=True)
-            ax.errorbar(
-                [100 * x for x in xs],
-                means,
-                yerr=[0 if math.isnan(s) else s for s in sds],
-                marker="o",
-                capsize=3,
-                color=colour(method),
-                label=method,
-            )
+    _curves(ax, rows, metric)
     ax.set_ylabel(f"test {metric}")
     ax.set_title("ours: mean ± sd over split seeds", fontsize=9)
     ax = axes[0][1]
@@ -372,29 +391,32 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     ax.set_title("ours: paired difference, 95 % CI over split seeds", fontsize=9)
     if comparable is not None:
         ax = axes[0][2]
-        figure, paper_metric = PAPER_METRICS[comparable]
+        figure = PAPER_METRICS[comparable][0]
+        _curves(ax, rows, comparable, label="ours: {}")
         sources = list(dict.fromkeys(src for (_, src) in paper_curves(figure)))
         for (method, source), curve in paper_curves(figure).items():
             ax.plot(
                 [100 * f for f, _ in curve],
                 [v for _, v in curve],
-                ["-", "--", ":"][sources.index(source) % 3],
-                marker=".",
+                ["--", ":", "-."][sources.index(source) % 3],
+                marker="x",
+                ms=4,
+                lw=0.9,
                 color=colour(method),
-                label=f"{method} ({_SOURCES.get(source, source)})",
+                label=f"paper: {method} ({_SOURCES.get(source, source)})",
             )
-        ax.set_ylabel(paper_metric)
-        ax.set_title(
-            f"Taleb et al. 2020, REAL data (read off {figure}); not comparable to phantoms", fontsize=8
-        )
+        ax.set_ylabel(f"test {comparable}")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        caveat = _NOT_COMPARABLE if "SYNTHETIC" in note else ""
+        ax.set_title(_PAPER_NOTES[comparable] + caveat, fontsize=7)
     for ax in axes[0]:
         ax.set_xscale("log")
         ax.set_xticks([5, 10, 25, 50, 100], labels=["5", "10", "25", "50", "100"])
         ax.set_xlabel("% of labelled training cases")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if ax.get_legend_handles_labels()[0] and ax.get_legend() is None:
             ax.legend(fontsize=6)
-    fig.suptitle(f"Data efficiency: {note}", fontsize=10)
+    fig.suptitle(note, fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "data_efficiency.png", dpi=110)
     plt.close(fig)
@@ -415,7 +437,7 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     methods = dict.fromkeys(r["method"] for r in rows)
     handles = [Line2D([], [], color=colour(m), label=m) for m in methods]
     axes[0][-1].legend(handles=handles, fontsize=6)
-    fig.suptitle(f"Learning curves, every run: {note}", fontsize=10)
+    fig.suptitle(f"Validation score per epoch, every run. {note}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=100)
     plt.close(fig)

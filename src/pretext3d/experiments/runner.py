@@ -328,7 +328,7 @@ def run_data_efficiency(
     saved = out / "config.json"
     if saved.exists():
         old = json.loads(saved.read_text())
-        changed = _differences(old, settings)
+        changed = differences(old, settings)
         if changed and not any((out / "runs").glob("*.json")):
             # nothing finished under the old settings (e.g. a run failed at its start): no
             # result to protect, so the folder is not locked by a configuration that never ran
@@ -429,12 +429,12 @@ def _name(cell: tuple[str, int, int, int, float]) -> str:
     return run_name(method, s, r, f, p)
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys where two JSON values differ."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+            out += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
     return [] if old == new else [prefix or "(all)"]
 

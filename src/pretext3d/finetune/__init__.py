@@ -4,6 +4,7 @@ The paper's two downstream experiments, the data-efficiency runner and its repor
 in :mod:`pretext3d.experiments`.
 """
 
+from pretext3d.finetune.inference import gaussian_weights, sliding_window_inference, window_starts
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, SoftDiceLoss, ordinal_decode, ordinal_encode
 from pretext3d.finetune.metrics import (
     PANCREAS_REGIONS,
@@ -23,9 +24,12 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "dice_per_case",
+    "gaussian_weights",
     "ordinal_decode",
     "ordinal_encode",
     "pooled_mean_dice",
     "quadratic_weighted_kappa",
     "region_dice",
+    "sliding_window_inference",
+    "window_starts",
 ]

@@ -1,0 +1,363 @@
+"""Reproductions of Taleb et al.'s data-efficiency figures: pretrain every task, then the fair grid.
+
+One :class:`Reproduction` config holds a whole experiment: the labelled data, the unlabelled
+pretraining pool, how each pretext task is pretrained, and the data-efficiency grid.
+:func:`run_reproduction` pretrains one encoder per task and pretraining seed (the
+:class:`~pretext3d.pretrainer.Pretrainer`), runs every task and the from-scratch baseline
+through :func:`~pretext3d.experiments.runner.run_data_efficiency` (fair baseline, decoupled
+seeds, paired statistics, no validation or test image in pretraining, provenance), and
+writes the report, the pretext curves, the exact config and the machine into one results
+folder. Interrupt it at any point and rerun: finished encoders and runs are kept.
+
+``pretext3d reproduce --config examples/pancreas/quick.toml`` runs one; the examples'
+``quick``, ``demo`` and ``paper`` configs are the paper's Figure 3 (pancreas, 3D U-Net) and
+Figure 4 (diabetic retinopathy, DenseNet) on the phantoms or on the real data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretext3d import engine
+from pretext3d._atomic import write_text
+from pretext3d._checks import check_int
+from pretext3d.config import from_mapping, load_toml, merge_override, parse_override
+from pretext3d.data.spec import DataSpec
+from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, registered
+from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
+from pretext3d.experiments.report import summary_table, write_report
+from pretext3d.experiments.runner import DataEfficiencyConfig, differences, run_data_efficiency
+from pretext3d.pretrainer import PretrainConfig
+from pretext3d.provenance import environment, read_pretraining_record
+from pretext3d.registry import TASKS
+
+__all__ = [
+    "PretextSetting",
+    "Reproduction",
+    "load_reproduction",
+    "pretraining_curves",
+    "run_reproduction",
+]
+
+
+@dataclass
+class PretextSetting:
+    """How one pretext task is pretrained in a reproduction.
+
+    Attributes:
+        options: the task's keyword arguments (``grid``, ``jitter``, ...; ``spatial_dims``
+            comes from the data).
+        crop: edge of the random crop taken from each image before the task (``0``: the whole
+            image); ``None``: ``pretrain.crop``.
+    """
+
+    options: dict[str, Any] = field(default_factory=dict)
+    crop: int | None = None
+
+    def __post_init__(self) -> None:
+        """Check the crop."""
+        if self.crop is not None:
+            check_int("crop", self.crop, 0)
+
+
+def _every_task() -> dict[str, PretextSetting]:
+    return {name: PretextSetting() for name in TASKS.names()}
+
+
+@dataclass
+class Reproduction:
+    """A data-efficiency reproduction: every pretext task against the from-scratch baseline.
+
+    Attributes:
+        name: a title for the report and the figures.
+        data: the labelled cases (CT: segmentation, :class:`SegmentationRecipe`; fundus:
+            grading, :class:`GradingRecipe`).
+        pretraining_data: the unlabelled pretraining pool; by default disjoint from the
+            labelled cases (see :class:`~pretext3d.data.DataSpec`), and the runner refuses an
+            encoder that saw a validation or test case unless ``experiment.transductive``.
+        held_out: pool images kept aside for the held-out pretext accuracy.
+        pretrain: the Pretrainer's settings shared by every task (its ``seed`` + k seeds
+            pretraining seed k).
+        pretraining_seeds: encoders pretrained per task (each a method's pretraining seed).
+        tasks: task name -> how it is pretrained; each becomes a method of the grid.
+        segmentation: the segmentation recipe (CT data); its encoder architecture is the one
+            pretrained.
+        grading: the grading recipe (fundus data).
+        experiment: fractions, split seeds, repetitions and the fine-tuning settings of both
+            arms (the baseline's own in ``experiment.baseline_train``).
+        output_dir: the results folder.
+        device: where fine-tuning runs (``"auto"``: a GPU if there is one); pretraining runs
+            on ``pretrain.device``.
+        threads: torch CPU threads (``None``: torch's default); results on the CPU depend on
+            it, and it is recorded with every run.
+        plugins: modules to import first (the CLI does), e.g. ones registering your tasks.
+    """
+
+    name: str = "reproduction"
+    data: DataSpec = field(default_factory=DataSpec)
+    pretraining_data: DataSpec = field(default_factory=lambda: DataSpec(count=96))
+    held_out: int = 16
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pretraining_seeds: int = 1
+    tasks: dict[str, PretextSetting] = field(default_factory=_every_task)
+    segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
+    grading: GradingRecipe = field(default_factory=GradingRecipe)
+    experiment: DataEfficiencyConfig = field(default_factory=DataEfficiencyConfig)
+    output_dir: str = "runs/reproduction"
+    device: str = "auto"
+    threads: int | None = None
+    plugins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Check what can be checked before any data are read."""
+        if self.data.spatial_dims != self.pretraining_data.spatial_dims:
+            raise ValueError(
+                f"pretraining_data ({self.pretraining_data.kind!r}) must have the same dimensions as data "
+                f"({self.data.kind!r}): the pretrained encoder is fine-tuned on data"
+            )
+        if self.data.kind.endswith("-folder"):
+            raise ValueError(
+                f"data.kind = {self.data.kind!r} holds unlabelled images; data must be labelled "
+                "(ct-phantom, fundus-phantom, task07, aptos); use it as pretraining_data"
+            )
+        check_int("held_out", self.held_out, 0)
+        check_int("pretraining_seeds", self.pretraining_seeds, 1)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1)
+        if not self.tasks:
+            raise ValueError("tasks must name at least one pretext task, e.g. [tasks.rotation]")
+        for task in self.tasks:
+            registered(task, TASKS)
+        if not self.output_dir.strip():
+            raise ValueError("output_dir must name a folder, got ''")
+
+    @property
+    def recipe(self) -> SegmentationRecipe | GradingRecipe:
+        """The fine-tuning recipe of the data: segmentation for CT, grading for fundus images."""
+        return self.segmentation if self.data.spatial_dims == 3 else self.grading
+
+
+def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Reproduction:
+    """Read a reproduction config (TOML), with ``KEY=VALUE`` overrides as ``--set`` takes them.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key (with the nearest valid one), or a
+            value of the wrong type or range.
+    """
+    values = load_toml(Path(path))
+    for item in overrides:
+        merge_override(values, *parse_override(item))
+    return from_mapping(Reproduction, values)
+
+
+def pretraining_curves(encoder_file: str | os.PathLike[str]) -> dict[str, list[tuple[int, float]]]:
+    """An encoder's pretext curves from its run's metrics log.
+
+    Returns:
+        ``{"held_out_accuracy/<task>": [(step, value), ...], "loss/<task>": [...], ...}``;
+        empty when there is no log.
+    """
+    log = Path(f"{encoder_file}.run") / "metrics.jsonl"
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if not log.is_file():
+        return curves
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        for key, value in row.items():
+            if "/" in key and isinstance(value, (int, float)):
+                curves.setdefault(key, []).append((int(row["step"]), float(value)))
+    return curves
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    return info
+
+
+def _check_folder(out: Path, fingerprint: dict[str, Any], log: Callable[[str], None]) -> None:
+    saved = out / "reproduction.json"
+    if not saved.exists():
+        return
+    changed = differences(json.loads(saved.read_text()).get("config"), fingerprint)
+    finished = any((out / "encoders").glob("*.pt.json")) or any((out / "runs").glob("*.json"))
+    if changed and finished:
+        raise ValueError(
+            f"{str(out)!r} holds a reproduction with other settings (changed: {', '.join(changed[:8])}); "
+            "use another output_dir"
+        )
+    if changed:
+        log(f"{saved} held other settings but nothing finished; it is replaced")
+
+
+def run_reproduction(
+    config: Reproduction, *, progress: bool = True, log: Callable[[str], None] = print
+) -> Path:
+    """Pretrain every task's encoders, run the data-efficiency grid, write the report.
+
+    The results folder (``config.output_dir``) receives ``reproduction.json`` (the exact
+    config, versions, machine and the time each phase took), ``encoders/<task>_p<k>.pt``
+    with their records and metrics, the runner's ``runs/`` and ``config.json``, and the
+    report: ``results.csv``, ``cases.csv``, ``summary.md``, ``data_efficiency.png`` (with
+    the paper's numbers beside ours), ``learning_curves.png`` and ``pretraining.png``.
+
+    Args:
+        config: the reproduction.
+        progress: show progress bars (needs tqdm).
+        log: where progress lines go.
+
+    Returns:
+        The results folder.
+
+    Raises:
+        ValueError: a folder holding a reproduction of other settings, or what the
+            Pretrainer or the runner refuse.
+    """
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    recipe = config.recipe
+    device = engine.resolve_device(config.device)
+    out = Path(config.output_dir)
+    fingerprint = json.loads(json.dumps({k: v for k, v in asdict(config).items() if k != "output_dir"}))
+    _check_folder(out, fingerprint, log)
+    (out / "encoders").mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {
+        "config": fingerprint,
+        "environment": environment(device),
+        "machine": _machine(device),
+        "seconds": {},
+    }
+    write_text(out / "reproduction.json", json.dumps(info, indent=2))
+    note = "  [SYNTHETIC phantom data]" if config.data.synthetic else ""
+    start = time.perf_counter()
+    methods: dict[str, list[str] | None] = {"scratch": None}
+    pool = None  # the pretraining pool, made once for every task and seed
+    for task, setting in config.tasks.items():
+        files = []
+        for k in range(config.pretraining_seeds):
+            encoder = out / "encoders" / f"{task}_p{k}.pt"
+            record = read_pretraining_record(encoder) if encoder.exists() else None
+            if record is None:
+                log(f"pretraining {task} (pretraining seed {k}) -> {encoder}{note}")
+                train = dataclasses.replace(
+                    config.pretrain,
+                    seed=config.pretrain.seed + k,
+                    crop=config.pretrain.crop if setting.crop is None else setting.crop,
+                    progress=config.pretrain.progress and progress,
+                )
+                pool = config.pretraining_data.unlabelled() if pool is None else pool
+                record = pretrain_encoder(
+                    [TaskEntry(task, 1.0, setting.options)], recipe.encoder, recipe.encoder_options(),
+                    config.pretraining_data, config.held_out, train, str(encoder),
+                    record={"reproduction": config.name}, pool=pool, log=log,
+                )  # fmt: skip
+            accuracy = record.get("pretext_accuracy")
+            log(f"{encoder.name}: held-out pretext accuracy {_fmt(accuracy)}")
+            files.append(str(encoder))
+        methods[task] = files
+    pretrained = time.perf_counter()
+    images, labels, case_ids = config.data.labelled()
+    rows = run_data_efficiency(
+        recipe, images, labels, methods, config.experiment, out, case_ids=case_ids,
+        data_info=asdict(config.data), device=device, synthetic=config.data.synthetic,
+        progress=progress, log=log,
+    )  # fmt: skip
+    finished = time.perf_counter()
+    written = write_report(rows, out, recipe.metric, synthetic=config.data.synthetic, title=config.name)
+    curves = {task: [pretraining_curves(f) for f in files or []] for task, files in methods.items() if files}
+    figure = plot_pretraining(curves, out / "pretraining.png", config.name, synthetic=config.data.synthetic)
+    written += [figure] if figure is not None else []
+    info["seconds"] = {
+        "pretraining": round(pretrained - start, 1),
+        "fine_tuning_grid": round(finished - pretrained, 1),
+        "total": round(time.perf_counter() - start, 1),
+        "note": "this invocation only: encoders and runs kept from an earlier one took no time here",
+    }
+    write_text(out / "reproduction.json", json.dumps(info, indent=2))
+    log(f"\n{config.name}: test {recipe.metric}, mean ± sd over split seeds{note}\n")
+    log(summary_table(rows, recipe.metric))
+    log("")
+    for path in written:
+        log(f"wrote {path}")
+    log(f"results folder: {out}  ({info['seconds']['total']:.0f} s, {torch.get_num_threads()} threads)")
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def plot_pretraining(
+    curves: Mapping[str, Sequence[Mapping[str, list[tuple[int, float]]]]],
+    path: Path,
+    title: str,
+    *,
+    synthetic: bool,
+) -> Path | None:
+    """Held-out pretext accuracy and training loss per step, one colour per task.
+
+    Args:
+        curves: task -> one :func:`pretraining_curves` per pretraining seed.
+        path: the PNG to write.
+        title: the figure's title.
+        synthetic: say on the figure that the data are the built-in phantoms.
+
+    Returns:
+        ``path``, or ``None`` without matplotlib.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from pretext3d.experiments.report import colour
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for task, seeds in curves.items():
+        for k, seed_curves in enumerate(seeds):
+            for ax, key in zip(axes, (f"held_out_accuracy/{task}", f"loss/{task}"), strict=True):
+                points = seed_curves.get(key, [])
+                if points:
+                    steps, values = zip(*points, strict=True)
+                    marker = "." if key.startswith("held") else None
+                    ax.plot(steps, values, color=colour(task), alpha=0.9 if k == 0 else 0.4, marker=marker,
+                            label=task if k == 0 else None)  # fmt: skip
+    axes[0].set_ylabel("held-out pretext accuracy")
+    axes[1].set_ylabel("training loss")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("pretraining step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    note = "SYNTHETIC phantom data" if synthetic else "real data"
+    fig.suptitle(
+        f"{title}: pretext tasks while pretraining ({note})\n"
+        "held-out accuracy of rotation, jigsaw and RPL: of the class; of exemplar and CPC: top-1 among a "
+        "batch's candidates",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
