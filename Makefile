@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 # Reinstall when the package metadata or the pins change.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench curve clean
+.PHONY: demo test lint typecheck unit bench reproduce-demo notebooks clean
 
+# Both reproductions (pancreas, fundus) in quick mode on the SYNTHETIC phantoms (docs/results.md).
 demo: $(STAMP)
-	$(BIN)/python examples/quick_rotation.py
+	$(BIN)/python examples/quick.py
 
 test: $(STAMP) lint typecheck unit
 
@@ -22,11 +23,16 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The honest benchmark in quick mode on the synthetic phantoms: every pretext task against a
-# fair from-scratch baseline, 5 split seeds, fractions 5/25/100 % (see docs/benchmark.md).
-curve: $(STAMP)
-	$(BIN)/python examples/benchmark.py --experiment fundus --mode quick --threads 1
-	$(BIN)/python examples/benchmark.py --experiment pancreas --mode quick --threads 2
+# Both reproductions in demo mode (5 fractions, 5 split seeds; one thread each, side by side).
+reproduce-demo: $(STAMP)
+	mkdir -p runs
+	$(BIN)/python examples/fundus/reproduce.py --mode demo > runs/fundus-demo.log 2>&1 & \
+	$(BIN)/python examples/pancreas/reproduce.py --mode demo; wait; tail -n 25 runs/fundus-demo.log
+
+# The example notebooks, executed in quick mode, as .ipynb files beside their sources.
+notebooks: $(STAMP)
+	cd examples/pancreas && ../../$(BIN)/jupytext --to ipynb --execute notebook.py
+	cd examples/fundus && ../../$(BIN)/jupytext --to ipynb --execute notebook.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tasks.py

@@ -1,66 +1,49 @@
 """Tune the from-scratch baseline's learning rate on validation data only.
 
-A fair comparison gives the baseline its own best schedule. This runs the from-scratch
-arm of an experiment's grid (``examples/configs/<experiment>_data_efficiency.toml``) for
-each candidate learning rate and prints the mean best *validation* score per rate and
-label fraction (test scores are never looked at). Write the chosen rate into
-``[experiment.baseline_train]`` of the config, with the table, as the configs do.
+A fair comparison may give the baseline its own best schedule. This runs the from-scratch arm
+of a reproduction's grid (``examples/<experiment>/<mode>.toml``) for each candidate learning
+rate and prints the mean best *validation* score per rate and label fraction (test scores are
+never looked at). Write the chosen rate into ``[experiment.baseline_train]`` of the config, with
+this table, and say so in the results. The shipped configs give both arms the same untuned rate.
 
-    python examples/tune_baseline.py --experiment pancreas --lrs 0.0003,0.001,0.003
+    python examples/tune_baseline.py --experiment pancreas --mode quick --lrs 0.0003,0.001,0.003
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import statistics
-import sys
 from pathlib import Path
 
-import torch
+from pretext3d.experiments import load_reproduction, run_data_efficiency
 
-from pretext3d.cli import main as cli
-
-CONFIGS = Path(__file__).parent / "configs"
+EXAMPLES = Path(__file__).parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", choices=["pancreas", "fundus"], required=True)
+    parser.add_argument("--mode", choices=["quick", "demo", "paper"], default="quick")
     parser.add_argument("--lrs", default="0.0003,0.001,0.003")
-    parser.add_argument("--fractions", default="0.05,1.0")
+    parser.add_argument("--fractions", default="0.1,1.0")
     parser.add_argument("--split-seeds", default="0,1")
-    parser.add_argument("--output", type=Path, default=None, help="default runs/<experiment>-tuning")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (recorded with the results)"
-    )
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    output = args.output or Path("runs") / f"{args.experiment}-tuning"
+    config = load_reproduction(EXAMPLES / args.experiment / f"{args.mode}.toml")
+    images, labels, case_ids = config.data.labelled()
     table: dict[float, dict[float, float]] = {}
     for lr in (float(v) for v in args.lrs.split(",")):
-        folder = output / f"lr{lr:g}"
-        code = cli(
-            [
-                "data-efficiency",
-                "--config",
-                str(CONFIGS / f"{args.experiment}_data_efficiency.toml"),
-                "--set",
-                'methods={scratch = ""}',
-                "--set",
-                f"experiment.baseline_train.lr={lr}",
-                "--set",
-                f"experiment.fractions=[{args.fractions}]",
-                "--set",
-                f"experiment.split_seeds=[{args.split_seeds}]",
-                "--set",
-                f'output_dir="{folder}"',
-            ]
+        grid = dataclasses.replace(
+            config.experiment,
+            fractions=tuple(float(f) for f in args.fractions.split(",")),
+            split_seeds=tuple(int(s) for s in args.split_seeds.split(",")),
+            baseline_train=dataclasses.replace(config.experiment.settings_for(pretrained=False), lr=lr),
         )
-        if code:
-            sys.exit(code)
-        rows = json.loads((folder / "results.json").read_text())
+        rows = run_data_efficiency(
+            config.recipe, images, labels, {"scratch": None}, grid,
+            Path(config.output_dir).with_name(f"{Path(config.output_dir).name}-tuning") / f"lr{lr:g}",
+            case_ids=case_ids, synthetic=config.data.synthetic, progress=False,
+        )  # fmt: skip
         by_fraction: dict[float, list[float]] = {}
         for row in rows:
             by_fraction.setdefault(row["fraction"], []).append(row["best_val"])
@@ -73,7 +56,8 @@ def main() -> None:
         cells = " | ".join(f"{scores[f]:.3f}" for f in fractions)
         print(f"| {lr:g} | {cells} | {statistics.fmean(scores.values()):.3f} |")
     best = max(table, key=lambda lr: statistics.fmean(table[lr].values()))
-    print(f"best: lr = {best:g}  [SYNTHETIC phantom data]")
+    note = "  [SYNTHETIC phantom data]" if config.data.synthetic else ""
+    print(f"best: lr = {best:g}{note}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "_checks": 0,
     "_random": 0,
     "_atomic": 0,
+    "_version": 0,
     "config": 0,
     "registry": 0,
     "engine": 1,

@@ -147,62 +147,6 @@ def test_cli_config_errors_name_the_key(
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("experiment", ["pancreas", "fundus"])
-def test_example_configs_are_valid_and_fair(experiment: str) -> None:
-    from pretext3d.cli import DataEfficiencyCommand, PretrainCommand
-    from pretext3d.config import from_mapping, load_toml
-    from pretext3d.data import DataSpec
-
-    folder = Path(__file__).parent.parent / "examples" / "configs"
-    pre = from_mapping(PretrainCommand, load_toml(folder / f"{experiment}_pretrain.toml"))
-    grid = from_mapping(DataEfficiencyCommand, load_toml(folder / f"{experiment}_data_efficiency.toml"))
-    assert len(grid.experiment.split_seeds) >= 5
-    base = grid.experiment.settings_for(pretrained=False)
-    assert base.freeze_encoder_epochs == 0 and base.epochs == grid.experiment.train.epochs
-    assert base.early_stopping_patience is not None
-    # the pretraining pool never holds a labelled case, whatever the sizes
-    labelled = DataSpec(kind=grid.data.kind, count=grid.data.count, size=8, seed=grid.data.seed)
-    pool = DataSpec(kind=pre.data.kind, count=pre.data.count, size=8, seed=pre.data.seed)
-    assert not pool.include_labelled
-    assert not set(labelled.labelled()[2]) & set(pool.unlabelled().case_ids)  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("experiment", ["pancreas", "fundus"])
-def test_benchmark_task_settings_run_a_step(experiment: str) -> None:
-    """Every task setting of examples/benchmark.py builds and trains one step on its phantoms."""
-    import importlib.util
-
-    from pretext3d.config import parse_override
-    from pretext3d.experiments import GradingRecipe, SegmentationRecipe
-    from pretext3d.registry import ENCODERS, TASKS
-    from pretext3d.transforms import random_crops
-
-    path = Path(__file__).parent.parent / "examples" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark", path)
-    assert spec is not None and spec.loader is not None
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    recipe = SegmentationRecipe() if experiment == "pancreas" else GradingRecipe()
-    dims = 3 if experiment == "pancreas" else 2
-    if dims == 3:
-        images = p3.data.ct_phantom_batch(4, 32, seed=5)[0]
-    else:
-        images = p3.data.fundus_phantom_batch(4, 64, seed=5)[0]
-    gen = torch.Generator().manual_seed(0)
-    assert set(benchmark.TASK_SETTINGS[experiment]) == set(TASKS) == set(benchmark.TASKS)
-    for name, (crop, options) in benchmark.TASK_SETTINGS[experiment].items():
-        task = TASKS.get(name)(dims, **parse_override(f"options={options}")[1])
-        encoder = ENCODERS.get(recipe.encoder)(
-            spatial_dims=dims, in_channels=images.shape[1], **recipe.encoder_options()
-        )
-        model = p3.PretextModel(encoder, task)
-        batch = random_crops(images, (crop,) * dims, gen) if crop else images
-        views, targets = task(batch, gen)
-        loss = task.loss(model(views), targets, generator=gen)
-        loss.backward()
-        assert torch.isfinite(loss), name
-
-
 def test_a_pairing_that_cannot_load_is_refused_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

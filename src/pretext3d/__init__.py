@@ -28,11 +28,10 @@ from pretext3d import (
     transforms,
     viz,
 )
+from pretext3d._version import __version__
 from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
 from pretext3d.pretext_model import PretextModel, infer_num_features
 from pretext3d.registry import register_encoder, register_task
-
-__version__ = "0.2.0.dev0"
 
 __all__ = [
     "HammingStats",

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from pretext3d._atomic import write_text
+from pretext3d._version import __version__
 
 __all__ = [
     "case_key",
@@ -65,7 +66,7 @@ def tensor_sha256(*tensors: Tensor) -> str:
 
 def _git_commit() -> str | None:
     """The commit of the pretext3d source tree, ``-dirty`` if it has changes; ``None`` outside git."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parent  # the package folder
 
     def git(*args: str) -> str | None:
         try:
@@ -93,14 +94,12 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         the pretext3d source (``None`` when not run from a git checkout), ``device`` (with
         the GPU's name on CUDA), ``threads`` (``torch.get_num_threads()``) and ``platform``.
     """
-    import pretext3d
-
     dev = torch.device(device)
     name = str(dev)
     if dev.type == "cuda" and torch.cuda.is_available():
         name = f"{dev} ({torch.cuda.get_device_name(dev)})"
     return {
-        "pretext3d": pretext3d.__version__,
+        "pretext3d": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": sys.version.split()[0],

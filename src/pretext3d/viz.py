@@ -6,7 +6,6 @@ along the first spatial axis (or three orthogonal central slices); an RGB image 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -37,9 +36,6 @@ def image_slice(image: Tensor, axis: int = 0) -> Tensor:
 
 def _plt() -> Any:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
         raise ImportError("pictures need matplotlib: pip install 'pretext3d[plots]'") from err
@@ -113,6 +109,6 @@ def plot_views(
                 _show(axes[i][j], *per_image[i][j - 1])
             else:
                 axes[i][j].axis("off")
-    fig.suptitle(f"{type(task).__name__}: {math.prod(views.shape[:1])} view(s) from {n} image(s)", fontsize=9)
+    fig.suptitle(f"{type(task).__name__}: the views of {n} image(s)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -46,6 +46,10 @@ class DataSpec:
             exactly the labelled cases; Task07: ``imagesTr`` as well; APTOS: ``train_images``
             as well). The paper's transductive setting; recorded, and the data-efficiency
             runner refuses such an encoder unless ``experiment.transductive = true``.
+        cache_dir: CT scans only (``task07``, ``volume-folder``, ``dicom-folder``): keep each
+            preprocessed scan here (keyed by the preprocessing) and read it from there
+            afterwards. Without it every read resamples the scan again (seconds per scan),
+            which starves pretraining on real scans; ``""``: no cache.
     """
 
     kind: Literal[
@@ -56,12 +60,21 @@ class DataSpec:
     size: int = 32
     seed: int = 0
     include_labelled: bool = False
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
         """Check the values."""
         check_int("data.count", self.count, 1)
         check_int("data.size", self.size, 1)
         check_int("data.seed", self.seed, 0)
+        if self.cache_dir and self.kind not in ("task07", "volume-folder", "dicom-folder"):
+            raise ValueError(
+                f"data.cache_dir applies to CT scans (task07, volume-folder, dicom-folder), not to "
+                f"data.kind = {self.kind!r}; remove it"
+            )
+
+    def _cache(self) -> str | None:
+        return self.cache_dir or None
 
     @property
     def spatial_dims(self) -> int:
@@ -100,7 +113,9 @@ class DataSpec:
         if self.synthetic:
             return self._phantoms(0)
         if self.kind == "task07":
-            task07 = Task07Pancreas(self._folder(), preprocessing=self._ct_preprocessing())
+            task07 = Task07Pancreas(
+                self._folder(), preprocessing=self._ct_preprocessing(), cache_dir=self._cache()
+            )
             cases = [task07[i] for i in range(len(task07))]
             return torch.stack([c[0] for c in cases]), torch.stack([c[1] for c in cases]), task07.case_ids
         aptos = APTOS(self._folder(), preprocessing=FundusPreprocessing("resize", self.size))
@@ -116,14 +131,13 @@ class DataSpec:
         if self.synthetic:
             first = 0 if self.include_labelled else UNLABELLED_PHANTOMS
             return PhantomImages(self.kind.split("-")[0], self.count, self.size, seed=self.seed, first=first)
+        ct: dict[str, Any] = {"preprocessing": self._ct_preprocessing(), "cache_dir": self._cache()}
         if self.kind == "task07":
-            return Task07Pancreas.unlabelled(
-                self._folder(), include_training=self.include_labelled, preprocessing=self._ct_preprocessing()
-            )
+            return Task07Pancreas.unlabelled(self._folder(), include_training=self.include_labelled, **ct)
         if self.kind == "volume-folder":
-            return VolumeFolder(self._folder(), preprocessing=self._ct_preprocessing())
+            return VolumeFolder(self._folder(), **ct)
         if self.kind == "dicom-folder":
-            return DicomFolder(self._folder(), preprocessing=self._ct_preprocessing())
+            return DicomFolder(self._folder(), **ct)
         prep = FundusPreprocessing("resize", self.size)
         if self.kind == "fundus-folder":
             return FundusFolder(self._folder(), preprocessing=prep)

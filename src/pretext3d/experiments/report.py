@@ -362,17 +362,15 @@ def write_report(
 
 def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, baseline: str) -> list[Path]:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay untouched
         from matplotlib.lines import Line2D
     except ImportError:
         return []
     comparable = next((m for m in PAPER_METRICS if rows and m in rows[0]["test"]), None)
     panels = 2 + (comparable is not None)
     width = 5.2 * panels + (2.5 if comparable is not None else 0)  # room for the paper's legend
-    fig, axes = plt.subplots(1, panels, figsize=(width, 4.3), squeeze=False)
+    fig = Figure(figsize=(width, 4.3))
+    axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0][0]
     _curves(ax, rows, metric)
     ax.set_ylabel(f"test {metric}")
@@ -419,12 +417,10 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     fig.suptitle(note, fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "data_efficiency.png", dpi=110)
-    plt.close(fig)
 
     fractions = sorted({r["fraction"] for r in rows})
-    fig, axes = plt.subplots(
-        1, len(fractions), figsize=(3.2 * len(fractions), 3.2), squeeze=False, sharey=True
-    )
+    fig = Figure(figsize=(3.2 * len(fractions), 3.2))
+    axes = fig.subplots(1, len(fractions), squeeze=False, sharey=True)
     for ax, fraction in zip(axes[0], fractions, strict=True):
         for r in rows:
             if r["fraction"] == fraction:
@@ -440,5 +436,4 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     fig.suptitle(f"Validation score per epoch, every run. {note}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=100)
-    plt.close(fig)
     return [out / "data_efficiency.png", out / "learning_curves.png"]

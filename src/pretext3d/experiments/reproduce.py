@@ -32,7 +32,7 @@ import torch
 from pretext3d import engine
 from pretext3d._atomic import write_text
 from pretext3d._checks import check_int
-from pretext3d.config import from_mapping, load_toml, merge_override, parse_override
+from pretext3d.config import check_keywords, from_mapping, load_toml, merge_override, parse_override
 from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, registered
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
@@ -137,8 +137,13 @@ class Reproduction:
             check_int("threads", self.threads, 1)
         if not self.tasks:
             raise ValueError("tasks must name at least one pretext task, e.g. [tasks.rotation]")
-        for task in self.tasks:
+        for task, setting in self.tasks.items():
             registered(task, TASKS)
+            cls = TASKS.get(task)
+            check_keywords(
+                getattr(cls, "__name__", task), setting.options, cls, f"tasks.{task}.options",
+                {"spatial_dims": "pretext3d sets it from the data (data.kind)"},
+            )  # fmt: skip
         if not self.output_dir.strip():
             raise ValueError("output_dir must name a folder, got ''")
 
@@ -297,7 +302,8 @@ def run_reproduction(
     log("")
     for path in written:
         log(f"wrote {path}")
-    log(f"results folder: {out}  ({info['seconds']['total']:.0f} s, {torch.get_num_threads()} threads)")
+    threads = f"{torch.get_num_threads()} CPU thread" + ("s" if torch.get_num_threads() != 1 else "")
+    log(f"results folder: {out}  ({info['seconds']['total']:.0f} s, {threads})")
     return out
 
 
@@ -324,15 +330,13 @@ def plot_pretraining(
         ``path``, or ``None`` without matplotlib.
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay untouched
     except ImportError:
         return None
     from pretext3d.experiments.report import colour
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
     for task, seeds in curves.items():
         for k, seed_curves in enumerate(seeds):
             for ax, key in zip(axes, (f"held_out_accuracy/{task}", f"loss/{task}"), strict=True):
@@ -359,5 +363,4 @@ def plot_pretraining(
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -9,7 +9,7 @@ Every encoder here keeps the contract of :class:`Encoder` (timm's ``forward_feat
 from pretext3d.models.base import Encoder
 from pretext3d.models.conv import ConvEncoder
 from pretext3d.models.densenet import DenseNet, DenseNet121, DenseNetEncoder
-from pretext3d.models.io import encoder_name, load_encoder, load_encoder_weights, save_encoder
+from pretext3d.models.io import encoder_info, encoder_name, load_encoder, load_encoder_weights, save_encoder
 from pretext3d.models.unet import UNet, UNetEncoder
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Encoder",
     "UNet",
     "UNetEncoder",
+    "encoder_info",
     "encoder_name",
     "load_encoder",
     "load_encoder_weights",

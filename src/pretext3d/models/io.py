@@ -11,9 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._atomic import atomic_path
+from pretext3d._version import __version__
 from pretext3d.registry import ENCODERS
 
-__all__ = ["encoder_name", "load_encoder", "load_encoder_weights", "save_encoder"]
+__all__ = ["encoder_info", "encoder_name", "load_encoder", "load_encoder_weights", "save_encoder"]
 
 _FORMAT = "pretext3d-encoder-v1"
 # constructor arguments renamed since 0.1, so that older files still load
@@ -35,6 +36,7 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
     config = getattr(encoder, "config", None)
     payload = {
         "format": _FORMAT,
+        "pretext3d_version": __version__,
         "encoder": ENCODERS.name_of(type(encoder)),
         "class": type(encoder).__name__,
         "config": dict(config) if isinstance(config, Mapping) else None,
@@ -47,6 +49,26 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
     torch.save(payload, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+def encoder_info(path: str | PathLike[str]) -> dict[str, Any]:
+    """What an encoder file holds besides its weights.
+
+    Returns:
+        ``format`` (``"pretext3d-encoder-v1"``), ``pretext3d_version`` (the library that wrote
+        it; ``None`` for files of 0.1), ``encoder`` (the registered name, ``None`` if
+        unregistered), ``class``, ``config`` (its constructor arguments, ``None`` if it has
+        none) and ``parameters`` (the number of values in its state dict).
+    """
+    payload = _read(path)
+    return {
+        "format": payload["format"],
+        "pretext3d_version": payload.get("pretext3d_version"),
+        "encoder": _registered_name(payload),
+        "class": payload.get("class"),
+        "config": payload.get("config"),
+        "parameters": sum(v.numel() for v in payload["state_dict"].values()),
+    }
 
 
 def encoder_name(path: str | PathLike[str]) -> str | None:

@@ -1,0 +1,192 @@
+"""The reproductions in examples/: every mode's config is a fair, complete reproduction, its task
+settings train, paper mode runs on files in the real formats, and both notebooks execute."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pretext3d as p3
+from pretext3d.data import DataSpec
+from pretext3d.experiments import Reproduction, load_reproduction, read_runs
+from pretext3d.registry import ENCODERS, TASKS
+from pretext3d.transforms import random_crops
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+EXPERIMENTS = ("pancreas", "fundus")
+MODES = ("quick", "demo", "paper")
+PAPER_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
+ON_CPU = ['device="cpu"', 'pretrain.device="cpu"']  # paper mode names CUDA, refused on this machine
+# A tiny budget for every arm, for runs that only check that the pipeline works.
+TINY_GRID = [
+    "experiment.train.epochs=2",
+    "experiment.train.steps_per_epoch=2",
+    "experiment.train.min_epochs=1",
+    "experiment.train.early_stopping_patience=1",
+    "experiment.train.freeze_encoder_epochs=1",
+    "experiment.baseline_train.epochs=2",
+    "experiment.baseline_train.steps_per_epoch=2",
+    "experiment.baseline_train.min_epochs=1",
+    "experiment.baseline_train.early_stopping_patience=1",
+]
+
+
+def _config(experiment: str, mode: str, overrides: list[str] | None = None) -> Reproduction:
+    extra = ON_CPU if mode == "paper" else []
+    return load_reproduction(EXAMPLES / experiment / f"{mode}.toml", extra + (overrides or []))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_mode_is_a_fair_reproduction_of_every_task(experiment: str, mode: str) -> None:
+    config = _config(experiment, mode)
+    assert set(config.tasks) == set(TASKS.names())  # every task against the baseline
+    assert config.data.spatial_dims == (3 if experiment == "pancreas" else 2)
+    grid = config.experiment
+    base, pretrained = grid.settings_for(pretrained=False), grid.settings_for(pretrained=True)
+    assert base.freeze_encoder_epochs == 0  # never freeze random features
+    for name in ("epochs", "steps_per_epoch", "batch_size", "early_stopping_patience", "min_epochs"):
+        assert getattr(base, name) == getattr(pretrained, name), name  # same budget and rule
+    assert base.early_stopping_patience is not None
+    assert not config.pretraining_data.include_labelled and not grid.transductive
+    assert mode in config.name and mode in config.output_dir
+    assert len(grid.split_seeds) >= (3 if mode == "quick" else 5)
+    if mode != "quick":
+        assert grid.fractions == PAPER_FRACTIONS
+    assert config.data.synthetic == (mode != "paper") == config.pretraining_data.synthetic
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_phantom_modes_never_pretrain_on_a_labelled_case(experiment: str) -> None:
+    for mode in ("quick", "demo"):
+        config = _config(experiment, mode)
+        labelled = DataSpec(kind=config.data.kind, count=config.data.count, size=8, seed=config.data.seed)
+        spec = config.pretraining_data
+        pool = DataSpec(kind=spec.kind, count=spec.count, size=8, seed=spec.seed).unlabelled()
+        assert not set(labelled.labelled()[2]) & set(pool.case_ids)  # type: ignore[attr-defined]
+
+
+def test_paper_modes_follow_the_paper() -> None:
+    pancreas, fundus = _config("pancreas", "paper"), _config("fundus", "paper")
+    assert (pancreas.data.kind, pancreas.data.size) == ("task07", 128)
+    assert pancreas.segmentation.widths == (16, 32, 64, 128, 256)  # the full-width U-Net
+    assert pancreas.segmentation.inference_window is not None  # whole volumes, sliding windows
+    assert pancreas.data.cache_dir and pancreas.pretraining_data.cache_dir
+    assert (fundus.data.kind, fundus.data.size) == ("aptos", 224)
+    model, _ = fundus.grading.build(3, None)
+    assert sum(p.numel() for p in model.parameters()) == 6_958_981  # DenseNet-121, as DenseNet121
+    assert pancreas.tasks["jigsaw"].options == {"grid": 3, "num_permutations": 100, "jitter": 3}
+
+
+@pytest.mark.parametrize("mode", ["quick", "demo"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_task_setting_trains_a_step_on_its_phantoms(experiment: str, mode: str) -> None:
+    config = _config(experiment, mode)
+    dims, recipe = config.data.spatial_dims, config.recipe
+    pool = config.pretraining_data.unlabelled()
+    images = torch.stack([pool[i] for i in range(4)])  # type: ignore[index]
+    gen = torch.Generator().manual_seed(0)
+    for name, setting in config.tasks.items():
+        task = TASKS.get(name)(dims, **setting.options)
+        encoder = ENCODERS.get(recipe.encoder)(
+            spatial_dims=dims, in_channels=images.shape[1], **recipe.encoder_options()
+        )
+        model = p3.PretextModel(encoder, task)
+        crop = config.pretrain.crop if setting.crop is None else setting.crop
+        views, targets = task(random_crops(images, (crop,) * dims, gen) if crop else images, gen)
+        loss = task.loss(model(views), targets, generator=gen)
+        loss.backward()
+        assert torch.isfinite(loss), name
+
+
+def test_paper_mode_runs_on_task07_files(tmp_path: Path) -> None:
+    """The paper's pancreas pipeline end to end on a tiny Task07 folder written in the real format."""
+    root = p3.data.write_task07_phantom(tmp_path, num_train=10, num_test=4, size=32)
+    config = _config(
+        "pancreas",
+        "paper",
+        [
+            f'data.path="{root}"', f'pretraining_data.path="{root}"', "data.size=32",
+            "pretraining_data.size=32", f'data.cache_dir="{tmp_path / "cache"}"',
+            f'pretraining_data.cache_dir="{tmp_path / "cache"}"', "held_out=2", "pretrain.steps=2",
+            "pretrain.batch_size=2", "pretrain.num_workers=0", "pretrain.eval_every=2",
+            "tasks={rotation = {crop = 0}}", "segmentation.crop=16", "segmentation.inference_window=16",
+            "experiment.fractions=[1.0]", "experiment.split_seeds=[0, 1]", f'output_dir="{tmp_path / "out"}"',
+            *TINY_GRID,
+        ],
+    )  # fmt: skip
+    out = p3.experiments.run_reproduction(config, progress=False, log=lambda _: None)
+    record = p3.experiments.read_pretraining_record(out / "encoders" / "rotation_p0.pt")
+    assert record is not None
+    pool = config.pretraining_data.unlabelled().case_ids  # type: ignore[attr-defined]
+    assert sorted(record["pretraining_cases"]) == sorted(pool) == [f"pancreas_{i:03d}" for i in range(11, 15)]
+    assert any((tmp_path / "cache").rglob("*.npy"))  # preprocessed once, then read from the cache
+    rows = read_runs(out)
+    assert {r["method"] for r in rows} == {"scratch", "rotation"} and len(rows) == 4
+    assert json.loads((out / "config.json").read_text())["recipe"].count("inference_window=16") == 1
+    assert not rows[0]["synthetic"]
+    for name in ("results.csv", "cases.csv", "summary.md", "reproduction.json", "data_efficiency.png"):
+        assert (out / name).is_file(), name
+
+
+def test_paper_mode_runs_on_aptos_files(tmp_path: Path) -> None:
+    root = p3.data.write_aptos_phantom(tmp_path, num_train=30, num_test=10, size=64)
+    config = _config(
+        "fundus",
+        "paper",
+        [
+            f'data.path="{root}"', f'pretraining_data.path="{root}"', "data.size=64",
+            "pretraining_data.size=64", "held_out=2", "pretrain.steps=2", "pretrain.batch_size=4",
+            "pretrain.num_workers=0", "pretrain.eval_every=2", "tasks={rotation = {crop = 0}}",
+            "experiment.fractions=[1.0]", "experiment.split_seeds=[0, 1]", "experiment.train.batch_size=4",
+            "experiment.baseline_train.batch_size=4", f'output_dir="{tmp_path / "out"}"', *TINY_GRID,
+        ],
+    )  # fmt: skip
+    out = p3.experiments.run_reproduction(config, progress=False, log=lambda _: None)
+    record = p3.experiments.read_pretraining_record(out / "encoders" / "rotation_p0.pt")
+    assert record is not None
+    labelled = set(config.data.labelled()[2])
+    assert len(record["pretraining_cases"]) == 10 and not labelled & set(record["pretraining_cases"])
+    assert len(read_runs(out)) == 4
+
+
+# The notebooks' smoke mode: their quick config, shrunk so that each runs in well under a minute.
+SMOKE = {
+    "pancreas": ["data.count=16", "pretraining_data.count=20"],
+    "fundus": ["data.count=30", "pretraining_data.count=24"],
+}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_notebook_executes(experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notebook, read by jupytext from its percent script, runs in a Jupyter kernel without error."""
+    import jupytext
+    import nbclient
+
+    out = tmp_path / "results"
+    overrides = [
+        f'output_dir="{out}"', "pretrain.steps=3", "pretrain.eval_every=3", "pretrain.batch_size=4",
+        "held_out=4", "experiment.split_seeds=[0, 1]", "experiment.fractions=[0.5, 1.0]",
+        *SMOKE[experiment], *TINY_GRID,
+    ]  # fmt: skip
+    monkeypatch.setenv("PRETEXT3D_MODE", "quick")
+    monkeypatch.setenv("PRETEXT3D_SET", json.dumps(overrides))
+    folder = EXAMPLES / experiment
+    notebook = jupytext.read(folder / "notebook.py")
+    kinds = [cell.cell_type for cell in notebook.cells]
+    assert kinds.count("markdown") >= 6 and kinds.count("code") >= 6
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+    )
+    client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
+    printed = "".join(
+        o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
+    )
+    images = sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
+    assert "rebuilt" in printed and "pretext3d-encoder-v1" in printed
+    assert images >= 2 + len(TASKS.names())  # the data, every task's views, the curves
+    assert {r["method"] for r in read_runs(out)} == {"scratch", *TASKS.names()}
+    assert (out / "pretraining.png").is_file() and (out / "data_efficiency.png").is_file()
