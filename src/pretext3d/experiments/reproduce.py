@@ -36,7 +36,7 @@ from pretext3d.config import check_keywords, from_mapping, load_toml, merge_over
 from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, registered
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
-from pretext3d.experiments.report import summary_table, write_report
+from pretext3d.experiments.report import colour, summary_table, write_report
 from pretext3d.experiments.runner import DataEfficiencyConfig, differences, run_data_efficiency
 from pretext3d.pretrainer import PretrainConfig
 from pretext3d.provenance import environment, read_pretraining_record
@@ -78,6 +78,9 @@ def _every_task() -> dict[str, PretextSetting]:
 @dataclass
 class Reproduction:
     """A data-efficiency reproduction: every pretext task against the from-scratch baseline.
+
+    Complete configs: ``examples/pancreas/{quick,demo,paper}.toml`` and
+    ``examples/fundus/{quick,demo,paper}.toml``.
 
     Attributes:
         name: a title for the report and the figures.
@@ -333,8 +336,6 @@ def plot_pretraining(
         from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay untouched
     except ImportError:
         return None
-    from pretext3d.experiments.report import colour
-
     fig = Figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2)
     for task, seeds in curves.items():
