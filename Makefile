@@ -31,8 +31,7 @@ reproduce-demo: $(STAMP)
 
 # The example notebooks, executed in quick mode, as .ipynb files beside their sources.
 notebooks: $(STAMP)
-	cd examples/pancreas && ../../$(BIN)/jupytext --to ipynb --execute notebook.py
-	cd examples/fundus && ../../$(BIN)/jupytext --to ipynb --execute notebook.py
+	$(BIN)/python examples/execute_notebooks.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tasks.py
