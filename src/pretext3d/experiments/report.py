@@ -4,8 +4,9 @@
 case of every run: the second layer, never the error bar), ``results.json``,
 ``summary.md`` (means over split seeds, paired differences against the baseline with
 intervals and tests, convergence, provenance) and, with matplotlib,
-``data_efficiency.png`` (our curves; the paired differences; the paper's real-data curves
-in a panel of their own, one series per pretraining source) and ``learning_curves.png``
+``data_efficiency.png`` (our curves; the paired differences; our curve of the paper's metric
+beside the paper's real-data numbers, one series per pretraining source, labelled as the
+paper's) and ``learning_curves.png``
 (every run's validation score per epoch, so that convergence can be seen).
 """
 
