@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Reinstall when the package metadata or the pins change.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench reproduce-demo notebooks clean
+.PHONY: demo test lint typecheck unit bench reproduce-demo notebooks docs clean
 
 # Both reproductions (pancreas, fundus) in quick mode on the SYNTHETIC phantoms (docs/results.md).
 demo: $(STAMP)
@@ -14,8 +14,8 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks docs
+	$(BIN)/ruff format --check src tests examples benchmarks docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
@@ -33,6 +33,12 @@ reproduce-demo: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python examples/execute_notebooks.py
 
+# The documentation site into site/: the task figures from the phantoms, then a strict build
+# (broken links, anchors and docstring references are errors).
+docs: $(STAMP)
+	$(BIN)/python docs/make_figures.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tasks.py
 	$(BIN)/python benchmarks/exemplar.py
@@ -45,8 +51,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml requirements-dev.txt
-	$(BIN)/python -m pip install --quiet -c requirements-dev.txt -r requirements-dev.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c requirements-dev.txt -r requirements-dev.txt -e '.[test,docs]'
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) site build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -240,9 +240,16 @@ class DenseNet(nn.Module):
     """A DenseNet classifier: :class:`DenseNetEncoder`, global average pooling, a linear layer.
 
     Args:
-        spatial_dims, in_channels, growth_rate, block_config, init_features, bn_size,
-            norm, dropout, checkpointing: as for :class:`DenseNetEncoder`.
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
         num_classes: output classes.
+        growth_rate: as for :class:`DenseNetEncoder`.
+        block_config: as for :class:`DenseNetEncoder`.
+        init_features: as for :class:`DenseNetEncoder`.
+        bn_size: as for :class:`DenseNetEncoder`.
+        norm: as for :class:`DenseNetEncoder`.
+        dropout: as for :class:`DenseNetEncoder`.
+        checkpointing: as for :class:`DenseNetEncoder`.
 
     Shapes:
         ``(N, in_channels, *spatial)`` -> logits ``(N, num_classes)``.
@@ -323,7 +330,9 @@ class DenseNet121(DenseNet):
         spatial_dims: 2 or 3.
         in_channels: input channels.
         num_classes: output classes.
-        norm, dropout, checkpointing: as for :class:`DenseNetEncoder`.
+        norm: as for :class:`DenseNetEncoder`.
+        dropout: as for :class:`DenseNetEncoder`.
+        checkpointing: as for :class:`DenseNetEncoder`.
     """
 
     def __init__(

@@ -178,8 +178,11 @@ class UNet(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: input channels.
         out_channels: output classes (logits).
-        widths, norm, dropout, width_multiplier, checkpointing: as for
-            :class:`UNetEncoder`; the decoder uses the same.
+        widths: as for :class:`UNetEncoder`; the decoder mirrors them.
+        norm: as for :class:`UNetEncoder`; the decoder uses the same.
+        dropout: as for :class:`UNetEncoder`; the decoder uses the same.
+        width_multiplier: as for :class:`UNetEncoder`.
+        checkpointing: as for :class:`UNetEncoder`; the decoder uses the same.
         upsample: ``"transpose"`` or ``"linear"``.
 
     Shapes:
