@@ -6,7 +6,8 @@ output (seeded, so a rerun draws the same pictures):
 - ``rotation.png``: the 10 rotation classes of a CT phantom, three orthogonal central slices each;
 - ``jigsaw.png``: a fundus phantom cut into a 3×3 grid, its tiles in the shuffled order, and the
   pairwise Hamming distances of the permutation sets;
-- ``rpl.png``, ``exemplar.png``, ``cpc.png``: the views of the other tasks.
+- ``rpl.png``, ``exemplar.png``, ``cpc.png``: the views of the other tasks;
+- ``preprocessing.png``: a CT and a fundus phantom before and after their preprocessing.
 
     python docs/make_figures.py
 """
@@ -77,6 +78,37 @@ def jigsaw(fundus: torch.Tensor) -> None:
     _save(fig, "jigsaw_hamming.png")
 
 
+def preprocessing() -> None:
+    """A CT phantom before and after CTPreprocessing; a fundus phantom before and after Ben Graham's."""
+    case = p3.data.ct_phantom(3, 64)
+    after, label = p3.data.CTPreprocessing(resize=(64, 64, 64), dtype="float32")(
+        case.image.astype("float32"), case.spacing, case.label
+    )
+    photo, grade = p3.data.fundus_phantom(3, 160, grade=3)
+    graham = p3.data.FundusPreprocessing("ben_graham", 160)(photo)
+    fig, axes = plt.subplots(1, 5, figsize=(15, 3.2))
+    middle = case.image.shape[2] // 2
+    spacing = "×".join(f"{s:.1f}" for s in case.spacing)
+    panels = [
+        (case.image[:, :, middle], f"CT as read: HU, {case.image.shape}, {spacing} mm"),
+        (after[:, :, 32], "1.5×1.5×2.5 mm, body crop, 64³, window, z-score"),
+        (label[:, :, 32], "label (nearest neighbour): 1 pancreas, 2 tumour"),
+        (photo, f"fundus as read (grade {grade}), RGB"),
+        (p3.viz.image_slice(torch.as_tensor(graham)).numpy(), "Ben Graham: local average subtracted"),
+    ]  # fmt: skip
+    for ax, (image, title) in zip(axes, panels, strict=True):
+        if image.ndim == 3:  # RGB, (H, W, 3)
+            ax.imshow(image)
+        else:  # a CT slice: x to the right, y up
+            ax.imshow(image.T, cmap="gray", origin="lower")
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Preprocessing before and after ({NOTE}s)")
+    fig.tight_layout()
+    _save(fig, "preprocessing.png")
+
+
 def views(name: str, task: p3.tasks.PretextTask, images: torch.Tensor, title: str) -> None:  # type: ignore[type-arg]
     """A task's views of two images."""
     fig = p3.viz.plot_views(task, images, generator=0)
@@ -90,6 +122,7 @@ def main() -> None:
     ct = torch.stack([p3.data.PhantomImages("ct", 2, 48, seed=0)[i] for i in range(2)])
     fundus = torch.stack([p3.data.PhantomImages("fundus", 2, 96, seed=0)[i] for i in range(2)])
     rotation(ct)
+    preprocessing()
     jigsaw(fundus)
     views("rpl", p3.tasks.RelativePatchLocation(2, grid=3, jitter=2), fundus,
           "RPL (2D): the centre and a query tile, target = where the query lies")  # fmt: skip

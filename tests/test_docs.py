@@ -45,10 +45,20 @@ def test_every_python_block_runs(page: Path, tmp_path: Path, monkeypatch: pytest
 
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
+    for registry in (p3.registry.TASKS, p3.registry.ENCODERS):  # a page may register its own
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     SETUP.get(page.name, lambda: None)()
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     for i, code in enumerate(_blocks(page)):
         exec(compile(code, f"{page.name}, python block {i + 1}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if "```toml" in p.read_text()], ids=lambda p: p.name)
+def test_every_toml_block_parses(page: Path) -> None:
+    from pretext3d.config import _toml_loads
+
+    for block in re.findall(r"^```toml\n(.*?)^```", page.read_text(), re.S | re.M):
+        _toml_loads(block)  # raises on a syntax error
 
 
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
