@@ -107,6 +107,11 @@ def permutation_set(num_cells: int, count: int, seed: int = 0, method: Method = 
         ValueError: for a count above ``num_cells!``, an unknown method, or a
             construction that does not exist for ``num_cells`` or has fewer than
             ``count`` elements.
+
+    Example:
+        >>> perms = permutation_set(27, 100, seed=0)   # 3x3x3 jigsaw: 100 permutations of 27 cells
+        >>> perms.shape, hamming_stats(perms).min       # every pair differs in at least 26 cells
+        (torch.Size([100, 27]), 26)
     """
     check_int("num_cells", num_cells, 2)
     check_int("count", count, 1)

@@ -48,10 +48,14 @@ class PretextModel(nn.Module):
         ``(N, D)`` or the CPC head's tensor).
 
     Example:
-        >>> task = Rotation(spatial_dims=3)
-        >>> model = PretextModel(UNetEncoder(spatial_dims=3), task)
-        >>> views, targets = task(volumes, generator)
-        >>> loss = task.loss(model(views), targets, generator=generator)
+        >>> task = p3.tasks.Rotation(spatial_dims=3)
+        >>> model = PretextModel(p3.models.UNetEncoder(spatial_dims=3, widths=(8, 16, 32)), task)
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> views, targets = task(torch.randn(2, 1, 32, 32, 32), generator)
+        >>> logits = model(views)
+        >>> logits.shape   # (B, num_classes)
+        torch.Size([2, 10])
+        >>> loss = task.loss(logits, targets, generator=generator)
     """
 
     def __init__(

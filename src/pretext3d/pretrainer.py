@@ -249,9 +249,14 @@ class Pretrainer:
         log: where summary lines go.
 
     Example:
-        >>> trainer = Pretrainer(UNetEncoder(3), [Rotation(3), WeightedTask(Jigsaw(3), 0.5)],
-        ...                      VolumeFolder("scans/", cache_dir="cache"), PretrainConfig(crop=96), "enc.pt")
-        >>> summary = trainer.fit()   # rerun after a crash: it resumes
+        >>> scans = p3.data.PhantomImages("ct", count=8, size=32)   # or VolumeFolder("scans/", cache_dir=...)
+        >>> tasks = [p3.tasks.Rotation(3), WeightedTask(p3.tasks.Jigsaw(3, grid=2, num_permutations=24), 0.5)]
+        >>> config = PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False)
+        >>> trainer = Pretrainer(p3.models.UNetEncoder(3, widths=(8, 16)), tasks, scans, config, "enc.pt",
+        ...                      log=lambda line: None)
+        >>> record = trainer.fit()   # rerun after a crash: it resumes
+        >>> record["tasks"], record["steps"]
+        (['rotation', 'jigsaw'], 2)
     """
 
     def __init__(

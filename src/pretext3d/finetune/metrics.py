@@ -58,6 +58,11 @@ def dice_per_case(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     Returns:
         ``(cases, num_classes - 1)`` float64: column ``c`` is class ``c + 1``; NaN where the
         target has no voxel of that class.
+
+    Example:
+        >>> pred, target = torch.tensor([[[0, 1], [2, 2]]]), torch.tensor([[[0, 1], [2, 0]]])
+        >>> dice_per_case(pred, target, num_classes=3)   # (cases, foreground classes)
+        tensor([[1.0000, 0.6667]], dtype=torch.float64)
     """
     _check_maps(pred, target)
     p, t = pred.flatten(1), target.flatten(1)
@@ -108,6 +113,11 @@ def quadratic_weighted_kappa(pred: Tensor, target: Tensor, num_classes: int) -> 
         pred: ``(N,)`` integer grades.
         target: ``(N,)`` integer grades.
         num_classes: number of grades.
+
+    Example:
+        >>> pred, target = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 1, 2, 3, 3])
+        >>> round(quadratic_weighted_kappa(pred, target, num_classes=5), 4)
+        0.9412
     """
     if pred.shape != target.shape or pred.dim() != 1:
         raise ValueError(

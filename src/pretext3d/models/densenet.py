@@ -333,6 +333,11 @@ class DenseNet121(DenseNet):
         norm: as for :class:`DenseNetEncoder`.
         dropout: as for :class:`DenseNetEncoder`.
         checkpointing: as for :class:`DenseNetEncoder`.
+
+    Example:
+        >>> net = DenseNet121(spatial_dims=2, in_channels=3, num_classes=5)
+        >>> net(torch.randn(1, 3, 64, 64)).shape, sum(p.numel() for p in net.parameters())
+        (torch.Size([1, 5]), 6958981)
     """
 
     def __init__(

@@ -32,6 +32,11 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
             has a ``config`` dict of its constructor arguments, the file also records its
             registered name and config, so :func:`load_encoder` can rebuild it.
         path: file to write (``torch.save`` format), atomically.
+
+    Example:
+        >>> save_encoder(p3.models.UNetEncoder(3, widths=(8, 16)), "encoder.pt")
+        >>> encoder_info("encoder.pt")["encoder"], type(load_encoder("encoder.pt")).__name__
+        ('unet', 'UNetEncoder')
     """
     config = getattr(encoder, "config", None)
     payload = {

@@ -91,6 +91,13 @@ class UNetEncoder(Encoder):
         ``(N, num_features, *spatial // 2**(stages - 1))``.
         ``forward_intermediates``: ``(N, C, *spatial)`` -> list of stage outputs, stage
         ``i`` of shape ``(N, widths[i], *spatial // 2**i)``.
+
+    Example:
+        >>> encoder = UNetEncoder(spatial_dims=3, in_channels=1)   # the paper's widths 16-256
+        >>> encoder.num_features, sum(p.numel() for p in encoder.parameters())
+        (256, 3535440)
+        >>> encoder(torch.randn(2, 1, 32, 32, 32)).shape   # pooled features
+        torch.Size([2, 256])
     """
 
     def __init__(
@@ -187,6 +194,12 @@ class UNet(nn.Module):
 
     Shapes:
         ``(N, in_channels, *spatial)`` -> ``(N, out_channels, *spatial)``.
+
+    Example:
+        >>> unet = UNet(3, in_channels=1, out_channels=3, widths=(8, 16, 32))
+        >>> unet(torch.randn(1, 1, 32, 32, 32)).shape   # logits per voxel
+        torch.Size([1, 3, 32, 32, 32])
+        >>> pretrained = UNet.from_encoder(UNetEncoder(3, widths=(8, 16, 32)), out_channels=3)
     """
 
     def __init__(

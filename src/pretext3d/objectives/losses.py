@@ -30,6 +30,13 @@ class TripletMarginLoss(nn.Module):
 
     Shapes:
         ``embeddings (N, D)``, triplets three ``(T,)`` index tensors -> scalar.
+
+    Example:
+        >>> x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+        >>> embeddings = torch.nn.functional.normalize(x, dim=1)
+        >>> triplets = p3.objectives.BatchHardMiner()(embeddings, torch.tensor([0, 0, 1, 1, 2, 2]))
+        >>> round(TripletMarginLoss(margin=1.0)(embeddings, triplets).item(), 4)
+        1.5219
     """
 
     def __init__(self, margin: float = 1.0) -> None:
@@ -81,6 +88,11 @@ class InfoNCELoss(nn.Module):
     Shapes:
         ``queries (Q, D)``, ``keys (K, D)`` with ``K >= Q`` (keys beyond ``Q`` are extra
         negatives) -> scalar.
+
+    Example:
+        >>> codes = torch.nn.functional.normalize(torch.eye(4, 8) + 0.01, dim=1)
+        >>> InfoNCELoss(temperature=0.1)(codes, codes).item() < 1e-3   # each query finds its own key
+        True
     """
 
     def __init__(self, temperature: float = 0.1, *, gather: bool = False) -> None:

@@ -169,7 +169,15 @@ class RandomNegativeMiner(Miner):
 
 
 class BatchHardMiner(Miner):
-    """Per anchor, its farthest positive and its nearest negative (Hermans et al., 2017)."""
+    """Per anchor, its farthest positive and its nearest negative (Hermans et al., 2017).
+
+    Example:
+        >>> x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+        >>> embeddings = torch.nn.functional.normalize(x, dim=1)
+        >>> anchors, positives, negatives = BatchHardMiner()(embeddings, torch.tensor([0, 0, 1, 1, 2, 2]))
+        >>> anchors.tolist(), positives.tolist()   # every sample, with the farthest one of its instance
+        ([0, 1, 2, 3, 4, 5], [1, 0, 3, 2, 5, 4])
+    """
 
     def mine(
         self, dist: Tensor, same: Tensor, *, embedding_dim: int, generator: torch.Generator | None

@@ -80,6 +80,12 @@ class CPC(PredictiveTask[CPCParams]):
         input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)`` and targets
         ``None`` (what is predicted comes from the image itself); the head gives the
         ``(2, B, steps, grid - 1, grid, ..., code_dim)`` tensor that :meth:`loss` reads.
+
+    Example:
+        >>> task = CPC(spatial_dims=3, grid=4, patch=8)
+        >>> views, targets = task(torch.randn(2, 1, 32, 32, 32), generator=0)
+        >>> views.shape, targets   # the codes to predict come from the model, so there are no targets
+        (torch.Size([2, 64, 1, 8, 8, 8]), None)
     """
 
     params_type = CPCParams

@@ -87,6 +87,12 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         input ``(B, C, *spatial)`` -> views ``(2B, C, *spatial)`` (``(3B, ...)`` for
         ``"original"``), targets ``(2B,)`` (``(3B,)``); the head gives unit embeddings
         ``(2B, embedding_dim)``.
+
+    Example:
+        >>> task = Exemplar(spatial_dims=3)
+        >>> views, targets = task(torch.randn(4, 1, 32, 32, 32), generator=0)
+        >>> views.shape, targets.tolist()   # two augmented views per volume; targets: instance ids
+        (torch.Size([8, 1, 32, 32, 32]), [0, 1, 2, 3, 0, 1, 2, 3])
     """
 
     instance_counter: Tensor

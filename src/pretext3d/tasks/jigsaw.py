@@ -68,6 +68,12 @@ class Jigsaw(GridPatchTask[JigsawParams]):
     Shapes:
         input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)``, targets ``(B,)``,
         where ``patch = spatial // grid - jitter``.
+
+    Example:
+        >>> task = Jigsaw(spatial_dims=3, grid=3, num_permutations=100, jitter=3)   # the paper's 3D jigsaw
+        >>> views, targets = task(torch.randn(2, 1, 96, 96, 96), generator=0)
+        >>> views.shape, targets.shape, task.num_classes   # 27 patches of 96 // 3 - 3 voxels
+        (torch.Size([2, 27, 1, 29, 29, 29]), torch.Size([2]), 100)
     """
 
     permutations: Tensor

@@ -48,6 +48,12 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
     Shapes:
         input ``(B, C, *spatial)`` -> views ``(B, 2, C, *patch)`` (slot 0 the centre,
         slot 1 the query), targets ``(B,)`` in ``[0, grid**d - 1)``.
+
+    Example:
+        >>> task = RelativePatchLocation(spatial_dims=2, grid=3, jitter=2)
+        >>> views, targets = task(torch.randn(4, 3, 64, 64), generator=0)
+        >>> views.shape, task.num_classes   # slot 0 the centre, slot 1 the query; 8 neighbours in 2D
+        (torch.Size([4, 2, 3, 19, 19]), 8)
     """
 
     params_type = RelativePatchLocationParams

@@ -34,6 +34,10 @@ def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | in
 
     Returns:
         ``(B, C, *size)``, contiguous.
+
+    Example:
+        >>> random_crops(torch.randn(2, 1, 40, 40, 40), (32, 32, 32), generator=0).shape
+        torch.Size([2, 1, 32, 32, 32])
     """
     if not isinstance(x, Tensor) or x.dim() < 3 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
