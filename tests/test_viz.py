@@ -24,12 +24,15 @@ def test_plot_views_shows_the_input_and_every_view(name: str, spatial_dims: int)
 
     task = TASKS.get(name)(spatial_dims, **SMALL.get(name, {}))
     images = torch.rand(2, 1, *([24] * spatial_dims))
+    state = {k: v.clone() for k, v in task.state_dict().items()}
     views, _ = task(images, 0)
+    task.load_state_dict(state)
     per_image = views.shape[1] if views.ndim == images.ndim + 1 else len(views) // 2
     fig = p3.viz.plot_views(task, images, generator=0, max_views=9)
     rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
     assert (rows, cols) == (2, 1 + min(per_image, 9))
     assert fig.axes[0].get_title() == "input"
+    assert all(torch.equal(v, state[k]) for k, v in task.state_dict().items())  # the task is unchanged
     if name in ("rotation", "jigsaw", "rpl"):  # a class target is shown with the first view
         assert "target" in fig.axes[1].get_title()
     plt.close(fig)

@@ -75,6 +75,7 @@ def plot_views(
 
     Whole-image views (rotation, exemplar) are shown with their target; patch views (jigsaw,
     RPL, CPC) slot by slot, up to ``max_views`` of them (3D patches by their central slice).
+    The task's state (the exemplar counter and memory) is left as it was.
 
     Args:
         task: any pretext task.
@@ -86,7 +87,9 @@ def plot_views(
         The matplotlib figure.
     """
     plt = _plt()
+    state = {k: v.clone() for k, v in task.state_dict().items()}
     views, targets = task(images, generator)
+    task.load_state_dict(state)  # a picture must not advance the task (the exemplar counter, say)
     n = len(images)
     per_image: list[list[tuple[Tensor, str]]] = []
     for i in range(n):
