@@ -38,6 +38,11 @@ def test_the_core_api_has_examples() -> None:
         p3.objectives.TripletMarginLoss, p3.objectives.InfoNCELoss, p3.objectives.BatchHardMiner,
         p3.transforms.random_crops, p3.finetune.sliding_window_inference, p3.finetune.dice_per_case,
         p3.finetune.quadratic_weighted_kappa, p3.models.save_encoder, p3.pretrainer.Pretrainer,
+        p3.heads.ClassifierHead, p3.heads.MultiPatchClassifierHead, p3.heads.ProjectionHead,
+        p3.transforms.ExemplarAugmenter, p3.data.ct_phantom, p3.data.fundus_phantom,
+        p3.experiments.split_cases, p3.experiments.nested_subsets, p3.experiments.holm,
+        p3.finetune.DiceCELoss, p3.models.DenseNetEncoder, p3.models.ConvEncoder,
+        p3.models.load_encoder_weights,
     ]  # fmt: skip
     missing = [getattr(o, "__qualname__", str(o)) for o in core if ">>>" not in (o.__doc__ or "")]
     assert not missing, f"no example in the docstring of {missing}"

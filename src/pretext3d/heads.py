@@ -32,6 +32,11 @@ class ClassifierHead(nn.Module):
 
     Shapes:
         ``(N, F)`` or ``(N, F, *spatial)`` -> logits ``(N, num_classes)``.
+
+    Example:
+        >>> head = ClassifierHead(num_features=32, num_classes=10)
+        >>> head(torch.randn(4, 32)).shape   # pooled features -> logits
+        torch.Size([4, 10])
     """
 
     def __init__(self, num_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.0) -> None:
@@ -69,6 +74,11 @@ class MultiPatchClassifierHead(nn.Module):
 
     Shapes:
         ``(B * P, F)`` or ``(B * P, F, *spatial)`` -> logits ``(B, num_classes)``.
+
+    Example:
+        >>> head = MultiPatchClassifierHead(num_features=32, num_patches=9, num_classes=100)
+        >>> head(torch.randn(4 * 9, 32)).shape   # the 9 patches of 4 images, in slot order -> logits
+        torch.Size([4, 100])
     """
 
     def __init__(
@@ -117,6 +127,12 @@ class ProjectionHead(nn.Module):
 
     Shapes:
         ``(N, F)`` or ``(N, F, *spatial)`` -> unit-length embeddings ``(N, D)``.
+
+    Example:
+        >>> with torch.no_grad():
+        ...     embeddings = ProjectionHead(num_features=32, out_features=128)(torch.randn(4, 32))
+        >>> embeddings.shape, round(float(embeddings[0].norm()), 4)   # unit-length embeddings
+        (torch.Size([4, 128]), 1.0)
     """
 
     def __init__(self, num_features: int, out_features: int = 128, hidden: int = 256) -> None:

@@ -121,6 +121,11 @@ def ct_phantom(
         size: voxels per axis (or per axis as a tuple); the field of view stays
             400 x 300 x 250 mm, so the spacing follows.
         tumour_probability: chance that the case has a tumour.
+
+    Example:
+        >>> case = ct_phantom(0, size=32)   # SYNTHETIC abdominal CT, in HU, with its label map
+        >>> case.image.shape, sorted(set(case.label.flatten().tolist()))   # background, pancreas, tumour
+        ((32, 32, 32), [0, 1, 2])
     """
     rng = np.random.default_rng(seed)
     shape = (size,) * 3 if isinstance(size, int) else tuple(size)
@@ -266,6 +271,11 @@ def fundus_phantom(
 
     Returns:
         ``(image (size, size, 3) uint8, grade)``.
+
+    Example:
+        >>> image, grade = fundus_phantom(0, size=64, grade=2)   # SYNTHETIC RGB fundus photograph
+        >>> image.shape, image.dtype, grade
+        ((64, 64, 3), dtype('uint8'), 2)
     """
     rng = np.random.default_rng(seed)
     true_grade = int(rng.choice(5, p=APTOS_PRIOR)) if grade is None else int(grade)

@@ -113,6 +113,10 @@ def holm(p_values: Sequence[float]) -> list[float]:
     With many (method, fraction) comparisons some reach p < 0.05 by chance; Holm's adjusted
     p-values keep the chance of any false positive at the nominal level. NaN stays NaN and
     does not count as a test.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03])   # each p-value adjusted for the three tests
+        [0.03, 0.06, 0.06]
     """
     valid = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
     out = [math.nan] * len(p_values)

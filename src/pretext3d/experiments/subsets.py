@@ -52,6 +52,11 @@ def split_cases(
         test_fraction: share for test.
         seed: the split's seed.
         strata: one class label per case (e.g. the DR grade) to stratify by, or ``None``.
+
+    Example:
+        >>> split = split_cases(20, val_fraction=0.15, test_fraction=0.25, seed=0)
+        >>> len(split.train), len(split.val), len(split.test)
+        (12, 3, 5)
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(
@@ -124,6 +129,11 @@ def nested_subsets(
         fractions: label fractions in (0, 1].
         seed: the order's seed.
         strata: one class label per entry of ``pool`` to stratify the order by, or ``None``.
+
+    Example:
+        >>> subsets = nested_subsets(list(range(12)), (0.25, 0.5, 1.0), seed=0)
+        >>> {f: len(s) for f, s in subsets.items()}, set(subsets[0.25]) <= set(subsets[0.5])
+        ({0.25: 3, 0.5: 6, 1.0: 12}, True)
     """
     if not pool:
         raise ValueError("the training pool is empty")

@@ -78,6 +78,11 @@ class DiceCELoss(nn.Module):
         ce_weight: factor of the cross-entropy term.
         class_weights: weights of the Dice classes, as for :class:`SoftDiceLoss`.
         include_background: count class 0 in the Dice term.
+
+    Example:
+        >>> loss = DiceCELoss(num_classes=3)
+        >>> loss(torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 8, 8, 8))).shape   # a scalar
+        torch.Size([])
     """
 
     def __init__(

@@ -116,6 +116,11 @@ class DenseNetEncoder(Encoder):
         ``forward``: ``(N, C, *spatial)`` -> pooled ``(N, num_features)``;
         ``forward_features``: -> ``(N, num_features, *spatial / 2**(blocks + 1))``; every
         spatial size must be at least ``2 ** (len(block_config) + 1)`` (32 for DenseNet-121).
+
+    Example:
+        >>> encoder = DenseNetEncoder(spatial_dims=2, in_channels=3)   # DenseNet-121's defaults
+        >>> encoder.num_features, encoder(torch.randn(1, 3, 64, 64)).shape
+        (1024, torch.Size([1, 1024]))
     """
 
     def __init__(

@@ -125,6 +125,11 @@ def load_encoder_weights(
 
     Raises:
         ValueError: when ``strict`` and keys are missing or left over, naming them.
+
+    Example:
+        >>> model = p3.PretextModel(p3.models.UNetEncoder(3, widths=(8, 16)), p3.tasks.Rotation(3))
+        >>> unet = p3.models.UNet(3, 1, 3, widths=(8, 16))
+        >>> load_encoder_weights(unet.encoder, model.state_dict())   # the keys under "encoder." are taken
     """
     state = _read(source)["state_dict"] if not isinstance(source, Mapping) else dict(source)
     own = set(encoder.state_dict())

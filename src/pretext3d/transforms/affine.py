@@ -93,6 +93,11 @@ class ExemplarAugmenter(nn.Module):
 
     Shapes:
         ``(B, C, *spatial)`` -> the same.
+
+    Example:
+        >>> augment = ExemplarAugmenter(spatial_dims=3)
+        >>> augment(torch.randn(2, 1, 16, 16, 16), generator=0).shape   # one augmented view per volume
+        torch.Size([2, 1, 16, 16, 16])
     """
 
     def __init__(
