@@ -32,7 +32,7 @@ from pretext3d.config import (
 )
 from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.locks import RunLock
-from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, registered
+from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, recipe_for, registered
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.experiments.report import write_report
 from pretext3d.experiments.reproduce import Reproduction, run_reproduction
@@ -205,12 +205,6 @@ class FinetuneCommand:
         )
 
 
-def _recipe(
-    data: DataSpec, segmentation: SegmentationRecipe, grading: GradingRecipe
-) -> SegmentationRecipe | GradingRecipe:
-    return segmentation if data.spatial_dims == 3 else grading
-
-
 def _pretrain(cfg: PretrainCommand) -> dict[str, Any]:
     record = pretrain_encoder(
         cfg.entries(), cfg.encoder, cfg.encoder_options, cfg.data, cfg.held_out, cfg.train, cfg.output,
@@ -231,7 +225,7 @@ def _data_efficiency(cfg: DataEfficiencyCommand) -> list[dict[str, Any]]:
             "data.include_labelled applies to the pretraining pool (pretext3d pretrain) only; "
             "to allow encoders pretrained on validation/test cases set experiment.transductive = true"
         )
-    recipe = _recipe(cfg.data, cfg.segmentation, cfg.grading)
+    recipe = recipe_for(cfg.data, cfg.segmentation, cfg.grading)
     methods: dict[str, str | list[str] | None] = {
         name: (path or None) if isinstance(path, str) else list(path) for name, path in cfg.methods.items()
     }

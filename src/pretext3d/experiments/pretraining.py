@@ -22,7 +22,7 @@ from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.pretrainer import PretrainConfig, Pretrainer, WeightedTask
 from pretext3d.registry import ENCODERS, TASKS
 
-__all__ = ["TaskEntry", "default_recipe", "pretrain_encoder"]
+__all__ = ["TaskEntry", "pretrain_encoder", "recipe_for"]
 
 
 def registered(name: str, registry: Any) -> None:
@@ -53,9 +53,13 @@ class TaskEntry:
         check_positive("weight", self.weight, allow_zero=True)
 
 
-def default_recipe(data: DataSpec) -> SegmentationRecipe | GradingRecipe:
-    """The fine-tuning recipe of ``data``'s kind with its default settings (CT: segmentation)."""
-    return SegmentationRecipe() if data.spatial_dims == 3 else GradingRecipe()
+def recipe_for(
+    data: DataSpec, segmentation: SegmentationRecipe | None = None, grading: GradingRecipe | None = None
+) -> SegmentationRecipe | GradingRecipe:
+    """The recipe that fine-tunes ``data`` (CT: segmentation, fundus: grading); defaults if not given."""
+    if data.spatial_dims == 3:
+        return segmentation if segmentation is not None else SegmentationRecipe()
+    return grading if grading is not None else GradingRecipe()
 
 
 def pretrain_encoder(
@@ -108,7 +112,7 @@ def pretrain_encoder(
         getattr(encoder_cls, "__name__", encoder), encoder_options, encoder_cls, "encoder_options",
         {"spatial_dims": from_data, "in_channels": from_data},
     )  # fmt: skip
-    recipe = default_recipe(data)
+    recipe = recipe_for(data)
     if encoder != recipe.encoder and os.environ.get("RANK", "0") == "0":
         log(
             f"note: {type(recipe).__name__}, which pretext3d data-efficiency uses for these data, "

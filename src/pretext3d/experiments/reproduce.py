@@ -34,10 +34,10 @@ from pretext3d._atomic import write_text
 from pretext3d._checks import check_int
 from pretext3d.config import check_keywords, from_mapping, load_toml, merge_override, parse_override
 from pretext3d.data.spec import DataSpec
-from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, registered
+from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, recipe_for, registered
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.experiments.report import colour, summary_table, write_report
-from pretext3d.experiments.runner import DataEfficiencyConfig, differences, run_data_efficiency
+from pretext3d.experiments.runner import DataEfficiencyConfig, check_unchanged, run_data_efficiency
 from pretext3d.pretrainer import PretrainConfig
 from pretext3d.provenance import environment, read_pretraining_record
 from pretext3d.registry import TASKS
@@ -153,7 +153,7 @@ class Reproduction:
     @property
     def recipe(self) -> SegmentationRecipe | GradingRecipe:
         """The fine-tuning recipe of the data: segmentation for CT, grading for fundus images."""
-        return self.segmentation if self.data.spatial_dims == 3 else self.grading
+        return recipe_for(self.data, self.segmentation, self.grading)
 
 
 def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Reproduction:
@@ -192,28 +192,12 @@ def _machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu"] = props.name
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
     return info
-
-
-def _check_folder(out: Path, fingerprint: dict[str, Any], log: Callable[[str], None]) -> None:
-    saved = out / "reproduction.json"
-    if not saved.exists():
-        return
-    changed = differences(json.loads(saved.read_text()).get("config"), fingerprint)
-    finished = any((out / "encoders").glob("*.pt.json")) or any((out / "runs").glob("*.json"))
-    if changed and finished:
-        raise ValueError(
-            f"{str(out)!r} holds a reproduction with other settings (changed: {', '.join(changed[:8])}); "
-            "use another output_dir"
-        )
-    if changed:
-        log(f"{saved} held other settings but nothing finished; it is replaced")
 
 
 def run_reproduction(
@@ -245,7 +229,13 @@ def run_reproduction(
     device = engine.resolve_device(config.device)
     out = Path(config.output_dir)
     fingerprint = json.loads(json.dumps({k: v for k, v in asdict(config).items() if k != "output_dir"}))
-    _check_folder(out, fingerprint, log)
+    saved = out / "reproduction.json"
+    if saved.exists():
+        anything_done = any((out / "encoders").glob("*.pt.json")) or any((out / "runs").glob("*.json"))
+        old = json.loads(saved.read_text()).get("config")
+        check_unchanged(
+            old, fingerprint, saved, "a reproduction with other settings", finished=anything_done, log=log
+        )
     (out / "encoders").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {
         "config": fingerprint,

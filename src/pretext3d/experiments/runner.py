@@ -327,17 +327,10 @@ def run_data_efficiency(
     settings = json.loads(json.dumps(settings, default=str))
     saved = out / "config.json"
     if saved.exists():
-        old = json.loads(saved.read_text())
-        changed = differences(old, settings)
-        if changed and not any((out / "runs").glob("*.json")):
-            # nothing finished under the old settings (e.g. a run failed at its start): no
-            # result to protect, so the folder is not locked by a configuration that never ran
-            log(f"{saved} held other settings but no finished run; it is replaced")
-        elif changed:
-            raise ValueError(
-                f"{str(out)!r} holds runs made with other settings, data or software "
-                f"(changed: {', '.join(changed[:8])}); use another output folder"
-            )
+        check_unchanged(
+            json.loads(saved.read_text()), settings, saved, "runs made with other settings, data or software",
+            finished=any((out / "runs").glob("*.json")), log=log,
+        )  # fmt: skip
     strata = labels.tolist() if labels.ndim == 1 else None
     grid = [
         (method, p, s, r, f)
@@ -427,6 +420,26 @@ def run_data_efficiency(
 def _name(cell: tuple[str, int, int, int, float]) -> str:
     method, p, s, r, f = cell
     return run_name(method, s, r, f, p)
+
+
+def check_unchanged(
+    old: Any, new: Any, saved: Path, what: str, *, finished: bool, log: Callable[[str], None]
+) -> None:
+    """Refuse a results folder whose saved settings ``old`` differ from ``new`` once anything finished.
+
+    With nothing finished under the old settings (e.g. a run failed at its start) there is no
+    result to protect, so the folder is not locked by a configuration that never ran: the
+    new settings replace the old (logged).
+
+    Raises:
+        ValueError: the settings differ and ``finished``; the message names what changed.
+    """
+    changed = differences(old, new)
+    if changed and finished:
+        listed = ", ".join(changed[:8])
+        raise ValueError(f"{str(saved.parent)!r} holds {what} (changed: {listed}); use another output folder")
+    if changed:
+        log(f"{saved} held other settings but no finished run; it is replaced")
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
