@@ -1,4 +1,4 @@
-"""Draw the figures of docs/tasks.md from the built-in SYNTHETIC phantoms (``make docs`` runs it).
+"""Draw the figures of the task pages (docs/tasks/) from the SYNTHETIC phantoms (``make docs`` runs it).
 
 Each figure is what a task makes of a phantom, drawn by :mod:`pretext3d.viz` from the task's own
 output (seeded, so a rerun draws the same pictures):
@@ -6,7 +6,9 @@ output (seeded, so a rerun draws the same pictures):
 - ``rotation.png``: the 10 rotation classes of a CT phantom, three orthogonal central slices each;
 - ``jigsaw.png``: a fundus phantom cut into a 3×3 grid, its tiles in the shuffled order, and the
   pairwise Hamming distances of the permutation sets;
-- ``rpl.png``, ``exemplar.png``, ``cpc.png``: the views of the other tasks;
+- ``rpl.png``: the 3×3 grid with the centre and query cells framed, and the two patches;
+- ``exemplar.png``: two augmented views of each image;
+- ``cpc.png``: the 4×4 patch grid, the context rows and the rows they predict;
 - ``preprocessing.png``: a CT and a fundus phantom before and after their preprocessing.
 
     python docs/make_figures.py
@@ -109,6 +111,92 @@ def preprocessing() -> None:
     _save(fig, "preprocessing.png")
 
 
+def _frame(ax: plt.Axes, corner: tuple[int, int], size: int, colour: str, label: str = "") -> None:
+    """A square outline on an image axis (corner as (row, column))."""
+    from matplotlib.patches import Rectangle
+
+    row, col = corner
+    ax.add_patch(Rectangle((col - 0.5, row - 0.5), size, size, fill=False, edgecolor=colour, linewidth=2))
+    if label:
+        ax.text(col + 1, row + 4, label, color=colour, fontsize=7, fontweight="bold")
+
+
+def _plain(ax: plt.Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def rpl(fundus: torch.Tensor) -> None:
+    """The grid on the image, the centre and the query cell framed, and the two patches."""
+    task = p3.tasks.RelativePatchLocation(2, grid=3, jitter=2).eval()  # centred patches
+    image = fundus[:1]
+    cell, _ = task.geometry(tuple(image.shape[2:]))
+    fig, axes = plt.subplots(1, 5, figsize=(12, 2.9))
+    for k, location in enumerate((0, 4)):  # the top-left neighbour, then the right-hand one
+        views, target = task.apply_params(
+            image, p3.tasks.RelativePatchLocationParams(torch.tensor([location]), torch.ones(1, 2, 2).long())
+        )
+        query = location if location < 4 else location + 1  # the cell index, the centre (4) skipped
+        ax = axes[0] if k == 0 else axes[3]
+        ax.imshow(p3.viz.image_slice(image[0]).numpy())
+        for c in range(9):
+            _frame(ax, (c // 3 * cell[0], c % 3 * cell[1]), cell[0], "white")
+        _frame(ax, (cell[0], cell[1]), cell[0], "tab:blue", "centre")
+        _frame(ax, (query // 3 * cell[0], query % 3 * cell[1]), cell[0], "tab:orange", "query")
+        ax.set_title(f"3×3 grid; target class {int(target[0])}", fontsize=8)
+        _plain(ax)
+        slots = (("slot 0: centre", "tab:blue"), ("slot 1: query", "tab:orange"))
+        for slot, (title, colour) in enumerate(slots):
+            ax = axes[1 + slot] if k == 0 else axes[4]
+            if k == 1 and slot == 0:
+                continue
+            ax.imshow(p3.viz.image_slice(views[0, slot]).numpy())
+            ax.set_title(title, fontsize=8, color=colour)
+            _plain(ax)
+    fig.suptitle(
+        f"Relative patch location (2D): which of the 8 neighbours is the query? ({NOTE})", fontsize=10
+    )
+    fig.tight_layout()
+    _save(fig, "rpl.png")
+
+
+def cpc(fundus: torch.Tensor) -> None:
+    """The patch grid: the context rows a prediction sees, and the rows it predicts."""
+    task = p3.tasks.CPC(2, grid=4, patch=28, overlap=0.25, steps=2).eval()
+    image = fundus[:1]
+    patch, stride, offset = task.geometry(tuple(image.shape[2:]))
+    views, _ = task(image, generator=0)
+    fig = plt.figure(figsize=(11, 4.2))
+    ax = fig.add_subplot(1, 3, 1)
+    ax.imshow(p3.viz.image_slice(image[0]).numpy())
+    row = 1  # the context of row 1 predicts rows 2 and 3
+    for c in range(task.grid**2):
+        r, col = divmod(c, task.grid)
+        colour = "tab:blue" if r <= row else "tab:orange"
+        if col == 1:
+            _frame(ax, (offset[0] + r * stride, offset[1] + col * stride), patch, colour)
+    ax.set_title("4×4 grid of 28 px patches, 25 % overlap;\none column framed", fontsize=8)
+    _plain(ax)
+    grid = fig.add_gridspec(task.grid, task.grid, left=0.40, right=0.98, top=0.86, bottom=0.04)
+    for c in range(task.grid**2):
+        r, col = divmod(c, task.grid)
+        ax = fig.add_subplot(grid[r, col])
+        ax.imshow(p3.viz.image_slice(views[0, c]).numpy())
+        _plain(ax)
+        colour = "tab:blue" if r <= row else "tab:orange"
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colour)
+            spine.set_linewidth(2.5)
+        if col == 0:
+            ax.set_ylabel(f"row {r}", fontsize=8, color=colour)
+    blue = "blue: rows 0-1, the context a GRU summarises down each column;"
+    orange = "orange: rows 2-3, whose codes it predicts (steps = 2) against every other patch"
+    fig.text(0.40, 0.935, blue, color="tab:blue", fontsize=9)
+    fig.text(0.40, 0.895, orange, color="tab:orange", fontsize=9)
+    fig.suptitle(f"CPC (2D): context rows and predicted rows ({NOTE})", fontsize=10, x=0.5, y=0.995)
+    _save(fig, "cpc.png")
+
+
 def views(name: str, task: p3.tasks.PretextTask, images: torch.Tensor, title: str) -> None:  # type: ignore[type-arg]
     """A task's views of two images."""
     fig = p3.viz.plot_views(task, images, generator=0)
@@ -117,19 +205,17 @@ def views(name: str, task: p3.tasks.PretextTask, images: torch.Tensor, title: st
 
 
 def main() -> None:
-    """Every figure of docs/tasks.md."""
+    """Every figure of the task and data pages."""
     OUT.mkdir(parents=True, exist_ok=True)
     ct = torch.stack([p3.data.PhantomImages("ct", 2, 48, seed=0)[i] for i in range(2)])
     fundus = torch.stack([p3.data.PhantomImages("fundus", 2, 96, seed=0)[i] for i in range(2)])
     rotation(ct)
     preprocessing()
     jigsaw(fundus)
-    views("rpl", p3.tasks.RelativePatchLocation(2, grid=3, jitter=2), fundus,
-          "RPL (2D): the centre and a query tile, target = where the query lies")  # fmt: skip
+    rpl(fundus)
     views("exemplar", p3.tasks.Exemplar(2), fundus,
           "Exemplar (2D): two augmented views of each image, target = its instance id")  # fmt: skip
-    views("cpc", p3.tasks.CPC(2, grid=4, patch=24), fundus,
-          "CPC (2D, 4×4 grid): the patches whose codes the context predicts, row by row")  # fmt: skip
+    cpc(fundus)
 
 
 if __name__ == "__main__":

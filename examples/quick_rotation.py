@@ -8,7 +8,7 @@ chance, not a medical result.
 
 Rotation is predicted on random 16³ sub-crops of the 32³ volumes rather than on whole volumes:
 on whole volumes (or 24³ crops) the body outline and spine give the answer away and the task is
-solved outright within a few hundred steps, which teaches little (see ``docs/tasks.md``).
+solved outright within a few hundred steps, which teaches little (see ``docs/tasks/rotation.md``).
 
 The run is written to ``runs/quick-rotation/`` (encoder, record, metrics); rerunning resumes
 (a finished run just reprints its table).

@@ -227,3 +227,15 @@ progress = false
     again = tmp_path / "again.pt"
     assert main(["pretrain", "--config", str(config), "--set", f'output="{again}"']) == 0
     assert p3.provenance.file_sha256(again) == p3.provenance.file_sha256(tmp_path / "enc.pt")
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "data-efficiency", "reproduce"])
+def test_help_describes_the_settings_without_the_api_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Attributes:" in text and "Defaults (as JSON" in text
+    assert ">>>" not in text and "References:" not in text

@@ -82,6 +82,15 @@ class PretrainCommand:
         output: the encoder file (``save_encoder``); ``<output>.json`` records the run,
             ``<output>.run/`` holds the checkpoint and the metrics.
         plugins: modules to import first, e.g. ones that register your tasks or encoders.
+
+    Examples:
+        A config (TOML) is checked key by key against this class:
+
+        >>> from pretext3d.config import from_mapping
+        >>> command = from_mapping(PretrainCommand, {"task": "jigsaw", "task_options": {"grid": 3},
+        ...                                          "train": {"steps": 5000, "batch_size": 4}})
+        >>> command.task, command.train.steps, command.output
+        ('jigsaw', 5000, 'encoder.pt')
     """
 
     task: str = "rotation"
@@ -126,6 +135,14 @@ class DataEfficiencyCommand:
         output_dir: where runs, results, summary and plot go.
         device: ``cpu`` or ``cuda``.
         plugins: modules to import first.
+
+    Examples:
+        >>> from pretext3d.config import from_mapping
+        >>> command = from_mapping(DataEfficiencyCommand, {
+        ...     "methods": {"scratch": "", "rotation": ["rotation-seed0.pt", "rotation-seed1.pt"]},
+        ...     "experiment": {"fractions": [0.05, 0.5], "split_seeds": [0, 1, 2]}})
+        >>> command.experiment.fractions, sorted(command.methods)
+        ((0.05, 0.5), ['rotation', 'scratch'])
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -166,6 +183,13 @@ class FinetuneCommand:
         output_dir: where the run, its checkpoint and the results go.
         device: ``cpu`` or ``cuda``.
         plugins: modules to import first.
+
+    Examples:
+        >>> from pretext3d.config import from_mapping
+        >>> command = from_mapping(FinetuneCommand, {"encoder": "encoder.pt", "fraction": 0.1,
+        ...                                          "train": {"epochs": 30}})
+        >>> command.fraction, command.train.epochs, command.data.kind
+        (0.1, 30, 'ct-phantom')
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -287,13 +311,28 @@ COMMANDS: dict[str, tuple[type[Any], Any]] = {
 
 
 def _describe(cls: type[Any]) -> str:
-    doc = (cls.__doc__ or "").strip()
+    doc = (cls.__doc__ or "").split("\n    Examples:")[0].strip()  # the Python examples are for the API docs
     defaults = json.dumps(dataclasses.asdict(cls()), indent=2, default=str)
     return f"{doc}\n\nDefaults (as JSON; write them as TOML):\n{defaults}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pretext3d`` console script."""
+    """Entry point of the ``pretext3d`` console script.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> _ = Path("pretrain.toml").write_text('''task = "rotation"
+        ... encoder = "unet"
+        ... encoder_options = { widths = [8, 16] }
+        ... data = { kind = "ct-phantom", count = 12, size = 32 }
+        ... held_out = 4
+        ... train = { steps = 2, batch_size = 2, device = "cpu", progress = false }''')
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()):
+        ...     status = main(["pretrain", "--config", "pretrain.toml", "--set", "output=enc.pt"])
+        >>> status, Path("enc.pt").exists()
+        (0, True)
+    """
     parser = argparse.ArgumentParser(prog="pretext3d", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _) in COMMANDS.items():

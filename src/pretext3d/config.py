@@ -23,7 +23,17 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A configuration that does not fit its schema."""
+    """A configuration that does not fit its schema.
+
+    Examples:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Train:
+        ...     lr: float = 1e-3
+        >>> from_mapping(Train, {"lrr": 0.1}, where="train")
+        Traceback (most recent call last):
+        pretext3d.config.ConfigError: unknown key 'lrr' in [train]; did you mean 'lr'? Valid keys: lr
+    """
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -48,6 +58,12 @@ def check_keywords(
         where: the config table, for messages.
         reserved: arguments the caller sets itself, with why (e.g. ``{"spatial_dims":
             "it follows the data"}``): not offered as valid, refused with the reason.
+
+    Examples:
+        >>> check_keywords("rotation", {"rotations": "cube24"}, p3.tasks.Rotation, "task_options")   # fine
+        >>> check_keywords("rotation", {"rotation": "cube24"}, p3.tasks.Rotation, "task_options")
+        Traceback (most recent call last):
+        pretext3d.config.ConfigError: ...'rotation'... did you mean 'rotations'?...
     """
     reserved = dict(reserved or {})
     params = inspect.signature(target).parameters
@@ -134,6 +150,13 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], where: str = "") -> T:
     Raises:
         ConfigError: an unknown key (with the nearest valid one), a value of the wrong
             type, or a value the dataclass rejects.
+
+    Examples:
+        >>> from_mapping(p3.finetune.TrainConfig, {"epochs": 5, "lr": "3e-4"}, where="train")
+        Traceback (most recent call last):
+        pretext3d.config.ConfigError: train.lr must be a number, got '3e-4'
+        >>> from_mapping(p3.finetune.TrainConfig, {"epochs": 5, "lr": 3e-4}, where="train").epochs
+        5
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
@@ -165,7 +188,16 @@ def _toml_loads(text: str) -> dict[str, Any]:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file, naming it in the error if it is malformed."""
+    """Parse a TOML file, naming it in the error if it is malformed.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> _ = Path("run.toml").write_text('''task = "jigsaw"
+        ... [train]
+        ... steps = 100''')
+        >>> load_toml("run.toml")
+        {'task': 'jigsaw', 'train': {'steps': 100}}
+    """
     path = Path(path)
     try:
         return _toml_loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine
@@ -179,6 +211,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=1e-3"`` -> ``(["train", "lr"], 0.001)``.
 
     The value is read as TOML; a bare word that is not TOML is taken as a string.
+
+    Examples:
+        >>> parse_override("train.lr=1e-3"), parse_override("task=jigsaw")   # a bare word is a string
+        ((['train', 'lr'], 0.001), (['task'], 'jigsaw'))
     """
     if "=" not in text:
         raise ConfigError(f"--set takes KEY=VALUE (e.g. train.lr=0.001), got {text!r}")
@@ -191,7 +227,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def merge_override(config: dict[str, Any], path: list[str], value: Any) -> None:
-    """Set ``config[path[0]][path[1]]... = value`` in place, creating tables as needed."""
+    """Set ``config[path[0]][path[1]]... = value`` in place, creating tables as needed.
+
+    Examples:
+        >>> config = {"task": "rotation"}
+        >>> merge_override(config, ["train", "lr"], 0.001)
+        >>> config
+        {'task': 'rotation', 'train': {'lr': 0.001}}
+    """
     node = config
     for part in path[:-1]:
         node = node.setdefault(part, {})

@@ -54,6 +54,10 @@ def process_group() -> tuple[int, int, bool]:
     ``torchrun`` (``WORLD_SIZE > 1`` in the environment), it initialises one (NCCL with CUDA,
     gloo without) from the environment's rendezvous, and says so: who starts a group ends it
     (:func:`end_process_group`); else ``(0, 1, False)``.
+
+    Examples:
+        >>> process_group()   # a plain process: rank 0 of 1, no group started
+        (0, 1, False)
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
@@ -67,6 +71,11 @@ def end_process_group() -> None:
     """Wait for every rank, then shut the process group down.
 
     A process that exits with the process group's threads still running is aborted.
+
+    Examples:
+        >>> rank, world, started = process_group()   # under torchrun: a gloo/NCCL group
+        >>> if started:
+        ...     end_process_group()   # whoever started the group ends it
     """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -74,7 +83,14 @@ def end_process_group() -> None:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA if available, else MPS, else CPU; anything else is checked to exist."""
+    """``"auto"`` -> CUDA if available, else MPS, else CPU; anything else is checked to exist.
+
+    Examples:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> resolve_device("auto").type in ("cuda", "mps", "cpu")
+        True
+    """
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -85,7 +101,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> bf16 on a GPU that supports it (the fast path), else fp32."""
+    """``"auto"`` -> bf16 on a GPU that supports it (the fast path), else fp32.
+
+    Examples:
+        >>> resolve_precision("auto", torch.device("cpu")), resolve_precision("bf16", torch.device("cpu"))
+        ('fp32', 'bf16')
+    """
     check_choice("precision", precision, ("auto", "fp32", "bf16", "fp16"))
     if precision != "auto":
         return precision
@@ -95,7 +116,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """The autocast context of ``precision`` (``fp32``: none)."""
+    """The autocast context of ``precision`` (``fp32``: none).
+
+    Examples:
+        >>> with autocast(torch.device("cpu"), "bf16"):
+        ...     y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+        >>> y.dtype
+        torch.bfloat16
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -103,12 +131,24 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
-    """A gradient scaler, enabled only for fp16 (bf16 and fp32 need none)."""
+    """A gradient scaler, enabled only for fp16 (bf16 and fp32 need none).
+
+    Examples:
+        >>> cpu = torch.device("cpu")
+        >>> grad_scaler(cpu, "bf16").is_enabled(), grad_scaler(cpu, "fp16").is_enabled()
+        (False, True)
+    """
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def to_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:
-    """``module`` in the channels-last memory format of its dimension (faster convolutions on GPUs)."""
+    """``module`` in the channels-last memory format of its dimension (faster convolutions on GPUs).
+
+    Examples:
+        >>> conv = to_channels_last(torch.nn.Conv3d(1, 8, 3), spatial_dims=3)
+        >>> conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        True
+    """
     fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
     for param in module.parameters():  # (nn.Module.to takes memory_format, its stubs do not)
         if param.dim() == spatial_dims + 2:
@@ -117,7 +157,15 @@ def to_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global random state a resumed run needs: Python, NumPy, torch CPU and CUDA."""
+    """Every global random state a resumed run needs: Python, NumPy, torch CPU and CUDA.
+
+    Examples:
+        >>> state = rng_state()
+        >>> a = torch.rand(2)
+        >>> set_rng_state(state)   # as a resumed run does
+        >>> torch.equal(a, torch.rand(2))
+        True
+    """
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -127,7 +175,16 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
+    """Restore what :func:`rng_state` saved.
+
+    Examples:
+        >>> state = rng_state()
+        >>> import random
+        >>> first = random.random()
+        >>> set_rng_state(state)
+        >>> random.random() == first
+        True
+    """
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -136,7 +193,13 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` with ``torch.save`` atomically (a crash never leaves half a file)."""
+    """Write ``payload`` with ``torch.save`` atomically (a crash never leaves half a file).
+
+    Examples:
+        >>> save_checkpoint("run/last.pt", {"step": 10, "model": torch.nn.Linear(2, 2).state_dict()})
+        >>> load_checkpoint("run/last.pt", required=("step", "model"))["step"]
+        10
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -151,6 +214,18 @@ def load_checkpoint(
     A missing file gives ``None`` silently; a truncated, foreign or incomplete one (lacking a
     key of ``required``) is removed with a warning, since the run it belongs to is unfinished
     by definition and starts over.
+
+    Examples:
+        >>> load_checkpoint("missing.pt", required=("step",)) is None   # nothing to resume: start fresh
+        True
+        >>> _ = open("broken.pt", "wb").write(b"half a file")
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     state = load_checkpoint("broken.pt", required=("step",))
+        >>> # removed with a warning; the run starts over
+        >>> state is None, "cannot be read" in str(caught[0].message)
+        (True, True)
     """
     path = Path(path)
     if not path.exists():
@@ -173,7 +248,12 @@ def load_checkpoint(
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message says where."""
+    """The training loss became NaN or infinite; the message says where.
+
+    Examples:
+        >>> issubclass(NonFiniteLossError, FloatingPointError)   # catch it to stop a diverging run cleanly
+        True
+    """
 
 
 class MetricsLog:
@@ -185,6 +265,17 @@ class MetricsLog:
     Args:
         folder: where the files go.
         tensorboard: also write TensorBoard events (needs ``pip install tensorboard``).
+
+    Examples:
+        >>> log = MetricsLog("run")
+        >>> for step in (10, 20, 30):
+        ...     log.log({"step": step, "loss": 1.0 / step})
+        >>> log.truncate(20)   # resuming from step 20
+        >>> [row["step"] for row in log.rows()]
+        [10, 20]
+        >>> log.close()   # writes run/metrics.csv too
+        >>> open("run/metrics.csv").read().splitlines()[0]
+        'step,loss'
     """
 
     def __init__(self, folder: str | Path, *, tensorboard: bool = False) -> None:

@@ -13,7 +13,12 @@ __all__ = ["CPCHead", "ClassifierHead", "MultiPatchClassifierHead", "ProjectionH
 
 
 def global_pool(features: Tensor) -> Tensor:
-    """Average any spatial axes away: ``(N, F, *spatial) -> (N, F)``; ``(N, F)`` passes."""
+    """Average any spatial axes away: ``(N, F, *spatial) -> (N, F)``; ``(N, F)`` passes.
+
+    Examples:
+        >>> global_pool(torch.ones(2, 8, 3, 3, 3)).shape, global_pool(torch.ones(2, 8)).shape
+        (torch.Size([2, 8]), torch.Size([2, 8]))
+    """
     if features.dim() < 2:
         raise ValueError(
             f"encoder features must be (N, F) or (N, F, *spatial), got shape {tuple(features.shape)}"
@@ -33,7 +38,7 @@ class ClassifierHead(nn.Module):
     Shapes:
         ``(N, F)`` or ``(N, F, *spatial)`` -> logits ``(N, num_classes)``.
 
-    Example:
+    Examples:
         >>> head = ClassifierHead(num_features=32, num_classes=10)
         >>> head(torch.randn(4, 32)).shape   # pooled features -> logits
         torch.Size([4, 10])
@@ -75,10 +80,16 @@ class MultiPatchClassifierHead(nn.Module):
     Shapes:
         ``(B * P, F)`` or ``(B * P, F, *spatial)`` -> logits ``(B, num_classes)``.
 
-    Example:
+    Examples:
         >>> head = MultiPatchClassifierHead(num_features=32, num_patches=9, num_classes=100)
         >>> head(torch.randn(4 * 9, 32)).shape   # the 9 patches of 4 images, in slot order -> logits
         torch.Size([4, 100])
+
+    References:
+        - Noroozi & Favaro, "Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles", ECCV
+          2016.
+        - Doersch et al., "Unsupervised Visual Representation Learning by Context Prediction", ICCV 2015.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(
@@ -128,11 +139,14 @@ class ProjectionHead(nn.Module):
     Shapes:
         ``(N, F)`` or ``(N, F, *spatial)`` -> unit-length embeddings ``(N, D)``.
 
-    Example:
+    Examples:
         >>> with torch.no_grad():
         ...     embeddings = ProjectionHead(num_features=32, out_features=128)(torch.randn(4, 32))
         >>> embeddings.shape, round(float(embeddings[0].norm()), 4)   # unit-length embeddings
         (torch.Size([4, 128]), 1.0)
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(self, num_features: int, out_features: int = 128, hidden: int = 256) -> None:
@@ -174,6 +188,18 @@ class CPCHead(nn.Module):
         unit-length predictions from context rows ``0..G-2``, index 1 the unit-length
         targets, row ``r + 1 + k`` for prediction ``(k, r)`` (zero where that row does not
         exist: ``r + 1 + k >= G``).
+
+    Examples:
+        >>> head = CPCHead(num_features=16, spatial_dims=2, grid=4, steps=2, code_dim=8)
+        >>> out = head(torch.randn(3 * 4**2, 16))   # the features of 3 images' 16 patches
+        >>> out.shape   # (predictions | targets, B, K, G - 1, G, D)
+        torch.Size([2, 3, 2, 3, 4, 8])
+
+    References:
+        - van den Oord et al., "Representation Learning with Contrastive Predictive Coding", arXiv:1807.03748,
+          2018.
+        - Hénaff et al., "Data-Efficient Image Recognition with Contrastive Predictive Coding", ICML 2020.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(

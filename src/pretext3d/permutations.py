@@ -57,6 +57,10 @@ class HammingStats:
     Attributes:
         min: smallest distance between two distinct permutations of the set.
         mean: mean distance over all unordered pairs.
+
+    Examples:
+        >>> hamming_stats(permutation_set(9, 30))   # Noroozi & Favaro's 2D 3 x 3 grid
+        HammingStats(min=..., mean=...)
     """
 
     min: int
@@ -71,6 +75,10 @@ def hamming_stats(perms: Tensor | np.ndarray) -> HammingStats:
 
     Returns:
         The :class:`HammingStats` of the set.
+
+    Examples:
+        >>> hamming_stats(torch.tensor([[0, 1, 2], [1, 2, 0], [2, 0, 1]]))
+        HammingStats(min=3, mean=3.0)
     """
     arr = perms.detach().cpu().numpy() if isinstance(perms, Tensor) else np.asarray(perms)
     if arr.ndim != 2 or arr.shape[0] < 2:
@@ -108,10 +116,15 @@ def permutation_set(num_cells: int, count: int, seed: int = 0, method: Method = 
             construction that does not exist for ``num_cells`` or has fewer than
             ``count`` elements.
 
-    Example:
+    Examples:
         >>> perms = permutation_set(27, 100, seed=0)   # 3x3x3 jigsaw: 100 permutations of 27 cells
         >>> perms.shape, hamming_stats(perms).min       # every pair differs in at least 26 cells
         (torch.Size([100, 27]), 26)
+
+    References:
+        - Noroozi & Favaro, "Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles", ECCV
+          2016.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
     check_int("num_cells", num_cells, 2)
     check_int("count", count, 1)
@@ -140,6 +153,17 @@ def load_permutation_set(path: str | PathLike[str], num_cells: int | None = None
     Raises:
         ValueError: if a row is not a permutation, rows repeat, or the width differs
             from ``num_cells``.
+
+    Examples:
+        >>> import numpy as np
+        >>> np.save("perms.npy", np.array([[1, 2, 3], [3, 1, 2]]))   # 1-based, as in Noroozi's files
+        >>> load_permutation_set("perms.npy", num_cells=3)
+        tensor([[0, 1, 2],
+                [2, 0, 1]])
+
+    References:
+        - Noroozi & Favaro, "Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles", ECCV
+          2016.
     """
     try:
         arr = np.load(path, allow_pickle=False)

@@ -47,7 +47,7 @@ class PretextModel(nn.Module):
         makes them -> what the task's loss reads (logits ``(B, num_classes)``, embeddings
         ``(N, D)`` or the CPC head's tensor).
 
-    Example:
+    Examples:
         >>> task = p3.tasks.Rotation(spatial_dims=3)
         >>> model = PretextModel(p3.models.UNetEncoder(spatial_dims=3, widths=(8, 16, 32)), task)
         >>> generator = torch.Generator().manual_seed(0)
@@ -155,6 +155,13 @@ def infer_num_features(encoder: nn.Module, spatial_dims: int, probe_size: int = 
 
     Raises:
         ValueError: if neither works; pass ``num_features`` explicitly then.
+
+    Examples:
+        >>> infer_num_features(p3.models.UNetEncoder(3, widths=(8, 16)), spatial_dims=3)   # declared
+        16
+        >>> conv = torch.nn.Sequential(torch.nn.Conv2d(1, 12, 3), torch.nn.ReLU())
+        >>> infer_num_features(conv, spatial_dims=2)   # measured on one zero input
+        12
     """
     width, _ = _declared_width(encoder)
     if width is not None:

@@ -81,6 +81,14 @@ class PretrainConfig:
         seed: the one seed of the run.
         progress: show a progress bar (needs tqdm).
         tensorboard: also log to TensorBoard (needs tensorboard).
+
+    Examples:
+        >>> config = PretrainConfig(steps=500, batch_size=4, crop=64, lr=3e-4, device="auto")
+        >>> config.precision, config.schedule   # bf16 on a GPU that has it; cosine decay
+        ('auto', 'cosine')
+        >>> PretrainConfig(batch_size=0)
+        Traceback (most recent call last):
+        ValueError: batch_size must be an int >= 1, got 0
     """
 
     steps: int | None = 1000
@@ -145,6 +153,12 @@ class WeightedTask:
         task: the pretext task.
         weight: its loss weight (``>= 0``).
         name: its name in logs and checkpoints (default: the class name, lower case).
+
+    Examples:
+        >>> tasks = [WeightedTask(p3.tasks.Rotation(3), weight=1.0),
+        ...          WeightedTask(p3.tasks.Jigsaw(3, grid=2, num_permutations=24), 0.5, name="jigsaw-2")]
+        >>> [(t.name or type(t.task).__name__, t.weight) for t in tasks]
+        [('Rotation', 1.0), ('jigsaw-2', 0.5)]
     """
 
     task: PretextTask[Any, Any]
@@ -248,7 +262,7 @@ class Pretrainer:
         record: more fields for the pretraining record (e.g. a command's settings).
         log: where summary lines go.
 
-    Example:
+    Examples:
         >>> scans = p3.data.PhantomImages("ct", count=8, size=32)   # or VolumeFolder("scans/", cache_dir=...)
         >>> tasks = [p3.tasks.Rotation(3), WeightedTask(p3.tasks.Jigsaw(3, grid=2, num_permutations=24), 0.5)]
         >>> config = PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False)
@@ -632,7 +646,7 @@ def pretext_warning(task: PretextTask[Any, Any], accuracy: float) -> str | None:
     """A warning when a held-out pretext accuracy says the task teaches little.
 
     At chance (classification: below 1.5 x chance) the encoder learns nothing from it; at
-    0.99 or more the task is solved outright, often from a shortcut (see docs/tasks.md).
+    0.99 or more the task is solved outright, often from a shortcut (see docs/tasks/rotation.md).
     """
     if accuracy >= 0.99:
         return f"is solved outright (held-out accuracy {accuracy:.3f}): it may be too easy to teach much"

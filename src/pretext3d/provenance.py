@@ -46,7 +46,13 @@ _SUFFIXES = re.compile(r"(\.nii\.gz|\.nii|\.npy|\.png|\.jpe?g)$", re.IGNORECASE)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes (hex)."""
+    """SHA-256 of a file's bytes (hex).
+
+    Examples:
+        >>> _ = open("empty.txt", "wb").write(b"")
+        >>> file_sha256("empty.txt")
+        'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -55,7 +61,14 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def tensor_sha256(*tensors: Tensor) -> str:
-    """SHA-256 over the dtypes, shapes and bytes of ``tensors`` (hex)."""
+    """SHA-256 over the dtypes, shapes and bytes of ``tensors`` (hex).
+
+    Examples:
+        >>> tensor_sha256(torch.zeros(3)) == tensor_sha256(torch.zeros(3))
+        True
+        >>> tensor_sha256(torch.zeros(3)) == tensor_sha256(torch.zeros(1, 3))   # the shape counts too
+        False
+    """
     digest = hashlib.sha256()
     for t in tensors:
         array = t.detach().cpu().contiguous().numpy()
@@ -93,6 +106,11 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         ``pretext3d``, ``torch``, ``numpy`` and ``python`` versions, ``git_commit`` of
         the pretext3d source (``None`` when not run from a git checkout), ``device`` (with
         the GPU's name on CUDA), ``threads`` (``torch.get_num_threads()``) and ``platform``.
+
+    Examples:
+        >>> env = environment("cpu")
+        >>> sorted(env)
+        ['device', 'git_commit', 'numpy', 'platform', 'pretext3d', 'python', 'threads', 'torch']
     """
     dev = torch.device(device)
     name = str(dev)
@@ -117,6 +135,10 @@ def case_key(case_id: str) -> str:
     ``"pancreas_001_0000"`` (nnU-Net) and ``"pancreas_001"`` (Task07) all give
     ``"pancreas_001"``: the last path part, without image suffixes and the nnU-Net
     channel suffix ``_0000``.
+
+    Examples:
+        >>> [case_key(c) for c in ["imagesTr__pancreas_001.nii.gz", "pancreas_001_0000", "pancreas_001"]]
+        ['pancreas_001', 'pancreas_001', 'pancreas_001']
     """
     name = re.split(r"__|/|\\", case_id)[-1]
     return _SUFFIXES.sub("", name).removesuffix("_0000")
@@ -139,6 +161,12 @@ def write_pretraining_record(
 
     Returns:
         The record's path.
+
+    Examples:
+        >>> seen = ["pancreas_001", "pancreas_002"]
+        >>> path = write_pretraining_record("encoder.pt", case_ids=seen, task="rotation")
+        >>> path.name, read_pretraining_record("encoder.pt")["task"]
+        ('encoder.pt.json', 'rotation')
     """
     if isinstance(case_ids, str):
         raise TypeError("case_ids must be a sequence of ids, got one string")
@@ -148,7 +176,12 @@ def write_pretraining_record(
 
 
 def read_pretraining_record(encoder_file: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The record beside ``encoder_file``, or ``None`` if there is none."""
+    """The record beside ``encoder_file``, or ``None`` if there is none.
+
+    Examples:
+        >>> read_pretraining_record("never-written.pt") is None
+        True
+    """
     path = _record_path(encoder_file)
     if not path.exists():
         return None

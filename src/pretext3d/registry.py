@@ -32,6 +32,14 @@ class Registry(Generic[T]):
 
     Args:
         kind: what it holds, for messages (``"task"``, ``"encoder"``).
+
+    Examples:
+        >>> colours = Registry("colour")
+        >>> colours.register("red", 0xFF0000)
+        16711680
+        >>> colours.get("rd")
+        Traceback (most recent call last):
+        KeyError: "unknown colour 'rd'; did you mean 'red'? ..."
     """
 
     def __init__(self, kind: str) -> None:
@@ -95,7 +103,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def register_task(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
-    """Class decorator: register a :class:`~pretext3d.tasks.PretextTask` subclass as ``name``."""
+    """Class decorator: register a :class:`~pretext3d.tasks.PretextTask` subclass as ``name``.
+
+    Examples:
+        >>> @register_task("rotation-plane")
+        ... class PlaneRotation(p3.tasks.Rotation):
+        ...     def __init__(self, spatial_dims: int, **options):
+        ...         super().__init__(spatial_dims, rotations="plane4", plane=(1, 2), **options)
+        >>> TASKS.get("rotation-plane")(3).num_classes   # now a config can say task = "rotation-plane"
+        4
+    """
 
     def add(cls: F) -> F:
         # duck-typed: this module sits below the tasks package and never imports it
@@ -113,6 +130,13 @@ def register_encoder(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
     """Decorator: register an encoder class or factory as ``name``.
 
     It is called as ``builder(spatial_dims=..., in_channels=..., **options)``.
+
+    Examples:
+        >>> @register_encoder("tiny")
+        ... def tiny(spatial_dims: int, in_channels: int = 1, width: int = 8):
+        ...     return p3.models.UNetEncoder(spatial_dims, in_channels, widths=(width, 2 * width))
+        >>> ENCODERS.get("tiny")(spatial_dims=2, width=4).num_features   # encoder = "tiny" in a config
+        8
     """
 
     def add(builder: F) -> F:

@@ -22,6 +22,13 @@ def image_slice(image: Tensor, axis: int = 0) -> Tensor:
     Returns:
         ``(H, W)`` for one channel, ``(H, W, 3)`` in ``[0, 1]`` for RGB; a 3D image gives its
         central slice along spatial ``axis``.
+
+    Examples:
+        >>> image_slice(torch.randn(1, 8, 16, 32)).shape   # the central slice of a volume
+        torch.Size([16, 32])
+        >>> picture = image_slice(torch.randn(3, 16, 16))   # RGB, scaled to [0, 1]
+        >>> picture.shape, float(picture.min()), float(picture.max())
+        (torch.Size([16, 16, 3]), 0.0, 1.0)
     """
     if image.ndim not in (3, 4):
         raise ValueError(f"image must be (C, H, W) or (C, D, H, W), got shape {tuple(image.shape)}")
@@ -55,6 +62,13 @@ def plot_images(images: Tensor, titles: list[str] | None = None, *, orthogonal: 
 
     Returns:
         The matplotlib figure.
+
+    Examples:
+        >>> images, _ = p3.data.ct_phantom_batch(2, size=32)
+        >>> figure = plot_images(images, ["case 0", "case 1"], orthogonal=True)
+        >>> len(figure.axes)   # two rows of three orthogonal slices
+        6
+        >>> figure.savefig("phantoms.png")
     """
     plt = _plt()
     rows = 3 if orthogonal and images.ndim == 5 else 1
@@ -85,6 +99,13 @@ def plot_views(
 
     Returns:
         The matplotlib figure.
+
+    Examples:
+        >>> images, _ = p3.data.ct_phantom_batch(2, size=36)
+        >>> jigsaw = p3.tasks.Jigsaw(3, grid=3, num_permutations=24, jitter=2)
+        >>> figure = plot_views(jigsaw, images, max_views=4)
+        >>> len(figure.axes)   # per image: the input and 4 of its 27 patches
+        10
     """
     plt = _plt()
     state = {k: v.clone() for k, v in task.state_dict().items()}

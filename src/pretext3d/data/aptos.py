@@ -42,6 +42,16 @@ class APTOS(Dataset[tuple[Tensor, Tensor]]):
 
     Returns (``__getitem__``):
         ``(image (3, size, size) float32 in [0, 1], grade int64)``.
+
+    Examples:
+        >>> root = p3.data.write_aptos_phantom("data", num_train=4, num_test=2, size=32)   # SYNTHETIC
+        >>> train = APTOS(root, preprocessing=p3.data.FundusPreprocessing(method="ben_graham", size=64))
+        >>> image, grade = train[0]
+        >>> image.shape, grade.dtype, len(APTOS(root, "test"))
+        (torch.Size([3, 64, 64]), torch.int64, 2)
+
+    References:
+        - APTOS 2019 Blindness Detection, Kaggle (Asia Pacific Tele-Ophthalmology Society), 2019.
     """
 
     def __init__(

@@ -20,6 +20,16 @@ class CaseCache:
     read. Files are written under a temporary name and renamed; the image is written
     last, and a case counts as cached only when its image file exists, so an
     interrupted write is simply redone.
+
+    Examples:
+        >>> import numpy as np
+        >>> cache = CaseCache("cache", key=p3.data.CTPreprocessing().key())
+        >>> cache.has("pancreas_001")
+        False
+        >>> cache.store("pancreas_001", np.zeros((4, 4, 4), np.float16), np.zeros((4, 4, 4), np.uint8))
+        >>> image, label = cache.load("pancreas_001", label=True)
+        >>> cache.has("pancreas_001", label=True), image.shape
+        (True, (4, 4, 4))
     """
 
     def __init__(self, root: str | os.PathLike[str], key: str) -> None:

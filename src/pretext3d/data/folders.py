@@ -85,6 +85,14 @@ class VolumeDataset(Dataset[Tensor]):
 
     Returns (``__getitem__``):
         ``(1, X, Y, Z)`` float32 tensor.
+
+    Examples:
+        >>> import numpy as np
+        >>> np.save("a.npy", np.zeros((40, 40, 20), np.float32))
+        >>> # random crops, zero-padded
+        >>> scans = VolumeDataset([("case-a", "a.npy")], patch_size=(32, 32, 32))
+        >>> scans[0].shape, scans.case_ids
+        (torch.Size([1, 32, 32, 32]), ['case-a'])
     """
 
     def __init__(
@@ -140,6 +148,15 @@ class VolumeFolder(VolumeDataset):
 
     Hidden files and macOS ``._*`` junk are skipped. Keyword arguments as for
     :class:`VolumeDataset`.
+
+    Examples:
+        >>> import numpy as np, os
+        >>> os.makedirs("scans/site1")
+        >>> np.save("scans/site1/a.npy", np.zeros((16, 16, 16), np.float32))
+        >>> p3.data.write_nifti("scans/b.nii.gz", np.zeros((16, 16, 16), np.int16), np.eye(4))
+        >>> folder = VolumeFolder("scans", cache_dir="cache")   # preprocessing=None: raw values
+        >>> folder.case_ids, folder[0].shape
+        (['b.nii.gz', 'site1__a.npy'], torch.Size([1, 16, 16, 16]))
     """
 
     def __init__(self, root: str | os.PathLike[str], **kwargs: object) -> None:
@@ -157,6 +174,15 @@ class DicomFolder(VolumeDataset):
     """One DICOM series per sub-folder of ``root`` (read with pydicom, in HU).
 
     Keyword arguments as for :class:`VolumeDataset`.
+
+    Examples:
+        >>> import os, pydicom, pydicom.data
+        >>> for case in ("patient1", "patient2"):   # one series per sub-folder
+        ...     os.makedirs(f"dicom/{case}")
+        ...     pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm")).save_as(f"dicom/{case}/1.dcm")
+        >>> folder = DicomFolder("dicom")
+        >>> folder.case_ids, folder[0].shape
+        (['patient1', 'patient2'], torch.Size([1, 128, 128, 1]))
     """
 
     def __init__(self, root: str | os.PathLike[str], **kwargs: object) -> None:
@@ -171,7 +197,15 @@ class DicomFolder(VolumeDataset):
 
 @dataclass(frozen=True)
 class UKBiobankName:
-    """The parts of a UK Biobank image name ``{eid}_{field}_{instance}_{array}.png``."""
+    """The parts of a UK Biobank image name ``{eid}_{field}_{instance}_{array}.png``.
+
+    Examples:
+        >>> import numpy as np, os
+        >>> os.makedirs("ukb")
+        >>> p3.data.write_png("ukb/1000017_21015_0_0.png", np.zeros((32, 32, 3), np.uint8))
+        >>> FundusFolder("ukb", ukbiobank=True).names
+        [UKBiobankName(eid=1000017, field=21015, instance=0, array=0)]
+    """
 
     eid: int
     field: int
@@ -194,6 +228,12 @@ class FundusFolder(Dataset[Tensor]):
 
     Returns (``__getitem__``):
         ``(3, size, size)`` float32 in ``[0, 1]``.
+
+    Examples:
+        >>> root = p3.data.write_aptos_phantom("data", num_train=3, num_test=0, size=32)   # SYNTHETIC
+        >>> photos = FundusFolder(root / "train_images", preprocessing=p3.data.FundusPreprocessing(size=64))
+        >>> len(photos), photos[0].shape
+        (3, torch.Size([3, 64, 64]))
     """
 
     def __init__(

@@ -36,6 +36,12 @@ class Volume:
         array: ``(X, Y, Z)`` voxel values.
         affine: ``4 x 4`` voxel-to-world (mm) matrix.
         spacing: voxel size in mm per array axis.
+
+    Examples:
+        >>> import numpy as np
+        >>> volume = Volume(np.zeros((4, 4, 2), np.float32), np.diag([0.7, 0.7, 2.5, 1.0]))
+        >>> volume.spacing
+        (0.7, 0.7, 2.5)
     """
 
     array: np.ndarray
@@ -53,6 +59,12 @@ def check_volume(volume: Volume, source: str | Path) -> Volume:
     Raises:
         ValueError: NaN or infinite voxels (counted), or an affine that is not finite or whose
             voxel axes are degenerate (a zero spacing); the message names ``source``.
+
+    Examples:
+        >>> import numpy as np
+        >>> check_volume(Volume(np.full((2, 2, 2), np.nan), np.eye(4)), "scan.nii.gz")
+        Traceback (most recent call last):
+        ValueError: 'scan.nii.gz' holds 8 NaN or infinite voxel value(s) of 8; ...
     """
     array = volume.array
     if array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -80,6 +92,13 @@ def read_nifti(path: str | Path, *, canonical: bool = True) -> Volume:
 
     Raises:
         ValueError: the file is missing, truncated, corrupt or not 3D; the message names it.
+
+    Examples:
+        >>> import numpy as np
+        >>> las = np.diag([-1.0, 1.0, 1.0, 1.0])   # stored left-to-right flipped
+        >>> write_nifti("las.nii.gz", np.arange(8, dtype=np.int16).reshape(2, 2, 2), las)
+        >>> read_nifti("las.nii.gz").array[:, 0, 0].tolist()   # reoriented to RAS+: the first axis reversed
+        [4, 0]
     """
     nib = require("nibabel")
     path = Path(path)
@@ -104,6 +123,14 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None
 
     The file is written under a temporary name in the same folder and renamed, so an
     interrupted write never leaves a half-written file behind.
+
+    Examples:
+        >>> import numpy as np
+        >>> image = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+        >>> write_nifti("scan.nii.gz", image, np.diag([0.8, 0.8, 2.0, 1.0]))
+        >>> volume = read_nifti("scan.nii.gz")
+        >>> volume.array.shape, [round(s, 3) for s in volume.spacing]   # NIfTI stores float32
+        ((2, 3, 4), [0.8, 0.8, 2.0])
     """
     nib = require("nibabel")
     suffix = ".nii.gz" if Path(path).name.endswith(".nii.gz") else ".nii"
@@ -112,7 +139,15 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None
 
 
 def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI file or a ``.npy`` array (taken as 1 mm isotropic, RAS+)."""
+    """Read a NIfTI file or a ``.npy`` array (taken as 1 mm isotropic, RAS+).
+
+    Examples:
+        >>> import numpy as np
+        >>> np.save("scan.npy", np.zeros((8, 8, 8), np.float32))
+        >>> volume = read_volume("scan.npy")   # a bare array: 1 mm isotropic
+        >>> volume.array.shape, volume.spacing
+        ((8, 8, 8), (1.0, 1.0, 1.0))
+    """
     path = Path(path)
     if path.suffix == ".npy":
         try:
@@ -150,6 +185,19 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
             orientation or pixel data, several series without ``series_uid``, mixed
             orientations or sizes, duplicate positions, or a gap; the message names the
             folder or file.
+
+    Examples:
+        >>> import os, pydicom, pydicom.data
+        >>> slice_file = pydicom.data.get_testdata_file("CT_small.dcm")   # a CT slice shipped with pydicom
+        >>> os.makedirs("series")
+        >>> for i in range(3):   # three slices 5 mm apart
+        ...     ds = pydicom.dcmread(slice_file)
+        ...     ds.ImagePositionPatient[2] += 5.0 * i
+        ...     ds.save_as(f"series/slice{i}.dcm")
+        >>> volume = read_dicom_series("series")
+        >>> # in HU
+        >>> volume.array.shape, [round(s, 3) for s in volume.spacing], float(volume.array.min()) >= -1024
+        ((128, 128, 3), [0.661, 0.661, 5.0], True)
     """
     pydicom = require("pydicom")
     folder = Path(folder)
@@ -243,6 +291,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
     Raises:
         ValueError: missing or unreadable file, named in the message.
+
+    Examples:
+        >>> import numpy as np
+        >>> write_png("photo.png", np.full((4, 6, 3), 200, np.uint8))
+        >>> image = read_rgb("photo.png")
+        >>> image.shape, image.dtype, int(image.max())
+        ((4, 6, 3), dtype('uint8'), 200)
     """
     image_module = require("PIL.Image")
     path = Path(path)
@@ -254,7 +309,15 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an ``(H, W, 3)`` uint8 array as PNG, atomically."""
+    """Write an ``(H, W, 3)`` uint8 array as PNG, atomically.
+
+    Examples:
+        >>> import numpy as np
+        >>> image, _ = p3.data.fundus_phantom(0, size=64)   # SYNTHETIC
+        >>> write_png("fundus.png", image)
+        >>> np.array_equal(read_rgb("fundus.png"), image)   # lossless
+        True
+    """
     image_module = require("PIL.Image")
     with atomic_path(path, ".png") as tmp:
         image_module.fromarray(image).save(tmp)

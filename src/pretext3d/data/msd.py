@@ -35,7 +35,14 @@ LABELS = {0: "background", 1: "pancreas", 2: "cancer"}
 
 @dataclass(frozen=True)
 class Task07Case:
-    """One case: its id, image file and (for training cases) label file."""
+    """One case: its id, image file and (for training cases) label file.
+
+    Examples:
+        >>> root = p3.data.write_task07_phantom("data", num_train=2, num_test=1, size=24)   # SYNTHETIC
+        >>> case = task07_cases(root)[0][0]
+        >>> case.case_id, case.image.name, case.label.name
+        ('pancreas_001', 'pancreas_001.nii.gz', 'pancreas_001.nii.gz')
+    """
 
     case_id: str
     image: Path
@@ -59,6 +66,12 @@ def task07_cases(
 
     Returns:
         ``(cases, skipped)``: ``skipped`` lists ``(file, reason)``.
+
+    Examples:
+        >>> root = p3.data.write_task07_phantom("data", num_train=2, num_test=1, size=24)   # SYNTHETIC
+        >>> cases, skipped = task07_cases(root, "test")
+        >>> [c.case_id for c in cases], cases[0].label, skipped   # test cases have no label
+        (['pancreas_003'], None, [])
     """
     root = Path(root)
     check_on_error(on_error)
@@ -135,6 +148,18 @@ class Task07Pancreas(Dataset[tuple[Tensor, Tensor]]):
 
     Returns (``__getitem__``):
         ``(image (1, X, Y, Z) float32, label (X, Y, Z) int64)``.
+
+    Examples:
+        >>> root = p3.data.write_task07_phantom("data", num_train=2, num_test=1, size=24)   # SYNTHETIC
+        >>> pipeline = p3.data.CTPreprocessing(resize=(32, 32, 32))
+        >>> dataset = Task07Pancreas(root, preprocessing=pipeline, cache_dir="cache")
+        >>> image, label = dataset[0]   # resampled, windowed, body-cropped, resized; then read from the cache
+        >>> image.shape, label.shape, dataset.case_ids
+        (torch.Size([1, 32, 32, 32]), torch.Size([32, 32, 32]), ['pancreas_001', 'pancreas_002'])
+
+    References:
+        - Simpson et al., "A large annotated medical image dataset for the development and evaluation of
+          segmentation algorithms" (the Medical Segmentation Decathlon), 2019.
     """
 
     def __init__(

@@ -71,6 +71,11 @@ class CTPhantom:
         image: ``(X, Y, Z)`` int16 Hounsfield units, RAS+.
         label: ``(X, Y, Z)`` uint8, 0 background, 1 pancreas, 2 cancer.
         spacing: voxel size in mm.
+
+    Examples:
+        >>> case = ct_phantom(0, size=32)   # SYNTHETIC
+        >>> case.image.dtype, case.label.dtype, [round(s, 1) for s in case.spacing]   # HU, labels 0-2, mm
+        (dtype('int16'), dtype('uint8'), [12.5, 9.4, 7.8])
     """
 
     image: np.ndarray
@@ -122,7 +127,7 @@ def ct_phantom(
             400 x 300 x 250 mm, so the spacing follows.
         tumour_probability: chance that the case has a tumour.
 
-    Example:
+    Examples:
         >>> case = ct_phantom(0, size=32)   # SYNTHETIC abdominal CT, in HU, with its label map
         >>> case.image.shape, sorted(set(case.label.flatten().tolist()))   # background, pancreas, tumour
         ((32, 32, 32), [0, 1, 2])
@@ -272,7 +277,7 @@ def fundus_phantom(
     Returns:
         ``(image (size, size, 3) uint8, grade)``.
 
-    Example:
+    Examples:
         >>> image, grade = fundus_phantom(0, size=64, grade=2)   # SYNTHETIC RGB fundus photograph
         >>> image.shape, image.dtype, grade
         ((64, 64, 3), dtype('uint8'), 2)
@@ -404,6 +409,11 @@ def ct_phantom_batch(
 
     Returns:
         ``(images (count, 1, size, size, size) float32, labels (count, size, size, size) int64)``.
+
+    Examples:
+        >>> images, labels = ct_phantom_batch(4, size=32)   # SYNTHETIC, windowed and z-scored
+        >>> images.shape, labels.shape, labels.dtype
+        (torch.Size([4, 1, 32, 32, 32]), torch.Size([4, 32, 32, 32]), torch.int64)
     """
     from pretext3d.data.preprocess import window as apply_window
 
@@ -422,6 +432,11 @@ def fundus_phantom_batch(
 
     Returns:
         ``(images (count, 3, size, size) float32 in [0, 1], grades (count,) int64)``.
+
+    Examples:
+        >>> images, grades = fundus_phantom_batch(4, size=64)   # SYNTHETIC, in [0, 1]
+        >>> images.shape, grades.shape, bool(images.min() >= 0 and images.max() <= 1)
+        (torch.Size([4, 3, 64, 64]), torch.Size([4]), True)
     """
     drawn = [fundus_phantom(seed * 100_003 + first + i, size, label_noise=label_noise) for i in range(count)]
     images = np.stack([image for image, _ in drawn]).transpose(0, 3, 1, 2).astype(np.float32) / 255
@@ -439,6 +454,13 @@ def write_task07_phantom(
 
     Returns:
         The ``Task07_Pancreas`` folder.
+
+    Examples:
+        >>> root = write_task07_phantom("data", num_train=2, num_test=1, size=24)   # SYNTHETIC
+        >>> root.as_posix(), sorted(p.name for p in root.iterdir())   # nested in data/Task07_Pancreas
+        ('data/Task07_Pancreas', ['dataset.json', 'imagesTr', 'imagesTs', 'labelsTr'])
+        >>> len(p3.data.Task07Pancreas(root))
+        2
     """
     from pretext3d.data.io import write_nifti
 
@@ -491,6 +513,14 @@ def write_aptos_phantom(
 
     Returns:
         The ``aptos2019`` folder.
+
+    Examples:
+        >>> root = write_aptos_phantom("data", num_train=4, num_test=2, size=32)   # SYNTHETIC
+        >>> sorted(p.name for p in root.iterdir())
+        ['test.csv', 'test_images', 'train.csv', 'train_images']
+        >>> image, grade = p3.data.APTOS(root)[0]
+        >>> image.shape   # resized to the paper's 224
+        torch.Size([3, 224, 224])
     """
     from pretext3d.data.io import write_png
 
@@ -520,6 +550,13 @@ class PhantomImages(Dataset[Tensor]):
         size: their edge.
         seed: the phantom seed.
         first: the first case number.
+
+    Examples:
+        >>> pool = PhantomImages("ct", count=100, size=32)   # drawn on demand, nothing held
+        >>> len(pool), pool[0].shape, pool.case_ids[:2]
+        (100, torch.Size([1, 32, 32, 32]), ['ct-phantom-0', 'ct-phantom-1'])
+        >>> torch.equal(pool[1], ct_phantom_batch(2, 32)[0][1])
+        True
     """
 
     def __init__(self, kind: str, count: int, size: int, *, seed: int = 0, first: int = 0) -> None:

@@ -53,6 +53,14 @@ def resize_volume(array: np.ndarray, shape: tuple[int, ...], *, label: bool = Fa
 
     Voxels are treated as cells (``align_corners=False``), so the physical extent is kept.
     Label values are never mixed: every output voxel takes one input voxel's value.
+
+    Examples:
+        >>> import numpy as np
+        >>> label = np.zeros((8, 8, 8), np.uint8)
+        >>> label[2:6, 2:6, 2:6] = 2
+        >>> out = resize_volume(label, (16, 16, 16), label=True)   # nearest neighbour: no new labels
+        >>> out.shape, sorted(np.unique(out).tolist())
+        ((16, 16, 16), [0, 2])
     """
     tensor = torch.from_numpy(np.array(array, copy=True))[None, None]
     if label:
@@ -73,6 +81,11 @@ def resample_to_spacing(
 
     The new size is ``round(size * spacing / target)`` per axis, so the physical extent
     changes by less than one target voxel.
+
+    Examples:
+        >>> import numpy as np
+        >>> resample_to_spacing(np.zeros((40, 40, 10)), (1.0, 1.0, 5.0), (2.0, 2.0, 2.5)).shape
+        (20, 20, 20)
     """
     return resize_volume(array, _target_shape(array.shape, spacing, target), label=label)
 
@@ -80,7 +93,13 @@ def resample_to_spacing(
 def window(
     array: np.ndarray, low: float, high: float, mode: Literal["zscore", "minmax"] = "zscore"
 ) -> np.ndarray:
-    """Clip to ``[low, high]`` HU, then standardise (``zscore``) or scale to ``[0, 1]`` (``minmax``)."""
+    """Clip to ``[low, high]`` HU, then standardise (``zscore``) or scale to ``[0, 1]`` (``minmax``).
+
+    Examples:
+        >>> import numpy as np
+        >>> window(np.array([-1000.0, 0.0, 100.0, 1000.0]), -100, 200, mode="minmax").tolist()
+        [0.0, 0.33333..., 0.66666..., 1.0]
+    """
     clipped = np.clip(array.astype(np.float32), low, high)
     if mode == "minmax":
         return (clipped - low) / (high - low)
@@ -93,6 +112,13 @@ def crop_to_body(array: np.ndarray, threshold: float = -500.0, margin: int = 2) 
 
     The largest connected component is taken, so the scanner table and stray air
     voxels do not widen the box. The whole volume if nothing is above the threshold.
+
+    Examples:
+        >>> import numpy as np
+        >>> scan = np.full((20, 20, 20), -1000.0)   # air
+        >>> scan[5:15, 6:14, 2:18] = 40.0   # soft tissue
+        >>> crop_to_body(scan, margin=2)
+        (slice(3, 17, None), slice(4, 16, None), slice(0, 20, None))
     """
     mask = array > threshold
     labels, count = ndimage.label(mask)
@@ -108,7 +134,13 @@ def crop_to_body(array: np.ndarray, threshold: float = -500.0, margin: int = 2) 
 
 
 def crop_or_pad(array: np.ndarray, shape: tuple[int, ...], fill: float = 0.0) -> np.ndarray:
-    """Centre-crop or pad (with ``fill``) to ``shape``."""
+    """Centre-crop or pad (with ``fill``) to ``shape``.
+
+    Examples:
+        >>> import numpy as np
+        >>> crop_or_pad(np.ones((4, 10)), (6, 6), fill=-1.0).tolist()[0]   # rows padded, columns cropped
+        [-1.0, -1.0, -1.0, -1.0, -1.0, -1.0]
+    """
     out = np.full(shape, fill, dtype=array.dtype)
     src, dst = [], []
     for n, m in zip(array.shape, shape, strict=True):
@@ -136,6 +168,20 @@ class CTPreprocessing:
         crop: ``"body"`` (bounding box of the body), ``None``, or a fixed box size.
         resize: a final size, e.g. ``(128, 128, 128)`` as in the paper, or ``None``.
         dtype: ``"float16"`` or ``"float32"`` for the stored image.
+
+    Examples:
+        >>> case = p3.data.ct_phantom(0, size=32)   # SYNTHETIC, in HU
+        >>> pipeline = CTPreprocessing(spacing=(10.0, 10.0, 10.0), crop=None, resize=(24, 24, 24),
+        ...                            dtype="float32")
+        >>> image, label = pipeline(case.image, case.spacing, case.label)
+        >>> image.shape, label.shape, image.dtype
+        ((24, 24, 24), (24, 24, 24), dtype('float32'))
+        >>> pipeline.key() != CTPreprocessing().key()   # the cache key changes with any argument
+        True
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020 (the pancreas
+          pipeline).
     """
 
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 2.5)
@@ -213,7 +259,14 @@ class CTPreprocessing:
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an ``(H, W, 3)`` image to ``size x size`` (antialiased bilinear), float32 in [0, 255]."""
+    """Resize an ``(H, W, 3)`` image to ``size x size`` (antialiased bilinear), float32 in [0, 255].
+
+    Examples:
+        >>> import numpy as np
+        >>> out = resize_image(np.full((100, 80, 3), 255, np.uint8), 32)
+        >>> out.shape, out.dtype, float(out.max())
+        ((32, 32, 3), dtype('float32'), 255.0)
+    """
     tensor = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
     out = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return out[0].permute(1, 2, 0).clamp(0, 255).numpy()
@@ -237,6 +290,15 @@ def ben_graham(
 
     Returns:
         ``(size, size, 3)`` float32 in ``[0, 255]``.
+
+    Examples:
+        >>> image, _ = p3.data.fundus_phantom(0, size=128)   # SYNTHETIC
+        >>> out = ben_graham(image, size=64)   # border cropped, local mean subtracted, grey background 128
+        >>> out.shape, out.dtype
+        ((64, 64, 3), dtype('float32'))
+
+    References:
+        - Graham, "Kaggle Diabetic Retinopathy Detection competition report", 2015.
     """
     grey = image.astype(np.float32).mean(axis=2)
     rows = np.nonzero((grey > tolerance).any(axis=1))[0]
@@ -262,6 +324,15 @@ class FundusPreprocessing:
     Args:
         method: ``"ben_graham"``, or ``"resize"`` (the paper: plain resize).
         size: output edge (224 in the paper).
+
+    Examples:
+        >>> image, _ = p3.data.fundus_phantom(0, size=128)   # SYNTHETIC
+        >>> out = FundusPreprocessing(method="ben_graham", size=64)(image)
+        >>> out.shape, out.dtype, bool(out.min() >= 0 and out.max() <= 1)
+        ((3, 64, 64), dtype('float32'), True)
+
+    References:
+        - Graham, "Kaggle Diabetic Retinopathy Detection competition report", 2015.
     """
 
     method: Literal["ben_graham", "resize"] = "resize"

@@ -50,6 +50,14 @@ class DataSpec:
             preprocessed scan here (keyed by the preprocessing) and read it from there
             afterwards. Without it every read resamples the scan again (seconds per scan),
             which starves pretraining on real scans; ``""``: no cache.
+
+    Examples:
+        >>> spec = DataSpec(kind="ct-phantom", count=6, size=32)   # SYNTHETIC
+        >>> images, labels, case_ids = spec.labelled()
+        >>> images.shape, spec.spatial_dims, case_ids[0]
+        (torch.Size([6, 1, 32, 32, 32]), 3, 'ct-phantom-0')
+        >>> spec.unlabelled().case_ids[0]   # the pretraining pool: other cases
+        'ct-phantom-50000'
     """
 
     kind: Literal[

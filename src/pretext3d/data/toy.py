@@ -38,6 +38,11 @@ def toy_images(
 
     Returns:
         ``(count, 1, *[size] * spatial_dims)`` float32, roughly zero mean and unit scale.
+
+    Examples:
+        >>> images = toy_images(4, spatial_dims=3, size=16, generator=torch.Generator().manual_seed(0))
+        >>> images.shape, images.dtype
+        (torch.Size([4, 1, 16, 16, 16]), torch.float32)
     """
     check_int("count", count, 1)
     d = check_spatial_dims(spatial_dims)

@@ -27,6 +27,12 @@ class RunLock:
 
     Args:
         path: the lock file (beside the run's result file).
+
+    Examples:
+        >>> with RunLock("run.lock") as claimed:
+        ...     with RunLock("run.lock") as again:   # another worker finds the run taken
+        ...         print(claimed, again)
+        True False
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -41,6 +41,12 @@ class TaskEntry:
         name: a registered task.
         weight: its loss weight.
         options: its keyword arguments.
+
+    Examples:
+        >>> tasks = [TaskEntry("rotation"),
+        ...          TaskEntry("jigsaw", weight=0.5, options={"grid": 2, "num_permutations": 24})]
+        >>> [(t.name, t.weight) for t in tasks]   # a [[tasks]] list of a pretrain config
+        [('rotation', 1.0), ('jigsaw', 0.5)]
     """
 
     name: str = "rotation"
@@ -56,7 +62,14 @@ class TaskEntry:
 def recipe_for(
     data: DataSpec, segmentation: SegmentationRecipe | None = None, grading: GradingRecipe | None = None
 ) -> SegmentationRecipe | GradingRecipe:
-    """The recipe that fine-tunes ``data`` (CT: segmentation, fundus: grading); defaults if not given."""
+    """The recipe that fine-tunes ``data`` (CT: segmentation, fundus: grading); defaults if not given.
+
+    Examples:
+        >>> type(recipe_for(p3.data.DataSpec(kind="ct-phantom"))).__name__
+        'SegmentationRecipe'
+        >>> type(recipe_for(p3.data.DataSpec(kind="aptos", path="aptos"))).__name__
+        'GradingRecipe'
+    """
     if data.spatial_dims == 3:
         return segmentation if segmentation is not None else SegmentationRecipe()
     return grading if grading is not None else GradingRecipe()
@@ -98,6 +111,16 @@ def pretrain_encoder(
     Raises:
         ConfigError: an unknown option of a task or the encoder, a held-out count that leaves
             no training image, or settings the Pretrainer refuses.
+
+    Examples:
+        >>> record = pretrain_encoder(
+        ...     [TaskEntry("rotation")], "densenet",
+        ...     {"growth_rate": 4, "block_config": [1, 1], "init_features": 8},
+        ...     p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
+        ...     train=p3.pretrainer.PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False),
+        ...     output="encoder.pt", log=lambda line: None)   # rerun: kept (finished) or resumed
+        >>> record["tasks"], record["steps"], p3.models.encoder_name("encoder.pt")
+        (['rotation'], 2, 'densenet')
     """
     d = data.spatial_dims
     from_data = "pretext3d sets it from the data (data.kind)"

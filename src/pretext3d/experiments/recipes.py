@@ -113,6 +113,21 @@ class SegmentationRecipe(_Recipe):
             forward pass per whole volume, padded to the U-Net's size rule. A multiple of
             ``2**(len(widths)-1)``.
         inference_overlap: share of a window that the next one overlaps.
+
+    Examples:
+        >>> recipe = SegmentationRecipe(widths=(8, 16), crop=16)
+        >>> model, encoder = recipe.build(in_channels=1, encoder_file=None)
+        >>> images, labels = p3.data.ct_phantom_batch(2, size=32)   # SYNTHETIC
+        >>> x, y = recipe.sample(images, labels, [0, 1], batch=2, generator=torch.Generator().manual_seed(0))
+        >>> x.shape, model(x).shape   # foreground-oversampled crops, logits of 3 classes
+        (torch.Size([2, 1, 16, 16, 16]), torch.Size([2, 3, 16, 16, 16]))
+        >>> sorted(recipe.evaluate(model, images, labels))
+        ['pancreas_dice', 'pooled_mean_dice_3class', 'tumour_dice', 'tumour_sensitivity',
+         'tumour_specificity']
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. (the 3D U-Net pancreas
+          segmentation).
     """
 
     num_classes: int = 3
@@ -262,6 +277,19 @@ class GradingRecipe(_Recipe):
         block_config: dense layers per block ((6, 12, 24, 16) for DenseNet-121).
         init_features: stem width (64 for DenseNet-121).
         flip: random horizontal and vertical flips.
+
+    Examples:
+        >>> recipe = GradingRecipe(encoding="ordinal", growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> model, encoder = recipe.build(in_channels=3, encoder_file=None)
+        >>> images, grades = p3.data.fundus_phantom_batch(4, size=32)   # SYNTHETIC
+        >>> model(images).shape   # K - 1 cumulative logits
+        torch.Size([4, 4])
+        >>> sorted(recipe.evaluate(model, images, grades))
+        ['accuracy', 'qwk']
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. (the DenseNet-121 DR
+          grading).
     """
 
     num_classes: int = 5

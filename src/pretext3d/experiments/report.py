@@ -103,6 +103,14 @@ def paper_curves(figure: str) -> dict[tuple[str, str], list[tuple[float, float]]
     Returns:
         ``{(method, pretrained_on): [(fraction, value), ...]}`` sorted by fraction; Figure 4
         has two series per task (pretrained on UK Biobank and on APTOS itself).
+
+    Examples:
+        >>> curves = paper_curves("fig4")   # APTOS kappa; "fig3": pancreas Dice
+        >>> curves[("baseline", "none")][0], sorted({source for _, source in curves})
+        ((0.05, 0.01), ['aptos2019_fundus_2d', 'none', 'ukbiobank_fundus_2d'])
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. Figures 3 and 4.
     """
     text = resources.files("pretext3d.resources").joinpath("paper_figures.csv").read_text()
     rows = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
@@ -129,6 +137,19 @@ def read_runs(
     Args:
         output_dir: the folder.
         methods: the order of the methods; default the grid's (``config.json``).
+
+    Examples:
+        >>> images, grades = p3.data.fundus_phantom_batch(24, size=32)   # SYNTHETIC
+        >>> recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> config = p3.experiments.DataEfficiencyConfig(
+        ...     fractions=(0.25, 1.0), split_seeds=(0,),
+        ...     train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4))
+        >>> _ = p3.experiments.run_data_efficiency(recipe, images, grades, {"scratch": None}, config, "grid",
+        ...                                        progress=False,
+        ...                         log=lambda line: None)
+        >>> # also the finished part of an interrupted grid
+        >>> [(r["method"], r["fraction"]) for r in read_runs("grid")]
+        [('scratch', 0.25), ('scratch', 1.0)]
     """
     folder = Path(output_dir)
     config = folder / "config.json"
@@ -192,6 +213,14 @@ def summarize(
     Runs of one split seed (repetitions, pretraining seeds) are averaged first, so ``n`` is
     the number of split seeds and ``sd`` the spread between them; ``sd`` is NaN for one
     split seed (no spread to estimate). NaN runs are skipped.
+
+    Examples:
+        >>> rows = [{"method": m, "fraction": 0.1, "split_seed": s, "repetition": 0, "pretraining_seed": 0,
+        ...          "test": {"qwk": q}}
+        ...         for m, scores in {"scratch": [0.50, 0.60, 0.55], "rotation": [0.58, 0.66, 0.57]}.items()
+        ...         for s, q in enumerate(scores)]   # rows as the runner writes them, 3 split seeds
+        >>> {k: (round(mean, 3), round(sd, 3), n) for k, (mean, sd, n) in summarize(rows, "qwk").items()}
+        {('scratch', 0.1): (0.55, 0.05, 3), ('rotation', 0.1): (0.603, 0.049, 3)}
     """
     groups: dict[tuple[str, float], dict[int, list[float]]] = {}
     for row in rows:
@@ -216,7 +245,19 @@ def _num(value: float) -> str:
 
 
 def summary_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
-    """A Markdown table of a test metric: method × fraction, mean ± sd over split seeds (n)."""
+    """A Markdown table of a test metric: method × fraction, mean ± sd over split seeds (n).
+
+    Examples:
+        >>> rows = [{"method": m, "fraction": 0.1, "split_seed": s, "repetition": 0, "pretraining_seed": 0,
+        ...          "test": {"qwk": q}}
+        ...         for m, scores in {"scratch": [0.50, 0.60, 0.55], "rotation": [0.58, 0.66, 0.57]}.items()
+        ...         for s, q in enumerate(scores)]   # rows as the runner writes them, 3 split seeds
+        >>> print(summary_table(rows, "qwk"))
+        | qwk | 10% |
+        |---|---|
+        | scratch | 0.550 ± 0.050 (n=3) |
+        | rotation | 0.603 ± 0.049 (n=3) |
+    """
     stats = summarize(rows, metric)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fractions = sorted({r["fraction"] for r in rows})
@@ -313,6 +354,19 @@ def write_report(
 
     Returns:
         The files written.
+
+    Examples:
+        >>> images, grades = p3.data.fundus_phantom_batch(24, size=32)   # SYNTHETIC
+        >>> recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> config = p3.experiments.DataEfficiencyConfig(
+        ...     fractions=(0.25, 1.0), split_seeds=(0,),
+        ...     train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4))
+        >>> rows = p3.experiments.run_data_efficiency(recipe, images, grades, {"scratch": None}, config,
+        ...                                           "grid", progress=False,
+        ...                            log=lambda line: None)
+        >>> [p.name for p in write_report(rows, "grid", "qwk", synthetic=True)]
+        ['results.csv', 'cases.csv', 'results.json', 'summary.md', 'data_efficiency.png',
+         'learning_curves.png']
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,11 @@ class PretextSetting:
             comes from the data).
         crop: edge of the random crop taken from each image before the task (``0``: the whole
             image); ``None``: ``pretrain.crop``.
+
+    Examples:
+        >>> setting = PretextSetting(options={"grid": 3, "jitter": 2}, crop=0)   # [tasks.jigsaw] of a config
+        >>> setting.options["grid"], setting.crop
+        (3, 0)
     """
 
     options: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +110,26 @@ class Reproduction:
         threads: torch CPU threads (``None``: torch's default); results on the CPU depend on
             it, and it is recorded with every run.
         plugins: modules to import first (the CLI does), e.g. ones registering your tasks.
+
+    Examples:
+        A reproduction small enough for a doctest (the configs in ``examples/`` are the real ones):
+
+        >>> config = Reproduction(
+        ...     name="tiny", output_dir="tiny", device="cpu",
+        ...     data=p3.data.DataSpec(kind="fundus-phantom", count=24, size=32),   # SYNTHETIC
+        ...     pretraining_data=p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
+        ...     pretrain=p3.pretrainer.PretrainConfig(steps=2, batch_size=4, device="cpu", progress=False),
+        ...     tasks={"rotation": PretextSetting()},
+        ...     grading=GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8),
+        ...     experiment=DataEfficiencyConfig(fractions=(0.5, 1.0), split_seeds=(0,),
+        ...                                     train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=2)))
+        >>> folder = run_reproduction(config, progress=False, log=lambda line: None)
+        >>> sorted(p.name for p in folder.glob("*.*"))
+        ['cases.csv', 'config.json', 'data_efficiency.png', 'learning_curves.png', 'pretraining.png',
+         'reproduction.json', 'results.csv', 'results.json', 'summary.md']
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. Figures 3 and 4.
     """
 
     name: str = "reproduction"
@@ -162,6 +187,15 @@ def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = (
     Raises:
         ConfigError: an unreadable file, an unknown key (with the nearest valid one), or a
             value of the wrong type or range.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> _ = Path("repro.toml").write_text('''name = "pancreas"
+        ... [tasks.rotation]
+        ... crop = 32''')
+        >>> config = load_reproduction("repro.toml", overrides=["pretrain.steps=50"])
+        >>> config.name, list(config.tasks), config.tasks["rotation"].crop, config.pretrain.steps
+        ('pancreas', ['rotation'], 32, 50)
     """
     values = load_toml(Path(path))
     for item in overrides:
@@ -175,6 +209,19 @@ def pretraining_curves(encoder_file: str | os.PathLike[str]) -> dict[str, list[t
     Returns:
         ``{"held_out_accuracy/<task>": [(step, value), ...], "loss/<task>": [...], ...}``;
         empty when there is no log.
+
+    Examples:
+        >>> _ = pretrain_encoder(
+        ...     [TaskEntry("rotation")], "densenet",
+        ...     {"growth_rate": 4, "block_config": [1, 1], "init_features": 8},
+        ...     p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
+        ...     train=p3.pretrainer.PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False,
+        ...                                        eval_every=1),
+        ...     output="encoder.pt", log=lambda line: None)
+        >>> curves = pretraining_curves("encoder.pt")
+        >>> sorted(curves), [step for step, _ in curves["held_out_accuracy/rotation"]]
+        (['accuracy/rotation', 'held_out_accuracy/rotation', 'held_out_loss/rotation', 'loss/rotation'],
+         [1, 2])
     """
     log = Path(f"{encoder_file}.run") / "metrics.jsonl"
     curves: dict[str, list[tuple[int, float]]] = {}
@@ -222,6 +269,26 @@ def run_reproduction(
     Raises:
         ValueError: a folder holding a reproduction of other settings, or what the
             Pretrainer or the runner refuse.
+
+    Examples:
+        See :class:`Reproduction` for a whole (tiny) run; from a config file:
+
+        >>> from pathlib import Path
+        >>> _ = Path("tiny.toml").write_text('''output_dir = "tiny-from-toml"
+        ... device = "cpu"
+        ... held_out = 4
+        ... data = { kind = "fundus-phantom", count = 24, size = 32 }
+        ... pretraining_data = { kind = "fundus-phantom", count = 8, size = 32 }
+        ... pretrain = { steps = 2, batch_size = 4, device = "cpu", progress = false }
+        ... grading = { growth_rate = 4, block_config = [1, 1], init_features = 8 }
+        ... [tasks.rotation]
+        ... [experiment]
+        ... fractions = [0.5, 1.0]
+        ... split_seeds = [0]
+        ... train = { epochs = 1, steps_per_epoch = 2 }''')
+        >>> folder = run_reproduction(load_reproduction("tiny.toml"), progress=False, log=lambda line: None)
+        >>> print(folder.joinpath("summary.md").read_text().splitlines()[0])
+        # ...
     """
     if config.threads is not None:
         torch.set_num_threads(config.threads)

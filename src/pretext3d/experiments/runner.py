@@ -66,7 +66,16 @@ EncoderFiles = str | os.PathLike[str] | None | Sequence[str | os.PathLike[str]]
 
 
 class Recipe(Protocol):
-    """What the runner needs of an experiment (see :mod:`pretext3d.experiments.recipes`)."""
+    """What the runner needs of an experiment (see :mod:`pretext3d.experiments.recipes`).
+
+    Examples:
+        The two recipes of the paper follow it:
+
+        >>> recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> model, encoder = recipe.build(in_channels=3, encoder_file=None)   # from scratch
+        >>> recipe.metric, model(torch.randn(2, 3, 32, 32)).shape
+        ('qwk', torch.Size([2, 5]))
+    """
 
     metric: str
     encoder: ClassVar[str]
@@ -125,6 +134,16 @@ class DataEfficiencyConfig:
             convergence rule).
         transductive: allow encoders pretrained on validation or test images (the paper's
             setting); recorded in every row. Default: refuse them.
+
+    Examples:
+        >>> config = DataEfficiencyConfig(
+        ...     train=p3.finetune.TrainConfig(epochs=50, freeze_encoder_epochs=5, early_stopping_patience=10),
+        ...     baseline_train=p3.finetune.TrainConfig(epochs=50, early_stopping_patience=10))
+        >>> config.fractions, config.split_seeds   # the paper's fractions, 5 split seeds
+        ((0.05, 0.1, 0.25, 0.5, 1.0), (0, 1, 2, 3, 4))
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. (the label fractions).
     """
 
     fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -188,7 +207,12 @@ class DataEfficiencyConfig:
 
 
 def run_name(method: str, split_seed: int, repetition: int, fraction: float, pretraining: int = 0) -> str:
-    """File stem of one run: ``{method}__p{pretraining}__s{split_seed}__r{repetition}__f{fraction}``."""
+    """File stem of one run: ``{method}__p{pretraining}__s{split_seed}__r{repetition}__f{fraction}``.
+
+    Examples:
+        >>> run_name("rotation", split_seed=0, repetition=1, fraction=0.05)
+        'rotation__p0__s0__r1__f0.05'
+    """
     return f"{method}__p{pretraining}__s{split_seed}__r{repetition}__f{fraction:g}"
 
 
@@ -207,6 +231,12 @@ def check_methods(
     Raises:
         ValueError: no method, a bad method name, an empty list, a missing file, or an encoder
             the recipe cannot load; the message names the method.
+
+    Examples:
+        >>> recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> check_methods(recipe, 3, {"scratch": None, "rotation": "missing.pt"})
+        Traceback (most recent call last):
+        ValueError: methods['rotation']: ...
     """
     encoders = _encoder_lists(methods)
     for name, files in encoders.items():
@@ -292,6 +322,22 @@ def run_data_efficiency(
         ValueError: mismatched inputs, a folder holding runs of other settings, data or
             software, or an encoder pretrained on validation/test cases (unless
             ``config.transductive``).
+
+    Examples:
+        >>> images, grades = p3.data.fundus_phantom_batch(24, size=32)   # SYNTHETIC
+        >>> recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> config = p3.experiments.DataEfficiencyConfig(
+        ...     fractions=(0.25, 1.0), split_seeds=(0,),
+        ...     train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4))
+        >>> # a rerun resumes: nothing finished is redone
+        >>> rows = run_data_efficiency(recipe, images, grades, {"scratch": None}, config, "grid",
+        ...                            synthetic=True, progress=False, log=lambda line: None)
+        >>> [(r["method"], r["fraction"], r["n_labelled"]) for r in rows], sorted(rows[0]["test"])
+        ([('scratch', 0.25, 4), ('scratch', 1.0, 14)], ['accuracy', 'qwk'])
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. (the data-efficiency
+          protocol, here with a fair baseline).
     """
     if len(images) != len(labels):
         raise ValueError(f"images and labels must have the same length, got {len(images)} and {len(labels)}")

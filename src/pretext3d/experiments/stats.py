@@ -35,6 +35,15 @@ class PairedComparison:
         high: upper end of the confidence interval (NaN likewise).
         p_value: two-sided paired t-test of mean zero (NaN likewise, or when all differences agree).
         wins: split seeds on which the method is ahead.
+
+    Examples:
+        >>> rows = [{"method": m, "fraction": 0.1, "split_seed": s, "repetition": 0, "pretraining_seed": 0,
+        ...          "test": {"qwk": q}}
+        ...         for m, scores in {"scratch": [0.50, 0.60, 0.55], "rotation": [0.58, 0.66, 0.57]}.items()
+        ...         for s, q in enumerate(scores)]   # rows as the runner writes them, 3 split seeds
+        >>> comparison = paired_differences(rows, "qwk")[0]
+        >>> comparison.method, comparison.wins, round(comparison.mean, 3), round(comparison.p_value, 3)
+        ('rotation', 3, 0.053, 0.094)
     """
 
     method: str
@@ -67,6 +76,15 @@ def paired_differences(
     Returns:
         One comparison per (method, fraction) with at least one pair, sorted by method
         (in order of appearance) and fraction. Pairs where either score is NaN are left out.
+
+    Examples:
+        >>> rows = [{"method": m, "fraction": 0.1, "split_seed": s, "repetition": 0, "pretraining_seed": 0,
+        ...          "test": {"qwk": q}}
+        ...         for m, scores in {"scratch": [0.50, 0.60, 0.55], "rotation": [0.58, 0.66, 0.57]}.items()
+        ...         for s, q in enumerate(scores)]   # rows as the runner writes them, 3 split seeds
+        >>> [(c.method, c.fraction, [round(d, 2) for d in c.differences])
+        ...  for c in paired_differences(rows, "qwk")]
+        [('rotation', 0.1, [0.08, 0.06, 0.02])]
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
@@ -114,9 +132,13 @@ def holm(p_values: Sequence[float]) -> list[float]:
     p-values keep the chance of any false positive at the nominal level. NaN stays NaN and
     does not count as a test.
 
-    Example:
+    Examples:
         >>> holm([0.01, 0.04, 0.03])   # each p-value adjusted for the three tests
         [0.03, 0.06, 0.06]
+
+    References:
+        - Holm, "A Simple Sequentially Rejective Multiple Test Procedure", Scandinavian Journal of Statistics
+          1979.
     """
     valid = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
     out = [math.nan] * len(p_values)

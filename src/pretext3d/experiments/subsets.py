@@ -25,7 +25,15 @@ __all__ = ["RunSeeds", "Split", "nested_subsets", "run_seeds", "split_cases"]
 
 @dataclass(frozen=True)
 class Split:
-    """Indices of the training pool, validation and test cases."""
+    """Indices of the training pool, validation and test cases.
+
+    Examples:
+        >>> split = split_cases(20, val_fraction=0.15, test_fraction=0.25, seed=0)
+        >>> len(split.train), len(split.val), len(split.test)
+        (12, 3, 5)
+        >>> sorted(split.train + split.val + split.test) == list(range(20))
+        True
+    """
 
     train: list[int]
     val: list[int]
@@ -53,7 +61,7 @@ def split_cases(
         seed: the split's seed.
         strata: one class label per case (e.g. the DR grade) to stratify by, or ``None``.
 
-    Example:
+    Examples:
         >>> split = split_cases(20, val_fraction=0.15, test_fraction=0.25, seed=0)
         >>> len(split.train), len(split.val), len(split.test)
         (12, 3, 5)
@@ -130,7 +138,7 @@ def nested_subsets(
         seed: the order's seed.
         strata: one class label per entry of ``pool`` to stratify the order by, or ``None``.
 
-    Example:
+    Examples:
         >>> subsets = nested_subsets(list(range(12)), (0.25, 0.5, 1.0), seed=0)
         >>> {f: len(s) for f, s in subsets.items()}, set(subsets[0.25]) <= set(subsets[0.5])
         ({0.25: 3, 0.5: 6, 1.0: 12}, True)
@@ -177,6 +185,12 @@ class RunSeeds:
         subset: the order of the training pool (which cases are labelled at each fraction).
         init: the weight initialisation of the parts not loaded from an encoder file.
         order: the batch order and augmentation.
+
+    Examples:
+        >>> seeds = run_seeds(split_seed=0, repetition=0)
+        >>> # the subset ignores train_seed
+        >>> seeds == run_seeds(0, 0), seeds.subset == run_seeds(0, 0, train_seed=1).subset
+        (True, True)
     """
 
     subset: int
@@ -190,6 +204,12 @@ def run_seeds(split_seed: int, repetition: int, train_seed: int = 0) -> RunSeeds
     The subset depends on the split and the repetition only; initialisation and batch
     order also on ``train_seed``. Every method of a (split, repetition) cell gets the same
     three seeds, so methods differ only in the encoder's starting weights.
+
+    Examples:
+        >>> run_seeds(0, 1)
+        RunSeeds(subset=3831201730, init=1501029259, order=3720552013)
+        >>> run_seeds(0, 1).init != run_seeds(0, 1, train_seed=1).init
+        True
     """
     if min(split_seed, repetition, train_seed) < 0:
         raise ValueError(

@@ -41,6 +41,15 @@ def gaussian_weights(
 
     Returns:
         ``(*size)`` weights in ``(0, 1]``, 1 at the centre (for odd edges).
+
+    Examples:
+        >>> w = gaussian_weights((5, 5))
+        >>> w.shape, float(w[2, 2]), bool(w[0, 0] < w[1, 1] < w[2, 2])
+        (torch.Size([5, 5]), 1.0, True)
+
+    References:
+        - Isensee et al., "nnU-Net", Nature Methods 2021 (the Gaussian importance of a window); as MONAI's
+        - ``sliding_window_inference(mode="gaussian")``.
     """
     check_positive("sigma_scale", sigma_scale)
     weights = torch.ones((), dtype=torch.float64)
@@ -58,6 +67,10 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
 
     Windows step by ``max(1, int(window * (1 - overlap)))`` from 0, and the last one ends
     exactly at ``size``, so every voxel is covered.
+
+    Examples:
+        >>> window_starts(100, window=48, overlap=0.5)   # the last window ends at 100
+        [0, 24, 48, 52]
     """
     if size <= window:
         return [0]
@@ -99,10 +112,14 @@ def sliding_window_inference(
     Returns:
         ``(N, K, *spatial)`` blended logits.
 
-    Example:
+    Examples:
         >>> net = lambda x: torch.cat([x, -x], 1)
         >>> sliding_window_inference(net, torch.ones(1, 1, 40, 40, 40), 32).shape
         torch.Size([1, 2, 40, 40, 40])
+
+    References:
+        - Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical image
+          segmentation", Nature Methods 2021.
     """
     if not isinstance(images, Tensor) or images.ndim < 3:
         raise ValueError(

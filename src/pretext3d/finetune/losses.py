@@ -26,6 +26,17 @@ class SoftDiceLoss(nn.Module):
 
     Shapes:
         ``logits (B, K, *spatial)``, ``target (B, *spatial)`` integer -> scalar.
+
+    Examples:
+        >>> target = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+        >>> target[0, :2] = 1
+        >>> perfect = torch.nn.functional.one_hot(target, 2).permute(0, 4, 1, 2, 3).float() * 20
+        >>> SoftDiceLoss(num_classes=2)(perfect, target).item() < 1e-6
+        True
+
+    References:
+        - Milletari et al., "V-Net: Fully Convolutional Neural Networks for Volumetric Medical Image
+          Segmentation", 3DV 2016.
     """
 
     def __init__(
@@ -79,10 +90,14 @@ class DiceCELoss(nn.Module):
         class_weights: weights of the Dice classes, as for :class:`SoftDiceLoss`.
         include_background: count class 0 in the Dice term.
 
-    Example:
+    Examples:
         >>> loss = DiceCELoss(num_classes=3)
         >>> loss(torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 8, 8, 8))).shape   # a scalar
         torch.Size([])
+
+    References:
+        - Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical image
+          segmentation", Nature Methods 2021.
     """
 
     def __init__(
@@ -109,18 +124,47 @@ def ordinal_encode(grades: Tensor, num_classes: int) -> Tensor:
 
     Returns:
         ``(N, num_classes - 1)`` float.
+
+    Examples:
+        >>> ordinal_encode(torch.tensor([0, 2, 4]), num_classes=5)
+        tensor([[0., 0., 0., 0.],
+                [1., 1., 0., 0.],
+                [1., 1., 1., 1.]])
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. (the DR grading's
+          encoding).
     """
     thresholds = torch.arange(1, num_classes, device=grades.device)
     return (grades[:, None] >= thresholds[None, :]).float()
 
 
 def ordinal_decode(logits: Tensor) -> Tensor:
-    """Grades from cumulative logits: the number of thresholds passed (sigmoid > 0.5)."""
+    """Grades from cumulative logits: the number of thresholds passed (sigmoid > 0.5).
+
+    Examples:
+        >>> ordinal_decode(torch.tensor([[3.0, 2.0, -1.0, -4.0], [-2.0, -3.0, -3.0, -5.0]]))
+        tensor([2, 0])
+        >>> grades = torch.tensor([0, 1, 4])
+        >>> torch.equal(ordinal_decode(ordinal_encode(grades, 5) * 20 - 10), grades)
+        True
+    """
     return (logits > 0).long().sum(1)
 
 
 class OrdinalLoss(nn.Module):
-    """Binary cross-entropy on the cumulative encoding (K - 1 outputs for K grades)."""
+    """Binary cross-entropy on the cumulative encoding (K - 1 outputs for K grades).
+
+    Examples:
+        >>> grades = torch.tensor([0, 3])
+        >>> logits = ordinal_encode(grades, 5) * 20 - 10   # confident and right
+        >>> OrdinalLoss(num_classes=5)(logits, grades).item() < 1e-4
+        True
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. (the DR grading's
+          encoding).
+    """
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()

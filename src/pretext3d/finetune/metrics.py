@@ -59,10 +59,13 @@ def dice_per_case(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
         ``(cases, num_classes - 1)`` float64: column ``c`` is class ``c + 1``; NaN where the
         target has no voxel of that class.
 
-    Example:
+    Examples:
         >>> pred, target = torch.tensor([[[0, 1], [2, 2]]]), torch.tensor([[[0, 1], [2, 0]]])
         >>> dice_per_case(pred, target, num_classes=3)   # (cases, foreground classes)
         tensor([[1.0000, 0.6667]], dtype=torch.float64)
+
+    References:
+        - Dice, "Measures of the Amount of Ecologic Association Between Species", Ecology 1945.
     """
     _check_maps(pred, target)
     p, t = pred.flatten(1), target.flatten(1)
@@ -76,6 +79,15 @@ def region_dice(
 
     Returns:
         ``{name: (cases,) float64}``.
+
+    Examples:
+        >>> target = torch.tensor([[0, 1, 1, 2]])   # background, pancreas, pancreas, tumour
+        >>> pred = torch.tensor([[0, 1, 2, 2]])
+        >>> {k: v.tolist() for k, v in region_dice(pred, target).items()}   # pancreas = labels 1 and 2
+        {'pancreas': [1.0], 'tumour': [0.6666666666666666]}
+
+    References:
+        - Dice, "Measures of the Amount of Ecologic Association Between Species", Ecology 1945.
     """
     _check_maps(pred, target)
     p, t = pred.flatten(1), target.flatten(1)
@@ -91,6 +103,18 @@ def pooled_mean_dice(pred: Tensor, target: Tensor, num_classes: int) -> float:
 
     All voxels of all cases are pooled and the per-class Dice averaged over every class,
     background included.
+
+    Examples:
+        >>> target = torch.tensor([[0, 0, 1, 2]])
+        >>> pooled_mean_dice(target, target, num_classes=3)
+        1.0
+        >>> # background alone
+        >>> round(pooled_mean_dice(torch.zeros(1, 4, dtype=torch.long), target, num_classes=3), 4)
+        0.2222
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. (the "Avg Dice" of its
+          Figure 3).
     """
     _check_maps(pred, target)
     p, t = pred.flatten(), target.flatten()
@@ -114,10 +138,14 @@ def quadratic_weighted_kappa(pred: Tensor, target: Tensor, num_classes: int) -> 
         target: ``(N,)`` integer grades.
         num_classes: number of grades.
 
-    Example:
+    Examples:
         >>> pred, target = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 1, 2, 3, 3])
         >>> round(quadratic_weighted_kappa(pred, target, num_classes=5), 4)
         0.9412
+
+    References:
+        - Cohen, "Weighted kappa: Nominal scale agreement with provision for scaled disagreement or partial
+          credit", Psychological Bulletin 1968.
     """
     if pred.shape != target.shape or pred.dim() != 1:
         raise ValueError(

@@ -50,6 +50,14 @@ class TrainConfig:
             still falls); counting patience from the start would stop it before it learns.
         seed: seeds the batch sampling (seed the weight initialisation before building
             the model; the data-efficiency runner does).
+
+    Examples:
+        >>> config = TrainConfig(epochs=50, lr=1e-4, freeze_encoder_epochs=5, early_stopping_patience=10)
+        >>> config.optimizer, config.batch_size
+        ('adam', 4)
+        >>> TrainConfig(epochs=0)
+        Traceback (most recent call last):
+        ValueError: epochs must be an int >= 1, got 0
     """
 
     epochs: int = 10
@@ -109,6 +117,24 @@ class Trainer:
         validate: ``validate(model) -> score`` (higher is better), run after every epoch.
         checkpoint: file to write after every epoch and resume from.
         device: where to train.
+
+    Examples:
+        Fine-tune a classifier on its encoder's pretrained weights, the encoder frozen for the first epoch:
+
+        >>> model = p3.models.DenseNet(2, in_channels=1, num_classes=2, growth_rate=4, block_config=(2,),
+        ...                            init_features=8)
+        >>> x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 2, (16,))
+        >>> def sample(generator):   # one training batch
+        ...     index = torch.randint(0, 16, (4,), generator=generator)
+        ...     return x[index], y[index]
+        >>> def validate(model):   # higher is better; the best epoch's weights are kept
+        ...     return float((model(x).argmax(1) == y).float().mean())
+        >>> config = TrainConfig(epochs=2, steps_per_epoch=3, freeze_encoder_epochs=1)
+        >>> trainer = Trainer(model, torch.nn.functional.cross_entropy, sample, config,
+        ...                   encoder=model.encoder, validate=validate, checkpoint="run.pt")
+        >>> history = trainer.fit()   # rerun with the same checkpoint: it resumes
+        >>> [h["encoder_frozen"] for h in history], sorted(history[0])
+        ([True, False], ['encoder_frozen', 'epoch', 'loss', 'seconds', 'val'])
     """
 
     def __init__(

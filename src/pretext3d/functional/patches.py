@@ -24,6 +24,10 @@ def cell_origins(cell_size: Sequence[int], grid: int, device: torch.device | Non
 
     Returns:
         ``LongTensor (grid**d, d)``: row ``c`` is the first voxel of cell ``c``.
+
+    Examples:
+        >>> cell_origins((4, 5), grid=2).tolist()   # cells of 4 x 5 pixels in a 2 x 2 grid, row-major
+        [[0, 0], [0, 5], [4, 0], [4, 5]]
     """
     axes = [torch.arange(grid, device=device) * size for size in cell_size]
     return torch.cartesian_prod(*axes).reshape(grid ** len(cell_size), len(cell_size))
@@ -47,6 +51,12 @@ def extract_patches(x: Tensor, starts: Tensor, patch_size: Sequence[int]) -> Ten
 
     Returns:
         ``(B, P, C, *patch_size)``, contiguous.
+
+    Examples:
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> patches = extract_patches(x, torch.tensor([[[0, 0], [2, 1]]]), patch_size=(2, 2))
+        >>> patches.shape, patches[0, 1, 0].tolist()   # the second patch starts at row 2, column 1
+        (torch.Size([1, 2, 1, 2, 2]), [[9.0, 10.0], [13.0, 14.0]])
     """
     batch, num = starts.shape[:2]
     strides = torch.tensor(x.stride(), device=starts.device)

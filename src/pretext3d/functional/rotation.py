@@ -39,6 +39,11 @@ def plane_rotation_matrix(spatial_dims: int, plane: tuple[int, int], quarter_tur
 
     Returns:
         ``LongTensor (spatial_dims, spatial_dims)``.
+
+    Examples:
+        >>> plane_rotation_matrix(2, (0, 1), 1)
+        tensor([[ 0, -1],
+                [ 1,  0]])
     """
     a, b = plane
     step = torch.eye(spatial_dims, dtype=torch.long)
@@ -58,6 +63,12 @@ def rotation_group(spatial_dims: int) -> Tensor:
     Returns:
         ``LongTensor (4 or 24, d, d)`` of signed permutation matrices with determinant 1,
         in lexicographic order of their entries after the identity.
+
+    Examples:
+        >>> rotation_group(2).shape, rotation_group(3).shape   # identity first
+        (torch.Size([4, 2, 2]), torch.Size([24, 3, 3]))
+        >>> bool((rotation_group(3)[0] == torch.eye(3, dtype=torch.long)).all())
+        True
     """
     mats = []
     for perm in itertools.permutations(range(spatial_dims)):
@@ -158,6 +169,13 @@ def apply_rotations(x: Tensor, labels: Tensor, matrices: Tensor) -> Tensor:
     Returns:
         ``(B, C, *spatial)`` rotated batch, new memory, contiguous. Differentiable: an input
         that requires grad takes a path without in-place ``out=`` kernels.
+
+    Examples:
+        >>> x = torch.randn(2, 1, 4, 4)
+        >>> quarter_turn = plane_rotation_matrix(2, (0, 1), 1)[None]   # one matrix: label 0
+        >>> turned = apply_rotations(x, torch.tensor([0, 0]), quarter_turn)
+        >>> torch.equal(turned, torch.rot90(x, 1, dims=(2, 3)))
+        True
     """
     if x.requires_grad and torch.is_grad_enabled():
         return _apply_differentiable(x, labels, matrices)

@@ -29,6 +29,15 @@ class Encoder(nn.Module, abc.ABC):
     ``"instance"`` or ``"group"``) and ``dropout``. Any ``nn.Module`` that maps
     ``(N, C, *spatial)`` to ``(N, F)`` or ``(N, F, *spatial)`` can be pretrained with
     :class:`~pretext3d.PretextModel`; this base is only what the library's own keep.
+
+    Examples:
+        >>> encoder = p3.models.UNetEncoder(spatial_dims=2, in_channels=1, widths=(8, 16))
+        >>> x = torch.randn(2, 1, 32, 32)
+        >>> encoder.forward_features(x).shape, encoder(x).shape, encoder.min_size
+        (torch.Size([2, 16, 16, 16]), torch.Size([2, 16]), 2)
+        >>> stages = encoder.forward_intermediates(x)   # finest first, for a U-Net decoder
+        >>> [f["num_chs"] for f in encoder.feature_info], [s.shape[1] for s in stages]
+        ([8, 16], [8, 16])
     """
 
     spatial_dims: int

@@ -39,7 +39,7 @@ class ConvEncoder(Encoder):
         ``(N, widths[-1], *ceil(spatial / 2**(len(widths) - 1)))``; ``forward``: pooled
         ``(N, widths[-1])``. Any spatial size >= 1 works (pooling rounds up).
 
-    Example:
+    Examples:
         >>> encoder = ConvEncoder(spatial_dims=3, widths=(8, 16, 32))
         >>> encoder(torch.randn(2, 1, 16, 16, 16)).shape
         torch.Size([2, 32])

@@ -117,10 +117,14 @@ class DenseNetEncoder(Encoder):
         ``forward_features``: -> ``(N, num_features, *spatial / 2**(blocks + 1))``; every
         spatial size must be at least ``2 ** (len(block_config) + 1)`` (32 for DenseNet-121).
 
-    Example:
+    Examples:
         >>> encoder = DenseNetEncoder(spatial_dims=2, in_channels=3)   # DenseNet-121's defaults
         >>> encoder.num_features, encoder(torch.randn(1, 3, 64, 64)).shape
         (1024, torch.Size([1, 1024]))
+
+    References:
+        - Huang et al., "Densely Connected Convolutional Networks", CVPR 2017.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(
@@ -258,6 +262,18 @@ class DenseNet(nn.Module):
 
     Shapes:
         ``(N, in_channels, *spatial)`` -> logits ``(N, num_classes)``.
+
+    Examples:
+        >>> model = DenseNet(spatial_dims=2, in_channels=3, num_classes=5)   # DenseNet-121, as torchvision's
+        >>> sum(p.numel() for p in model.parameters())
+        6958981
+        >>> small = DenseNet(2, 3, 5, growth_rate=12, block_config=(2, 2), init_features=16)
+        >>> small(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 5])
+
+    References:
+        - Huang et al., "Densely Connected Convolutional Networks", CVPR 2017.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020 (DR grading).
     """
 
     def __init__(
@@ -339,7 +355,7 @@ class DenseNet121(DenseNet):
         dropout: as for :class:`DenseNetEncoder`.
         checkpointing: as for :class:`DenseNetEncoder`.
 
-    Example:
+    Examples:
         >>> net = DenseNet121(spatial_dims=2, in_channels=3, num_classes=5)
         >>> net(torch.randn(1, 3, 64, 64)).shape, sum(p.numel() for p in net.parameters())
         (torch.Size([1, 5]), 6958981)

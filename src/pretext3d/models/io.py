@@ -33,7 +33,7 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
             registered name and config, so :func:`load_encoder` can rebuild it.
         path: file to write (``torch.save`` format), atomically.
 
-    Example:
+    Examples:
         >>> save_encoder(p3.models.UNetEncoder(3, widths=(8, 16)), "encoder.pt")
         >>> encoder_info("encoder.pt")["encoder"], type(load_encoder("encoder.pt")).__name__
         ('unet', 'UNetEncoder')
@@ -64,6 +64,12 @@ def encoder_info(path: str | PathLike[str]) -> dict[str, Any]:
         it; ``None`` for files of 0.1), ``encoder`` (the registered name, ``None`` if
         unregistered), ``class``, ``config`` (its constructor arguments, ``None`` if it has
         none) and ``parameters`` (the number of values in its state dict).
+
+    Examples:
+        >>> save_encoder(p3.models.UNetEncoder(3, widths=(8, 16)), "encoder.pt")
+        >>> info = encoder_info("encoder.pt")
+        >>> info["format"], info["encoder"], info["config"]["widths"]
+        ('pretext3d-encoder-v1', 'unet', (8, 16))
     """
     payload = _read(path)
     return {
@@ -77,7 +83,17 @@ def encoder_info(path: str | PathLike[str]) -> dict[str, Any]:
 
 
 def encoder_name(path: str | PathLike[str]) -> str | None:
-    """The registered name of the encoder saved in ``path`` (``"unet"``, ...), or ``None`` if unregistered."""
+    """The registered name of the encoder saved in ``path`` (``"unet"``, ...), or ``None`` if unregistered.
+
+    Examples:
+        >>> save_encoder(p3.models.DenseNetEncoder(2, 3, growth_rate=8, block_config=(2,)), "densenet.pt")
+        >>> encoder_name("densenet.pt")
+        'densenet'
+        >>> # any module can be saved; only registered ones are named
+        >>> save_encoder(torch.nn.Conv2d(3, 8, 3), "conv.pt")
+        >>> encoder_name("conv.pt") is None
+        True
+    """
     return _registered_name(_read(path))
 
 
@@ -95,6 +111,12 @@ def load_encoder(path: str | PathLike[str]) -> nn.Module:
     Raises:
         ValueError: the file holds an encoder that is not registered or has no config;
             build the module yourself and call :func:`load_encoder_weights`.
+
+    Examples:
+        >>> save_encoder(p3.models.UNetEncoder(2, widths=(8, 16)), "encoder.pt")
+        >>> encoder = load_encoder("encoder.pt")   # rebuilt from its name and config, weights loaded
+        >>> type(encoder).__name__, encoder.num_features
+        ('UNetEncoder', 16)
     """
     payload = _read(path)
     name = _registered_name(payload)
@@ -126,7 +148,7 @@ def load_encoder_weights(
     Raises:
         ValueError: when ``strict`` and keys are missing or left over, naming them.
 
-    Example:
+    Examples:
         >>> model = p3.PretextModel(p3.models.UNetEncoder(3, widths=(8, 16)), p3.tasks.Rotation(3))
         >>> unet = p3.models.UNet(3, 1, 3, widths=(8, 16))
         >>> load_encoder_weights(unet.encoder, model.state_dict())   # the keys under "encoder." are taken

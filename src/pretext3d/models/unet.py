@@ -92,12 +92,18 @@ class UNetEncoder(Encoder):
         ``forward_intermediates``: ``(N, C, *spatial)`` -> list of stage outputs, stage
         ``i`` of shape ``(N, widths[i], *spatial // 2**i)``.
 
-    Example:
+    Examples:
         >>> encoder = UNetEncoder(spatial_dims=3, in_channels=1)   # the paper's widths 16-256
         >>> encoder.num_features, sum(p.numel() for p in encoder.parameters())
         (256, 3535440)
         >>> encoder(torch.randn(2, 1, 32, 32, 32)).shape   # pooled features
         torch.Size([2, 256])
+
+    References:
+        - Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015.
+        - Çiçek et al., "3D U-Net: Learning Dense Volumetric Segmentation from Sparse Annotation", MICCAI
+          2016.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(
@@ -195,11 +201,17 @@ class UNet(nn.Module):
     Shapes:
         ``(N, in_channels, *spatial)`` -> ``(N, out_channels, *spatial)``.
 
-    Example:
+    Examples:
         >>> unet = UNet(3, in_channels=1, out_channels=3, widths=(8, 16, 32))
         >>> unet(torch.randn(1, 1, 32, 32, 32)).shape   # logits per voxel
         torch.Size([1, 3, 32, 32, 32])
         >>> pretrained = UNet.from_encoder(UNetEncoder(3, widths=(8, 16, 32)), out_channels=3)
+
+    References:
+        - Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015.
+        - Çiçek et al., "3D U-Net: Learning Dense Volumetric Segmentation from Sparse Annotation", MICCAI
+          2016.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(

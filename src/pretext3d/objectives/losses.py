@@ -31,12 +31,16 @@ class TripletMarginLoss(nn.Module):
     Shapes:
         ``embeddings (N, D)``, triplets three ``(T,)`` index tensors -> scalar.
 
-    Example:
+    Examples:
         >>> x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
         >>> embeddings = torch.nn.functional.normalize(x, dim=1)
         >>> triplets = p3.objectives.BatchHardMiner()(embeddings, torch.tensor([0, 0, 1, 1, 2, 2]))
         >>> round(TripletMarginLoss(margin=1.0)(embeddings, triplets).item(), 4)
         1.5219
+
+    References:
+        - Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and Clustering", CVPR 2015.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(self, margin: float = 1.0) -> None:
@@ -89,10 +93,14 @@ class InfoNCELoss(nn.Module):
         ``queries (Q, D)``, ``keys (K, D)`` with ``K >= Q`` (keys beyond ``Q`` are extra
         negatives) -> scalar.
 
-    Example:
+    Examples:
         >>> codes = torch.nn.functional.normalize(torch.eye(4, 8) + 0.01, dim=1)
         >>> InfoNCELoss(temperature=0.1)(codes, codes).item() < 1e-3   # each query finds its own key
         True
+
+    References:
+        - van den Oord et al., "Representation Learning with Contrastive Predictive Coding", arXiv:1807.03748,
+          2018.
     """
 
     def __init__(self, temperature: float = 0.1, *, gather: bool = False) -> None:
@@ -130,6 +138,15 @@ class BinaryCPCLoss(nn.Module):
 
     Shapes:
         ``queries (Q, D)``, ``keys (K, D)``, ``K >= max(Q, 2)`` -> scalar.
+
+    Examples:
+        >>> codes = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])   # each key is the other query's negative
+        >>> # positives score 10, negatives -10
+        >>> BinaryCPCLoss(temperature=0.1)(codes, codes, generator=0).item() < 1e-3
+        True
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(self, temperature: float = 0.1) -> None:

@@ -32,6 +32,19 @@ class CrossBatchMemory(nn.Module):
 
     Shapes:
         ``embeddings (B, D)``, ``labels (B,)`` -> scalar.
+
+    Examples:
+        >>> loss, miner = p3.objectives.TripletMarginLoss(), p3.objectives.BatchHardMiner()
+        >>> memory = CrossBatchMemory(loss, miner, embedding_dim=8, size=16)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> for step in range(3):   # instance ids stay unique across batches
+        ...     x = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)
+        ...     loss = memory(x, torch.tensor([0, 0, 1, 1]) + 2 * step)
+        >>> int(memory.filled)   # 12 embeddings remembered, the last batch mined against all of them
+        12
+
+    References:
+        - Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020.
     """
 
     memory: Tensor

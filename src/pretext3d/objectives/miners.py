@@ -50,7 +50,13 @@ Triplets = tuple[Tensor, Tensor, Tensor]
 
 
 def check_embeddings(embeddings: object, labels: object) -> tuple[Tensor, Tensor]:
-    """Validate ``(N, D)`` float embeddings and ``(N,)`` integer labels."""
+    """Validate ``(N, D)`` float embeddings and ``(N,)`` integer labels.
+
+    Examples:
+        >>> check_embeddings(torch.zeros(4, 8), torch.tensor([0, 0, 1]))
+        Traceback (most recent call last):
+        ValueError: embeddings and labels must have the same length, got 4 and 3
+    """
     if not isinstance(embeddings, Tensor) or not embeddings.is_floating_point():
         raise TypeError(
             f"embeddings must be a floating-point torch.Tensor (N, D), got {type(embeddings).__name__}"
@@ -77,6 +83,17 @@ class Miner(abc.ABC):
 
     Args:
         max_triplets: keep at most this many triplets, chosen at random (``None``: all).
+
+    Examples:
+        A miner that takes, for each positive pair, the first sample of another instance:
+
+        >>> class FirstNegativeMiner(Miner):
+        ...     def mine(self, dist, same, *, embedding_dim, generator):
+        ...         a, p = self.positive_pairs(same)
+        ...         return a, p, (~same[a]).float().argmax(dim=1)
+        >>> a, p, n = FirstNegativeMiner()(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]))
+        >>> a.tolist(), p.tolist(), n.tolist()
+        ([0, 1, 2, 3], [1, 0, 3, 2], [2, 2, 0, 0])
     """
 
     def __init__(self, max_triplets: int | None = None) -> None:
@@ -155,6 +172,12 @@ class RandomNegativeMiner(Miner):
 
     The protocol of the original exemplar code, done right: a sample is never its own
     negative, and an instance alone in the batch gives no triplet.
+
+    Examples:
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> a, p, n = RandomNegativeMiner()(torch.randn(6, 8), labels, generator=0)
+        >>> len(a), bool((labels[a] == labels[p]).all() and (labels[a] != labels[n]).all())
+        (6, True)
     """
 
     def mine(
@@ -171,12 +194,16 @@ class RandomNegativeMiner(Miner):
 class BatchHardMiner(Miner):
     """Per anchor, its farthest positive and its nearest negative (Hermans et al., 2017).
 
-    Example:
+    Examples:
         >>> x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
         >>> embeddings = torch.nn.functional.normalize(x, dim=1)
         >>> anchors, positives, negatives = BatchHardMiner()(embeddings, torch.tensor([0, 0, 1, 1, 2, 2]))
         >>> anchors.tolist(), positives.tolist()   # every sample, with the farthest one of its instance
         ([0, 1, 2, 3, 4, 5], [1, 0, 3, 2, 5, 4])
+
+    References:
+        - Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification", arXiv:1703.07737,
+          2017.
     """
 
     def mine(
@@ -202,6 +229,16 @@ class SemiHardMiner(Miner):
     Args:
         margin: the triplet margin, ``> 0``.
         max_triplets: as for :class:`Miner`.
+
+    Examples:
+        >>> embeddings = torch.tensor([[0.0], [0.1], [0.5], [3.0]])
+        >>> a, p, n = SemiHardMiner(margin=1.0)(embeddings, torch.tensor([0, 0, 1, 2]))
+        >>> # negatives farther than the positive, within the margin
+        >>> list(zip(a.tolist(), p.tolist(), n.tolist()))
+        [(0, 1, 2), (1, 0, 2)]
+
+    References:
+        - Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and Clustering", CVPR 2015.
     """
 
     def __init__(self, margin: float = 1.0, max_triplets: int | None = None) -> None:
@@ -236,6 +273,17 @@ class DistanceWeightedMiner(Miner):
         cutoff: lower clip of distances (0.5 in the paper).
         nonzero_loss_cutoff: largest distance a negative may have (1.4 in the paper).
         max_triplets: as for :class:`Miner`.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=1)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> a, p, n = DistanceWeightedMiner()(x, labels, generator=0)
+        >>> len(a), bool((labels[a] != labels[n]).all())
+        (8, True)
+
+    References:
+        - Wu et al., "Sampling Matters in Deep Embedding Learning", ICCV 2017.
     """
 
     def __init__(

@@ -57,6 +57,12 @@ class TaskParams:
 
     Subclasses are dataclasses whose fields are tensors ``(B, ...)``, nested
     :class:`TaskParams`, ``None`` or plain numbers.
+
+    Examples:
+        >>> task = p3.tasks.Rotation(spatial_dims=2)
+        >>> params = task.randomize(torch.randn(3, 1, 8, 8), generator=0)   # a RotationParams
+        >>> len(params), params.to("cpu").rotation.shape
+        (3, torch.Size([3]))
     """
 
     def __len__(self) -> int:
@@ -100,6 +106,20 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
             when views are ``(B, P, C, *patch)`` patches that one shared encoder sees
             separately.
         check_finite: reject NaN/inf input (costs one reduction over the batch).
+
+    Examples:
+        >>> task = p3.tasks.Rotation(spatial_dims=2)
+        >>> x = torch.randn(4, 1, 16, 16)
+        >>> views, targets = task(x, generator=0)
+        >>> same = task.apply_params(x, task.randomize(x, generator=0))   # the call in two steps
+        >>> torch.equal(views, same[0]) and torch.equal(targets, same[1])
+        True
+        >>> one_view, one_class = task.single(x[0], generator=0)   # one sample, as in a Dataset
+        >>> one_view.shape, one_class.dim()
+        (torch.Size([1, 16, 16]), 0)
+
+    References:
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     params_type: type[P]
@@ -210,6 +230,13 @@ class ClassificationTask(PretextTask[P, Tensor]):
 
     Attributes:
         num_classes: the number of pretext classes.
+
+    Examples:
+        >>> task = p3.tasks.Rotation(spatial_dims=2)
+        >>> views, targets = task(torch.randn(4, 1, 16, 16), generator=0)
+        >>> logits = torch.nn.functional.one_hot(targets, task.num_classes).float() * 10   # a perfect head
+        >>> float(task.accuracy(logits, targets)), float(task.loss(logits, targets)) < 1e-3
+        (1.0, True)
     """
 
     num_classes: int
@@ -251,6 +278,15 @@ class EmbeddingTask(PretextTask[P, Tensor]):
 
     Attributes:
         embedding_dim: size of the embeddings the default head produces.
+
+    Examples:
+        >>> task = p3.tasks.Exemplar(spatial_dims=2)
+        >>> views, ids = task(torch.randn(3, 1, 16, 16), generator=0)
+        >>> ids.tolist()   # two views per image: views with equal ids show the same image
+        [0, 1, 2, 0, 1, 2]
+        >>> # each view's nearest is its pair
+        >>> float(task.accuracy(torch.nn.functional.one_hot(ids).float(), ids))
+        1.0
     """
 
     embedding_dim: int
@@ -278,11 +314,25 @@ class PredictiveTask(PretextTask[P, None]):
 
     There are no external targets: the call returns ``(views, None)`` and the head's
     output carries both its predictions and what they should match.
+
+    Examples:
+        >>> task = p3.tasks.CPC(spatial_dims=2, grid=4, patch=8)
+        >>> views, targets = task(torch.randn(2, 1, 32, 32), generator=0)
+        >>> views.shape, targets   # no external targets
+        (torch.Size([2, 16, 1, 8, 8]), None)
     """
 
 
 def check_classes(classes: object, batch: int, num_classes: int, name: str) -> Tensor:
-    """Return ``classes`` as a ``LongTensor (batch,)`` of indices in ``[0, num_classes)``, else raise."""
+    """Return ``classes`` as a ``LongTensor (batch,)`` of indices in ``[0, num_classes)``, else raise.
+
+    Examples:
+        >>> check_classes(torch.tensor([0, 3]), batch=2, num_classes=4, name="rotation")
+        tensor([0, 3])
+        >>> check_classes(torch.tensor([0, 4]), batch=2, num_classes=4, name="rotation")
+        Traceback (most recent call last):
+        ValueError: rotation must lie in [0, 4), got values from 0 to 4
+    """
     if not isinstance(classes, torch.Tensor) or classes.is_floating_point() or classes.is_complex():
         raise TypeError(f"{name} must be an integer tensor of shape ({batch},), got {classes!r}")
     if classes.shape != (batch,):

@@ -32,6 +32,12 @@ class CPCParams(TaskParams):
         flips: ``BoolTensor (B, grid**d, d)``: flip the patch along each spatial axis.
         corners: ``LongTensor (B, grid**d, d)``: corner of the kept part, in ``[0, crop]``.
         crop: voxels cut from each patch per axis before it is zero-padded back (0: none).
+
+    Examples:
+        >>> task = CPC(spatial_dims=2, grid=4, patch=8)
+        >>> params = task.randomize(torch.randn(2, 1, 32, 32), generator=0)
+        >>> params.flips.shape, params.corners.shape   # per sample, per patch, per axis
+        (torch.Size([2, 16, 2]), torch.Size([2, 16, 2]))
     """
 
     flips: Tensor
@@ -81,11 +87,17 @@ class CPC(PredictiveTask[CPCParams]):
         ``None`` (what is predicted comes from the image itself); the head gives the
         ``(2, B, steps, grid - 1, grid, ..., code_dim)`` tensor that :meth:`loss` reads.
 
-    Example:
+    Examples:
         >>> task = CPC(spatial_dims=3, grid=4, patch=8)
         >>> views, targets = task(torch.randn(2, 1, 32, 32, 32), generator=0)
         >>> views.shape, targets   # the codes to predict come from the model, so there are no targets
         (torch.Size([2, 64, 1, 8, 8, 8]), None)
+
+    References:
+        - van den Oord et al., "Representation Learning with Contrastive Predictive Coding", arXiv:1807.03748,
+          2018.
+        - Hénaff et al., "Data-Efficient Image Recognition with Contrastive Predictive Coding", ICML 2020.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     params_type = CPCParams

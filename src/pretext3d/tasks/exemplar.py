@@ -37,6 +37,16 @@ class ExemplarParams(TaskParams):
         second: the augmentation of the second view (``"two_views"``; ``None`` otherwise).
         negative: ``LongTensor (B,)``: the other image that is each anchor's negative
             (``"original"``; ``None`` otherwise).
+
+    Examples:
+        >>> task = Exemplar(spatial_dims=2)
+        >>> x = torch.randn(3, 1, 16, 16)
+        >>> params = task.randomize(x, generator=0)
+        >>> params.instance_ids.tolist(), params.first.matrix.shape, params.negative is None
+        ([0, 1, 2], torch.Size([3, 2, 2]), True)
+        >>> views, ids = task.apply_params(x, params)   # no randomness left
+        >>> views.shape, ids.tolist()
+        (torch.Size([6, 1, 16, 16]), [0, 1, 2, 0, 1, 2])
     """
 
     instance_ids: Tensor
@@ -88,11 +98,16 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         ``"original"``), targets ``(2B,)`` (``(3B,)``); the head gives unit embeddings
         ``(2B, embedding_dim)``.
 
-    Example:
+    Examples:
         >>> task = Exemplar(spatial_dims=3)
         >>> views, targets = task(torch.randn(4, 1, 32, 32, 32), generator=0)
         >>> views.shape, targets.tolist()   # two augmented views per volume; targets: instance ids
         (torch.Size([8, 1, 32, 32, 32]), [0, 1, 2, 3, 0, 1, 2, 3])
+
+    References:
+        - Dosovitskiy et al., "Discriminative Unsupervised Feature Learning with Convolutional Neural
+          Networks", NeurIPS 2014.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     instance_counter: Tensor

@@ -27,6 +27,16 @@ class JigsawParams(TaskParams):
         permutation: ``LongTensor (B,)``: index into ``task.permutations`` (also the target).
         offsets: ``LongTensor (B, grid**d, d)``: each slot's patch offset inside its cell,
             in ``[0, jitter]``.
+
+    Examples:
+        >>> task = Jigsaw(spatial_dims=2, grid=2, num_permutations=4, jitter=0)
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> params = JigsawParams(torch.tensor([1]), offsets=torch.zeros(1, 4, 2, dtype=torch.long))
+        >>> views, targets = task.apply_params(x, params)
+        >>> # slot p shows cell permutations[1][p]; each cell's first pixel tells which one it is
+        >>> [int(v[0, 0, 0]) for v in views[0]] == [int(x.flatten()[8 * (c // 2) + 2 * (c % 2)])
+        ...                                          for c in task.permutations[1]]
+        True
     """
 
     permutation: Tensor
@@ -69,11 +79,16 @@ class Jigsaw(GridPatchTask[JigsawParams]):
         input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)``, targets ``(B,)``,
         where ``patch = spatial // grid - jitter``.
 
-    Example:
+    Examples:
         >>> task = Jigsaw(spatial_dims=3, grid=3, num_permutations=100, jitter=3)   # the paper's 3D jigsaw
         >>> views, targets = task(torch.randn(2, 1, 96, 96, 96), generator=0)
         >>> views.shape, targets.shape, task.num_classes   # 27 patches of 96 // 3 - 3 voxels
         (torch.Size([2, 27, 1, 29, 29, 29]), torch.Size([2]), 100)
+
+    References:
+        - Noroozi & Favaro, "Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles", ECCV
+          2016.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     permutations: Tensor

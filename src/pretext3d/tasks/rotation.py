@@ -25,6 +25,17 @@ class RotationParams(TaskParams):
 
     Attributes:
         rotation: ``LongTensor (B,)``: the rotation class of each sample (also its target).
+
+    Examples:
+        >>> task = Rotation(spatial_dims=3)
+        >>> x = torch.randn(2, 1, 8, 8, 8)
+        >>> # identity; 90 degrees about axis 1
+        >>> views, targets = task.apply_params(x, RotationParams(torch.tensor([0, 4])))
+        >>> targets.tolist(), torch.equal(views[0], x[0])
+        ([0, 4], True)
+        >>> undone, _ = task.apply_params(views, RotationParams(task.inverse_classes[targets]))
+        >>> torch.equal(undone, x)
+        True
     """
 
     rotation: Tensor
@@ -67,11 +78,15 @@ class Rotation(ClassificationTask[RotationParams]):
             centred coordinates ``v`` to ``matrices[k] @ v``.
         inverse_classes: ``LongTensor (num_classes,)``: the class that undoes class ``k``.
 
-    Example:
+    Examples:
         >>> task = Rotation(spatial_dims=3)
         >>> views, targets = task(torch.randn(2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(0))
         >>> views.shape, task.num_classes
         (torch.Size([2, 1, 8, 8, 8]), 10)
+
+    References:
+        - Gidaris et al., "Unsupervised Representation Learning by Predicting Image Rotations", ICLR 2018.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(

@@ -24,6 +24,15 @@ class RelativePatchLocationParams(TaskParams):
         location: ``LongTensor (B,)``: where the query cell lies (also the target).
         offsets: ``LongTensor (B, 2, d)``: the centre's and the query's patch offsets
             inside their cells, in ``[0, jitter]``.
+
+    Examples:
+        >>> task = RelativePatchLocation(spatial_dims=2, grid=3, jitter=0)
+        >>> x = torch.arange(81.0).reshape(1, 1, 9, 9)
+        >>> params = RelativePatchLocationParams(torch.tensor([0]), torch.zeros(1, 2, 2, dtype=torch.long))
+        >>> views, targets = task.apply_params(x, params)   # class 0: the top-left neighbour
+        >>> # corners of the centre and the query cell
+        >>> views[0, 0, 0, 0, 0].item(), views[0, 1, 0, 0, 0].item()
+        (30.0, 0.0)
     """
 
     location: Tensor
@@ -49,11 +58,15 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
         input ``(B, C, *spatial)`` -> views ``(B, 2, C, *patch)`` (slot 0 the centre,
         slot 1 the query), targets ``(B,)`` in ``[0, grid**d - 1)``.
 
-    Example:
+    Examples:
         >>> task = RelativePatchLocation(spatial_dims=2, grid=3, jitter=2)
         >>> views, targets = task(torch.randn(4, 3, 64, 64), generator=0)
         >>> views.shape, task.num_classes   # slot 0 the centre, slot 1 the query; 8 neighbours in 2D
         (torch.Size([4, 2, 3, 19, 19]), 8)
+
+    References:
+        - Doersch et al., "Unsupervised Visual Representation Learning by Context Prediction", ICCV 2015.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     params_type = RelativePatchLocationParams

@@ -39,6 +39,12 @@ class AugmentParams:
             zoom, composed in that order.
         brightness: ``(B,)`` added after contrast.
         contrast: ``(B,)`` factor about each sample's mean.
+
+    Examples:
+        >>> augmenter = ExemplarAugmenter(spatial_dims=2)
+        >>> params = augmenter.randomize(torch.randn(3, 1, 16, 16), generator=0)
+        >>> params.matrix.shape, params.brightness.shape, params.contrast.shape
+        (torch.Size([3, 2, 2]), torch.Size([3]), torch.Size([3]))
     """
 
     matrix: Tensor
@@ -94,10 +100,15 @@ class ExemplarAugmenter(nn.Module):
     Shapes:
         ``(B, C, *spatial)`` -> the same.
 
-    Example:
+    Examples:
         >>> augment = ExemplarAugmenter(spatial_dims=3)
         >>> augment(torch.randn(2, 1, 16, 16, 16), generator=0).shape   # one augmented view per volume
         torch.Size([2, 1, 16, 16, 16])
+
+    References:
+        - Dosovitskiy et al., "Discriminative Unsupervised Feature Learning with Convolutional Neural
+          Networks", NeurIPS 2014.
+        - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
     """
 
     def __init__(

@@ -24,7 +24,7 @@ def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | in
     """One uniformly placed crop of ``size`` per sample, in one gather.
 
     Rotation prediction on random sub-crops cannot lean on the body outline the way a
-    whole-volume task can (see ``docs/tasks.md``). Tensors on any device; for one array
+    whole-volume task can (see ``docs/tasks/rotation.md``). Tensors on any device; for one array
     in a ``Dataset`` see :func:`random_crop`.
 
     Args:
@@ -35,7 +35,7 @@ def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | in
     Returns:
         ``(B, C, *size)``, contiguous.
 
-    Example:
+    Examples:
         >>> random_crops(torch.randn(2, 1, 40, 40, 40), (32, 32, 32), generator=0).shape
         torch.Size([2, 1, 32, 32, 32])
     """
@@ -56,7 +56,16 @@ def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | in
 def random_crop(
     array: np.ndarray, size: Sequence[int], generator: torch.Generator | int | None = None
 ) -> np.ndarray:
-    """A uniformly placed crop of ``size`` from the last ``len(size)`` axes, zero-padded where too small."""
+    """A uniformly placed crop of ``size`` from the last ``len(size)`` axes, zero-padded where too small.
+
+    Examples:
+        >>> import numpy as np
+        >>> random_crop(np.ones((1, 10, 10)), (8, 8), generator=0).shape
+        (1, 8, 8)
+        >>> # zero-padded where too small: 4 x 8 ones
+        >>> int(random_crop(np.ones((1, 4, 10)), (8, 8), generator=0).sum())
+        32
+    """
     generator = as_generator(generator)
     if not len(size) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
         raise ValueError(f"size must be crop edges >= 1, got {tuple(size)}")
@@ -97,6 +106,18 @@ def foreground_crops(
 
     Returns:
         ``(B, C, size, size, size)`` and ``(B, size, size, size)``.
+
+    Examples:
+        >>> x, y = torch.randn(2, 1, 16, 16, 16), torch.zeros(2, 16, 16, 16, dtype=torch.long)
+        >>> y[:, 12:, 12:, 12:] = 1   # a small foreground corner
+        >>> g = torch.Generator().manual_seed(0)
+        >>> xc, yc = foreground_crops(x, y, size=8, oversampling=1.0, generator=g)
+        >>> xc.shape, bool((yc.flatten(1).amax(1) == 1).all())   # every crop holds foreground
+        (torch.Size([2, 1, 8, 8, 8]), True)
+
+    References:
+        - Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical image
+          segmentation", Nature Methods 2021.
     """
     shape = torch.tensor(y.shape[1:])
     if (shape < size).any():
