@@ -13,7 +13,7 @@ def test_import_pulls_no_optional_dependency() -> None:
     code = (
         "import sys, torch; before = set(sys.modules); import pretext3d; "
         "optional = ('nibabel', 'PIL', 'matplotlib', 'tqdm', 'pydicom', 'sklearn', 'monai', "
-        "'nilearn', 'skimage'); "
+        "'nilearn', 'skimage', 'pytorch_metric_learning', 'lightning', 'timm'); "
         "bad = [m for m in optional if m in sys.modules and m not in before]; "
         "print(bad); sys.exit(bool(bad))"
     )
@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "pretrainer": 5,
     "experiments": 6,
     "viz": 6,
+    "lightning": 6,
     "cli": 7,
 }
 SRC = Path(__file__).parent.parent / "src" / "pretext3d"

@@ -21,7 +21,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -169,8 +169,11 @@ class WeightedTask:
 class _Crops(Dataset[Tensor]):
     """Items of ``data`` (index ``epoch * N + i``), randomly cropped as a function of (seed, epoch, i)."""
 
-    def __init__(self, data: Dataset[Any], size: int, crop: int, spatial_dims: int, seed: int) -> None:
+    def __init__(
+        self, data: Dataset[Any], size: int, crop: int, spatial_dims: int, seed: int, image_key: str
+    ) -> None:
         self.data, self.size, self.crop, self.spatial_dims, self.seed = data, size, crop, spatial_dims, seed
+        self.image_key = image_key
 
     def __len__(self) -> int:
         return self.size
@@ -178,9 +181,15 @@ class _Crops(Dataset[Tensor]):
     def __getitem__(self, index: int) -> Tensor:
         epoch, i = divmod(index, self.size)
         item = self.data[i]
+        if isinstance(item, Mapping):  # a MONAI dataset's {"image": ..., ...}
+            if self.image_key not in item:
+                raise ValueError(
+                    f"the data set's item {i} is a dict without image_key={self.image_key!r} (its keys: "
+                    f"{sorted(item)}); pass Pretrainer(..., image_key=...)"
+                )
+            item = item[self.image_key]
         image = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(image, Tensor):
-            image = torch.as_tensor(np.asarray(image))
+        image = image.as_subclass(Tensor) if isinstance(image, Tensor) else torch.as_tensor(np.asarray(image))
         if image.dim() != self.spatial_dims + 1:
             raise ValueError(
                 f"the data set's item {i} has shape {tuple(image.shape)}; pretraining needs "
@@ -252,8 +261,10 @@ class Pretrainer:
             built before the pretrainer sees it: seed its initialisation yourself
             (``torch.manual_seed``) for a reproducible run.
         tasks: one task, or several (tasks or :class:`WeightedTask`) sharing the encoder.
-        data: unlabelled images; items ``(C, *spatial)`` tensors or arrays (or tuples whose
-            first element is one, e.g. a labelled data set's ``(image, label)``).
+        data: unlabelled images; items ``(C, *spatial)`` tensors or arrays, tuples whose
+            first element is one (a labelled data set's ``(image, label)``), or dicts holding
+            one under ``image_key`` (MONAI's ``Dataset``, ``CacheDataset``,
+            ``PersistentDataset``, a MONAI ``MetaTensor`` included).
         config: the settings.
         output: the encoder file to write (:func:`~pretext3d.models.save_encoder`), with its
             pretraining record beside it; the run folder ``<output>.run/`` holds the
@@ -261,6 +272,7 @@ class Pretrainer:
         held_out: images for the held-out pretext loss and accuracy.
         record: more fields for the pretraining record (e.g. a command's settings).
         log: where summary lines go.
+        image_key: the image's key in dict items.
 
     Examples:
         >>> scans = p3.data.PhantomImages("ct", count=8, size=32)   # or VolumeFolder("scans/", cache_dir=...)
@@ -284,8 +296,10 @@ class Pretrainer:
         held_out: Dataset[Any] | None = None,
         record: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
+        image_key: str = "image",
     ) -> None:
         self.config, self.log, self.extra_record = config, log, dict(record or {})
+        self.image_key = image_key
         self.entries = _weighted(tasks)
         dims = {e.task.spatial_dims for e in self.entries}
         if len(dims) != 1:
@@ -381,7 +395,7 @@ class Pretrainer:
     def _loader(
         self, data: Dataset[Any], first: int, count: int, seed: int, shuffle: bool
     ) -> DataLoader[Tensor]:
-        crops = _Crops(data, len(data), self.config.crop, self.spatial_dims, seed)  # type: ignore[arg-type]
+        crops = _Crops(data, len(data), self.config.crop, self.spatial_dims, seed, self.image_key)  # type: ignore[arg-type]
         batch = min(self.config.batch_size, len(crops))
         rank, world = (self.rank, self.world) if shuffle else (0, 1)  # held-out data is not split
         sampler = _Batches(len(crops), batch, seed, first, count, shuffle, rank, world)

@@ -4,12 +4,14 @@ Every encoder here keeps the contract of :class:`Encoder` (timm's ``forward_feat
 ``forward`` / ``num_features`` / ``feature_info``, plus ``forward_intermediates``,
 ``min_size`` and ``config``) and is registered by name in
 :data:`pretext3d.registry.ENCODERS`: ``"unet"``, ``"densenet"``, ``"conv"``.
+:class:`MultiScaleUNet` puts a U-Net decoder on any other encoder (timm, MONAI, your own).
 """
 
 from pretext3d.models.base import Encoder
 from pretext3d.models.conv import ConvEncoder
 from pretext3d.models.densenet import DenseNet, DenseNet121, DenseNetEncoder
 from pretext3d.models.io import encoder_info, encoder_name, load_encoder, load_encoder_weights, save_encoder
+from pretext3d.models.multiscale import MultiScaleUNet
 from pretext3d.models.unet import UNet, UNetEncoder
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "DenseNet121",
     "DenseNetEncoder",
     "Encoder",
+    "MultiScaleUNet",
     "UNet",
     "UNetEncoder",
     "encoder_info",

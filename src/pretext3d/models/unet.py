@@ -288,7 +288,10 @@ class UNet(nn.Module):
                 pretrained encoder untouched; ``False`` shares the module.
         """
         if not isinstance(encoder, UNetEncoder):
-            raise TypeError(f"encoder must be a UNetEncoder, got {type(encoder).__name__}")
+            raise TypeError(
+                f"UNet.from_encoder takes a UNetEncoder, got {type(encoder).__name__}; for any other encoder "
+                "(timm, MONAI, your own) use pretext3d.models.MultiScaleUNet(encoder, out_channels)"
+            )
         unet = cls.__new__(cls)
         nn.Module.__init__(unet)
         unet._build(copy.deepcopy(encoder) if copy_encoder else encoder, out_channels, upsample)

@@ -12,6 +12,7 @@ from pretext3d.objectives.miners import (
     Triplets,
     check_embeddings,
 )
+from pretext3d.objectives.pml import PMLLoss, PMLMiner
 
 __all__ = [
     "BatchHardMiner",
@@ -20,6 +21,8 @@ __all__ = [
     "DistanceWeightedMiner",
     "InfoNCELoss",
     "Miner",
+    "PMLLoss",
+    "PMLMiner",
     "RandomNegativeMiner",
     "SemiHardMiner",
     "TripletMarginLoss",

@@ -47,8 +47,12 @@ class TripletMarginLoss(nn.Module):
         super().__init__()
         self.margin = check_positive("margin", margin)
 
-    def forward(self, embeddings: Tensor, triplets: Triplets) -> Tensor:
-        """The loss of ``triplets`` (anchor, positive, negative indices into ``embeddings``)."""
+    def forward(self, embeddings: Tensor, triplets: Triplets, labels: Tensor | None = None) -> Tensor:
+        """The loss of ``triplets`` (anchor, positive, negative indices into ``embeddings``).
+
+        ``labels`` is part of the task-loss interface (a :class:`~pretext3d.objectives.PMLLoss`
+        needs them); the triplets alone define this loss.
+        """
         if embeddings.dim() != 2:
             raise ValueError(f"embeddings must have shape (N, D), got {tuple(embeddings.shape)}")
         a, p, n = triplets

@@ -76,7 +76,7 @@ class CrossBatchMemory(nn.Module):
         every = torch.cat([embeddings, stored[0].to(embeddings.dtype)])
         every_labels = torch.cat([labels, stored[1]])
         triplets = self.miner(every, every_labels, num_anchors=len(embeddings), generator=generator)
-        loss: Tensor = self.loss(every, triplets)
+        loss: Tensor = self.loss(every, triplets, every_labels)
         if self.training:
             self._enqueue(embeddings.detach(), labels)
         return loss

@@ -4,6 +4,7 @@ Three kinds (see :mod:`pretext3d.tasks.base`): classification (:class:`Rotation`
 :class:`Jigsaw`, :class:`RelativePatchLocation`), embedding (:class:`Exemplar`) and
 predictive (:class:`CPC`). Each draws its parameters with ``randomize`` and builds its
 views with ``apply_params``; its parameter type is exported beside it.
+:class:`PretextViewsd` runs a task inside a MONAI dictionary pipeline.
 """
 
 from pretext3d.tasks.base import (
@@ -15,6 +16,7 @@ from pretext3d.tasks.base import (
     check_classes,
 )
 from pretext3d.tasks.cpc import CPC, CPCParams
+from pretext3d.tasks.dictionary import PretextViewsd
 from pretext3d.tasks.exemplar import Exemplar, ExemplarParams
 from pretext3d.tasks.jigsaw import Jigsaw, JigsawParams
 from pretext3d.tasks.rotation import Rotation, RotationParams
@@ -31,6 +33,7 @@ __all__ = [
     "JigsawParams",
     "PredictiveTask",
     "PretextTask",
+    "PretextViewsd",
     "RelativePatchLocation",
     "RelativePatchLocationParams",
     "Rotation",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int
 from pretext3d._random import as_generator, randint
@@ -85,6 +85,9 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         protocol: ``"two_views"`` or ``"original"``.
         miner: default :class:`~pretext3d.objectives.BatchHardMiner`.
         margin: of the triplet loss (1 in the paper).
+        loss: another loss, called as ``loss(embeddings, triplets, instance_ids)``, e.g. a
+            pytorch-metric-learning loss in :class:`~pretext3d.objectives.PMLLoss`;
+            default :class:`~pretext3d.objectives.TripletMarginLoss` with ``margin``.
         embedding_dim: output size of the projection head.
         memory_size: embeddings kept by a cross-batch memory (0: none).
         gather: gather embeddings across ranks before mining.
@@ -121,6 +124,7 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         protocol: Literal["two_views", "original"] = "two_views",
         miner: Miner | None = None,
         margin: float = 1.0,
+        loss: nn.Module | None = None,
         embedding_dim: int = 128,
         memory_size: int = 0,
         gather: bool = False,
@@ -141,9 +145,21 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
                 "gather do not apply; use protocol='two_views' to mine"
             )
         if miner is not None and not isinstance(miner, Miner):
-            raise TypeError(f"miner must be a pretext3d Miner, got {type(miner).__name__}")
+            raise TypeError(
+                f"miner must be a pretext3d Miner, got {type(miner).__name__}; wrap a pytorch-metric-learning"
+                " miner in pretext3d.objectives.PMLMiner"
+            )
         self.miner: Miner = miner if miner is not None else BatchHardMiner()
-        self.triplet_loss = TripletMarginLoss(margin)
+        if loss is not None and margin != 1.0:
+            raise ValueError(
+                "margin sets the default triplet loss; with loss=... set the margin in that loss"
+            )
+        if loss is not None and not isinstance(loss, nn.Module):
+            raise TypeError(
+                f"loss must be an nn.Module called as loss(embeddings, triplets, labels), got "
+                f"{type(loss).__name__}; wrap a pytorch-metric-learning loss in pretext3d.objectives.PMLLoss"
+            )
+        self.triplet_loss = loss if loss is not None else TripletMarginLoss(margin)
         self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
         check_int("memory_size", memory_size, 0)
         self.memory = (
@@ -218,7 +234,7 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
     def loss(
         self, output: Tensor, targets: Tensor, *, generator: torch.Generator | int | None = None
     ) -> Tensor:
-        """Triplet margin loss of the embeddings ``output (N, D)`` with instance ids ``targets (N,)``.
+        """The task's loss (triplet margin by default) of embeddings ``output (N, D)``, ids ``targets (N,)``.
 
         Args:
             output: the head's embeddings.
@@ -232,7 +248,7 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         if self.memory is not None and self.training:
             loss: Tensor = self.memory(output, targets, generator=generator)
             return loss
-        loss = self.triplet_loss(output, self.triplets(output, targets, generator))
+        loss = self.triplet_loss(output, self.triplets(output, targets, generator), targets)
         return loss
 
     def extra_repr(self) -> str:

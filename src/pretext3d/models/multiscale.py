@@ -1,0 +1,263 @@
+"""A U-Net decoder over any encoder that gives feature maps at several scales.
+
+Fine-tune what you pretrained, whatever it is: a pretext3d encoder, a timm model
+(``features_only=True`` or any model with ``forward_intermediates``), a MONAI encoder
+(``ResNetFeatures``, the encoders of ``FlexibleUNet``, a ``resnet10`` whose stages you name),
+or any ``nn.Module`` whose intermediate outputs you name.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretext3d._checks import check_choice, check_int, check_spatial_dims
+from pretext3d.models import _layers as L
+from pretext3d.models.base import Encoder
+from pretext3d.models.unet import _DoubleConv
+
+__all__ = ["MultiScaleUNet"]
+
+
+def _first_conv(module: nn.Module) -> nn.Conv2d | nn.Conv3d | None:
+    return next((m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
+
+
+def _maps(value: object) -> list[Tensor] | None:
+    """``value`` as a list of feature maps, or ``None`` if it is not a list or tuple of tensors."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Tensor) for v in value):
+        return list(value)
+    return None
+
+
+class MultiScaleUNet(nn.Module):
+    """A U-Net decoder over the multi-scale features of any (pretrained) encoder.
+
+    The encoder's feature maps are found once, on a probe input of zeros, in this order:
+
+    1. ``stages`` given: the outputs of those submodules (by their ``named_modules`` names),
+       captured with forward hooks while the encoder runs; any ``nn.Module`` works this way
+       (MONAI's ``resnet10``: ``["act", "layer1", "layer2", "layer3", "layer4"]``);
+    2. a pretext3d encoder: its ``forward_intermediates``;
+    3. a model with timm's ``forward_intermediates(x, intermediates_only=True)``;
+    4. a ``forward`` (or ``forward_features``) that returns a list or tuple of feature maps
+       (timm's ``features_only=True``, MONAI's ``ResNetFeatures`` and ``FlexibleUNet`` encoders).
+
+    Maps are ordered finest first (at equal resolution the later one is kept). Each decoder
+    stage upsamples the coarser result to the skip's exact size (linear interpolation, so
+    no size rule beyond the encoder's own), concatenates the skip and applies a double
+    convolution; if the finest map is coarser than the input, a last stage at full
+    resolution follows; a 1x1 convolution gives the logits.
+
+    Args:
+        encoder: the encoder (e.g. ``pretext_model.encoder``).
+        out_channels: output classes (logits).
+        stages: names of submodules whose outputs are the skip features (see above).
+        spatial_dims: 2 or 3; default that of the encoder's first convolution.
+        in_channels: input channels; default those of the encoder's first convolution.
+        decoder_widths: channels of each decoder stage, finest first, one per feature map
+            except the deepest; default each skip's channels, at most 256.
+        norm: normalisation of the decoder (``"batch"``, ``"instance"``, ``"group"``).
+        probe_size: spatial size of the probe input (large enough for the encoder).
+        copy_encoder: use a deep copy (default), so that fine-tuning leaves the pretrained
+            encoder untouched; ``False`` shares the module.
+
+    Attributes:
+        source: how the features are read (``"stages"``, ``"forward_intermediates"``,
+            ``"forward"`` or ``"forward_features"``).
+        feature_channels: channels of the feature maps used, finest first.
+        feature_reductions: their downsampling factors on the probe (input size / map size).
+
+    Shapes:
+        ``(N, in_channels, *spatial)`` -> ``(N, out_channels, *spatial)``.
+
+    Examples:
+        >>> from monai.networks.nets import resnet10
+        >>> encoder = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False)  # e.g. pretrained
+        >>> stages = ["act", "layer1", "layer2", "layer3", "layer4"]   # after the stem, then each stage
+        >>> unet = MultiScaleUNet(encoder, out_channels=3, stages=stages)
+        >>> unet.feature_channels, unet.feature_reductions
+        ([64, 64, 128, 256, 512], [1, 2, 4, 8, 16])
+        >>> unet(torch.randn(1, 1, 32, 32, 32)).shape
+        torch.Size([1, 3, 32, 32, 32])
+
+    References:
+        - Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image Segmentation",
+          MICCAI 2015.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        out_channels: int,
+        *,
+        stages: Sequence[str] | None = None,
+        spatial_dims: int | None = None,
+        in_channels: int | None = None,
+        decoder_widths: Sequence[int] | None = None,
+        norm: L.Norm = "batch",
+        probe_size: int = 64,
+        copy_encoder: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
+        check_int("out_channels", out_channels, 1)
+        check_choice("norm", norm, ("batch", "instance", "group"))
+        check_int("probe_size", probe_size, 1)
+        self.encoder = copy.deepcopy(encoder) if copy_encoder else encoder
+        conv = _first_conv(self.encoder)
+        if spatial_dims is None:
+            spatial_dims = getattr(self.encoder, "spatial_dims", None) or (
+                3 if isinstance(conv, nn.Conv3d) else 2 if conv is not None else None
+            )
+            if spatial_dims is None:
+                raise ValueError(
+                    "the encoder has no convolution to read spatial_dims from; pass spatial_dims"
+                )
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        if in_channels is None:
+            in_channels = getattr(self.encoder, "in_channels", None) or (conv.in_channels if conv else None)
+            if in_channels is None:
+                raise ValueError("the encoder has no convolution to read in_channels from; pass in_channels")
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self._captured: list[Tensor] = []
+        self._stage_names = list(stages) if stages is not None else None
+        if self._stage_names is not None:
+            self._hook_stages(self._stage_names)
+        maps, self.source = self._probe(probe_size)
+        shapes = [tuple(m.shape[2:]) for m in maps]
+        self._keep = self._finest_first(shapes)
+        kept = [maps[i] for i in self._keep]
+        self.feature_channels = [int(m.shape[1]) for m in kept]
+        self.feature_reductions = [max(1, round(probe_size / m.shape[2])) for m in kept]
+        if decoder_widths is None:
+            decoder_widths = [min(c, 256) for c in self.feature_channels[:-1]] or [
+                min(self.feature_channels[0], 256)
+            ]
+        widths = [check_int(f"decoder_widths[{i}]", w, 1) for i, w in enumerate(decoder_widths)]
+        if len(widths) != max(1, len(kept) - 1):
+            raise ValueError(
+                f"decoder_widths must give {max(1, len(kept) - 1)} widths (one per feature map but the "
+                f"deepest, finest first), got {len(widths)}"
+            )
+        d = self.spatial_dims
+        self.stages = nn.ModuleList()
+        below = self.feature_channels[-1]
+        for level in range(len(kept) - 2, -1, -1):  # from the second-deepest map up to the finest
+            self.stages.insert(
+                0, _DoubleConv(d, below + self.feature_channels[level], widths[level], norm, 0.0)
+            )
+            below = widths[level]
+        self.full_resolution = self.feature_reductions[0] > 1
+        self.final = _DoubleConv(d, below, widths[0], norm, 0.0) if self.full_resolution else nn.Identity()
+        self.head = L.conv(d)(widths[0] if self.full_resolution else below, out_channels, 1)
+        self.out_channels = out_channels
+
+    # --- where the features come from -----------------------------------------------------
+
+    def _hook_stages(self, names: list[str]) -> None:
+        modules = dict(self.encoder.named_modules())
+        unknown = [n for n in names if n not in modules]
+        if unknown or not names:
+            children = [n for n, _ in self.encoder.named_children()]
+            raise ValueError(
+                f"stages must name submodules of the encoder, got {unknown or names}; its top-level "
+                f"modules are {children} (any name of encoder.named_modules() works)"
+            )
+
+        def capture(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, Tensor):
+                self._captured.append(output)
+
+        for name in names:
+            modules[name].register_forward_hook(capture)
+
+    def _read(self, x: Tensor, source: str) -> list[Tensor]:
+        if source == "stages":
+            self._captured = []
+            try:
+                self.encoder(x)
+                return self._captured
+            finally:
+                self._captured = []
+        if source == "forward_intermediates":
+            method: Callable[..., Any] = getattr(self.encoder, source)
+            out = method(x) if isinstance(self.encoder, Encoder) else method(x, intermediates_only=True)
+        elif source == "forward_features":
+            out = getattr(self.encoder, source)(x)
+        else:
+            out = self.encoder(x)
+        maps = _maps(out)
+        if maps is None:
+            raise ValueError(f"encoder.{source} returned {type(out).__name__}, not a list of feature maps")
+        return maps
+
+    def _probe(self, size: int) -> tuple[list[Tensor], str]:
+        conv = _first_conv(self.encoder)
+        device = conv.weight.device if conv is not None else torch.device("cpu")
+        x = torch.zeros(1, self.in_channels, *[size] * self.spatial_dims, device=device)
+        if self._stage_names is not None:
+            candidates = ["stages"]
+        else:
+            candidates = ["forward"]
+            for name, position in (("forward_intermediates", 0), ("forward_features", 1)):
+                if callable(getattr(self.encoder, name, None)):
+                    candidates.insert(position, name)
+        mode = self.encoder.training
+        self.encoder.eval()
+        errors = []
+        try:
+            with torch.no_grad():
+                for source in candidates:
+                    try:
+                        maps = self._read(x, source)
+                    except Exception as err:  # a candidate that does not apply: try the next
+                        errors.append(f"{source}: {type(err).__name__}: {str(err)[:120]}")
+                        continue
+                    if source == "stages" and len(maps) != len(self._stage_names or []):
+                        errors.append(
+                            f"stages gave {len(maps)} outputs for {len(self._stage_names or [])} names"
+                        )
+                        continue
+                    if all(m.dim() == 2 + self.spatial_dims for m in maps):
+                        return maps, source
+                    errors.append(f"{source}: not maps of {self.spatial_dims} spatial axes")
+        finally:
+            self.encoder.train(mode)
+        children = [n for n, _ in self.encoder.named_children()]
+        raise ValueError(
+            f"cannot find multi-scale features of {type(self.encoder).__name__} on a probe of size {size} "
+            f"({'; '.join(errors)}). Pass stages=[...] naming the submodules whose outputs are the skip "
+            f"features (its top-level modules: {children}), or a larger probe_size"
+        )
+
+    @staticmethod
+    def _finest_first(shapes: list[tuple[int, ...]]) -> list[int]:
+        """Indices of the maps to use, finest first; at equal resolution the later (deeper) one."""
+        by_size: dict[tuple[int, ...], int] = {}
+        for i, shape in enumerate(shapes):
+            by_size[shape] = i
+        return sorted(by_size.values(), key=lambda i: -torch.tensor(shapes[i]).prod().item())
+
+    # --- forward ---------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, out_channels, *spatial)``."""
+        L.check_input(x, self.spatial_dims, self.in_channels, 1, "any size the encoder takes")
+        maps = self._read(x, self.source)
+        maps = [maps[i] for i in self._keep]
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        y = maps[-1]
+        for stage, skip in zip(reversed(self.stages), maps[-2::-1], strict=True):
+            y = F.interpolate(y, size=skip.shape[2:], mode=mode, align_corners=False)
+            y = stage(torch.cat([y, skip], dim=1))
+        if self.full_resolution:
+            y = self.final(F.interpolate(y, size=x.shape[2:], mode=mode, align_corners=False))
+        out: Tensor = self.head(y)
+        return out

@@ -1,0 +1,82 @@
+"""MultiScaleUNet: a U-Net decoder over the multi-scale features of any encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pretext3d as p3
+from pretext3d.models import MultiScaleUNet
+
+
+def _stack(d: int) -> nn.Sequential:
+    """A plain encoder whose first convolution halves the resolution (the decoder must add a stage)."""
+    conv, pool = (nn.Conv2d, nn.MaxPool2d) if d == 2 else (nn.Conv3d, nn.MaxPool3d)
+    return nn.Sequential(
+        conv(1, 8, 3, stride=2, padding=1), nn.ReLU(),  # "1": 1/2
+        pool(2), conv(8, 16, 3, padding=1), nn.ReLU(),  # "4": 1/4
+        pool(2), conv(16, 32, 3, padding=1), nn.ReLU(),  # "7": 1/8
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_library_encoder_gives_its_stages_and_trains_end_to_end(spatial_dims: int) -> None:
+    encoder = p3.models.UNetEncoder(spatial_dims, widths=(8, 16, 32))
+    unet = MultiScaleUNet(encoder, out_channels=3)
+    assert unet.source == "forward_intermediates"
+    assert unet.feature_channels == [8, 16, 32] and unet.feature_reductions == [1, 2, 4]
+    assert not unet.full_resolution  # the finest map is at full resolution already
+    # a copy by default: the pretrained encoder is left as it was; copy_encoder=False shares it
+    assert unet.encoder is not encoder
+    for a, b in zip(unet.encoder.state_dict().values(), encoder.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert MultiScaleUNet(encoder, 3, copy_encoder=False).encoder is encoder
+    x = torch.randn(2, 1, *[16] * spatial_dims)
+    out = unet(x)
+    assert out.shape == (2, 3, *[16] * spatial_dims)
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in unet.encoder.parameters())
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_named_stages_of_any_module_are_hooked(spatial_dims: int) -> None:
+    unet = MultiScaleUNet(_stack(spatial_dims), out_channels=2, stages=["1", "4", "7"])
+    assert unet.source == "stages" and unet.spatial_dims == spatial_dims and unet.in_channels == 1
+    assert unet.feature_channels == [8, 16, 32] and unet.feature_reductions == [2, 4, 8]
+    assert unet.full_resolution  # the finest map is at 1/2: a last stage at full resolution
+    x = torch.randn(1, 1, *[24] * spatial_dims)  # not a power of two: skips are matched by size
+    assert unet(x).shape == (1, 2, *[24] * spatial_dims)
+    assert unet._captured == []  # nothing kept between calls
+
+
+def test_a_forward_that_returns_feature_maps_is_used() -> None:
+    from monai.networks.nets import ResNetFeatures
+
+    encoder = ResNetFeatures("resnet10", pretrained=False, spatial_dims=3, in_channels=1)
+    unet = MultiScaleUNet(encoder, out_channels=3)
+    assert unet.source == "forward"
+    assert unet.feature_channels == [64, 64, 128, 256, 512] and unet.feature_reductions == [2, 4, 8, 16, 32]
+    assert unet(torch.randn(2, 1, 64, 64, 64)).shape == (2, 3, 64, 64, 64)
+
+
+def test_maps_of_equal_resolution_keep_the_deeper_one() -> None:
+    unet = MultiScaleUNet(_stack(2), out_channels=2, stages=["0", "1", "4"])  # conv and its ReLU: same size
+    assert unet.feature_channels == [8, 16] and unet._keep == [1, 2]
+
+
+def test_what_cannot_work_is_refused_with_what_to_do() -> None:
+    pooled = nn.Sequential(nn.Conv2d(1, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match=r"Pass stages=\[\.\.\.\].*top-level modules: \['0', '1', '2'\]"):
+        MultiScaleUNet(pooled, out_channels=2)
+    with pytest.raises(ValueError, match=r"stages must name submodules.*\['layer9'\]"):
+        MultiScaleUNet(_stack(2), out_channels=2, stages=["layer9"])
+    with pytest.raises(ValueError, match="decoder_widths must give 2 widths"):
+        MultiScaleUNet(_stack(2), out_channels=2, stages=["1", "4", "7"], decoder_widths=[8])
+    with pytest.raises(TypeError, match="encoder must be an nn.Module"):
+        MultiScaleUNet(lambda x: x, out_channels=2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="use pretext3d.models.MultiScaleUNet"):
+        p3.models.UNet.from_encoder(_stack(3), out_channels=2)  # type: ignore[arg-type]
+    unet = MultiScaleUNet(_stack(2), out_channels=2, stages=["1", "4", "7"])
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, \*spatial\) with 2 spatial axes"):
+        unet(torch.randn(1, 3, 16, 16))
