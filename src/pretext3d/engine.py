@@ -15,7 +15,7 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from pretext3d._atomic import atomic_path
 from pretext3d._checks import check_choice, check_device
 
 __all__ = [
+    "Callback",
     "MetricsLog",
     "NonFiniteLossError",
     "Precision",
@@ -45,6 +46,13 @@ __all__ = [
 ]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+#: A hook both training loops call with every metric row they produce: the Pretrainer with each
+#: logged row (``step``, ``loss/<task>``, ``accuracy/<task>``, ``lr``, ...) and each held-out
+#: evaluation (``held_out_loss/<task>``, ...), the fine-tuning Trainer with each epoch's record
+#: (``epoch``, ``loss``, ``val``, ``encoder_frozen``, ``seconds``). Log to any tracker, print,
+#: or raise to stop the run.
+Callback = Callable[[Mapping[str, Any]], None]
 
 
 def process_group() -> tuple[int, int, bool]:

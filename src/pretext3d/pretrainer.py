@@ -273,6 +273,8 @@ class Pretrainer:
         record: more fields for the pretraining record (e.g. a command's settings).
         log: where summary lines go.
         image_key: the image's key in dict items.
+        callbacks: called with every metric row, on the main process (see
+            :data:`pretext3d.engine.Callback`): to log to any tracker, or to stop by raising.
 
     Examples:
         >>> scans = p3.data.PhantomImages("ct", count=8, size=32)   # or VolumeFolder("scans/", cache_dir=...)
@@ -297,9 +299,10 @@ class Pretrainer:
         record: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         image_key: str = "image",
+        callbacks: Sequence[engine.Callback] = (),
     ) -> None:
         self.config, self.log, self.extra_record = config, log, dict(record or {})
-        self.image_key = image_key
+        self.image_key, self.callbacks = image_key, list(callbacks)
         self.entries = _weighted(tasks)
         dims = {e.task.spatial_dims for e in self.entries}
         if len(dims) != 1:
@@ -555,7 +558,7 @@ class Pretrainer:
                     row.update(images_per_s=seen / max(busy, 1e-9), data_wait=wait / max(busy, 1e-9))
                     row = self._mean_over_ranks(row)
                     if self.main:
-                        self.metrics.log(row)
+                        self._emit(row)
                     if self.main and busy and wait / busy > 0.5:
                         share = f"{wait / busy:.0%}"
                         self.log(f"step {self.step}: {share} of the time waits for data; add num_workers")
@@ -604,8 +607,14 @@ class Pretrainer:
             warning = pretext_warning(entry.task, mean_acc)
             if warning:
                 self.log(f"step {self.step}: {entry.name} {warning}")
-        self.metrics.log({"step": self.step, **result})
+        self._emit({"step": self.step, **result})
         return result
+
+    def _emit(self, row: dict[str, Any]) -> None:
+        """Log a metric row and hand it to the callbacks (main process only)."""
+        self.metrics.log(row)
+        for callback in self.callbacks:
+            callback(row)
 
     def _mean_over_ranks(self, row: dict[str, Any]) -> dict[str, Any]:
         """A metric row averaged over the ranks (images/s summed); rank 0 logs it."""

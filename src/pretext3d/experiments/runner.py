@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from pretext3d._atomic import remove_stale_temporaries, write_text
 from pretext3d._checks import check_device
+from pretext3d.engine import Callback
 from pretext3d.experiments.locks import RunLock
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
@@ -404,6 +405,8 @@ def run_data_efficiency(
     )
     provenance = {k: settings[k] for k in ("data", "environment", "synthetic")}
     bar = _progress(len(todo)) if progress else None
+    if bar is not None and log is print:  # lines above the bar, not through it
+        log = bar.write
 
     def run(cell: tuple[str, int, int, int, float]) -> None:
         method, p, s, r, fraction = cell
@@ -413,9 +416,15 @@ def run_data_efficiency(
         subset = nested_subsets(split.train, config.fractions, seeds.subset, strata=pool_strata)[fraction]
         encoder_file = encoders[method][p]
         train = config.settings_for(encoder_file is not None)
+
+        def on_epoch(record: Mapping[str, Any]) -> None:  # the bar moves within a run too
+            if bar is not None:
+                val = f", val {record['val']:.3f}" if "val" in record else ""
+                bar.set_postfix_str(f"{_name(cell)}: epoch {record['epoch'] + 1}/{train.epochs}{val}")
+
         row = _one_run(
             recipe, images, labels, ids, encoder_file, subset, split.val, split.test, train, seeds,
-            out / "checkpoints" / f"{_name(cell)}.pt", device,
+            out / "checkpoints" / f"{_name(cell)}.pt", device, on_epoch,
         )  # fmt: skip
         info = settings["methods"][method][p]
         row.update(
@@ -546,6 +555,7 @@ def _one_run(
     seeds: RunSeeds,
     checkpoint: Path,
     device: torch.device | str,
+    on_epoch: Callback | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     torch.manual_seed(seeds.init)  # same decoder/classifier initialisation for every method
@@ -569,6 +579,7 @@ def _one_run(
         validate=validate if val else None,
         checkpoint=checkpoint,
         device=device,
+        callbacks=[on_epoch] if on_epoch is not None else [],
     )
     history = trainer.fit()
     summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], device)
@@ -595,6 +606,8 @@ def _one_run(
 class _Bar(Protocol):
     def update(self, n: int) -> object: ...
     def close(self) -> object: ...
+    def set_postfix_str(self, text: str) -> object: ...
+    def write(self, text: str) -> None: ...
 
 
 def _progress(total: int) -> _Bar | None:

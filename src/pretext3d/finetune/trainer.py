@@ -10,7 +10,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from pretext3d import engine
 from pretext3d._checks import check_choice, check_device, check_int, check_positive
+from pretext3d.engine import Callback
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "Trainer"]
 
@@ -117,6 +118,8 @@ class Trainer:
         validate: ``validate(model) -> score`` (higher is better), run after every epoch.
         checkpoint: file to write after every epoch and resume from.
         device: where to train.
+        callbacks: called with each epoch's record (see :data:`pretext3d.engine.Callback`).
+        progress: show a bar over the epochs (needs tqdm) with the loss and validation score.
 
     Examples:
         Fine-tune a classifier on its encoder's pretrained weights, the encoder frozen for the first epoch:
@@ -148,6 +151,8 @@ class Trainer:
         validate: Callable[[nn.Module], float] | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         device: torch.device | str = "cpu",
+        callbacks: Sequence[Callback] = (),
+        progress: bool = False,
     ) -> None:
         device = check_device(device)
         if encoder is not None and not any(m is encoder for m in model.modules()):
@@ -159,6 +164,7 @@ class Trainer:
         self.encoder, self.validate = encoder, validate
         self.device = device
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.callbacks, self.progress = list(callbacks), bool(progress)
         cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -176,36 +182,50 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the history (one dict per epoch)."""
         patience = self.config.early_stopping_patience
-        while self.epoch < self.config.epochs:
-            early = self.epoch >= self.config.min_epochs
-            if patience is not None and early and self._epochs_since_best() >= patience:
-                break
-            start = time.perf_counter()
-            frozen = self.frozen(self.epoch)
-            self._set_frozen(frozen)
-            losses = [self._step(step) for step in range(self.config.steps_per_epoch)]
-            record: dict[str, Any] = {
-                "epoch": self.epoch,
-                "loss": sum(losses) / len(losses),
-                "encoder_frozen": frozen,
-                "seconds": time.perf_counter() - start,
-            }
-            if self.validate is not None:
-                self.model.eval()
-                with torch.no_grad():
-                    score = float(self.validate(self.model))
-                record["val"] = score
-                if score > self.best_score:
-                    self.best_score = score
-                    self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.history.append(record)
-            self.epoch += 1
-            self._save()
+        with engine.progress(self.config.epochs, self.epoch, self.progress, "fine-tuning epochs") as bar:
+            while self.epoch < self.config.epochs:
+                early = self.epoch >= self.config.min_epochs
+                if patience is not None and early and self._epochs_since_best() >= patience:
+                    break
+                record = self._epoch()
+                for callback in self.callbacks:
+                    callback(record)
+                if bar is not None:
+                    bar.update(1)
+                    shown = {"loss": f"{record['loss']:.3f}"}
+                    if "val" in record:
+                        shown["val"] = f"{record['val']:.3f}"
+                    bar.set_postfix(shown)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self._set_frozen(False)
         self.model.eval()
         return self.history
+
+    def _epoch(self) -> dict[str, Any]:
+        """One epoch: its steps, the validation score, the checkpoint; its record."""
+        start = time.perf_counter()
+        frozen = self.frozen(self.epoch)
+        self._set_frozen(frozen)
+        losses = [self._step(step) for step in range(self.config.steps_per_epoch)]
+        record: dict[str, Any] = {
+            "epoch": self.epoch,
+            "loss": sum(losses) / len(losses),
+            "encoder_frozen": frozen,
+            "seconds": time.perf_counter() - start,
+        }
+        if self.validate is not None:
+            self.model.eval()
+            with torch.no_grad():
+                score = float(self.validate(self.model))
+            record["val"] = score
+            if score > self.best_score:
+                self.best_score = score
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.history.append(record)
+        self.epoch += 1
+        self._save()
+        return record
 
     @property
     def best_epoch(self) -> int | None:
