@@ -25,6 +25,7 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         main(
             [
                 "pretrain",
+                "--defaults",
                 "--set",
                 "train.steps=4",
                 "--set",
@@ -69,6 +70,7 @@ batch_size = 2
         main(
             [
                 "finetune",
+                "--defaults",
                 "--set",
                 "data.count=12",
                 "--set",
@@ -91,7 +93,7 @@ batch_size = 2
     # finetune runs the one repetition it names (0.1 ran repetitions 0..r)
     args = ["--set", "data.count=12", "--set", "fraction=0.5", "--set", "repetition=1"]
     args += ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=1"]
-    assert main(["finetune", *args, "--set", f'output_dir="{tmp_path / "ft1"}"']) == 0
+    assert main(["finetune", "--defaults", *args, "--set", f'output_dir="{tmp_path / "ft1"}"']) == 0
     assert [p.name for p in (tmp_path / "ft1" / "runs").glob("*.json")] == ["run__p0__s0__r1__f0.5.json"]
 
 
@@ -108,13 +110,23 @@ def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path
     encoder = tmp_path / "enc.pt"
     args = ["--set", "data.count=12", "--set", "data.include_labelled=true", "--set", "held_out=4"]
     args += ["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", f'output="{encoder}"']
-    assert main(["pretrain", *args]) == 0
+    assert main(["pretrain", "--defaults", *args]) == 0
     assert json.loads(Path(f"{encoder}.json").read_text())["transductive"] is True
     common = ["--set", "data.count=12", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1"]
     common += ["--set", f'encoder="{encoder}"', "--set", f'output_dir="{tmp_path / "ft"}"']
-    assert main(["finetune", *common]) == 2
+    assert main(["finetune", "--defaults", *common]) == 2
     assert (
-        main(["finetune", *common, "--set", f'output_dir="{tmp_path / "ft2"}"', "--set", "transductive=true"])
+        main(
+            [
+                "finetune",
+                "--defaults",
+                *common,
+                "--set",
+                f'output_dir="{tmp_path / "ft2"}"',
+                "--set",
+                "transductive=true",
+            ]
+        )
         == 0
     )
 
@@ -123,21 +135,27 @@ def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path
     ("args", "message"),
     [
         (
-            ["data-efficiency", "--set", "experiment.train.lrr=0.1"],
+            ["data-efficiency", "--defaults", "--set", "experiment.train.lrr=0.1"],
             "unknown key 'lrr' in [experiment.train]; did you mean 'lr'?",
         ),
-        (["pretrain", "--set", "train.stpes=3"], "unknown key 'stpes' in [train]; did you mean 'steps'?"),
         (
-            ["pretrain", "--set", "task_options.gird=2", "--set", 'task="jigsaw"'],
+            ["pretrain", "--defaults", "--set", "train.stpes=3"],
+            "unknown key 'stpes' in [train]; did you mean 'steps'?",
+        ),
+        (
+            ["pretrain", "--defaults", "--set", "task_options.gird=2", "--set", 'task="jigsaw"'],
             "unknown key 'gird' in [task_options] for Jigsaw; did you mean 'grid'?",
         ),
-        (["pretrain", "--set", 'task="rotaton"'], "unknown task 'rotaton'; did you mean 'rotation'?"),
-        (["finetune", "--set", 'train.epochs="ten"'], "train.epochs must be an integer"),
         (
-            ["finetune", "--set", "data.include_labelled=true"],
+            ["pretrain", "--defaults", "--set", 'task="rotaton"'],
+            "unknown task 'rotaton'; did you mean 'rotation'?",
+        ),
+        (["finetune", "--defaults", "--set", 'train.epochs="ten"'], "train.epochs must be an integer"),
+        (
+            ["finetune", "--defaults", "--set", "data.include_labelled=true"],
             "data.include_labelled applies to the pretraining",
         ),
-        (["pretrain", "--set", "data.count=0"], "data.count must be an int >= 1, got 0"),
+        (["pretrain", "--defaults", "--set", "data.count=0"], "data.count must be an int >= 1, got 0"),
     ],
 )
 def test_cli_config_errors_name_the_key(
@@ -159,7 +177,14 @@ def test_a_pairing_that_cannot_load_is_refused_before_anything_runs(
     ]:
         out = tmp_path / f"de_{file.stem}"
         code = main(
-            ["data-efficiency", "--set", f'methods.rotation="{file}"', "--set", f'output_dir="{out}"']
+            [
+                "data-efficiency",
+                "--defaults",
+                "--set",
+                f'methods.rotation="{file}"',
+                "--set",
+                f'output_dir="{out}"',
+            ]
         )
         assert code == 2 and message in capsys.readouterr().err
         assert not out.exists(), "refused before any data were read or any run started"
@@ -187,7 +212,7 @@ def test_a_pairing_that_cannot_load_is_refused_before_anything_runs(
         "--set",
         "train.batch_size=2",
     ]
-    assert main(["pretrain", *args, "--set", f'output="{tmp_path / "c.pt"}"']) == 0
+    assert main(["pretrain", "--defaults", *args, "--set", f'output="{tmp_path / "c.pt"}"']) == 0
     assert "a 'conv' encoder will not load into it" in capsys.readouterr().out
 
 
@@ -230,12 +255,36 @@ progress = false
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "data-efficiency", "reproduce"])
-def test_help_describes_the_settings_without_the_api_examples(
+def test_help_is_plain_text_with_defaults_as_a_valid_toml_config(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import tomllib
+
+    from pretext3d.cli import COMMANDS, SET_EXAMPLES
+    from pretext3d.config import from_mapping, merge_override, parse_override
+
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "Attributes:" in text and "Defaults (as JSON" in text
-    assert ">>>" not in text and "References:" not in text
+    assert "Attributes:" in text and f"--set {SET_EXAMPLES[command]}" in text
+    assert ">>>" not in text and "References:" not in text  # the API examples stay in the API docs
+    assert "``" not in text and ":class:" not in text and "null" not in text  # no markup, no JSON
+    cls = COMMANDS[command][0]
+    printed = text.split("--set " + SET_EXAMPLES[command] + "):", 1)[1].split("\noptions:")[0]
+    defaults = tomllib.loads(printed)
+    assert from_mapping(cls, defaults) == cls()  # the printed defaults are a config that gives them
+    values: dict[str, object] = {}
+    merge_override(values, *parse_override(SET_EXAMPLES[command]))
+    from_mapping(cls, values)  # the --set example is valid for this command
+
+
+def test_no_config_is_refused_unless_the_defaults_are_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain"]) == 2
+    assert "no --config given" in capsys.readouterr().err and not (tmp_path / "encoder.pt").exists()
+    small = ["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", "held_out=2", "--set",
+             "data.count=6", "--set", "train.device='cpu'", "--set", "train.progress=false"]  # fmt: skip
+    assert main(["pretrain", "--defaults", *small]) == 0 and (tmp_path / "encoder.pt").exists()

@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -310,10 +311,61 @@ COMMANDS: dict[str, tuple[type[Any], Any]] = {
 }
 
 
-def _describe(cls: type[Any]) -> str:
+#: a --set example that is valid for each command (tested)
+SET_EXAMPLES = {
+    "pretrain": "train.lr=0.001",
+    "finetune": "train.lr=0.001",
+    "data-efficiency": "experiment.train.lr=0.001",
+    "reproduce": "pretrain.lr=0.001",
+}
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as plain text: ``x`` -> x, :class:`~a.B` -> B, :func:`a.f` -> a.f."""
+    text = re.sub(r":[a-z]+:`~[\w.]*?\.?(\w+)`", r"\1", text)
+    text = re.sub(r":[a-z]+:`([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + items + " }" if items else "{}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _toml_value(dataclasses.asdict(value))
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def _toml_defaults(obj: Any, table: str = "") -> list[str]:
+    """The settings of the dataclass ``obj`` as TOML (unset values as comments: TOML has no null)."""
+    lines, tables = [], []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            tables.append((f.name, value))
+        elif value is None:
+            lines.append(f"# {f.name} = (unset)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    for name, value in tables:
+        full = f"{table}.{name}" if table else name
+        lines += ["", f"[{full}]", *_toml_defaults(value, full)]
+    return lines
+
+
+def _describe(name: str, cls: type[Any]) -> str:
     doc = (cls.__doc__ or "").split("\n    Examples:")[0].strip()  # the Python examples are for the API docs
-    defaults = json.dumps(dataclasses.asdict(cls()), indent=2, default=str)
-    return f"{doc}\n\nDefaults (as JSON; write them as TOML):\n{defaults}"
+    defaults = "\n".join(_toml_defaults(cls()))
+    return (
+        f"{_plain(doc)}\n\nDefaults, as a TOML config (write the ones you change to a file for --config, "
+        f"or one at a time with --set, e.g. --set {SET_EXAMPLES[name]}):\n\n{defaults}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,21 +390,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (cls, _) in COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=(cls.__doc__ or "").splitlines()[0],
-            description=_describe(cls),
+            help=_plain((cls.__doc__ or "").splitlines()[0]),
+            description=_describe(name, cls),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--config", type=Path, help="TOML file with the settings")
+        p.add_argument(
+            "--defaults",
+            action="store_true",
+            help="run with the defaults (and --set) when no --config is given",
+        )
         p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
         p.add_argument(
             "--set",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a setting, e.g. --set train.lr=0.001 (repeatable)",
+            help=f"override a setting, e.g. --set {SET_EXAMPLES[name]} (repeatable)",
         )
     args = parser.parse_args(argv)
     cls, run = COMMANDS[args.command]
+    if args.config is None and not args.defaults:
+        print(
+            f"pretext3d {args.command}: no --config given. Pass --config FILE (--help lists every setting "
+            "and its default), or --defaults to run the defaults (with any --set) on "
+            "purpose: they use the built-in SYNTHETIC phantoms and write into the current folder.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         values = load_toml(args.config) if args.config is not None else {}
         for item in args.set:

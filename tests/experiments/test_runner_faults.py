@@ -24,11 +24,14 @@ def test_a_change_of_data_or_encoder_refuses_the_old_results(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = ["--set", f'output_dir="{tmp_path / "de"}"']
-    assert main(["data-efficiency", *TINY, *out, "--set", "data.size=16"]) == 0
-    assert main(["data-efficiency", *TINY, *out, "--set", "data.size=24"]) == 2
+    assert main(["data-efficiency", "--defaults", *TINY, *out, "--set", "data.size=16"]) == 0
+    assert main(["data-efficiency", "--defaults", *TINY, *out, "--set", "data.size=24"]) == 2
     err = capsys.readouterr().err
     assert "holds runs made with other settings" in err and "data.info.size" in err
-    assert main(["data-efficiency", *TINY, *out, "--set", "data.size=16", "--set", "data.seed=1"]) == 2
+    assert (
+        main(["data-efficiency", "--defaults", *TINY, *out, "--set", "data.size=16", "--set", "data.seed=1"])
+        == 2
+    )
     # an encoder pretrained again into the same file is another encoder
     encoder = tmp_path / "enc.pt"
     pretrain = [
@@ -44,21 +47,21 @@ def test_a_change_of_data_or_encoder_refuses_the_old_results(
         "held_out=2",
     ]
     pretrain += ["--set", "train.crop=8", "--set", "train.progress=false", "--set", f'output="{encoder}"']
-    assert main(["pretrain", *pretrain]) == 0
+    assert main(["pretrain", "--defaults", *pretrain]) == 0
     enc_out = ["--set", f'output_dir="{tmp_path / "de2"}"', "--set", f'methods.rotation="{encoder}"']
-    assert main(["data-efficiency", *TINY, *enc_out, "--set", "data.size=16"]) == 0
-    assert main(["pretrain", *pretrain, "--set", "train.seed=1"]) == 0
+    assert main(["data-efficiency", "--defaults", *TINY, *enc_out, "--set", "data.size=16"]) == 0
+    assert main(["pretrain", "--defaults", *pretrain, "--set", "train.seed=1"]) == 0
     capsys.readouterr()
-    assert main(["data-efficiency", *TINY, *enc_out, "--set", "data.size=16"]) == 2
+    assert main(["data-efficiency", "--defaults", *TINY, *enc_out, "--set", "data.size=16"]) == 2
     assert "methods.rotation" in capsys.readouterr().err
 
 
 def test_a_failed_start_does_not_lock_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = ["--set", f'output_dir="{tmp_path / "de"}"', "--set", "data.size=16"]
     # a crop larger than the volumes fails in the first run, after config.json is written
-    assert main(["data-efficiency", *TINY, *out, "--set", "segmentation.crop=32"]) == 2
+    assert main(["data-efficiency", "--defaults", *TINY, *out, "--set", "segmentation.crop=32"]) == 2
     assert "crop=32 exceeds the volume shape" in capsys.readouterr().err
-    assert main(["data-efficiency", *TINY, *out]) == 0
+    assert main(["data-efficiency", "--defaults", *TINY, *out]) == 0
     assert "held other settings but no finished run; it is replaced" in capsys.readouterr().out
 
 
@@ -70,7 +73,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> Non
     dead.write_text("half")
     live.write_text("being written")
     out = ["--set", f'output_dir="{tmp_path / "de"}"', "--set", "data.size=16"]
-    assert main(["data-efficiency", *TINY, *out]) == 0
+    assert main(["data-efficiency", "--defaults", *TINY, *out]) == 0
     assert not dead.exists() and live.exists()
 
 
@@ -232,7 +235,16 @@ def test_workers_on_one_folder_write_the_report_once(tmp_path: Path) -> None:
     import os
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "pretext3d.cli", "data-efficiency", *TINY, "--set", "data.size=16"]
+    args = [
+        sys.executable,
+        "-m",
+        "pretext3d.cli",
+        "data-efficiency",
+        "--defaults",
+        *TINY,
+        "--set",
+        "data.size=16",
+    ]
     args += ["--set", f'output_dir="{tmp_path / "de"}"', "--set", "experiment.fractions=[0.5, 1.0]"]
     workers = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]

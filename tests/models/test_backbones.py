@@ -96,7 +96,7 @@ def test_from_encoder_carries_the_pretrained_weights() -> None:
         assert torch.equal(a, b), name
     assert UNet.from_encoder(model.encoder, 3, copy_encoder=False).encoder is model.encoder
     assert unet(torch.randn(2, 1, 8, 8, 8)).shape == (2, 3, 8, 8, 8)
-    with pytest.raises(TypeError, match="from_encoder takes a UNetEncoder, got ConvEncoder.*MultiScaleUNet"):
+    with pytest.raises(TypeError, match=r"from_encoder takes a UNetEncoder, got ConvEncoder.*MultiScaleUNet"):
         UNet.from_encoder(p3.models.ConvEncoder(3), 3)  # type: ignore[arg-type]
 
 

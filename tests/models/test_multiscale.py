@@ -73,9 +73,9 @@ def test_what_cannot_work_is_refused_with_what_to_do() -> None:
         MultiScaleUNet(_stack(2), out_channels=2, stages=["layer9"])
     with pytest.raises(ValueError, match="decoder_widths must give 2 widths"):
         MultiScaleUNet(_stack(2), out_channels=2, stages=["1", "4", "7"], decoder_widths=[8])
-    with pytest.raises(TypeError, match="encoder must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"encoder must be an nn\.Module"):
         MultiScaleUNet(lambda x: x, out_channels=2)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="use pretext3d.models.MultiScaleUNet"):
+    with pytest.raises(TypeError, match=r"use pretext3d\.models\.MultiScaleUNet"):
         p3.models.UNet.from_encoder(_stack(3), out_channels=2)  # type: ignore[arg-type]
     unet = MultiScaleUNet(_stack(2), out_channels=2, stages=["1", "4", "7"])
     with pytest.raises(ValueError, match=r"x must have shape \(N, 1, \*spatial\) with 2 spatial axes"):
