@@ -145,3 +145,24 @@ def test_mismatched_dims_and_widths_are_refused(spatial_dims: int) -> None:
     wrong = p3.PretextModel(ConvEncoder(spatial_dims, widths=(4,)), Rotation(spatial_dims), num_features=3)
     with pytest.raises(ValueError, match="but the num_features argument gave 3"):
         wrong(torch.randn(2, 1, *[8] * spatial_dims))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_patches_too_small_for_the_encoder_say_both_sizes(spatial_dims: int) -> None:
+    conv, pool = (
+        (torch.nn.Conv2d, torch.nn.MaxPool2d) if spatial_dims == 2 else (torch.nn.Conv3d, torch.nn.MaxPool3d)
+    )
+    encoder = torch.nn.Sequential(
+        conv(1, 4, 3), pool(2), conv(4, 8, 3), pool(2), conv(8, 8, 3)
+    )  # needs >= 18
+    task = p3.tasks.Jigsaw(spatial_dims, grid=3, num_permutations=24, jitter=2)
+    model = p3.PretextModel(encoder, task, num_features=8)
+    views, _ = task(torch.randn(2, 1, *[48] * spatial_dims), generator=0)
+    size = (14,) * spatial_dims
+    with pytest.raises(ValueError) as info:
+        model(views)
+    message = str(info.value)
+    assert f"cannot take inputs of spatial size {size}" in message
+    assert f"Jigsaw makes patches of {size}: image size // grid (3) - jitter (2)" in message
+    assert "it accepted 32 per axis when probed" in message
+    assert encoder.training  # the probe left the encoder's mode as it was

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -102,7 +103,13 @@ class PretextModel(nn.Module):
                     f"got {tuple(views.shape)}"
                 )
             views = rearrange(views, "b p c ... -> (b p) c ...")
-        features = check_features(self.encoder(views), self.task.spatial_dims, type(self.encoder).__name__)
+        try:
+            encoded = self.encoder(views)
+        except RuntimeError as err:
+            if not _SIZE_ERROR.search(str(err)):
+                raise
+            raise ValueError(self._too_small(views, err)) from err
+        features = check_features(encoded, self.task.spatial_dims, type(self.encoder).__name__)
         if self.num_features is not None and features.shape[1] != self.num_features:
             raise ValueError(
                 f"{type(self.encoder).__name__} returned {features.shape[1]} feature channels, but "
@@ -111,6 +118,54 @@ class PretextModel(nn.Module):
             )
         out: Tensor = self.head(features)
         return out
+
+    def _too_small(self, views: Tensor, err: RuntimeError) -> str:
+        """Why the encoder failed on these views: the size the task makes, the size the encoder takes."""
+        task, size = self.task, tuple(views.shape[2:])
+        name = type(task).__name__
+        if hasattr(task, "jitter") and hasattr(task, "grid"):
+            made = (
+                f"{name} makes patches of {size}: image size // grid ({task.grid}) - jitter ({task.jitter})"
+            )
+        elif getattr(task, "patch", None) is not None or task.num_patches is not None:
+            made = f"{name} makes patches of {size}"
+        else:
+            made = f"{name} makes views of {size}"
+        accepted = _smallest_accepted(self.encoder, views, max(size))
+        took = (
+            f"it accepted {accepted} per axis when probed"
+            if accepted is not None
+            else "it accepted no input up to 256 per axis when probed"
+        )
+        return (
+            f"{type(self.encoder).__name__} cannot take inputs of spatial size {size} "
+            f"({str(err).splitlines()[0]}); {made}; {took}. Use larger images or crops, a smaller grid "
+            "or jitter, or an encoder that takes smaller inputs"
+        )
+
+
+_SIZE_ERROR = re.compile(r"kernel size|output size|input size|input image|padding size", re.IGNORECASE)
+
+
+def _smallest_accepted(encoder: nn.Module, views: Tensor, failed: int) -> int | None:
+    """The smallest cubic (square) input edge above ``failed`` that ``encoder`` runs on, up to 256."""
+    mode = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            edges: list[int] = sorted({8, 16, 32, 64, 128, 256, *range(16, 257, 16)})
+            for edge in edges:
+                if edge <= failed:
+                    continue
+                probe = views.new_zeros(2, views.shape[1], *[edge] * (views.dim() - 2))
+                try:
+                    encoder(probe)
+                except RuntimeError:
+                    continue
+                return edge
+    finally:
+        encoder.train(mode)
+    return None
 
 
 def _declared_width(encoder: nn.Module) -> tuple[int | None, str]:
