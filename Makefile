@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Reinstall when the package metadata or the pins change.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench reproduce-demo notebooks docs clean
+.PHONY: demo test test-interop lint typecheck unit bench reproduce-demo notebooks docs clean
 
 # Both reproductions (pancreas, fundus) in quick mode on the SYNTHETIC phantoms (docs/results.md).
 demo: $(STAMP)
@@ -22,6 +22,19 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest
+
+# timm and torchvision encoders (tests/interop/test_timm.py) in an environment of their own:
+# no torchvision release loads beside the pinned CPU torch 2.13.0. torch 2.14.1 is a CUDA build
+# of about 5.5 GB on x86_64 (it runs on the CPU); CI runs this after `make test`.
+INTEROP := .venv-interop
+test-interop: $(INTEROP)/.installed
+	$(INTEROP)/bin/python -m pytest -p no:cacheprovider tests/interop/test_timm.py
+
+$(INTEROP)/.installed: requirements-interop.txt pyproject.toml
+	$(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install --quiet -r requirements-interop.txt
+	$(INTEROP)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
 
 # Both reproductions in demo mode (5 fractions, 5 split seeds; one thread each, side by side).
 reproduce-demo: $(STAMP)
@@ -55,4 +68,4 @@ $(STAMP): $(BIN)/python pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) site build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INTEROP) site build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
