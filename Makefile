@@ -23,12 +23,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-# timm and torchvision encoders (tests/interop/test_timm.py) in an environment of their own:
+# timm and torchvision encoders, lightly's losses (tests/interop/test_timm.py, test_lightly.py), in
+# an environment of their own:
 # no torchvision release loads beside the pinned CPU torch 2.13.0. torch 2.14.1 is a CUDA build
 # of about 5.5 GB on x86_64 (it runs on the CPU); CI runs this after `make test`.
 INTEROP := .venv-interop
 test-interop: $(INTEROP)/.installed
-	$(INTEROP)/bin/python -m pytest -p no:cacheprovider tests/interop/test_timm.py
+	$(INTEROP)/bin/python -m pytest -p no:cacheprovider tests/interop/test_timm.py tests/interop/test_lightly.py
 
 $(INTEROP)/.installed: requirements-interop.txt pyproject.toml
 	$(PYTHON) -m venv $(INTEROP)

@@ -24,7 +24,7 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 # that the tests pin ("operator torchvision::nms does not exist"); such a block runs where the
 # module is installed and is skipped, by name, where it is not.
 REQUIRES = re.compile(r"^# requires: (\w+)")
-OPTIONAL = {"timm"}  # the only modules a block may require
+OPTIONAL = {"timm", "lightly"}  # the only modules a block may require (both import torchvision)
 
 
 def _volume_folder(name: str, count: int) -> None:

@@ -7,13 +7,11 @@ that ``make test`` pins; ``make test-interop`` runs this file in its own environ
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 
 import pretext3d as p3
+from tests.interop.docs_blocks import run_blocks_requiring
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
@@ -64,10 +62,4 @@ def test_a_unet_decoder_over_timm_features() -> None:
 
 
 def test_the_timm_blocks_of_the_docs_run() -> None:
-    page = (Path(__file__).parents[2] / "docs" / "extending.md").read_text()
-    blocks = [
-        b for b in re.findall(r"^```python\n(.*?)^```", page, re.S | re.M) if b.startswith("# requires: timm")
-    ]
-    assert blocks
-    for block in blocks:
-        exec(compile("import torch\nimport pretext3d as p3\n" + block, "extending.md", "exec"), {})
+    assert run_blocks_requiring("timm") == 1

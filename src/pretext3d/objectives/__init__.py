@@ -12,7 +12,7 @@ from pretext3d.objectives.miners import (
     Triplets,
     check_embeddings,
 )
-from pretext3d.objectives.pml import PMLLoss, PMLMiner
+from pretext3d.objectives.pml import PMLLoss, PMLMiner, TwoViewLoss
 
 __all__ = [
     "BatchHardMiner",
@@ -27,6 +27,7 @@ __all__ = [
     "SemiHardMiner",
     "TripletMarginLoss",
     "Triplets",
+    "TwoViewLoss",
     "check_embeddings",
     "gather_labels",
     "gather_with_grad",

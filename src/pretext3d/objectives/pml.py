@@ -1,4 +1,8 @@
-"""pytorch-metric-learning (PML) miners and losses inside the exemplar task.
+"""Other libraries' metric-learning objectives inside the exemplar task.
+
+pytorch-metric-learning (PML) miners and losses: :class:`PMLMiner`, :class:`PMLLoss`;
+losses on two views (lightly's ``NTXentLoss``, ``NegativeCosineSimilarity``, ...):
+:class:`TwoViewLoss`.
 
 Three ways to combine the two libraries (all tested):
 
@@ -25,7 +29,7 @@ from pretext3d._checks import check_int
 from pretext3d._random import as_generator, randint
 from pretext3d.objectives.miners import Miner, Triplets, check_embeddings
 
-__all__ = ["PMLLoss", "PMLMiner"]
+__all__ = ["PMLLoss", "PMLMiner", "TwoViewLoss"]
 
 
 class PMLMiner(Miner):
@@ -163,4 +167,49 @@ class PMLLoss(nn.Module):
         if indices is not None and len(indices[0]) == 0:
             return embeddings.sum() * 0.0  # nothing mined: no signal, as the task's own loss
         out: Tensor = self.loss(embeddings, labels, indices)
+        return out
+
+
+class TwoViewLoss(nn.Module):
+    """A loss on two views, ``loss(z0, z1)`` (lightly's style), as the exemplar task's loss.
+
+    The exemplar task's ``"two_views"`` protocol stacks the first views of the ``B`` images
+    and then their second views, with instance ids ``cat([ids, ids])``; this adapter splits
+    the embeddings there and calls ``loss(z[:B], z[B:])``. The mined triplets are not used
+    (a SimCLR-style loss takes the other images of the batch as negatives itself). It
+    refuses embeddings in any other layout (the ``"original"`` protocol, a cross-batch
+    memory, gathered ranks): use the two-view loss's own memory bank instead.
+
+    Args:
+        loss: the two-view loss, e.g. ``lightly.loss.NTXentLoss()``.
+
+    Shapes:
+        ``embeddings (2B, D)``, ``labels (2B,)`` with ``labels[:B] == labels[B:]`` -> scalar.
+
+    Examples:
+        >>> def cosine_loss(z0, z1):   # any loss(z0, z1), e.g. lightly.loss.NTXentLoss()
+        ...     return -torch.nn.functional.cosine_similarity(z0, z1).mean()
+        >>> task = p3.tasks.Exemplar(2, loss=TwoViewLoss(cosine_loss))
+        >>> model = p3.PretextModel(p3.models.ConvEncoder(2, widths=(8, 16)), task)
+        >>> views, ids = task(torch.randn(4, 1, 24, 24), generator=0)
+        >>> task.loss(model(views), ids).item() >= -1.0
+        True
+    """
+
+    def __init__(self, loss: Any) -> None:
+        super().__init__()
+        if not callable(loss):
+            raise TypeError(f"loss must be a callable loss(z0, z1), got {type(loss).__name__}")
+        self.loss = loss
+
+    def forward(self, embeddings: Tensor, triplets: Triplets, labels: Tensor | None = None) -> Tensor:
+        """``loss(first views, second views)``; ``triplets`` are not used."""
+        half = len(embeddings) // 2
+        if labels is None or len(embeddings) % 2 or not torch.equal(labels[:half], labels[half:]):
+            raise ValueError(
+                "TwoViewLoss takes the exemplar task's two views as (2B, D) embeddings with ids "
+                "cat([ids, ids]); use protocol='two_views' without memory_size or gather (a two-view loss "
+                "brings its own memory bank, e.g. NTXentLoss(memory_bank_size=...))"
+            )
+        out: Tensor = self.loss(embeddings[:half], embeddings[half:])
         return out

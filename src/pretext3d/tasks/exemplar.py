@@ -17,6 +17,7 @@ from pretext3d.objectives.gather import gather_labels, gather_with_grad
 from pretext3d.objectives.losses import TripletMarginLoss
 from pretext3d.objectives.memory import CrossBatchMemory
 from pretext3d.objectives.miners import BatchHardMiner, Miner, Triplets, check_embeddings
+from pretext3d.objectives.pml import TwoViewLoss
 from pretext3d.registry import register_task
 from pretext3d.tasks.base import EmbeddingTask, TaskParams
 from pretext3d.transforms.affine import AugmentParams, ExemplarAugmenter
@@ -158,6 +159,11 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
             raise TypeError(
                 f"loss must be an nn.Module called as loss(embeddings, triplets, labels), got "
                 f"{type(loss).__name__}; wrap a pytorch-metric-learning loss in pretext3d.objectives.PMLLoss"
+            )
+        if isinstance(loss, TwoViewLoss) and (protocol != "two_views" or memory_size or gather):
+            raise ValueError(
+                "TwoViewLoss takes the two views of protocol='two_views' without memory_size or gather (a "
+                "two-view loss brings its own memory bank, e.g. lightly's NTXentLoss(memory_bank_size=...))"
             )
         self.triplet_loss = loss if loss is not None else TripletMarginLoss(margin)
         self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
