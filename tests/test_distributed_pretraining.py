@@ -141,6 +141,7 @@ def test_pretext3d_pretrain_runs_under_torchrun(tmp_path: Path) -> None:
         "-m",
         "pretext3d.cli",
         "pretrain",
+        "--defaults",
     ]
     for arg in args:
         command += ["--set", arg]
