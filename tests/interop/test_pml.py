@@ -46,6 +46,9 @@ def test_pair_miners_give_valid_triplets_and_memory_rows_are_references() -> Non
     a, p, n = PMLMiner(miners.TripletMarginMiner(margin=0.5))(x, LABELS, num_anchors=3)
     assert a.max() < 3 and max(p.max(), n.max()) >= 3 and (a != p).all()
     assert (LABELS[a] == LABELS[p]).all() and (LABELS[a] != LABELS[n]).all()
+    capped = PMLMiner(miners.TripletMarginMiner(margin=1.0), max_triplets=3)
+    first, again = capped(x, LABELS, generator=0), capped(x, LABELS, generator=0)
+    assert len(first[0]) == 3 and all(torch.equal(u, v) for u, v in zip(first, again, strict=True))
 
 
 def test_a_pml_miner_and_loss_train_the_exemplar_task_with_a_memory() -> None:

@@ -48,6 +48,10 @@ def test_named_stages_of_any_module_are_hooked(spatial_dims: int) -> None:
     x = torch.randn(1, 1, *[24] * spatial_dims)  # not a power of two: skips are matched by size
     assert unet(x).shape == (1, 2, *[24] * spatial_dims)
     assert unet._captured == []  # nothing kept between calls
+    shared = _stack(spatial_dims)
+    unet = MultiScaleUNet(shared, out_channels=2, stages=["1", "4", "7"], copy_encoder=False)
+    shared(x)  # the shared encoder used elsewhere: its hooks keep nothing
+    assert unet._captured == [] and unet(x).shape == (1, 2, *[24] * spatial_dims)
 
 
 def test_a_forward_that_returns_feature_maps_is_used() -> None:

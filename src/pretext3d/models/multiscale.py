@@ -127,6 +127,7 @@ class MultiScaleUNet(nn.Module):
                 raise ValueError("the encoder has no convolution to read in_channels from; pass in_channels")
         self.in_channels = check_int("in_channels", in_channels, 1)
         self._captured: list[Tensor] = []
+        self._capturing = False
         self._stage_names = list(stages) if stages is not None else None
         if self._stage_names is not None:
             self._hook_stages(self._stage_names)
@@ -172,7 +173,8 @@ class MultiScaleUNet(nn.Module):
             )
 
         def capture(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, Tensor):
+            # only while this decoder runs the encoder (a shared encoder runs elsewhere too)
+            if self._capturing and isinstance(output, Tensor):
                 self._captured.append(output)
 
         for name in names:
@@ -180,12 +182,12 @@ class MultiScaleUNet(nn.Module):
 
     def _read(self, x: Tensor, source: str) -> list[Tensor]:
         if source == "stages":
-            self._captured = []
+            self._captured, self._capturing = [], True
             try:
                 self.encoder(x)
                 return self._captured
             finally:
-                self._captured = []
+                self._captured, self._capturing = [], False
         if source == "forward_intermediates":
             method: Callable[..., Any] = getattr(self.encoder, source)
             out = method(x) if isinstance(self.encoder, Encoder) else method(x, intermediates_only=True)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._checks import check_int
-from pretext3d._random import as_generator, randint
+from pretext3d._random import as_generator, randint, randperm
 from pretext3d.objectives.miners import Miner, Triplets, check_embeddings
 
 __all__ = ["PMLLoss", "PMLMiner", "TwoViewLoss"]
@@ -111,7 +111,7 @@ class PMLMiner(Miner):
         keep = a != p  # with ref_emb PML cannot know that row i of both is one sample: never its own positive
         a, p, neg = a[keep], p[keep], neg[keep]
         if self.max_triplets is not None and len(a) > self.max_triplets:
-            keep = torch.randperm(len(a), generator=generator)[: self.max_triplets].to(a.device)
+            keep = randperm(len(a), generator, a.device)[: self.max_triplets]
             a, p, neg = a[keep], p[keep], neg[keep]
         return a, p, neg
 
