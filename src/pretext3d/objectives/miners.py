@@ -131,13 +131,19 @@ class Miner(abc.ABC):
             empty = torch.zeros(0, dtype=torch.long, device=embeddings.device)
             return empty, empty, empty
         with torch.no_grad():
-            dist = torch.cdist(embeddings[:num_anchors].float(), embeddings.float())
-            same = labels[:num_anchors, None] == labels[None, :]
-            a, p, neg = self.mine(dist, same, embedding_dim=int(embeddings.shape[1]), generator=generator)
+            a, p, neg = self._triplets(embeddings, labels, num_anchors, generator)
         if self.max_triplets is not None and len(a) > self.max_triplets:
             keep = randperm(len(a), generator, a.device)[: self.max_triplets]
             a, p, neg = a[keep], p[keep], neg[keep]
         return a, p, neg
+
+    def _triplets(
+        self, embeddings: Tensor, labels: Tensor, num_anchors: int, generator: torch.Generator | None
+    ) -> Triplets:
+        """The triplets of checked inputs, before the cap: the distances, then :meth:`mine`."""
+        dist = torch.cdist(embeddings[:num_anchors].float(), embeddings.float())
+        same = labels[:num_anchors, None] == labels[None, :]
+        return self.mine(dist, same, embedding_dim=int(embeddings.shape[1]), generator=generator)
 
     @abc.abstractmethod
     def mine(

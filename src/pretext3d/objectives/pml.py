@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._checks import check_int
-from pretext3d._random import as_generator, randint, randperm
-from pretext3d.objectives.miners import Miner, Triplets, check_embeddings
+from pretext3d._random import randint
+from pretext3d.objectives.miners import Miner, Triplets
 
 __all__ = ["PMLLoss", "PMLMiner", "TwoViewLoss"]
 
@@ -70,37 +70,25 @@ class PMLMiner(Miner):
         self.miner = miner
         self.triplets_per_anchor = check_int("triplets_per_anchor", triplets_per_anchor, 1)
 
-    def __call__(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        *,
-        num_anchors: int | None = None,
-        generator: torch.Generator | int | None = None,
+    def _triplets(
+        self, embeddings: Tensor, labels: Tensor, num_anchors: int, generator: torch.Generator | None
     ) -> Triplets:
-        """Triplets ``(anchor, positive, negative)`` indexing ``embeddings`` (see :meth:`Miner.__call__`)."""
-        embeddings, labels = check_embeddings(embeddings, labels)
-        generator = as_generator(generator)
+        """The PML miner's triplets (pairs combined), never a sample as its own positive."""
         n = len(embeddings)
-        anchors = n if num_anchors is None else num_anchors
-        if isinstance(anchors, bool) or not isinstance(anchors, int) or not 0 <= anchors <= n:
-            raise ValueError(f"num_anchors must be an int in [0, {n}], got {num_anchors!r}")
         devices = [embeddings.device] if embeddings.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=generator is not None):
             if generator is not None:
                 torch.manual_seed(int(randint(2**62, (1,), generator, torch.device("cpu"))[0]))
-            with torch.no_grad():
-                if anchors == n:
-                    out = self.miner(embeddings, labels)
-                else:
-                    out = self.miner(embeddings[:anchors], labels[:anchors], embeddings, labels)
-        out = tuple(out)
+            if num_anchors == n:
+                out = tuple(self.miner(embeddings, labels))
+            else:
+                out = tuple(self.miner(embeddings[:num_anchors], labels[:num_anchors], embeddings, labels))
         if len(out) == 4:  # pairs: (anchor, positive, anchor, negative)
             from pytorch_metric_learning.utils.loss_and_miner_utils import convert_to_triplets
 
-            ref = None if anchors == n else labels
+            ref = None if num_anchors == n else labels
             out = tuple(
-                convert_to_triplets(out, labels[:anchors], ref, t_per_anchor=self.triplets_per_anchor)
+                convert_to_triplets(out, labels[:num_anchors], ref, t_per_anchor=self.triplets_per_anchor)
             )
         if len(out) != 3:
             raise ValueError(
@@ -109,11 +97,7 @@ class PMLMiner(Miner):
             )
         a, p, neg = (t.to(embeddings.device).long() for t in out)
         keep = a != p  # with ref_emb PML cannot know that row i of both is one sample: never its own positive
-        a, p, neg = a[keep], p[keep], neg[keep]
-        if self.max_triplets is not None and len(a) > self.max_triplets:
-            keep = randperm(len(a), generator, a.device)[: self.max_triplets]
-            a, p, neg = a[keep], p[keep], neg[keep]
-        return a, p, neg
+        return a[keep], p[keep], neg[keep]
 
     def mine(
         self, dist: Tensor, same: Tensor, *, embedding_dim: int, generator: torch.Generator | None
