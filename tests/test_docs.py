@@ -22,7 +22,7 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 # A block that needs a package the test environment cannot hold starts with "# requires: <module>".
 # timm imports torchvision, and no torchvision release loads beside the CPU build of torch 2.13.0
 # that the tests pin ("operator torchvision::nms does not exist"); such a block runs where the
-# module is installed and is skipped, by name, where it is not.
+# module is installed and, where it is not, in `make test-interop` (tests/interop/docs_blocks.py).
 REQUIRES = re.compile(r"^# requires: (\w+)")
 OPTIONAL = {"timm", "lightly"}  # the only modules a block may require (both import torchvision)
 
@@ -56,20 +56,15 @@ def test_every_python_block_runs(page: Path, tmp_path: Path, monkeypatch: pytest
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     SETUP.get(page.name, lambda: None)()
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
-    skipped = []
     for i, code in enumerate(_blocks(page)):
         needed = REQUIRES.match(code)
-        if needed and importlib.util.find_spec(needed.group(1)) is None:
-            skipped.append(f"block {i + 1} (needs {needed.group(1)})")
-            continue
+        if needed:  # only the interop environment's modules; run there if not installed here
+            assert needed.group(1) in OPTIONAL, (
+                f"block {i + 1} requires {needed.group(1)}: add it to the test extra"
+            )
+            if importlib.util.find_spec(needed.group(1)) is None:
+                continue
         exec(compile(code, f"{page.name}, python block {i + 1}", "exec"), namespace)
-    if skipped:
-        pytest.skip(f"ran the other blocks; not installed here: {', '.join(skipped)}")
-
-
-def test_blocks_need_only_the_test_environment_or_a_named_exception() -> None:
-    needed = {m.group(1) for page in PAGES for code in _blocks(page) if (m := REQUIRES.match(code))}
-    assert needed <= OPTIONAL, f"blocks require {needed - OPTIONAL}: add them to the test extra instead"
 
 
 TOML_PAGES = [p for p in PAGES if "```toml" in p.read_text()]

@@ -34,6 +34,7 @@ __all__ = [
     "Precision",
     "autocast",
     "end_process_group",
+    "evaluating",
     "grad_scaler",
     "load_checkpoint",
     "process_group",
@@ -147,6 +148,26 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
         (False, True)
     """
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode without gradients (a probe), its training mode restored after.
+
+    Examples:
+        >>> net = torch.nn.BatchNorm1d(4)
+        >>> with evaluating(net):
+        ...     out = net(torch.randn(2, 4))   # running statistics untouched
+        >>> net.training, int(net.num_batches_tracked)
+        (True, 0)
+    """
+    mode = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(mode)
 
 
 def to_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:

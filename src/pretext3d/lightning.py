@@ -15,8 +15,8 @@ Lightning ``Trainer`` arguments; the data loader is yours.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from pretext3d import engine
 from pretext3d._checks import check_choice, check_int, check_positive
 from pretext3d.pretext_model import PretextModel, infer_num_features
-from pretext3d.pretrainer import WeightedTask, _weighted
+from pretext3d.pretrainer import WeightedTask, _image, _lr_factor, _optimizer, _task_loss, _weighted
 from pretext3d.tasks import PretextTask
 from pretext3d.transforms import random_crops
 
@@ -160,13 +160,10 @@ class PretextLightningModule(pl.LightningModule):
             generator = self.generators[self.entries.index(entry)]
             views, targets = entry.task(x, generator)
             output = self.models[entry.name](views).float()
-            loss = entry.task.loss(output, targets, generator=generator)
-            if not bool(torch.isfinite(loss.detach())):
-                raise engine.NonFiniteLossError(
-                    f"the {entry.name} loss is {float(loss.detach())} at step {self.global_step}"
-                )
-            # a loss over negatives gathered from every rank is the global batch's (see the Pretrainer)
-            total = total + entry.weight * loss * (world if getattr(entry.task, "gather", False) else 1)
+            weighted, loss = _task_loss(
+                entry, output, targets, generator, step=self.global_step, world=world, lr=self.lr
+            )
+            total = total + weighted
             accuracy = entry.task.accuracy(output.detach(), targets)
             self.log(f"loss/{entry.name}", loss.detach(), prog_bar=True, batch_size=len(x))
             self.log(f"accuracy/{entry.name}", accuracy, batch_size=len(x))
@@ -187,25 +184,13 @@ class PretextLightningModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """The optimizer and a per-step warm-up + cosine (or constant) schedule."""
-        params = list(self.models.parameters())
-        optimizer: torch.optim.Optimizer
-        if self.optimizer_name == "sgd":
-            optimizer = torch.optim.SGD(
-                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-            )
-        else:
-            cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
-            optimizer = cls(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = _optimizer(
+            self.models.parameters(), self.optimizer_name, self.lr, self.weight_decay, self.momentum
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup, cosine = self.warmup_steps, self.schedule == "cosine"
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if not cosine:
-                return 1.0
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
+        factor = functools.partial(
+            _lr_factor, warmup=self.warmup_steps, total=total, cosine=self.schedule == "cosine"
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -223,15 +208,7 @@ class PretextLightningModule(pl.LightningModule):
     # --- helpers -----------------------------------------------------------------------------
 
     def _images(self, batch: Any) -> Tensor:
-        if isinstance(batch, Mapping):
-            if self.image_key not in batch:
-                raise ValueError(
-                    f"a dict batch must hold the images under image_key={self.image_key!r}; "
-                    f"it holds {sorted(batch)}"
-                )
-            batch = batch[self.image_key]
-        elif isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        if not isinstance(batch, Tensor):
-            raise TypeError(f"a batch must be a tensor (B, C, *spatial), got {type(batch).__name__}")
-        return batch.as_subclass(Tensor)  # a MONAI MetaTensor becomes a plain tensor
+        images = _image(batch, self.image_key, "a batch")  # a MONAI MetaTensor becomes a plain tensor
+        if not isinstance(images, Tensor):
+            raise TypeError(f"a batch must be a tensor (B, C, *spatial), got {type(images).__name__}")
+        return images

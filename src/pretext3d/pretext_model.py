@@ -9,6 +9,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from pretext3d import engine
 from pretext3d.tasks.base import PretextTask
 
 __all__ = ["PretextModel", "infer_num_features"]
@@ -149,22 +150,16 @@ _SIZE_ERROR = re.compile(r"kernel size|output size|input size|input image|paddin
 
 def _smallest_accepted(encoder: nn.Module, views: Tensor, failed: int) -> int | None:
     """The smallest cubic (square) input edge above ``failed`` that ``encoder`` runs on, up to 256."""
-    mode = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            edges: list[int] = sorted({8, 16, 32, 64, 128, 256, *range(16, 257, 16)})
-            for edge in edges:
-                if edge <= failed:
-                    continue
-                probe = views.new_zeros(2, views.shape[1], *[edge] * (views.dim() - 2))
-                try:
-                    encoder(probe)
-                except RuntimeError:
-                    continue
-                return edge
-    finally:
-        encoder.train(mode)
+    edges: list[int] = [8, *range(16, 257, 16)]
+    with engine.evaluating(encoder):
+        for edge in edges:
+            if edge <= failed:
+                continue
+            try:
+                encoder(views.new_zeros(2, views.shape[1], *[edge] * (views.dim() - 2)))
+            except RuntimeError:
+                continue
+            return edge
     return None
 
 
@@ -233,16 +228,12 @@ def infer_num_features(encoder: nn.Module, spatial_dims: int, probe_size: int = 
         )
     param = next(encoder.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    was_training = encoder.training
-    encoder.eval()
     try:
-        with torch.no_grad():
+        with engine.evaluating(encoder):
             out = encoder(torch.zeros(1, in_channels, *[probe_size] * spatial_dims, device=device))
     except Exception as err:
         raise ValueError(
             f"probing {type(encoder).__name__} with a zero input of spatial size {probe_size} "
             f"failed ({err}); pass num_features=..."
         ) from err
-    finally:
-        encoder.train(was_training)
     return int(check_features(out, spatial_dims, type(encoder).__name__).shape[1])

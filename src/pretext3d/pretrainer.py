@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -180,16 +181,9 @@ class _Crops(Dataset[Tensor]):
 
     def __getitem__(self, index: int) -> Tensor:
         epoch, i = divmod(index, self.size)
-        item = self.data[i]
-        if isinstance(item, Mapping):  # a MONAI dataset's {"image": ..., ...}
-            if self.image_key not in item:
-                raise ValueError(
-                    f"the data set's item {i} is a dict without image_key={self.image_key!r} (its keys: "
-                    f"{sorted(item)}); pass Pretrainer(..., image_key=...)"
-                )
-            item = item[self.image_key]
-        image = item[0] if isinstance(item, (tuple, list)) else item
-        image = image.as_subclass(Tensor) if isinstance(image, Tensor) else torch.as_tensor(np.asarray(image))
+        image = _image(self.data[i], self.image_key, f"the data set's item {i}")
+        if not isinstance(image, Tensor):
+            image = torch.as_tensor(np.asarray(image))
         if image.dim() != self.spatial_dims + 1:
             raise ValueError(
                 f"the data set's item {i} has shape {tuple(image.shape)}; pretraining needs "
@@ -353,15 +347,15 @@ class Pretrainer:
         self.encoder = encoder
         if config.channels_last or (config.channels_last is None and self.device.type == "cuda"):
             engine.to_channels_last(self.models, self.spatial_dims)
-        params = list(self.models.parameters())  # the shared encoder's once
-        if config.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-            )
-        else:
-            cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-            self.optimizer = cls(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.optimizer = _optimizer(  # the shared encoder's parameters once
+            self.models.parameters(), config.optimizer, config.lr, config.weight_decay, config.momentum
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            functools.partial(
+                _lr_factor, warmup=config.warmup_steps, total=self.steps, cosine=config.schedule == "cosine"
+            ),
+        )
         self.scaler = engine.grad_scaler(self.device, self.precision)
         # one view/loss stream per task and rank: ranks draw different views, reruns the same ones
         self.generators = [
@@ -385,15 +379,6 @@ class Pretrainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=config.task_mode == "alternate",
             )
-
-    def _lr_factor(self, step: int) -> float:
-        warmup = self.config.warmup_steps
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if self.config.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, self.steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def _loader(
         self, data: Dataset[Any], first: int, count: int, seed: int, shuffle: bool
@@ -515,15 +500,10 @@ class Pretrainer:
                             targets = drawn[entry.name][1]
                             output = outputs[entry.name].float()
                             gen = self.generators[self.entries.index(entry)]
-                            loss = entry.task.loss(output, targets, generator=gen)
-                            if not bool(torch.isfinite(loss.detach())):
-                                raise engine.NonFiniteLossError(
-                                    f"the {entry.name} loss is {float(loss.detach())} at step {self.step}; "
-                                    f"the run stops (lower lr, now {cfg.lr}, or check the data for NaN)"
-                                )
-                            # a loss over negatives gathered from every rank is the global batch's loss on
-                            # each rank; DDP averages the gradients, so it is scaled back up (see gather)
-                            total = total + entry.weight * loss * (self.world if _gathers(entry.task) else 1)
+                            weighted, loss = _task_loss(
+                                entry, output, targets, gen, step=self.step, world=self.world, lr=cfg.lr
+                            )
+                            total = total + weighted
                             losses[entry.name] = losses.get(entry.name, 0.0) + float(loss.detach()) / micro
                             accuracies[entry.name] = (
                                 accuracies.get(entry.name, 0.0)
@@ -676,6 +656,63 @@ def pretext_warning(task: PretextTask[Any, Any], accuracy: float) -> str | None:
     if isinstance(task, ClassificationTask) and accuracy < 1.5 / task.num_classes:
         return f"is at chance (held-out accuracy {accuracy:.3f}, chance {1 / task.num_classes:.3f})"
     return None
+
+
+def _optimizer(
+    params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    """AdamW, Adam or SGD with momentum (the Pretrainer's and the LightningModule's)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+def _lr_factor(step: int, *, warmup: int, total: int, cosine: bool) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total`` (or constant)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if not cosine:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _task_loss(
+    entry: WeightedTask,
+    output: Tensor,
+    targets: Any,
+    generator: torch.Generator,
+    *,
+    step: int,
+    world: int,
+    lr: float,
+) -> tuple[Tensor, Tensor]:
+    """``(weighted loss to backpropagate, the task's loss)``; a non-finite loss stops the run."""
+    loss = entry.task.loss(output, targets, generator=generator)
+    if not bool(torch.isfinite(loss.detach())):
+        raise engine.NonFiniteLossError(
+            f"the {entry.name} loss is {float(loss.detach())} at step {step}; "
+            f"the run stops (lower lr, now {lr}, or check the data for NaN)"
+        )
+    # a loss over negatives gathered from every rank is the global batch's loss on each rank;
+    # DDP averages the gradients, so it is scaled back up (see pretext3d.objectives.gather)
+    return entry.weight * loss * (world if _gathers(entry.task) else 1), loss
+
+
+def _image(item: Any, image_key: str, where: str) -> Any:
+    """The image of a data item or batch: a dict's ``image_key``, a tuple's first element, or itself.
+
+    A tensor comes back as a plain ``Tensor`` (a MONAI ``MetaTensor`` loses its metadata).
+    """
+    if isinstance(item, Mapping):  # a MONAI dataset's {"image": ..., ...}
+        if image_key not in item:
+            raise ValueError(
+                f"{where} is a dict without image_key={image_key!r} (its keys: {sorted(item)}); "
+                "pass image_key=..."
+            )
+        item = item[image_key]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    return image.as_subclass(Tensor) if isinstance(image, Tensor) else image
 
 
 def _gathers(task: PretextTask[Any, Any]) -> bool:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-PAGE = Path(__file__).parents[2] / "docs" / "extending.md"
+DOCS = Path(__file__).parents[2] / "docs"
+PRELUDE = "import torch\nimport pretext3d as p3\ngen = torch.Generator().manual_seed(0)\n"
 
 
 def run_blocks_requiring(module: str) -> int:
-    """Run every Python block of the page that starts with ``# requires: <module>``; how many ran."""
-    blocks = re.findall(r"^```python\n(.*?)^```", PAGE.read_text(), re.S | re.M)
-    needed = [b for b in blocks if b.startswith(f"# requires: {module}")]
-    for block in needed:
-        prelude = "import torch\nimport pretext3d as p3\ngen = torch.Generator().manual_seed(0)\n"
-        exec(compile(prelude + block, f"{PAGE.name} ({module})", "exec"), {})
-    return len(needed)
+    """Run every Python block of the docs that starts with ``# requires: <module>``; how many ran."""
+    ran = 0
+    for page in sorted(DOCS.rglob("*.md")):
+        for block in re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M):
+            if block.startswith(f"# requires: {module}"):
+                exec(compile(PRELUDE + block, f"{page.name} ({module})", "exec"), {})
+                ran += 1
+    return ran

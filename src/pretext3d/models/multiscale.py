@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretext3d import engine
 from pretext3d._checks import check_choice, check_int, check_spatial_dims
 from pretext3d.models import _layers as L
 from pretext3d.models.base import Encoder
@@ -211,27 +212,20 @@ class MultiScaleUNet(nn.Module):
             for name, position in (("forward_intermediates", 0), ("forward_features", 1)):
                 if callable(getattr(self.encoder, name, None)):
                     candidates.insert(position, name)
-        mode = self.encoder.training
-        self.encoder.eval()
         errors = []
-        try:
-            with torch.no_grad():
-                for source in candidates:
-                    try:
-                        maps = self._read(x, source)
-                    except Exception as err:  # a candidate that does not apply: try the next
-                        errors.append(f"{source}: {type(err).__name__}: {str(err)[:120]}")
-                        continue
-                    if source == "stages" and len(maps) != len(self._stage_names or []):
-                        errors.append(
-                            f"stages gave {len(maps)} outputs for {len(self._stage_names or [])} names"
-                        )
-                        continue
-                    if all(m.dim() == 2 + self.spatial_dims for m in maps):
-                        return maps, source
-                    errors.append(f"{source}: not maps of {self.spatial_dims} spatial axes")
-        finally:
-            self.encoder.train(mode)
+        with engine.evaluating(self.encoder):
+            for source in candidates:
+                try:
+                    maps = self._read(x, source)
+                except Exception as err:  # a candidate that does not apply: try the next
+                    errors.append(f"{source}: {type(err).__name__}: {str(err)[:120]}")
+                    continue
+                if source == "stages" and len(maps) != len(self._stage_names or []):
+                    errors.append(f"stages gave {len(maps)} outputs for {len(self._stage_names or [])} names")
+                    continue
+                if all(m.dim() == 2 + self.spatial_dims for m in maps):
+                    return maps, source
+                errors.append(f"{source}: not maps of {self.spatial_dims} spatial axes")
         children = [n for n, _ in self.encoder.named_children()]
         raise ValueError(
             f"cannot find multi-scale features of {type(self.encoder).__name__} on a probe of size {size} "
