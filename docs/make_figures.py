@@ -28,6 +28,8 @@ import pretext3d as p3
 
 OUT = Path(__file__).parent / "figures" / "tasks"
 NOTE = "SYNTHETIC phantom"
+# the grid tasks' shortcut defences off: the figures show the geometry of the cells
+RAW = {"gap": 0, "crop_scale": None, "normalize_tiles": False, "tile_flip": False, "color": "none"}
 
 
 def _save(fig: plt.Figure, name: str) -> None:
@@ -60,9 +62,12 @@ def rotation(ct: torch.Tensor) -> None:
 
 def jigsaw(fundus: torch.Tensor) -> None:
     """Shuffled tiles, and the pairwise Hamming distances of two permutation sets."""
-    task = p3.tasks.Jigsaw(2, grid=3, num_permutations=100, jitter=2)
+    task = p3.tasks.Jigsaw(2, grid=3, num_permutations=100, jitter=2, **RAW)
     fig = p3.viz.plot_views(task, fundus[:2], generator=0)
-    fig.suptitle(f"Jigsaw (2D, 3×3 grid): tiles in shuffled slot order, target = permutation ({NOTE})")
+    fig.suptitle(
+        f"Jigsaw (2D, 3×3 grid): tiles in shuffled slot order, target = permutation; shortcut defences off "
+        f"to show the geometry ({NOTE})"
+    )
     _save(fig, "jigsaw.png")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     for ax, cells in zip(axes, (9, 27), strict=True):
@@ -128,7 +133,7 @@ def _plain(ax: plt.Axes) -> None:
 
 def rpl(fundus: torch.Tensor) -> None:
     """The grid on the image, the centre and the query cell framed, and the two patches."""
-    task = p3.tasks.RelativePatchLocation(2, grid=3, jitter=2).eval()  # centred patches
+    task = p3.tasks.RelativePatchLocation(2, grid=3, jitter=2, **RAW).eval()  # centred patches
     image = fundus[:1]
     cell, _ = task.geometry(tuple(image.shape[2:]))
     fig, axes = plt.subplots(1, 5, figsize=(12, 2.9))
@@ -154,7 +159,8 @@ def rpl(fundus: torch.Tensor) -> None:
             ax.set_title(title, fontsize=8, color=colour)
             _plain(ax)
     fig.suptitle(
-        f"Relative patch location (2D): which of the 8 neighbours is the query? ({NOTE})", fontsize=10
+        f"Relative patch location (2D): which of the 8 neighbours is the query? (defences off; {NOTE})",
+        fontsize=10,
     )
     fig.tight_layout()
     _save(fig, "rpl.png")

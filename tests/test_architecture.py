@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "models": 3,
     "tasks": 3,
     "pretext_model": 4,
+    "diagnostics": 4,
     "data": 5,
     "finetune": 5,
     "pretrainer": 5,

@@ -96,7 +96,7 @@ def probes() -> list[Probe]:
         t(lambda: Rotation(3)(V3[0]), VE, r"task.single\(x\)"),
         t(lambda: Rotation(3)(V3 * NAN), VE, "NaN"),
         t(lambda: Rotation(3)(torch.randn(2, 1, 8, 8, 6)), VE, "needs equal sizes"),
-        t(lambda: Jigsaw(3)(V3), VE, "too small for grid=3"),
+        t(lambda: Jigsaw(3, jitter=3)(V3), VE, "too small for grid=3"),
         t(lambda: CPC(3)(V3), VE, "grid of 32-voxel patches"),
         t(lambda: Rotation(3)(V3, "seed"), TE, "generator must be a torch.Generator, an int seed"),
         t(lambda: Rotation(3)(V3, 1.5), TE, "generator"),

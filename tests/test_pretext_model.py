@@ -46,7 +46,7 @@ def test_patch_tasks_run_one_encoder_call_over_all_patches() -> None:
     model = p3.PretextModel(encoder, task)
     views, _ = task(torch.randn(2, 1, 15, 15, 15))
     model(views)
-    assert calls == [(2 * 27, 1, 2, 2, 2)]
+    assert calls == [(2 * 27, 1, 5, 5, 5)]
     with pytest.raises(ValueError, match=r"views must have shape \(B, 27, C, \*patch\)"):
         model(views[:, :5])
 
@@ -158,11 +158,11 @@ def test_patches_too_small_for_the_encoder_say_both_sizes(spatial_dims: int) -> 
     task = p3.tasks.Jigsaw(spatial_dims, grid=3, num_permutations=24, jitter=2)
     model = p3.PretextModel(encoder, task, num_features=8)
     views, _ = task(torch.randn(2, 1, *[48] * spatial_dims), generator=0)
-    size = (14,) * spatial_dims
+    size = (13,) * spatial_dims  # 16 - jitter 2 - gap 1 (10 % of 16)
     with pytest.raises(ValueError) as info:
         model(views)
     message = str(info.value)
     assert f"cannot take inputs of spatial size {size}" in message
-    assert f"Jigsaw makes patches of {size}: image size // grid (3) - jitter (2)" in message
+    assert f"Jigsaw makes patches of {size}: image size // grid (3) - jitter (2) - gap (0.1)" in message
     assert "it accepted 32 per axis when probed" in message
     assert encoder.training  # the probe left the encoder's mode as it was

@@ -8,12 +8,14 @@ encoder, losses and miners (:mod:`~pretext3d.objectives`), transforms, reference
 encoders (:mod:`~pretext3d.models`), the pretraining loop (:mod:`~pretext3d.pretrainer`,
 under torchrun too), fine-tuning (:mod:`~pretext3d.finetune`), the paper's experiments
 (:mod:`~pretext3d.experiments`, with the reproductions of its Figures 3 and 4), data loaders
-and phantoms (:mod:`~pretext3d.data`), pictures of the views a task makes (:mod:`~pretext3d.viz`),
+and phantoms (:mod:`~pretext3d.data`), shortcut scores and feature probes
+(:mod:`~pretext3d.diagnostics`), pictures of the views a task makes (:mod:`~pretext3d.viz`),
 and the registry of named tasks and encoders.
 """
 
 from pretext3d import (
     data,
+    diagnostics,
     engine,
     experiments,
     finetune,
@@ -38,6 +40,7 @@ __all__ = [
     "PretextModel",
     "__version__",
     "data",
+    "diagnostics",
     "engine",
     "experiments",
     "finetune",

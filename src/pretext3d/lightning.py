@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from pretext3d import engine
 from pretext3d._checks import check_choice, check_int, check_positive
+from pretext3d.diagnostics import FeatureProbe
 from pretext3d.pretext_model import PretextModel, infer_num_features
 from pretext3d.pretrainer import WeightedTask, _image, _lr_factor, _optimizer, _task_loss, _weighted
 from pretext3d.tasks import PretextTask
@@ -65,6 +66,10 @@ class PretextLightningModule(pl.LightningModule):
         activation_checkpointing: switch the encoder's ``checkpointing`` on.
         image_key: the image's key in dict batches.
         seed: seeds the heads and the task draws.
+        probe: a :class:`~pretext3d.diagnostics.FeatureProbe`: run on the encoder before the
+            first step (the randomly initialised reference) and after every ``probe.every``
+            steps, logged as ``probe/<metric>`` and kept in ``module.probe_history``
+            (``[{"step": ..., "<metric>": ...}, ...]``).
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -98,8 +103,13 @@ class PretextLightningModule(pl.LightningModule):
         activation_checkpointing: bool = False,
         image_key: str = "image",
         seed: int = 0,
+        probe: FeatureProbe | None = None,
     ) -> None:
         super().__init__()
+        if probe is not None and not isinstance(probe, FeatureProbe):
+            raise TypeError(f"probe must be a pretext3d.diagnostics.FeatureProbe, got {type(probe).__name__}")
+        self.probe = probe
+        self.probe_history: list[dict[str, float]] = []
         self.optimizer_name = check_choice("optimizer", optimizer, ("adamw", "adam", "sgd"))
         self.lr = check_positive("lr", lr)
         self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
@@ -145,6 +155,24 @@ class PretextLightningModule(pl.LightningModule):
             ]
         if self.channels_last or (self.channels_last is None and self.device.type == "cuda"):
             engine.to_channels_last(self.models, self.spatial_dims)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Probe the randomly initialised encoder before the first step (the reference)."""
+        if self.probe is not None and self.global_step == 0 and not self.probe_history:
+            self._run_probe()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Probe the frozen features every ``probe.every`` steps."""
+        due = self.probe is not None and self.global_step % self.probe.every == 0
+        if due and (not self.probe_history or self.probe_history[-1]["step"] != self.global_step):
+            self._run_probe()
+
+    def _run_probe(self) -> None:
+        assert self.probe is not None
+        result = self.probe(self.encoder)
+        self.probe_history.append({"step": float(self.global_step), **result})
+        for key, value in result.items():
+            self.log(f"probe/{key}", value, on_step=True, on_epoch=False, batch_size=1)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """The weighted sum of the active tasks' losses on this batch."""

@@ -127,6 +127,7 @@ class PretextModel(nn.Module):
         if hasattr(task, "jitter") and hasattr(task, "grid"):
             made = (
                 f"{name} makes patches of {size}: image size // grid ({task.grid}) - jitter ({task.jitter})"
+                f" - gap ({getattr(task, 'gap', 0)})"
             )
         elif getattr(task, "patch", None) is not None or task.num_patches is not None:
             made = f"{name} makes patches of {size}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -34,7 +35,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from pretext3d import engine
-from pretext3d._checks import check_choice, check_int, check_positive
+from pretext3d._atomic import write_text
+from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
+from pretext3d.diagnostics import FeatureProbe, shortcut_score
 from pretext3d.models.io import save_encoder
 from pretext3d.pretext_model import PretextModel, infer_num_features
 from pretext3d.provenance import environment, write_pretraining_record
@@ -56,6 +59,14 @@ class PretrainConfig:
         accumulate: micro-batches per optimizer step (gradient accumulation).
         crop: edge of the random crop each image gets in the loader (``0``: whole images,
             which must then share one shape).
+        crop_min_std: reject near-homogeneous crops in the loader (it costs the GPU nothing):
+            a crop whose intensity std is below this fraction of its whole image's std is
+            drawn again, up to 8 times, and the most varied draw is kept if none passes. A
+            flat crop of tissue carries no orientation, so rotation cannot be learned from it.
+            ``0``: keep every crop (the behaviour of 0.1).
+        shortcut_check: images of the data on which :func:`~pretext3d.diagnostics.shortcut_score`
+            runs once at the start of a run (a warning when trivial statistics predict a task's
+            targets above 1.5 x chance; the scores go into the record); ``0``: no check.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"`` (with ``momentum``).
         lr: peak learning rate.
         weight_decay: decoupled for AdamW, L2 for Adam and SGD.
@@ -97,6 +108,8 @@ class PretrainConfig:
     batch_size: int = 8
     accumulate: int = 1
     crop: int = 0
+    crop_min_std: float = 0.25
+    shortcut_check: int = 64
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -131,13 +144,14 @@ class PretrainConfig:
             check_int("epochs", self.epochs, 1)
         for name, low in [("batch_size", 1), ("accumulate", 1), ("crop", 0), ("warmup_steps", 0),
                           ("num_workers", 0), ("eval_every", 1), ("log_every", 1),
-                          ("checkpoint_every", 1), ("seed", 0)]:  # fmt: skip
+                          ("checkpoint_every", 1), ("seed", 0), ("shortcut_check", 0)]:  # fmt: skip
             check_int(name, getattr(self, name), low)
         check_choice("optimizer", self.optimizer, ("adamw", "adam", "sgd"))
         check_choice("schedule", self.schedule, ("cosine", "constant"))
         check_choice("task_mode", self.task_mode, ("sum", "alternate"))
         check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         check_positive("lr", self.lr)
+        check_unit_interval("crop_min_std", self.crop_min_std, include_one=False)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_positive("momentum", self.momentum, allow_zero=True)
         if self.grad_clip is not None:
@@ -171,10 +185,17 @@ class _Crops(Dataset[Tensor]):
     """Items of ``data`` (index ``epoch * N + i``), randomly cropped as a function of (seed, epoch, i)."""
 
     def __init__(
-        self, data: Dataset[Any], size: int, crop: int, spatial_dims: int, seed: int, image_key: str
+        self,
+        data: Dataset[Any],
+        size: int,
+        crop: int,
+        spatial_dims: int,
+        seed: int,
+        image_key: str,
+        min_std: float = 0.0,
     ) -> None:
         self.data, self.size, self.crop, self.spatial_dims, self.seed = data, size, crop, spatial_dims, seed
-        self.image_key = image_key
+        self.image_key, self.min_std = image_key, min_std
 
     def __len__(self) -> int:
         return self.size
@@ -191,8 +212,24 @@ class _Crops(Dataset[Tensor]):
             )
         if self.crop:
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + i)
-            image = torch.from_numpy(random_crop(image.numpy(), (self.crop,) * self.spatial_dims, generator))
+            image = torch.from_numpy(self._varied_crop(image.numpy(), generator))
         return image.float().contiguous()
+
+    def _varied_crop(self, array: np.ndarray, generator: torch.Generator) -> np.ndarray:
+        """A random crop, drawn again (up to 8 draws) while its std is below ``min_std`` x the image's."""
+        size = (self.crop,) * self.spatial_dims
+        crop = random_crop(array, size, generator)
+        if not self.min_std:
+            return crop
+        need = self.min_std * float(array.std())
+        best, best_std = crop, float(crop.std())
+        for _ in range(7):
+            if best_std >= need:
+                break
+            crop = random_crop(array, size, generator)
+            if float(crop.std()) > best_std:
+                best, best_std = crop, float(crop.std())
+        return best
 
 
 class _Batches(Sampler[list[int]]):
@@ -269,6 +306,10 @@ class Pretrainer:
         image_key: the image's key in dict items.
         callbacks: called with every metric row, on the main process (see
             :data:`pretext3d.engine.Callback`): to log to any tracker, or to stop by raising.
+        probe: a :class:`~pretext3d.diagnostics.FeatureProbe` on a small labelled set: run on
+            the randomly initialised encoder before the first step (the reference), then every
+            ``probe.every`` steps and at the end, logged as ``probe/<metric>`` beside the pretext
+            loss and accuracy (main process).
 
     Examples:
         >>> scans = p3.data.PhantomImages("ct", count=8, size=32)   # or VolumeFolder("scans/", cache_dir=...)
@@ -294,7 +335,11 @@ class Pretrainer:
         log: Callable[[str], None] = print,
         image_key: str = "image",
         callbacks: Sequence[engine.Callback] = (),
+        probe: FeatureProbe | None = None,
     ) -> None:
+        if probe is not None and not isinstance(probe, FeatureProbe):
+            raise TypeError(f"probe must be a pretext3d.diagnostics.FeatureProbe, got {type(probe).__name__}")
+        self.probe = probe
         self.config, self.log, self.extra_record = config, log, dict(record or {})
         self.image_key, self.callbacks = image_key, list(callbacks)
         self.entries = _weighted(tasks)
@@ -383,7 +428,10 @@ class Pretrainer:
     def _loader(
         self, data: Dataset[Any], first: int, count: int, seed: int, shuffle: bool
     ) -> DataLoader[Tensor]:
-        crops = _Crops(data, len(data), self.config.crop, self.spatial_dims, seed, self.image_key)  # type: ignore[arg-type]
+        crops = _Crops(
+            data, len(data), self.config.crop, self.spatial_dims, seed, self.image_key,  # type: ignore[arg-type]
+            self.config.crop_min_std,
+        )  # fmt: skip
         batch = min(self.config.batch_size, len(crops))
         rank, world = (self.rank, self.world) if shuffle else (0, 1)  # held-out data is not split
         sampler = _Batches(len(crops), batch, seed, first, count, shuffle, rank, world)
@@ -467,6 +515,10 @@ class Pretrainer:
         if self.main:
             self.metrics.truncate(self.step)  # rows logged after the checkpoint (or by an unsaved start) go
         start_step = self.step
+        if self.main and self.step == 0:
+            self._check_shortcuts()
+            if self.probe is not None:
+                self._probe()
         micro = cfg.accumulate
         loader = self._loader(self.data, self.step * micro, (self.steps - self.step) * micro, cfg.seed, True)
         batches = iter(loader)
@@ -549,6 +601,9 @@ class Pretrainer:
                 evaluate = self.step % cfg.eval_every == 0 or self.step == self.steps
                 if self.held_out is not None and self.main and evaluate:  # rank 0 only: no collectives
                     last_eval = self.evaluate()
+                probe_due = self.probe is not None and self.step % self.probe.every == 0
+                if self.main and (probe_due or (self.probe is not None and self.step == self.steps)):
+                    self._probe()
                 if self.step % cfg.checkpoint_every == 0 or self.step == self.steps:
                     self._save()
         if self.held_out is not None and self.main and not last_eval:  # a resumed finished run: its last
@@ -557,6 +612,34 @@ class Pretrainer:
             ]
             last_eval = {k: v for k, v in logged[-1].items() if k != "step"} if logged else self.evaluate()
         return self._finish(start_step, last_eval)
+
+    def _check_shortcuts(self) -> None:
+        """Score every task's shortcut on up to ``config.shortcut_check`` images; warn; keep the scores."""
+        count = min(self.config.shortcut_check, self.size)
+        if count < 4:
+            return
+        crops = _Crops(
+            self.data, self.size, self.config.crop, self.spatial_dims, self.config.seed + 104_729,
+            self.image_key, self.config.crop_min_std,
+        )  # fmt: skip
+        images = _stack([crops[i] for i in range(count)]).to(self.device)
+        reports = {}
+        for k, entry in enumerate(self.entries):
+            report = shortcut_score(
+                entry.task, images, generator=self.config.seed + k, batch_size=max(2, self.config.batch_size)
+            )
+            reports[entry.name] = report.as_dict()
+            self.log(f"{'warning: ' if report.flagged else ''}{entry.name}: {report}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "shortcuts.json", json.dumps(reports, indent=1))
+
+    def _probe(self) -> None:
+        assert self.probe is not None
+        result = self.probe(self.encoder)
+        self._emit({"step": self.step, **{f"probe/{k}": v for k, v in result.items()}})
+        self.log(
+            f"step {self.step}: frozen-feature probe " + ", ".join(f"{k} {v:.3f}" for k, v in result.items())
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -628,6 +711,15 @@ class Pretrainer:
             "precision": self.precision,
             "environment": environment(self.device),
         }
+        shortcuts = self.run_dir / "shortcuts.json"
+        if shortcuts.exists():
+            record["shortcut"] = json.loads(shortcuts.read_text())
+        probes = [r for r in self.metrics.rows() if any(k.startswith("probe/") for k in r)]
+        if probes:
+            record["probe"] = {
+                "initial": {k: v for k, v in probes[0].items() if k != "step"} | {"step": probes[0]["step"]},
+                "final": {k: v for k, v in probes[-1].items() if k != "step"} | {"step": probes[-1]["step"]},
+            }
         record.update(self.extra_record)
         held_ids = _case_ids(self.held_out) if self.held_out is not None else []
         record["held_out_cases"] = held_ids

@@ -100,3 +100,22 @@ def test_bad_settings_are_refused() -> None:
         PretextLightningModule(encoder, [p3.tasks.Rotation(3), p3.tasks.Jigsaw(2)])
     with pytest.raises(ValueError, match="checkpointing switch"):
         PretextLightningModule(torch.nn.Conv3d(1, 4, 3), p3.tasks.Rotation(3), activation_checkpointing=True)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_probe_logs_the_random_reference_then_every_few_steps(spatial_dims: int) -> None:
+    from pretext3d.diagnostics import FeatureProbe
+
+    if spatial_dims == 2:
+        images, labels = p3.data.fundus_phantom_batch(8, size=32, seed=5)
+        encoder = p3.models.DenseNetEncoder(2, 3, growth_rate=4, block_config=(1, 1), init_features=8)
+        probe = FeatureProbe(images, labels, every=2)
+    else:
+        images, labels = p3.data.ct_phantom_batch(8, size=32, seed=5)
+        encoder = p3.models.UNetEncoder(3, widths=(8, 16))
+        probe = FeatureProbe(images, labels, task="segmentation", every=2)
+    module = PretextLightningModule(encoder, p3.tasks.Rotation(spatial_dims), crop=16, probe=probe)
+    trainer = pl.Trainer(max_steps=4, **QUIET)
+    trainer.fit(module, _loader(spatial_dims))
+    assert [h["step"] for h in module.probe_history] == [0, 2, 4]
+    assert f"probe/{probe.metric}" in trainer.logged_metrics

@@ -25,12 +25,16 @@ def test_task_shapes_and_grid_geometry(spatial_dims: int) -> None:
     assert labels is None  # CPC's targets come from the image itself
     got_patch, stride, offset = task.geometry((size,) * spatial_dims)
     assert got_patch == patch
-    # eval mode: no augmentation, so slot c is exactly the c-th grid window (row-major)
+    # eval mode: no augmentation, so slot c is the c-th grid window (row-major), normalised
     for c, cell in enumerate(itertools.product(range(task.grid), repeat=spatial_dims)):
         region = tuple(
             slice(o + i * stride, o + i * stride + patch) for o, i in zip(offset, cell, strict=True)
         )
-        assert torch.equal(views[1, c], x[(1, slice(None), *region)])
+        window = x[(1, slice(None), *region)]
+        expected = (window - window.mean()) / (window.std(unbiased=False) + 1e-5)
+        torch.testing.assert_close(views[1, c], expected, atol=1e-5, rtol=1e-5)
+    raw, _ = CPC(spatial_dims, normalize_patches=False).eval()(x)  # the option of 0.1: windows as cut
+    assert torch.equal(raw[1, 0], x[(1, slice(None), *[slice(o, o + patch) for o in offset])])
 
 
 def test_training_augmentation_flips_and_crops(spatial_dims: int) -> None:
@@ -51,7 +55,7 @@ def test_training_augmentation_flips_and_crops(spatial_dims: int) -> None:
         flipped[0, 0, 0][tuple(slice(o, o + 6) for o in corner)]
         for corner in itertools.product(range(3), repeat=spatial_dims)
     ]
-    assert any(torch.equal(patch, w) for w in windows)
+    assert any(torch.allclose(patch, w, atol=1e-5) for w in windows)
 
 
 def test_cpc_accuracy_rises_above_chance() -> None:

@@ -13,6 +13,9 @@ import pretext3d as p3
 from pretext3d.tasks import Jigsaw, RelativePatchLocation
 from tests.conftest import coordinate_image
 
+# the tiles as cut, without the shortcut defences (tested in test_defences.py): the geometry below
+RAW = {"gap": 0, "crop_scale": None, "normalize_tiles": False, "tile_flip": False, "color": "none"}
+
 
 def reference_patch(
     x: torch.Tensor,
@@ -36,7 +39,7 @@ def test_jigsaw_slots_hold_documented_cells(spatial_dims: int, shape_extra: int)
     grid, cell = 3, 4
     shape = tuple(grid * cell + shape_extra + a for a in range(spatial_dims))  # non-cubic
     x = coordinate_image(5, 2, shape)
-    task = Jigsaw(spatial_dims, grid=grid, num_permutations=20, jitter=0)
+    task = Jigsaw(spatial_dims, grid=grid, num_permutations=20, jitter=0, **RAW)
     views, labels = task(x, generator=torch.Generator().manual_seed(0))
     cell_size = tuple(s // grid for s in shape)
     assert views.shape == (5, grid**spatial_dims, 2, *cell_size)
@@ -54,6 +57,7 @@ def test_jigsaw_slots_hold_documented_cells(spatial_dims: int, shape_extra: int)
         jitter=0,
         permutations=torch.arange(grid**spatial_dims)[None],
         num_permutations=1,
+        **RAW,
     )
     assert torch.equal(unshuffled, identity(x)[0])
 
@@ -63,7 +67,7 @@ def test_jittered_patches_stay_inside_their_cell(spatial_dims: int, task_cls: ty
     grid, jitter, cell = 3, 3, 7
     shape = (grid * cell,) * spatial_dims
     x = coordinate_image(16, 1, shape)
-    task = task_cls(spatial_dims, grid=grid, jitter=jitter)
+    task = task_cls(spatial_dims, grid=grid, jitter=jitter, **RAW)
     views, labels = task(x, generator=torch.Generator().manual_seed(1))
     patch = cell - jitter
     cells = (
@@ -95,7 +99,7 @@ def test_jittered_patches_stay_inside_their_cell(spatial_dims: int, task_cls: ty
 def test_eval_mode_takes_centre_crops(spatial_dims: int, task_cls: type) -> None:
     grid, jitter, cell = 3, 3, 6
     x = coordinate_image(4, 1, (grid * cell,) * spatial_dims)
-    task = task_cls(spatial_dims, grid=grid, jitter=jitter).eval()
+    task = task_cls(spatial_dims, grid=grid, jitter=jitter, **RAW).eval()
     a, la = task(x, generator=torch.Generator().manual_seed(0))
     b, _ = task(x, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
@@ -113,7 +117,7 @@ def test_eval_mode_takes_centre_crops(spatial_dims: int, task_cls: type) -> None
 
 
 def test_rpl_labels_skip_the_centre(spatial_dims: int) -> None:
-    task = RelativePatchLocation(spatial_dims, grid=3, jitter=0)
+    task = RelativePatchLocation(spatial_dims, grid=3, jitter=0, **RAW)
     assert task.num_classes == (8 if spatial_dims == 2 else 26)
     centre = task.centre
     assert centre == (4 if spatial_dims == 2 else 13)
@@ -153,7 +157,8 @@ def test_determinism_per_seed(spatial_dims: int, task_cls: type) -> None:
 def test_single_sample_and_device(spatial_dims: int, task_cls: type, device: torch.device) -> None:
     task = task_cls(spatial_dims).to(device)
     view, label = task.single(torch.randn(1, *[15] * spatial_dims, device=device))
-    assert view.shape == (task.num_patches, 1, *[2] * spatial_dims)
+    patch = task.geometry((15,) * spatial_dims)[1]  # 5 - 0 - 0: jitter and gap are 10 % of 5, rounded down
+    assert view.shape == (task.num_patches, 1, *patch) and patch == (5,) * spatial_dims
     assert label.shape == () and view.device.type == device.type
 
 
@@ -189,7 +194,12 @@ def test_jigsaw_external_sets(tmp_path: Path) -> None:
         (lambda: Jigsaw(3, grid=1), ValueError, "grid must be an int >= 2, got 1"),
         (lambda: Jigsaw(5), ValueError, "spatial_dims must be 2 or 3, got 5"),
         (lambda: RelativePatchLocation(3, grid=4), ValueError, "grid must be odd"),
-        (lambda: RelativePatchLocation(2, jitter=1.5), TypeError, "jitter must be an int"),
+        (
+            lambda: RelativePatchLocation(2, jitter=1.5),
+            ValueError,
+            r"jitter as a float is a fraction .* \[0, 1\)",
+        ),
+        (lambda: RelativePatchLocation(2, jitter="3"), TypeError, "jitter must be an int"),
     ],
 )
 def test_bad_construction(make: object, error: type[Exception], match: str) -> None:
@@ -199,9 +209,9 @@ def test_bad_construction(make: object, error: type[Exception], match: str) -> N
 
 @pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
 def test_too_small_volume(spatial_dims: int, task_cls: type) -> None:
-    task = task_cls(spatial_dims, grid=3, jitter=3)
+    task = task_cls(spatial_dims, grid=3, jitter=3, gap=0)
     with pytest.raises(
-        ValueError, match=r"too small for grid=3 and jitter=3: every axis needs at least .* = 12"
+        ValueError, match=r"too small for grid=3, jitter=3 and gap=0: every axis needs at least .* = 12"
     ):
         task(torch.randn(2, 1, *[11] * spatial_dims))
     with pytest.raises(TypeError, match="floating-point"):

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Subset
 from pretext3d._checks import check_positive
 from pretext3d.config import ConfigError, check_keywords
 from pretext3d.data.spec import DataSpec
+from pretext3d.diagnostics import FeatureProbe
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.pretrainer import PretrainConfig, Pretrainer, WeightedTask
 from pretext3d.registry import ENCODERS, TASKS
@@ -87,6 +88,7 @@ def pretrain_encoder(
     record: dict[str, Any] | None = None,
     pool: Dataset[Any] | None = None,
     log: Callable[[str], None] = print,
+    probe: FeatureProbe | None = None,
 ) -> dict[str, Any]:
     """Pretrain (or resume, or keep a finished) encoder and write it with its record.
 
@@ -104,6 +106,7 @@ def pretrain_encoder(
         pool: ``data.unlabelled()`` made earlier, to reuse what it has read (phantoms are drawn
             once per data set object); default: made here.
         log: where progress lines go.
+        probe: a frozen-feature probe for the :class:`~pretext3d.pretrainer.Pretrainer`.
 
     Returns:
         The pretraining record.
@@ -164,6 +167,7 @@ def pretrain_encoder(
                 **(record or {}),
             },
             log=log,
+            probe=probe,
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from err

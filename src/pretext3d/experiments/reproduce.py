@@ -33,7 +33,9 @@ from pretext3d import engine
 from pretext3d._atomic import write_text
 from pretext3d._checks import check_int
 from pretext3d.config import check_keywords, from_mapping, load_toml, merge_override, parse_override
+from pretext3d.data.phantoms import ct_phantom_batch, fundus_phantom_batch
 from pretext3d.data.spec import DataSpec
+from pretext3d.diagnostics import FeatureProbe, chance_level
 from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, recipe_for, registered
 from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
 from pretext3d.experiments.report import colour, summary_table, write_report
@@ -47,6 +49,7 @@ __all__ = [
     "Reproduction",
     "load_reproduction",
     "pretraining_curves",
+    "probe_for",
     "run_reproduction",
 ]
 
@@ -98,6 +101,11 @@ class Reproduction:
         pretrain: the Pretrainer's settings shared by every task (its ``seed`` + k seeds
             pretraining seed k).
         pretraining_seeds: encoders pretrained per task (each a method's pretraining seed).
+        probe_images: labelled phantoms of their own seed (never a case of the splits) for a
+            frozen-feature probe during pretraining (:class:`~pretext3d.diagnostics.FeatureProbe`:
+            CT, a linear patch probe of the pancreas; fundus, a linear probe of the grade), run
+            on the random encoder and every ``pretrain.eval_every`` steps and drawn in the
+            pretraining figure; phantom data only; ``0``: none.
         tasks: task name -> how it is pretrained; each becomes a method of the grid.
         segmentation: the segmentation recipe (CT data); its encoder architecture is the one
             pretrained.
@@ -138,6 +146,7 @@ class Reproduction:
     held_out: int = 16
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     pretraining_seeds: int = 1
+    probe_images: int = 0
     tasks: dict[str, PretextSetting] = field(default_factory=_every_task)
     segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
     grading: GradingRecipe = field(default_factory=GradingRecipe)
@@ -161,6 +170,15 @@ class Reproduction:
             )
         check_int("held_out", self.held_out, 0)
         check_int("pretraining_seeds", self.pretraining_seeds, 1)
+        if check_int("probe_images", self.probe_images, 0) and not self.data.synthetic:
+            raise ValueError(
+                "probe_images applies to the phantom data (it draws labelled phantoms of their own); "
+                f"data.kind={self.data.kind!r}: set probe_images = 0"
+            )
+        if 0 < self.probe_images < 4:
+            raise ValueError(
+                f"probe_images must be 0 or at least 4 (half to fit, half to score), got {self.probe_images}"
+            )
         if self.threads is not None:
             check_int("threads", self.threads, 1)
         if not self.tasks:
@@ -233,6 +251,26 @@ def pretraining_curves(encoder_file: str | os.PathLike[str]) -> dict[str, list[t
             if "/" in key and isinstance(value, (int, float)):
                 curves.setdefault(key, []).append((int(row["step"]), float(value)))
     return curves
+
+
+def probe_for(data: DataSpec, count: int, every: int) -> FeatureProbe:
+    """A frozen-feature probe on ``count`` labelled phantoms of their own seed (``data.seed + 7919``).
+
+    CT phantoms: a linear patch probe of the pancreas (patch Dice); fundus phantoms: a linear
+    probe of the grade (accuracy). The seed keeps them apart from every case of the data's splits.
+
+    Examples:
+        >>> probe = probe_for(p3.data.DataSpec(kind="fundus-phantom", size=32), count=8, every=25)
+        >>> probe.task, probe.metric, len(probe.images)
+        ('classification', 'accuracy', 8)
+    """
+    if not data.synthetic:
+        raise ValueError(f"probe_for draws phantoms; data.kind={data.kind!r} is not a phantom")
+    if data.spatial_dims == 3:
+        images, labels = ct_phantom_batch(count, size=data.size, seed=data.seed + 7919)
+        return FeatureProbe(images, labels, task="segmentation", every=every)
+    images, labels = fundus_phantom_batch(count, size=data.size, seed=data.seed + 7919)
+    return FeatureProbe(images, labels, task="classification", every=every)
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
@@ -315,6 +353,11 @@ def run_reproduction(
     start = time.perf_counter()
     methods: dict[str, list[str] | None] = {"scratch": None}
     pool = None  # the pretraining pool, made once for every task and seed
+    probe = (
+        probe_for(config.data, config.probe_images, config.pretrain.eval_every)
+        if config.probe_images
+        else None
+    )
     for task, setting in config.tasks.items():
         files = []
         for k in range(config.pretraining_seeds):
@@ -332,7 +375,7 @@ def run_reproduction(
                 record = pretrain_encoder(
                     [TaskEntry(task, 1.0, setting.options)], recipe.encoder, recipe.encoder_options(),
                     config.pretraining_data, config.held_out, train, str(encoder),
-                    record={"reproduction": config.name}, pool=pool, log=log,
+                    record={"reproduction": config.name}, pool=pool, log=log, probe=probe,
                 )  # fmt: skip
             accuracy = record.get("pretext_accuracy")
             log(f"{encoder.name}: held-out pretext accuracy {_fmt(accuracy)}")
@@ -348,7 +391,12 @@ def run_reproduction(
     finished = time.perf_counter()
     written = write_report(rows, out, recipe.metric, synthetic=config.data.synthetic, title=config.name)
     curves = {task: [pretraining_curves(f) for f in files or []] for task, files in methods.items() if files}
-    figure = plot_pretraining(curves, out / "pretraining.png", config.name, synthetic=config.data.synthetic)
+    chance = {task: chance_level(TASKS.get(task)(config.data.spatial_dims, **config.tasks[task].options))
+              if task in config.tasks else None
+              for task in curves}  # fmt: skip
+    figure = plot_pretraining(
+        curves, out / "pretraining.png", config.name, synthetic=config.data.synthetic, chance=chance
+    )
     written += [figure] if figure is not None else []
     info["seconds"] = {
         "pretraining": round(pretrained - start, 1),
@@ -377,14 +425,20 @@ def plot_pretraining(
     title: str,
     *,
     synthetic: bool,
+    chance: Mapping[str, float | None] | None = None,
 ) -> Path | None:
-    """Held-out pretext accuracy and training loss per step, one colour per task.
+    """Held-out pretext accuracy (with its chance level) and training loss per step, one colour per task.
+
+    When the runs logged a frozen-feature probe (``probe/<metric>``, see
+    :class:`~pretext3d.diagnostics.FeatureProbe`), a third panel draws it, from the randomly
+    initialised encoder at step 0 on.
 
     Args:
         curves: task -> one :func:`pretraining_curves` per pretraining seed.
         path: the PNG to write.
         title: the figure's title.
         synthetic: say on the figure that the data are the built-in phantoms.
+        chance: task -> the pretext accuracy of guessing (dashed), where the kind of task fixes it.
 
     Returns:
         ``path``, or ``None`` without matplotlib.
@@ -393,20 +447,29 @@ def plot_pretraining(
         from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay untouched
     except ImportError:
         return None
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2)
+    probes = sorted(
+        {key for seeds in curves.values() for c in seeds for key in c if key.startswith("probe/")}
+    )
+    fig = Figure(figsize=(15 if probes else 10, 3.8))
+    axes = fig.subplots(1, 3 if probes else 2)
     for task, seeds in curves.items():
         for k, seed_curves in enumerate(seeds):
-            for ax, key in zip(axes, (f"held_out_accuracy/{task}", f"loss/{task}"), strict=True):
+            keys = [f"held_out_accuracy/{task}", f"loss/{task}", *probes[:1]]
+            for ax, key in zip(axes, keys, strict=False):
                 points = seed_curves.get(key, [])
                 if points:
                     steps, values = zip(*points, strict=True)
-                    marker = "." if key.startswith("held") else None
+                    marker = "." if not key.startswith("loss") else None
                     ax.plot(steps, values, color=colour(task), alpha=0.9 if k == 0 else 0.4, marker=marker,
                             label=task if k == 0 else None)  # fmt: skip
-    axes[0].set_ylabel("held-out pretext accuracy")
+        level = (chance or {}).get(task)
+        if level is not None:
+            axes[0].axhline(level, color=colour(task), linestyle="--", linewidth=0.8, alpha=0.7)
+    axes[0].set_ylabel("held-out pretext accuracy (dashed: chance)")
     axes[1].set_ylabel("training loss")
     axes[1].set_yscale("log")
+    if probes:
+        axes[2].set_ylabel(f"frozen-feature probe: {probes[0].split('/', 1)[1]} (step 0: random init)")
     for ax in axes:
         ax.set_xlabel("pretraining step")
         ax.grid(alpha=0.3)

@@ -1,9 +1,10 @@
 """Pure tensor maths that the task modules call."""
 
 from pretext3d.functional.patches import cell_origins, extract_patches
-from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix, rotation_group
+from pretext3d.functional.rotation import apply_flips, apply_rotations, plane_rotation_matrix, rotation_group
 
 __all__ = [
+    "apply_flips",
     "apply_rotations",
     "cell_origins",
     "extract_patches",

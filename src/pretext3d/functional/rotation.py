@@ -219,3 +219,26 @@ def _runs(idx: Tensor) -> list[tuple[int, int]]:
     starts = [0, *breaks]
     stops = [*breaks, len(idx)]
     return [(int(idx[a]), int(idx[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
+
+
+def apply_flips(x: Tensor, flips: Tensor) -> Tensor:
+    """Mirror sample ``i`` of ``x`` along each spatial axis ``a`` where ``flips[i, a]`` is true.
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        flips: ``(B, d)`` bool.
+
+    Returns:
+        ``(B, C, *spatial)``, new memory (each combination of axes is one reflection class of
+        :func:`apply_rotations`).
+
+    Examples:
+        >>> x = torch.arange(8.0).reshape(2, 1, 2, 2)
+        >>> out = apply_flips(x, torch.tensor([[True, False], [False, True]]))
+        >>> torch.equal(out[0], x[0].flip(1)) and torch.equal(out[1], x[1].flip(2))
+        True
+    """
+    d = flips.shape[-1]
+    classes = (flips.long().cpu() * 2 ** torch.arange(d)).sum(1)
+    axes = torch.tensor([[(c >> a) & 1 for a in range(d)] for c in range(2**d)])
+    return apply_rotations(x, classes, torch.diag_embed(1 - 2 * axes))

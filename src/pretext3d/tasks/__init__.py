@@ -7,6 +7,7 @@ views with ``apply_params``; its parameter type is exported beside it.
 :class:`PretextViewsd` runs a task inside a MONAI dictionary pipeline.
 """
 
+from pretext3d.tasks._grid import GridCrop
 from pretext3d.tasks.base import (
     ClassificationTask,
     EmbeddingTask,
@@ -29,6 +30,7 @@ __all__ = [
     "EmbeddingTask",
     "Exemplar",
     "ExemplarParams",
+    "GridCrop",
     "Jigsaw",
     "JigsawParams",
     "PredictiveTask",

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
 from pretext3d._random import as_generator, rand
 from pretext3d.functional.patches import extract_patches
-from pretext3d.functional.rotation import apply_rotations
+from pretext3d.functional.rotation import apply_flips
 from pretext3d.heads import CPCHead
 from pretext3d.objectives.losses import BinaryCPCLoss, InfoNCELoss
 from pretext3d.registry import register_task
@@ -65,7 +65,9 @@ class CPC(PredictiveTask[CPCParams]):
     with one random negative for comparison.
 
     Defaults: 3D as in the paper, a 4x4x4 grid of 32³ patches (a 128³ crop), no overlap;
-    2D a 5x5 grid with 50 % overlap and patches as large as fit. ``steps`` defaults to
+    2D a 5x5 grid with 50 % overlap and patches as large as fit. Patches are normalised
+    (``normalize_patches``): without it, a patch's brightness alone tells which patch lies below
+    it. ``steps`` defaults to
     ``grid // 2`` (our choice; the paper does not say).
 
     Args:
@@ -80,6 +82,9 @@ class CPC(PredictiveTask[CPCParams]):
         loss: ``"infonce"`` or ``"binary"``.
         temperature: of the loss, on cosine similarities.
         gather: with InfoNCE, take negatives from all ranks too.
+        normalize_patches: each patch's channels to zero mean and unit variance (before its
+            crop), so that a patch's brightness does not tell which patch lies below it (the
+            grid tasks' tile normalisation; ``False``: the behaviour of 0.1).
         check_finite: reject NaN/inf input.
 
     Shapes:
@@ -116,6 +121,7 @@ class CPC(PredictiveTask[CPCParams]):
         loss: Literal["infonce", "binary"] = "infonce",
         temperature: float = 0.1,
         gather: bool = False,
+        normalize_patches: bool = True,
         check_finite: bool = True,
     ) -> None:
         super().__init__(spatial_dims, check_finite=check_finite)
@@ -139,6 +145,7 @@ class CPC(PredictiveTask[CPCParams]):
         if gather and loss == "binary":
             raise ValueError("gather=True only applies to loss='infonce'")
         self.gather = bool(gather)
+        self.normalize_patches = bool(normalize_patches)
         self.loss_fn: nn.Module = (
             InfoNCELoss(temperature, gather=gather) if loss == "infonce" else BinaryCPCLoss(temperature)
         )
@@ -196,10 +203,12 @@ class CPC(PredictiveTask[CPCParams]):
         axes = [torch.arange(self.grid, device=x.device) * stride + o for o in offset]
         starts = torch.cartesian_prod(*axes).reshape(1, -1, d).expand(b, -1, -1)
         flat = extract_patches(x, starts, (patch,) * d).flatten(0, 1)
-        # every combination of flipped axes is a diagonal "rotation" class 0 .. 2**d - 1
-        flip_classes = (params.flips.reshape(-1, d).long().cpu() * 2 ** torch.arange(d)).sum(1)
-        axes_flipped = torch.tensor([[(c >> a) & 1 for a in range(d)] for c in range(2**d)])
-        flat = apply_rotations(flat, flip_classes, torch.diag_embed(1 - 2 * axes_flipped))
+        flat = apply_flips(flat, params.flips.reshape(-1, d))
+        if self.normalize_patches:
+            dims = tuple(range(2, flat.dim()))
+            flat = (flat - flat.mean(dims, keepdim=True)) / (
+                flat.std(dims, keepdim=True, unbiased=False) + 1e-5
+            )
         if params.crop:
             kept = extract_patches(flat, params.corners.reshape(-1, 1, d), (patch - params.crop,) * d)[:, 0]
             before = params.crop // 2

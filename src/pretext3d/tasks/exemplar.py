@@ -25,6 +25,7 @@ from pretext3d.transforms.affine import AugmentParams, ExemplarAugmenter
 __all__ = ["Exemplar", "ExemplarParams"]
 
 _ID_PERIOD = 2**52  # instance ids wrap here (far beyond any memory's reach)
+DEFAULT_MEMORY = 1024  # the cross-batch memory's default size (embeddings)
 
 
 @dataclass
@@ -67,6 +68,9 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
     negative another unaugmented image), with triplets ``(i, B + i, 2B + i)``; it needs
     two or more images per batch (an image is never its own negative).
 
+    A cross-batch memory of 1024 embeddings is on by default (``memory_size``): a 3D batch
+    of a few volumes gives too few negatives, and a loss mined within it sits at its margin.
+
     Instance ids come from a counter (a buffer, saved with ``state_dict``) and are
     unique across training calls (each training-mode draw, a call or :meth:`randomize`,
     takes the next ``B`` ids), so a :class:`~pretext3d.objectives.CrossBatchMemory`
@@ -82,7 +86,12 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
 
     Args:
         spatial_dims: 2 or 3.
-        augmenter: default ``ExemplarAugmenter(spatial_dims)``.
+        augmenter: default ``ExemplarAugmenter(spatial_dims, intensity_p=1.0, brightness=0.4,
+            contrast=(0.4, 1.6))``: Taleb et al.'s geometry with stronger intensity jitter on
+            every view, since two views of one image otherwise share their intensity
+            statistics and are told apart from other images by those alone (Chen et al. 2020
+            found colour distortion essential for the same reason); pass
+            ``ExemplarAugmenter(spatial_dims)`` for Taleb et al.'s (the default of 0.1).
         protocol: ``"two_views"`` or ``"original"``.
         miner: default :class:`~pretext3d.objectives.BatchHardMiner`.
         margin: of the triplet loss (1 in the paper).
@@ -90,7 +99,12 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
             pytorch-metric-learning loss in :class:`~pretext3d.objectives.PMLLoss`;
             default :class:`~pretext3d.objectives.TripletMarginLoss` with ``margin``.
         embedding_dim: output size of the projection head.
-        memory_size: embeddings kept by a cross-batch memory (0: none).
+        memory_size: embeddings kept by a cross-batch memory (0: none). Default (``None``):
+            1024 with ``protocol="two_views"`` and the default or a PML loss, so that a
+            batch of a few volumes mines against a thousand earlier ones (Wang et al.
+            2020); 0 for ``"original"`` (fixed triplets) and for a
+            :class:`~pretext3d.objectives.TwoViewLoss` (which brings its own memory bank).
+            Until now (0.1) the default was 0: pass ``memory_size=0`` for in-batch negatives.
         gather: gather embeddings across ranks before mining.
         check_finite: reject NaN/inf input.
 
@@ -112,6 +126,8 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         - Dosovitskiy et al., "Discriminative Unsupervised Feature Learning with Convolutional Neural
           Networks", NeurIPS 2014.
         - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020.
+        - Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020.
+        - Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020.
     """
 
     instance_counter: Tensor
@@ -127,19 +143,26 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         margin: float = 1.0,
         loss: nn.Module | None = None,
         embedding_dim: int = 128,
-        memory_size: int = 0,
+        memory_size: int | None = None,
         gather: bool = False,
         check_finite: bool = True,
     ) -> None:
         super().__init__(spatial_dims, check_finite=check_finite)
         self.protocol = check_choice("protocol", protocol, ("two_views", "original"))
-        self.augmenter = augmenter if augmenter is not None else ExemplarAugmenter(self.spatial_dims)
+        self.augmenter = (
+            augmenter
+            if augmenter is not None
+            else ExemplarAugmenter(self.spatial_dims, intensity_p=1.0, brightness=0.4, contrast=(0.4, 1.6))
+        )
         if not isinstance(self.augmenter, ExemplarAugmenter):
             raise TypeError(f"augmenter must be an ExemplarAugmenter, got {type(augmenter).__name__}")
         if self.augmenter.spatial_dims != self.spatial_dims:
             raise ValueError(
                 f"augmenter works in {self.augmenter.spatial_dims}D but spatial_dims={self.spatial_dims}"
             )
+        two_view_loss = isinstance(loss, TwoViewLoss)
+        if memory_size is None:
+            memory_size = 0 if protocol == "original" or two_view_loss else DEFAULT_MEMORY
         if protocol == "original" and (miner is not None or memory_size or gather):
             raise ValueError(
                 "protocol='original' uses its fixed triplets (i, B+i, 2B+i): miner, memory_size and "
@@ -160,7 +183,7 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
                 f"loss must be an nn.Module called as loss(embeddings, triplets, labels), got "
                 f"{type(loss).__name__}; wrap a pytorch-metric-learning loss in pretext3d.objectives.PMLLoss"
             )
-        if isinstance(loss, TwoViewLoss) and (protocol != "two_views" or memory_size or gather):
+        if two_view_loss and (protocol != "two_views" or memory_size or gather):
             raise ValueError(
                 "TwoViewLoss takes the two views of protocol='two_views' without memory_size or gather (a "
                 "two-view loss brings its own memory bank, e.g. lightly's NTXentLoss(memory_bank_size=...))"

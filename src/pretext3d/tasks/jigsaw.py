@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from os import PathLike
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -13,7 +14,7 @@ from pretext3d._checks import check_int
 from pretext3d._random import randint
 from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
 from pretext3d.registry import register_task
-from pretext3d.tasks._grid import GridPatchTask
+from pretext3d.tasks._grid import GridCrop, GridPatchTask
 from pretext3d.tasks.base import TaskParams, check_classes
 
 __all__ = ["Jigsaw", "JigsawParams"]
@@ -26,10 +27,14 @@ class JigsawParams(TaskParams):
     Attributes:
         permutation: ``LongTensor (B,)``: index into ``task.permutations`` (also the target).
         offsets: ``LongTensor (B, grid**d, d)``: each slot's patch offset inside its cell,
-            in ``[0, jitter]``.
+            in ``[gap // 2, gap // 2 + jitter]`` (voxels).
+        crop: the crop before tiling (``None`` with ``crop_scale=None``).
+        channels: ``LongTensor (B, grid**d)``: the channel each slot keeps (``color="drop"``
+            on images of several channels; else ``None``).
 
     Examples:
-        >>> task = Jigsaw(spatial_dims=2, grid=2, num_permutations=4, jitter=0)
+        >>> task = Jigsaw(spatial_dims=2, grid=2, num_permutations=4, jitter=0, gap=0, crop_scale=None,
+        ...               normalize_tiles=False, tile_flip=False)   # no defences: the tiles as cut
         >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
         >>> params = JigsawParams(torch.tensor([1]), offsets=torch.zeros(1, 4, 2, dtype=torch.long))
         >>> views, targets = task.apply_params(x, params)
@@ -41,6 +46,9 @@ class JigsawParams(TaskParams):
 
     permutation: Tensor
     offsets: Tensor
+    crop: GridCrop | None = None
+    channels: Tensor | None = None
+    tile_flips: Tensor | None = None
 
 
 @register_task("jigsaw")
@@ -62,9 +70,19 @@ class Jigsaw(GridPatchTask[JigsawParams]):
         spatial_dims: 2 or 3.
         grid: cells per axis (``grid**spatial_dims`` cells in all).
         num_permutations: size of the permutation set, i.e. ``num_classes``.
-        jitter: the patch is ``jitter`` voxels smaller than its cell per axis; in training
-            it sits at a random offset in ``[0, jitter]`` (so borders cannot be matched),
-            in eval mode in the centre.
+        jitter: how far a patch moves inside its cell: voxels (int) or a fraction of the
+            cell (float); in training a random offset in ``[0, jitter]`` per patch (so
+            borders cannot be matched), in eval mode the centre.
+        gap: voxels (int) or fraction of the cell (float) always left out between
+            neighbouring patches; ``patch = cell - gap - jitter``.
+        crop_scale: ``(low, high)``: crop each image to a random box of side ``low..high``
+            of the image's at a random place, resampled back to the image's size, before
+            tiling, so that absolute position gives no cell away; ``None``: tile the whole
+            image.
+        normalize_tiles: each patch's channels to zero mean and unit variance.
+        color: ``"drop"``: each patch of a several-channel image keeps one random channel,
+            the others are set to their mean (against chromatic aberration and colour
+            casts; single-channel images are unaffected); ``"none"``: keep colours.
         seed: seed of the permutation set (not of the sampling; pass a ``generator`` to
             the call for that).
         permutations: a set to use instead: a ``(num_permutations, grid**d)`` integer
@@ -77,13 +95,20 @@ class Jigsaw(GridPatchTask[JigsawParams]):
 
     Shapes:
         input ``(B, C, *spatial)`` -> views ``(B, grid**d, C, *patch)``, targets ``(B,)``,
-        where ``patch = spatial // grid - jitter``.
+        where ``patch = spatial // grid - jitter - gap`` (in voxels).
+
+    Defaults and shortcuts: the defaults defend against one tile giving its cell away
+    (why each one, and the measurements: ``docs/tasks/index.md``, "Shortcuts"): a random crop of
+    40-70 % of each side before tiling; tiles mirrored at random and normalised; 10 % jitter and a
+    10 % gap; colour dropping. ``jitter=3, gap=0, crop_scale=None, normalize_tiles=False,
+    tile_flip=False, color="none"`` is the behaviour of 0.1 (and Taleb et al.'s 3D jigsaw: cell
+    42, patch 39).
 
     Examples:
-        >>> task = Jigsaw(spatial_dims=3, grid=3, num_permutations=100, jitter=3)   # the paper's 3D jigsaw
+        >>> task = Jigsaw(spatial_dims=3, grid=3, num_permutations=100)
         >>> views, targets = task(torch.randn(2, 1, 96, 96, 96), generator=0)
-        >>> views.shape, targets.shape, task.num_classes   # 27 patches of 96 // 3 - 3 voxels
-        (torch.Size([2, 27, 1, 29, 29, 29]), torch.Size([2]), 100)
+        >>> views.shape, targets.shape, task.num_classes   # 27 patches of 32 - 3 (jitter) - 3 (gap) voxels
+        (torch.Size([2, 27, 1, 26, 26, 26]), torch.Size([2]), 100)
 
     References:
         - Noroozi & Favaro, "Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles", ECCV
@@ -99,13 +124,21 @@ class Jigsaw(GridPatchTask[JigsawParams]):
         spatial_dims: int,
         grid: int = 3,
         num_permutations: int = 100,
-        jitter: int = 3,
+        jitter: int | float = 0.1,
         seed: int = 0,
         *,
+        gap: int | float = 0.1,
+        crop_scale: tuple[float, float] | None = (0.4, 0.7),
+        normalize_tiles: bool = True,
+        tile_flip: bool = True,
+        color: Literal["drop", "none"] = "drop",
         permutations: Tensor | str | PathLike[str] | None = None,
         check_finite: bool = True,
     ) -> None:
-        super().__init__(spatial_dims, check_int("grid", grid, 2), jitter, check_finite=check_finite)
+        super().__init__(
+            spatial_dims, check_int("grid", grid, 2), jitter, gap=gap, crop_scale=crop_scale,
+            normalize_tiles=normalize_tiles, tile_flip=tile_flip, color=color, check_finite=check_finite,
+        )  # fmt: skip
         check_int("num_permutations", num_permutations, 1)
         if self.num_cells <= 20 and num_permutations > math.factorial(self.num_cells):
             raise ValueError(
@@ -133,22 +166,35 @@ class Jigsaw(GridPatchTask[JigsawParams]):
 
     def _randomize(self, x: Tensor, generator: torch.Generator | None) -> JigsawParams:
         permutation = randint(self.num_classes, (x.shape[0],), generator, x.device)
-        return JigsawParams(permutation, self._offsets(x.shape[0], self.num_cells, generator, x.device))
+        crop = self._randomize_crop(x, generator)
+        offsets = self._offsets(x, self.num_cells, generator)
+        return JigsawParams(
+            permutation,
+            offsets,
+            crop,
+            self._channels(x, self.num_cells, generator),
+            self._tile_flips(x, self.num_cells, generator),
+        )
 
     def _check_params(self, x: Tensor, params: JigsawParams) -> None:
         params.permutation = check_classes(
             params.permutation, x.shape[0], self.num_classes, "params.permutation"
         )
-        self._check_offsets(params.offsets, x.shape[0], self.num_cells)
+        self._check_grid_params(x, params, self.num_cells)
 
     def _make_views(self, x: Tensor, params: JigsawParams) -> tuple[Tensor, Tensor]:
-        return self._crop(x, self.permutations[params.permutation], params.offsets), params.permutation
+        cells = self.permutations[params.permutation]
+        return self._tiles(x, cells, params), params.permutation
+
+    def tile_cells(self, targets: Tensor) -> Tensor:
+        """The cell each slot shows, ``(B, num_patches)``, for the classes ``targets (B,)``."""
+        return self.permutations[targets]
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""
         return (
             f"spatial_dims={self.spatial_dims}, grid={self.grid}, "
-            f"num_permutations={self.num_classes}, jitter={self.jitter}"
+            f"num_permutations={self.num_classes}, {self._defences_repr()}"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -10,7 +11,7 @@ from torch import Tensor
 from pretext3d._checks import check_int
 from pretext3d._random import randint
 from pretext3d.registry import register_task
-from pretext3d.tasks._grid import GridPatchTask
+from pretext3d.tasks._grid import GridCrop, GridPatchTask
 from pretext3d.tasks.base import TaskParams, check_classes
 
 __all__ = ["RelativePatchLocation", "RelativePatchLocationParams"]
@@ -23,10 +24,14 @@ class RelativePatchLocationParams(TaskParams):
     Attributes:
         location: ``LongTensor (B,)``: where the query cell lies (also the target).
         offsets: ``LongTensor (B, 2, d)``: the centre's and the query's patch offsets
-            inside their cells, in ``[0, jitter]``.
+            inside their cells, in ``[gap // 2, gap // 2 + jitter]`` (voxels).
+        crop: the crop before tiling (``None`` with ``crop_scale=None``).
+        channels: ``LongTensor (B, 2)``: the channel each patch keeps (``color="drop"`` on
+            images of several channels; else ``None``).
 
     Examples:
-        >>> task = RelativePatchLocation(spatial_dims=2, grid=3, jitter=0)
+        >>> task = RelativePatchLocation(spatial_dims=2, grid=3, jitter=0, gap=0, crop_scale=None,
+        ...                              normalize_tiles=False, tile_flip=False)   # the tiles as cut
         >>> x = torch.arange(81.0).reshape(1, 1, 9, 9)
         >>> params = RelativePatchLocationParams(torch.tensor([0]), torch.zeros(1, 2, 2, dtype=torch.long))
         >>> views, targets = task.apply_params(x, params)   # class 0: the top-left neighbour
@@ -37,6 +42,9 @@ class RelativePatchLocationParams(TaskParams):
 
     location: Tensor
     offsets: Tensor
+    crop: GridCrop | None = None
+    channels: Tensor | None = None
+    tile_flips: Tensor | None = None
 
 
 @register_task("rpl")
@@ -52,17 +60,25 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
         spatial_dims: 2 or 3.
         grid: cells per axis, odd so that there is a centre cell.
         jitter: as in :class:`~pretext3d.tasks.Jigsaw`.
+        gap: as in :class:`~pretext3d.tasks.Jigsaw`.
+        crop_scale: as in :class:`~pretext3d.tasks.Jigsaw`.
+        normalize_tiles: as in :class:`~pretext3d.tasks.Jigsaw`.
+        color: as in :class:`~pretext3d.tasks.Jigsaw`.
         check_finite: reject NaN/inf input.
 
     Shapes:
         input ``(B, C, *spatial)`` -> views ``(B, 2, C, *patch)`` (slot 0 the centre,
         slot 1 the query), targets ``(B,)`` in ``[0, grid**d - 1)``.
 
+    The shortcut defences and their defaults are :class:`~pretext3d.tasks.Jigsaw`'s;
+    ``jitter=3, gap=0, crop_scale=None, normalize_tiles=False, tile_flip=False, color="none"``
+    is the behaviour of 0.1.
+
     Examples:
-        >>> task = RelativePatchLocation(spatial_dims=2, grid=3, jitter=2)
+        >>> task = RelativePatchLocation(spatial_dims=2, grid=3)
         >>> views, targets = task(torch.randn(4, 3, 64, 64), generator=0)
         >>> views.shape, task.num_classes   # slot 0 the centre, slot 1 the query; 8 neighbours in 2D
-        (torch.Size([4, 2, 3, 19, 19]), 8)
+        (torch.Size([4, 2, 3, 17, 17]), 8)
 
     References:
         - Doersch et al., "Unsupervised Visual Representation Learning by Context Prediction", ICCV 2015.
@@ -72,11 +88,24 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
     params_type = RelativePatchLocationParams
 
     def __init__(
-        self, spatial_dims: int, grid: int = 3, jitter: int = 3, *, check_finite: bool = True
+        self,
+        spatial_dims: int,
+        grid: int = 3,
+        jitter: int | float = 0.1,
+        *,
+        gap: int | float = 0.1,
+        crop_scale: tuple[float, float] | None = (0.4, 0.7),
+        normalize_tiles: bool = True,
+        tile_flip: bool = True,
+        color: Literal["drop", "none"] = "drop",
+        check_finite: bool = True,
     ) -> None:
         if check_int("grid", grid, 3) % 2 == 0:
             raise ValueError(f"grid must be odd (3, 5, ...) so that a centre cell exists, got {grid}")
-        super().__init__(spatial_dims, grid, jitter, check_finite=check_finite)
+        super().__init__(
+            spatial_dims, grid, jitter, gap=gap, crop_scale=crop_scale, normalize_tiles=normalize_tiles,
+            tile_flip=tile_flip, color=color, check_finite=check_finite,
+        )  # fmt: skip
         self.centre = (self.num_cells - 1) // 2
         self.num_classes = self.num_cells - 1
         self.num_patches = 2
@@ -88,17 +117,24 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
 
     def _randomize(self, x: Tensor, generator: torch.Generator | None) -> RelativePatchLocationParams:
         location = randint(self.num_classes, (x.shape[0],), generator, x.device)
-        return RelativePatchLocationParams(location, self._offsets(x.shape[0], 2, generator, x.device))
+        crop = self._randomize_crop(x, generator)
+        offsets = self._offsets(x, 2, generator)
+        return RelativePatchLocationParams(
+            location, offsets, crop, self._channels(x, 2, generator), self._tile_flips(x, 2, generator)
+        )
 
     def _check_params(self, x: Tensor, params: RelativePatchLocationParams) -> None:
         params.location = check_classes(params.location, x.shape[0], self.num_classes, "params.location")
-        self._check_offsets(params.offsets, x.shape[0], 2)
+        self._check_grid_params(x, params, 2)
 
     def _make_views(self, x: Tensor, params: RelativePatchLocationParams) -> tuple[Tensor, Tensor]:
         location = params.location
-        cells = torch.stack([torch.full_like(location, self.centre), self.query_cells(location)], dim=1)
-        return self._crop(x, cells, params.offsets), location
+        return self._tiles(x, self.tile_cells(location), params), location
+
+    def tile_cells(self, targets: Tensor) -> Tensor:
+        """The cell each slot shows, ``(B, num_patches)``, for the classes ``targets (B,)``."""
+        return torch.stack([torch.full_like(targets, self.centre), self.query_cells(targets)], dim=1)
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""
-        return f"spatial_dims={self.spatial_dims}, grid={self.grid}, jitter={self.jitter}"
+        return f"spatial_dims={self.spatial_dims}, grid={self.grid}, {self._defences_repr()}"

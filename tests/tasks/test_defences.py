@@ -1,0 +1,159 @@
+"""The grid tasks' shortcut defences, the rotation crop filter and the exemplar's default memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pretext3d as p3
+from pretext3d.functional.patches import cell_origins
+from pretext3d.pretrainer import _Crops
+from pretext3d.tasks._grid import crop_resample
+from pretext3d.tasks.jigsaw import JigsawParams
+
+UNDEFENDED = {
+    "jitter": 0,
+    "gap": 0,
+    "crop_scale": None,
+    "normalize_tiles": False,
+    "tile_flip": False,
+    "color": "none",
+}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_crop_resample_identity_flip_and_analytic_ramp(spatial_dims: int) -> None:
+    n, d = 8, spatial_dims
+    x = torch.randn(2, 2, *(n,) * d)
+    whole = crop_resample(x, torch.ones(2), torch.zeros(2, d))
+    torch.testing.assert_close(whole, x)
+    flips = torch.zeros(2, d, dtype=torch.bool)
+    flips[0, 0] = flips[1, d - 1] = True
+    mirrored = crop_resample(x, torch.ones(2), torch.zeros(2, d), flips)
+    torch.testing.assert_close(mirrored[0], x[0].flip(1))
+    torch.testing.assert_close(mirrored[1], x[1].flip(d))
+    # a ramp along axis 0: output voxel i samples input coordinate ((s * u + c + 1) * n - 1) / 2
+    ramp = torch.arange(n, dtype=torch.float32).view(1, 1, n, *[1] * (d - 1)).expand(1, 1, *(n,) * d)
+    s, c = 0.5, -0.25
+    centre = torch.zeros(1, d)
+    centre[0, 0] = c
+    out = crop_resample(ramp.contiguous(), torch.tensor([s]), centre)
+    i = torch.arange(1, n - 1, dtype=torch.float32)
+    expected = ((s * ((2 * i + 1) / n - 1) + c + 1) * n - 1) / 2
+    torch.testing.assert_close(out[0, 0, 1 : n - 1].flatten(1)[:, 0], expected)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_tiles_match_a_hand_written_reference(spatial_dims: int) -> None:
+    d = spatial_dims
+    size = 24 if d == 2 else 18
+    task = p3.tasks.Jigsaw(d, grid=3, num_permutations=10, jitter=2, gap=2, color="none")
+    x = torch.randn(2, 1, *(size,) * d)
+    params = task.randomize(x, generator=0)
+    views, targets = task.apply_params(x, params)
+    assert params.crop is not None
+    cropped = crop_resample(x, params.crop.scale, params.crop.centre)
+    assert params.tile_flips is not None
+    cell, patch = task.geometry((size,) * d)
+    assert patch == tuple(c - 4 for c in cell)
+    origins = cell_origins(cell, 3)
+    for b in range(2):
+        for slot, c in enumerate(task.permutations[targets[b]].tolist()):
+            start = origins[c] + params.offsets[b, slot]
+            box = [slice(int(a), int(a) + p) for a, p in zip(start, patch, strict=True)]
+            tile = cropped[b][(slice(None), *box)]
+            tile = tile.flip([1 + a for a in range(d) if params.tile_flips[b, slot, a]])
+            tile = (tile - tile.mean()) / (tile.std(unbiased=False) + 1e-5)
+            torch.testing.assert_close(views[b, slot], tile, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_gap_and_jitter_bound_the_offsets(spatial_dims: int) -> None:
+    d = spatial_dims
+    task = p3.tasks.RelativePatchLocation(d, jitter=0.2, gap=0.1)
+    size = 60 if d == 2 else 30
+    x = torch.randn(4, 1, *(size,) * d)
+    jitter, gap = task.pixels((size,) * d)
+    assert (jitter, gap) == (int(0.2 * (size // 3)), int(0.1 * (size // 3)))
+    offsets = torch.cat([task.randomize(x, generator=k).offsets for k in range(20)])
+    assert int(offsets.min()) == gap // 2 and int(offsets.max()) == gap // 2 + jitter
+    task.eval()
+    assert bool((task.randomize(x, generator=0).offsets == gap // 2 + jitter // 2).all())
+    views, _ = task(x, generator=0)
+    assert views.shape[3:] == (size // 3 - jitter - gap,) * d
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_tiles_are_normalised_and_colours_dropped(spatial_dims: int) -> None:
+    d = spatial_dims
+    x = torch.rand(3, 3, *(27,) * d) * 5 + 2
+    views, _ = p3.tasks.Jigsaw(d, grid=3, num_permutations=5)(x, generator=0)
+    stds = views.flatten(3).std(-1, unbiased=False)  # (B, P, C)
+    means = views.flatten(3).mean(-1)
+    # one channel kept per tile, normalised; the others set to their (zero) mean
+    assert bool(((stds > 0.99) & (stds < 1.01)).sum(-1).eq(1).all())
+    assert bool((stds[stds < 0.5] < 1e-5).all())
+    torch.testing.assert_close(means, torch.zeros_like(means), atol=1e-5, rtol=0)
+    gray = torch.rand(2, 1, *(27,) * d)
+    views, _ = p3.tasks.Jigsaw(d, grid=3, num_permutations=5)(gray, generator=0)  # one channel: kept
+    assert bool((views.flatten(3).std(-1, unbiased=False) > 0.99).all())
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_undefended_options_give_the_raw_cells(spatial_dims: int) -> None:
+    d = spatial_dims
+    x = torch.randn(2, 1, *(8,) * d)
+    task = p3.tasks.Jigsaw(d, grid=2, num_permutations=4, **UNDEFENDED)
+    params = JigsawParams(torch.tensor([0, 3]), torch.zeros(2, 2**d, d, dtype=torch.long))
+    views, _ = task.apply_params(x, params)
+    first = task.permutations[3, 0].item()
+    corner = [(first >> (d - 1 - a)) & 1 for a in range(d)]
+    expected = x[1][(slice(None), *[slice(4 * c, 4 * c + 4) for c in corner])]
+    torch.testing.assert_close(views[1, 0], expected)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "named"),
+    [
+        ({"crop_scale": (0.9, 0.5)}, ValueError, "crop_scale"),
+        ({"crop_scale": (0.0, 0.5)}, ValueError, "crop_scale"),
+        ({"jitter": 1.5}, ValueError, "jitter"),
+        ({"gap": "wide"}, TypeError, "gap"),
+        ({"color": "grey"}, ValueError, "color"),
+    ],
+)
+def test_bad_defence_options_are_named(
+    options: dict[str, object], error: type[Exception], named: str
+) -> None:
+    with pytest.raises(error, match=named):
+        p3.tasks.Jigsaw(2, grid=2, num_permutations=4, **options)  # type: ignore[arg-type]
+
+
+def test_params_of_another_setting_are_refused() -> None:
+    x = torch.randn(2, 3, 24, 24)
+    undefended = p3.tasks.Jigsaw(2, grid=2, num_permutations=4, **UNDEFENDED)
+    with pytest.raises(ValueError, match=r"params\.crop"):
+        p3.tasks.Jigsaw(2, grid=2, num_permutations=4).apply_params(x, undefended.randomize(x, generator=0))
+
+
+def test_exemplar_mines_against_a_memory_by_default() -> None:
+    assert p3.tasks.Exemplar(2).memory is not None and p3.tasks.Exemplar(2).memory.size == 1024
+    assert p3.tasks.Exemplar(2, memory_size=0).memory is None
+    assert p3.tasks.Exemplar(2, protocol="original").memory is None
+
+
+def test_loader_redraws_flat_crops() -> None:
+    image = torch.zeros(1, 32, 32)
+    image[:, :, 24:] = torch.rand(1, 32, 8, generator=torch.Generator().manual_seed(0))
+    data = [image] * 16
+
+    def stds(min_std: float) -> np.ndarray:
+        crops = _Crops(data, 16, 8, 2, seed=0, image_key="image", min_std=min_std)  # type: ignore[arg-type]
+        return np.array([float(crops[i].std()) for i in range(16)])
+
+    need = 0.5 * float(image.std())
+    assert (stds(0.0) < need).mean() > 0.3  # most uniform crops are flat
+    kept = stds(0.5)
+    assert (kept >= need).mean() > 0.9  # redrawn until varied (8 draws at most)
+    assert kept.tolist() == stds(0.5).tolist()  # deterministic
