@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+import pretext3d as p3
 from pretext3d.diagnostics import chance_level, shortcut_score
 from pretext3d.experiments import load_reproduction
 from pretext3d.experiments.pretraining import recipe_for
@@ -42,16 +43,9 @@ from pretext3d.transforms.affine import ExemplarAugmenter
 from pretext3d.transforms.crops import random_crops
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
-GRID_UNDEFENDED = {
-    "gap": 0,
-    "crop_scale": None,
-    "normalize_tiles": False,
-    "tile_flip": False,
-    "color": "none",
-}
 UNDEFENDED: dict[str, dict[str, Any]] = {  # the options of 0.1 (the augmenter is set below)
-    "jigsaw": GRID_UNDEFENDED,
-    "rpl": GRID_UNDEFENDED,
+    "jigsaw": p3.tasks.NO_DEFENCES,
+    "rpl": p3.tasks.NO_DEFENCES,
     "exemplar": {"memory_size": 0},
     "cpc": {"normalize_patches": False},
 }

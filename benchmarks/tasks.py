@@ -62,8 +62,12 @@ def main() -> None:
         "Rotation taleb10": p3.tasks.Rotation(3, "taleb10"),
         "Rotation cube24": p3.tasks.Rotation(3, "cube24"),
         "Rotation plane4": p3.tasks.Rotation(3, "plane4"),
-        "Jigsaw 3x3x3, 100 perms, jitter 3": p3.tasks.Jigsaw(3),
-        "RelativePatchLocation 3x3x3": p3.tasks.RelativePatchLocation(3),
+        "Jigsaw 3x3x3, 100 perms (defaults)": p3.tasks.Jigsaw(3),
+        "Jigsaw, defences off (jitter 3)": p3.tasks.Jigsaw(3, jitter=3, **p3.tasks.NO_DEFENCES),
+        "RelativePatchLocation 3x3x3 (defaults)": p3.tasks.RelativePatchLocation(3),
+        "RelativePatchLocation, defences off": p3.tasks.RelativePatchLocation(
+            3, jitter=3, **p3.tasks.NO_DEFENCES
+        ),
     }
     for name, task in tasks.items():
         for check in (True, False):

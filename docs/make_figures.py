@@ -29,7 +29,7 @@ import pretext3d as p3
 OUT = Path(__file__).parent / "figures" / "tasks"
 NOTE = "SYNTHETIC phantom"
 # the grid tasks' shortcut defences off: the figures show the geometry of the cells
-RAW = {"gap": 0, "crop_scale": None, "normalize_tiles": False, "tile_flip": False, "color": "none"}
+RAW = p3.tasks.NO_DEFENCES
 
 
 def _save(fig: plt.Figure, name: str) -> None:

@@ -13,14 +13,7 @@ import pretext3d as p3
 from pretext3d.diagnostics import FeatureProbe, fit_logistic, shortcut_score, view_statistics
 from pretext3d.pretrainer import PretrainConfig, Pretrainer
 
-UNDEFENDED = {
-    "jitter": 0,
-    "gap": 0,
-    "crop_scale": None,
-    "normalize_tiles": False,
-    "tile_flip": False,
-    "color": "none",
-}
+UNDEFENDED = p3.tasks.NO_DEFENCES
 
 
 def _bordered(spatial_dims: int, count: int = 32, size: int = 16) -> torch.Tensor:

@@ -12,14 +12,7 @@ from pretext3d.pretrainer import _Crops
 from pretext3d.tasks._grid import crop_resample
 from pretext3d.tasks.jigsaw import JigsawParams
 
-UNDEFENDED = {
-    "jitter": 0,
-    "gap": 0,
-    "crop_scale": None,
-    "normalize_tiles": False,
-    "tile_flip": False,
-    "color": "none",
-}
+UNDEFENDED = p3.tasks.NO_DEFENCES
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

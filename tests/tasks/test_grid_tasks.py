@@ -14,7 +14,7 @@ from pretext3d.tasks import Jigsaw, RelativePatchLocation
 from tests.conftest import coordinate_image
 
 # the tiles as cut, without the shortcut defences (tested in test_defences.py): the geometry below
-RAW = {"gap": 0, "crop_scale": None, "normalize_tiles": False, "tile_flip": False, "color": "none"}
+RAW = p3.tasks.NO_DEFENCES
 
 
 def reference_patch(

@@ -469,7 +469,8 @@ def plot_pretraining(
     axes[1].set_ylabel("training loss")
     axes[1].set_yscale("log")
     if probes:
-        axes[2].set_ylabel(f"frozen-feature probe: {probes[0].split('/', 1)[1]} (step 0: random init)")
+        axes[2].set_ylabel(f"frozen-feature probe: {probes[0].split('/', 1)[1]}")
+        axes[2].set_title("step 0: the randomly initialised encoder", fontsize=8)
     for ax in axes:
         ax.set_xlabel("pretraining step")
         ax.grid(alpha=0.3)

@@ -7,7 +7,7 @@ views with ``apply_params``; its parameter type is exported beside it.
 :class:`PretextViewsd` runs a task inside a MONAI dictionary pipeline.
 """
 
-from pretext3d.tasks._grid import GridCrop
+from pretext3d.tasks._grid import NO_DEFENCES, GridCrop
 from pretext3d.tasks.base import (
     ClassificationTask,
     EmbeddingTask,
@@ -25,6 +25,7 @@ from pretext3d.tasks.rpl import RelativePatchLocation, RelativePatchLocationPara
 
 __all__ = [
     "CPC",
+    "NO_DEFENCES",
     "CPCParams",
     "ClassificationTask",
     "EmbeddingTask",

@@ -29,7 +29,7 @@ shortcuts"). The defences the grid-task papers used are options here, on by defa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,17 @@ from pretext3d.functional.patches import cell_origins, extract_patches
 from pretext3d.functional.rotation import apply_flips
 from pretext3d.tasks.base import ClassificationTask, P, TaskParams
 
-__all__ = ["GridCrop", "GridPatchTask"]
+__all__ = ["NO_DEFENCES", "GridCrop", "GridPatchTask", "crop_resample", "crop_tiles"]
+
+#: The grid tasks' options with every shortcut defence off: ``Jigsaw(3, jitter=3, **NO_DEFENCES)``
+#: cuts the tiles as 0.1 did (and as Taleb et al.'s 3D jigsaw: cells of 42, patches of 39 at 128³).
+NO_DEFENCES: dict[str, Any] = {
+    "gap": 0,
+    "crop_scale": None,
+    "normalize_tiles": False,
+    "tile_flip": False,
+    "color": "none",
+}
 
 
 @dataclass
@@ -247,10 +257,8 @@ class GridPatchTask(ClassificationTask[P]):
         if flips is not None:
             tiles = apply_flips(tiles.flatten(0, 1), flips.flatten(0, 1)).view(tiles.shape)
         if self.normalize_tiles:
-            dims = tuple(range(3, tiles.dim()))
-            mean = tiles.mean(dims, keepdim=True)
-            std = tiles.std(dims, keepdim=True, unbiased=False)
-            tiles = (tiles - mean) / (std + 1e-5)
+            var, mean = torch.var_mean(tiles, tuple(range(3, tiles.dim())), correction=0, keepdim=True)
+            tiles = (tiles - mean) / (var.sqrt() + 1e-5)
         if channels is not None:
             keep = F.one_hot(channels, x.shape[1]).to(tiles.dtype)  # (B, P, C)
             keep = keep.view(*keep.shape, *[1] * self.spatial_dims)
