@@ -115,6 +115,10 @@ def test_paper_mode_runs_on_task07_files(tmp_path: Path) -> None:
             "pretrain.batch_size=2", "pretrain.num_workers=0", "pretrain.eval_every=2",
             "tasks={rotation = {crop = 0}}", "segmentation.crop=16", "segmentation.inference_window=16",
             "experiment.fractions=[1.0]", "experiment.split_seeds=[0, 1]", f'output_dir="{tmp_path / "out"}"',
+            # the paper config's bf16 autocast is for GPUs: on the CPU this 5-stage U-Net on 16^3
+            # crops (a 1^3 bottleneck) gets a non-finite gradient by its third step, so whether the
+            # test passed depended on what ran before it (reported in issue 23's note)
+            'experiment.train.autocast="none"', 'experiment.baseline_train.autocast="none"',
             *TINY_GRID,
         ],
     )  # fmt: skip
