@@ -300,7 +300,6 @@ def _stats(task: PretextTask[Any, Any], views: Tensor, blocks: int) -> Tensor:
 def _classification_shortcut(
     task: ClassificationTask[Any], images: Tensor, gen: torch.Generator, repeats: int, blocks: int
 ) -> tuple[float, float, int, str]:
-    tiles = isinstance(task, GridPatchTask)
     half = images.shape[0] // 2
     parts = []
     for part in (images[:half], images[half:]):
@@ -322,7 +321,7 @@ def _classification_shortcut(
     score = float((layer(test_x).argmax(1) == test_y).float().mean())
     if isinstance(task, RelativePatchLocation):
         return score, 1.0 / task.num_classes, len(test_y), "one query tile's cell, logistic regression"
-    if tiles:
+    if isinstance(task, GridPatchTask):
         return score, 1.0 / classes, len(test_y), "one tile's cell, logistic regression"
     return score, 1.0 / classes, len(test_y), "logistic regression, fitted on other images"
 
@@ -362,27 +361,23 @@ def _predictive_shortcut(
     fit, score = parts
     mean, std = fit.flatten(0, -2).mean(0), fit.flatten(0, -2).std(0, unbiased=False).clamp_min(1e-6)
     fit, score = (fit - mean) / std, (score - mean) / std
+
+    def with_bias(rows: Tensor) -> Tensor:
+        flat = rows.flatten(0, -2)
+        return torch.cat([flat, flat.new_ones(len(flat), 1)], 1)
+
     hits, chances = [], []
     for k in range(steps):
         # a ridge regression from a patch's statistics to those of the patch 1 + k rows below it
-        x = torch.cat(
-            [
-                fit[:, : grid - 1 - k].flatten(0, -2),
-                torch.ones(1).expand(fit[:, : grid - 1 - k].flatten(0, -2).shape[0], 1),
-            ],
-            1,
-        )
-        y = fit[:, 1 + k :].flatten(0, -2)
-        w = torch.linalg.solve(x.T @ x + 1e-2 * torch.eye(x.shape[1]), x.T @ y)
+        x, y = with_bias(fit[:, : grid - 1 - k]), fit[:, 1 + k :].flatten(0, -2)
+        w = torch.linalg.solve(x.T @ x + 1e-2 * torch.eye(x.shape[1], device=x.device), x.T @ y)
         for start in range(0, len(score) - batch + 1, batch):
             part = score[start : start + batch]
-            q = part[:, : grid - 1 - k].flatten(0, -2)
-            predicted = torch.cat([q, torch.ones(len(q), 1)], 1) @ w
+            predicted = with_bias(part[:, : grid - 1 - k]) @ w
             candidates = part[:, 1 + k :].flatten(0, -2)
-            hits.append(
-                float((torch.cdist(predicted, candidates).argmin(1) == torch.arange(len(q))).float().mean())
-            )
-            chances.append(1.0 / len(q))
+            right = torch.arange(len(predicted), device=predicted.device)
+            hits.append(float((torch.cdist(predicted, candidates).argmin(1) == right).float().mean()))
+            chances.append(1.0 / len(predicted))
     return (
         float(sum(hits) / len(hits)),
         float(sum(chances) / len(chances)),
