@@ -35,10 +35,9 @@ import torch
 import pretext3d as p3
 from pretext3d.diagnostics import chance_level, shortcut_score
 from pretext3d.experiments import load_reproduction
-from pretext3d.experiments.pretraining import recipe_for
+from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, recipe_for
 from pretext3d.experiments.reproduce import probe_for
-from pretext3d.pretrainer import Pretrainer
-from pretext3d.registry import ENCODERS, TASKS
+from pretext3d.registry import TASKS
 from pretext3d.transforms.affine import ExemplarAugmenter
 from pretext3d.transforms.crops import random_crops
 
@@ -103,26 +102,15 @@ def main() -> None:
                 old, images_for(pool, 64, old_crop, d), batch_size=config.pretrain.batch_size
             )
             recipe = recipe_for(data)
-            torch.manual_seed(config.pretrain.seed)
-            encoder = ENCODERS.get(recipe.encoder)(
-                spatial_dims=d, in_channels=data.in_channels, **recipe.encoder_options()
-            )
             train = dataclasses.replace(
                 config.pretrain, crop=crop, progress=False, device="cpu", shortcut_check=0
             )
-            held = torch.utils.data.Subset(pool, range(config.held_out))
-            rest = torch.utils.data.Subset(pool, range(config.held_out, len(pool)))  # type: ignore[arg-type]
-            with tempfile.TemporaryDirectory() as tmp:
-                record = Pretrainer(
-                    encoder,
-                    task,
-                    rest,
-                    train,
-                    Path(tmp) / "encoder.pt",
-                    held_out=held,
-                    probe=probe,
+            with tempfile.TemporaryDirectory() as tmp:  # as the reproduction pretrains it
+                record = pretrain_encoder(
+                    [TaskEntry(task_name, 1.0, setting.options)], recipe.encoder, recipe.encoder_options(),
+                    data, config.held_out, train, Path(tmp) / "encoder.pt", pool=pool, probe=probe,
                     log=lambda line: None,
-                ).fit()
+                )  # fmt: skip
             accuracy = record["pretext_accuracy"]
             chance = chance_level(task)
             initial = record["probe"]["initial"][f"probe/{probe.metric}"]

@@ -16,16 +16,11 @@ UNDEFENDED = p3.tasks.NO_DEFENCES
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_crop_resample_identity_flip_and_analytic_ramp(spatial_dims: int) -> None:
+def test_crop_resample_identity_and_analytic_ramp(spatial_dims: int) -> None:
     n, d = 8, spatial_dims
     x = torch.randn(2, 2, *(n,) * d)
     whole = crop_resample(x, torch.ones(2), torch.zeros(2, d))
     torch.testing.assert_close(whole, x)
-    flips = torch.zeros(2, d, dtype=torch.bool)
-    flips[0, 0] = flips[1, d - 1] = True
-    mirrored = crop_resample(x, torch.ones(2), torch.zeros(2, d), flips)
-    torch.testing.assert_close(mirrored[0], x[0].flip(1))
-    torch.testing.assert_close(mirrored[1], x[1].flip(d))
     # a ramp along axis 0: output voxel i samples input coordinate ((s * u + c + 1) * n - 1) / 2
     ramp = torch.arange(n, dtype=torch.float32).view(1, 1, n, *[1] * (d - 1)).expand(1, 1, *(n,) * d)
     s, c = 0.5, -0.25

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["cell_origins", "extract_patches"]
+__all__ = ["cell_origins", "extract_patches", "standardize"]
 
 
 def cell_origins(cell_size: Sequence[int], grid: int, device: torch.device | None = None) -> Tensor:
@@ -74,3 +74,25 @@ def extract_patches(x: Tensor, starts: Tensor, patch_size: Sequence[int]) -> Ten
     )
     patches = torch.index_select(rows, 0, corner.flatten().to(x.device))
     return patches.view(batch, num, *patches.shape[1:])
+
+
+def standardize(x: Tensor, spatial_dims: int) -> Tensor:
+    """Each channel of each patch to zero mean and unit variance over its last ``spatial_dims`` axes.
+
+    ``(x - mean) / (std + 1e-5)`` with the population std: what the grid tasks' tile
+    normalisation and CPC's patch normalisation apply.
+
+    Args:
+        x: ``(..., C, *spatial)``, e.g. tiles ``(B, P, C, *patch)``.
+        spatial_dims: the number of trailing spatial axes.
+
+    Returns:
+        ``x``'s shape.
+
+    Examples:
+        >>> out = standardize(torch.tensor([[[1.0, 3.0], [5.0, 5.0]]]), spatial_dims=1)
+        >>> out.round(decimals=3).tolist()   # a constant channel becomes 0
+        [[[-1.0, 1.0], [0.0, 0.0]]]
+    """
+    var, mean = torch.var_mean(x, tuple(range(x.dim() - spatial_dims, x.dim())), correction=0, keepdim=True)
+    return (x - mean) / (var.sqrt() + 1e-5)

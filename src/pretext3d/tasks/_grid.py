@@ -37,7 +37,7 @@ from torch import Tensor
 
 from pretext3d._checks import check_choice, check_int
 from pretext3d._random import rand, randint
-from pretext3d.functional.patches import cell_origins, extract_patches
+from pretext3d.functional.patches import cell_origins, extract_patches, standardize
 from pretext3d.functional.rotation import apply_flips
 from pretext3d.tasks.base import ClassificationTask, P, TaskParams
 
@@ -169,6 +169,14 @@ class GridPatchTask(ClassificationTask[P]):
                 "that patches are at least 1 voxel wide"
             )
 
+    def _draw_grid_params(
+        self, x: Tensor, patches: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, GridCrop | None, Tensor | None, Tensor | None]:
+        """``(offsets, crop, channels, tile_flips)`` of a call, in the parameters' field order."""
+        crop = self._randomize_crop(x, generator)
+        offsets = self._offsets(x, patches, generator)
+        return offsets, crop, self._channels(x, patches, generator), self._tile_flips(x, patches, generator)
+
     def _randomize_crop(self, x: Tensor, generator: torch.Generator | None) -> GridCrop | None:
         if self.crop_scale is None:
             return None
@@ -257,8 +265,7 @@ class GridPatchTask(ClassificationTask[P]):
         if flips is not None:
             tiles = apply_flips(tiles.flatten(0, 1), flips.flatten(0, 1)).view(tiles.shape)
         if self.normalize_tiles:
-            var, mean = torch.var_mean(tiles, tuple(range(3, tiles.dim())), correction=0, keepdim=True)
-            tiles = (tiles - mean) / (var.sqrt() + 1e-5)
+            tiles = standardize(tiles, self.spatial_dims)
         if channels is not None:
             keep = F.one_hot(channels, x.shape[1]).to(tiles.dtype)  # (B, P, C)
             keep = keep.view(*keep.shape, *[1] * self.spatial_dims)
@@ -276,8 +283,8 @@ class GridPatchTask(ClassificationTask[P]):
         )
 
 
-def crop_resample(x: Tensor, scale: Tensor, centre: Tensor, flips: Tensor | None = None) -> Tensor:
-    """Crop each sample to a box of side ``scale`` at ``centre``, mirror it, and resample it to ``x``'s size.
+def crop_resample(x: Tensor, scale: Tensor, centre: Tensor) -> Tensor:
+    """Crop each sample to a box of side ``scale`` at ``centre`` and resample it to ``x``'s size.
 
     Linear interpolation (bilinear/trilinear) through ``grid_sample``, one call for the batch.
 
@@ -286,7 +293,6 @@ def crop_resample(x: Tensor, scale: Tensor, centre: Tensor, flips: Tensor | None
         scale: ``(B,)`` side of the box as a fraction of each axis, in ``(0, 1]``.
         centre: ``(B, d)`` its centre in normalised coordinates (``[-1, 1]``, axis order of
             ``x``'s spatial axes).
-        flips: ``(B, d)`` bool: mirror along each spatial axis (``None``: none).
 
     Returns:
         ``(B, C, *spatial)``.
@@ -300,10 +306,7 @@ def crop_resample(x: Tensor, scale: Tensor, centre: Tensor, flips: Tensor | None
     b = x.shape[0]
     theta = torch.zeros(b, d, d + 1, dtype=x.dtype, device=x.device)
     # affine_grid's coordinates run (x, y[, z]) = the spatial axes in reverse order
-    sign = (
-        1 - 2 * flips.to(x.dtype) if flips is not None else torch.ones(b, d, dtype=x.dtype, device=x.device)
-    )
-    theta[:, range(d), range(d)] = (scale.to(x.dtype)[:, None] * sign).flip(1)
+    theta[:, range(d), range(d)] = scale.to(x.dtype)[:, None]
     theta[:, :, d] = centre.to(x.dtype).flip(1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
 from pretext3d._random import as_generator, rand
-from pretext3d.functional.patches import extract_patches
+from pretext3d.functional.patches import extract_patches, standardize
 from pretext3d.functional.rotation import apply_flips
 from pretext3d.heads import CPCHead
 from pretext3d.objectives.losses import BinaryCPCLoss, InfoNCELoss
@@ -205,10 +205,7 @@ class CPC(PredictiveTask[CPCParams]):
         flat = extract_patches(x, starts, (patch,) * d).flatten(0, 1)
         flat = apply_flips(flat, params.flips.reshape(-1, d))
         if self.normalize_patches:
-            dims = tuple(range(2, flat.dim()))
-            flat = (flat - flat.mean(dims, keepdim=True)) / (
-                flat.std(dims, keepdim=True, unbiased=False) + 1e-5
-            )
+            flat = standardize(flat, d)
         if params.crop:
             kept = extract_patches(flat, params.corners.reshape(-1, 1, d), (patch - params.crop,) * d)[:, 0]
             before = params.crop // 2

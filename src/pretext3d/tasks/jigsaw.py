@@ -31,6 +31,8 @@ class JigsawParams(TaskParams):
         crop: the crop before tiling (``None`` with ``crop_scale=None``).
         channels: ``LongTensor (B, grid**d)``: the channel each slot keeps (``color="drop"``
             on images of several channels; else ``None``).
+        tile_flips: ``BoolTensor (B, grid**d, d)``: mirror each slot's patch along each axis
+            (``None`` with ``tile_flip=False``).
 
     Examples:
         >>> task = Jigsaw(spatial_dims=2, grid=2, num_permutations=4, jitter=0, gap=0, crop_scale=None,
@@ -80,6 +82,7 @@ class Jigsaw(GridPatchTask[JigsawParams]):
             tiling, so that absolute position gives no cell away; ``None``: tile the whole
             image.
         normalize_tiles: each patch's channels to zero mean and unit variance.
+        tile_flip: mirror each patch at random along each axis, independently of the others.
         color: ``"drop"``: each patch of a several-channel image keeps one random channel,
             the others are set to their mean (against chromatic aberration and colour
             casts; single-channel images are unaffected); ``"none"``: keep colours.
@@ -166,15 +169,7 @@ class Jigsaw(GridPatchTask[JigsawParams]):
 
     def _randomize(self, x: Tensor, generator: torch.Generator | None) -> JigsawParams:
         permutation = randint(self.num_classes, (x.shape[0],), generator, x.device)
-        crop = self._randomize_crop(x, generator)
-        offsets = self._offsets(x, self.num_cells, generator)
-        return JigsawParams(
-            permutation,
-            offsets,
-            crop,
-            self._channels(x, self.num_cells, generator),
-            self._tile_flips(x, self.num_cells, generator),
-        )
+        return JigsawParams(permutation, *self._draw_grid_params(x, self.num_cells, generator))
 
     def _check_params(self, x: Tensor, params: JigsawParams) -> None:
         params.permutation = check_classes(

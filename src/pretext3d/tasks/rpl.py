@@ -28,6 +28,8 @@ class RelativePatchLocationParams(TaskParams):
         crop: the crop before tiling (``None`` with ``crop_scale=None``).
         channels: ``LongTensor (B, 2)``: the channel each patch keeps (``color="drop"`` on
             images of several channels; else ``None``).
+        tile_flips: ``BoolTensor (B, 2, d)``: mirror each slot's patch along each axis
+            (``None`` with ``tile_flip=False``).
 
     Examples:
         >>> task = RelativePatchLocation(spatial_dims=2, grid=3, jitter=0, gap=0, crop_scale=None,
@@ -63,6 +65,7 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
         gap: as in :class:`~pretext3d.tasks.Jigsaw`.
         crop_scale: as in :class:`~pretext3d.tasks.Jigsaw`.
         normalize_tiles: as in :class:`~pretext3d.tasks.Jigsaw`.
+        tile_flip: as in :class:`~pretext3d.tasks.Jigsaw`.
         color: as in :class:`~pretext3d.tasks.Jigsaw`.
         check_finite: reject NaN/inf input.
 
@@ -117,11 +120,7 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
 
     def _randomize(self, x: Tensor, generator: torch.Generator | None) -> RelativePatchLocationParams:
         location = randint(self.num_classes, (x.shape[0],), generator, x.device)
-        crop = self._randomize_crop(x, generator)
-        offsets = self._offsets(x, 2, generator)
-        return RelativePatchLocationParams(
-            location, offsets, crop, self._channels(x, 2, generator), self._tile_flips(x, 2, generator)
-        )
+        return RelativePatchLocationParams(location, *self._draw_grid_params(x, 2, generator))
 
     def _check_params(self, x: Tensor, params: RelativePatchLocationParams) -> None:
         params.location = check_classes(params.location, x.shape[0], self.num_classes, "params.location")
