@@ -34,8 +34,7 @@ import torch
 
 import pretext3d as p3
 from pretext3d.diagnostics import chance_level, shortcut_score
-from pretext3d.experiments import load_reproduction
-from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, recipe_for
+from pretext3d.experiments import Pretraining, load_reproduction, pretrain_encoder
 from pretext3d.experiments.reproduce import probe_for
 from pretext3d.registry import TASKS
 from pretext3d.transforms.affine import ExemplarAugmenter
@@ -101,16 +100,17 @@ def main() -> None:
             before = shortcut_score(
                 old, images_for(pool, 64, old_crop, d), batch_size=config.pretrain.batch_size
             )
-            recipe = recipe_for(data)
+            recipe = config.recipe
             train = dataclasses.replace(
                 config.pretrain, crop=crop, progress=False, device="cpu", shortcut_check=0
             )
             with tempfile.TemporaryDirectory() as tmp:  # as the reproduction pretrains it
-                record = pretrain_encoder(
-                    [TaskEntry(task_name, 1.0, setting.options)], recipe.encoder, recipe.encoder_options(),
-                    data, config.held_out, train, Path(tmp) / "encoder.pt", pool=pool, probe=probe,
-                    log=lambda line: None,
+                pretraining = Pretraining(
+                    tasks=[p3.TaskSpec(task_name, 1.0, setting.options)], encoder=recipe.encoder,
+                    encoder_options=recipe.encoder_options(), data=data, held_out=config.held_out,
+                    pretrain=train, output=str(Path(tmp) / "encoder.pt"),
                 )  # fmt: skip
+                record = pretrain_encoder(pretraining, pool=pool, probe=probe, log=lambda line: None)
             accuracy = record["pretext_accuracy"]
             chance = chance_level(task)
             initial = record["probe"]["initial"][f"probe/{probe.metric}"]

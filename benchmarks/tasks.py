@@ -88,9 +88,9 @@ def main() -> None:
     ]:
         p3.permutations._cached_set.cache_clear()
         start = time.perf_counter()
-        perms = p3.permutation_set(cells, count, method=method)  # type: ignore[arg-type]
+        perms = p3.permutations.permutation_set(cells, count, method=method)  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
-        stats = p3.hamming_stats(perms)
+        stats = p3.permutations.hamming_stats(perms)
         print(
             f"  {count:5d} of {cells:3d} cells, {method:6s}: min distance {stats.min:3d}, "
             f"mean {stats.mean:7.3f}, {seconds * 1e3:8.1f} ms"

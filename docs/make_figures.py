@@ -71,11 +71,11 @@ def jigsaw(fundus: torch.Tensor) -> None:
     _save(fig, "jigsaw.png")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     for ax, cells in zip(axes, (9, 27), strict=True):
-        perms = p3.permutation_set(cells, 100, seed=0)
+        perms = p3.permutations.permutation_set(cells, 100, seed=0)
         distance = (perms[:, None, :] != perms[None, :, :]).sum(-1)
         pairs = distance[torch.triu_indices(100, 100, 1).unbind()]
         ax.hist(pairs.numpy(), bins=range(int(pairs.min()), cells + 2), color="tab:green", align="left")
-        stats = p3.hamming_stats(perms)
+        stats = p3.permutations.hamming_stats(perms)
         ax.set_title(
             f"100 permutations of {cells} cells: min {stats.min} / mean {stats.mean:.1f}", fontsize=9
         )

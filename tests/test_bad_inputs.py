@@ -26,9 +26,9 @@ from torch import nn
 import pretext3d as p3
 from pretext3d import experiments as ex
 from pretext3d import objectives as ob
-from pretext3d.cli import DataEfficiencyCommand, FinetuneCommand, PretrainCommand
 from pretext3d.config import ConfigError, from_mapping
 from pretext3d.data import CTPreprocessing, DataSpec, FundusPreprocessing
+from pretext3d.experiments import DataEfficiency, Finetuning, Pretraining
 from pretext3d.finetune import TrainConfig, Trainer
 from pretext3d.models import ConvEncoder, DenseNetEncoder, UNetEncoder
 from pretext3d.tasks import CPC, Exemplar, Jigsaw, RelativePatchLocation, Rotation, RotationParams
@@ -163,15 +163,15 @@ def probes() -> list[Probe]:
         m(lambda: p3.models.load_encoder("no/such/file.pt"), VE, "does not exist"),
         m(lambda: p3.models.load_encoder_weights(ConvEncoder(3), {"x": torch.zeros(1)}), VE, "missing"),
         # --- permutation sets
-        pe(lambda: p3.permutation_set(1, 1), VE, "num_cells"),
-        pe(lambda: p3.permutation_set(9, 10**6), VE, "count must be <= num_cells!"),
-        pe(lambda: p3.permutation_set(21, 10**9), VE, "at most"),
-        pe(lambda: p3.permutation_set(64, 5000), VE, "feasible: count <="),
-        pe(lambda: p3.permutation_set(9, 10, method="best"), VE, "method"),
-        pe(lambda: p3.permutation_set(9, 10, seed=-1), VE, "seed"),
-        pe(lambda: p3.permutation_set(9, 2.5), TE, "count"),
-        pe(lambda: p3.load_permutation_set(Path(__file__)), VE, "test_bad_inputs.py"),
-        pe(lambda: p3.hamming_stats(torch.zeros(1, 3)), VE, "perms must have shape"),
+        pe(lambda: p3.permutations.permutation_set(1, 1), VE, "num_cells"),
+        pe(lambda: p3.permutations.permutation_set(9, 10**6), VE, "count must be <= num_cells!"),
+        pe(lambda: p3.permutations.permutation_set(21, 10**9), VE, "at most"),
+        pe(lambda: p3.permutations.permutation_set(64, 5000), VE, "feasible: count <="),
+        pe(lambda: p3.permutations.permutation_set(9, 10, method="best"), VE, "method"),
+        pe(lambda: p3.permutations.permutation_set(9, 10, seed=-1), VE, "seed"),
+        pe(lambda: p3.permutations.permutation_set(9, 2.5), TE, "count"),
+        pe(lambda: p3.permutations.load_permutation_set(Path(__file__)), VE, "test_bad_inputs.py"),
+        pe(lambda: p3.permutations.hamming_stats(torch.zeros(1, 3)), VE, "perms must have shape"),
         # --- data
         d(lambda: p3.data.VolumeFolder("/no/such/folder"), VE, "does not exist"),
         d(lambda: p3.data.Task07Pancreas("/no/such/folder"), VE, "does not exist"),
@@ -198,7 +198,7 @@ def probes() -> list[Probe]:
         f(lambda: TrainConfig(min_epochs=5, epochs=2), VE, "min_epochs"),
         f(lambda: TrainConfig(freeze_encoder_epochs=5, epochs=2), VE, "freeze_encoder_epochs"),
         f(lambda: TrainConfig(optimizer="sgd"), VE, "optimizer"),
-        f(lambda: TrainConfig(autocast="fp8"), VE, "autocast"),
+        f(lambda: TrainConfig(precision="fp8"), VE, "precision"),
         f(lambda: TrainConfig(weight_decay=-1.0), VE, "weight_decay"),
         f(lambda: TrainConfig(batch_size=2.5), TE, "batch_size"),
         f(lambda: Trainer(nn.Linear(2, 2), nn.MSELoss(), lambda g: (0, 0), TrainConfig(), device="cuda"), VE, "cuda"),
@@ -225,22 +225,22 @@ def probes() -> list[Probe]:
         e(lambda: ex.run_data_efficiency(tiny_seg, images, labels[:3], {"s": None}, ex.DataEfficiencyConfig(), "/nonexistent/p3"), VE, "same length"),
         e(lambda: ex.run_data_efficiency(tiny_seg, images, labels, {"s": "no/file.pt"}, ex.DataEfficiencyConfig(), "/nonexistent/p3"), VE, "does not exist"),
         # --- configs and the CLI
-        c(lambda: from_mapping(PretrainCommand, {"train": {"stpes": 3}}), ConfigError, "did you mean 'steps'"),
-        c(lambda: from_mapping(PretrainCommand, {"train": {"steps": "3"}}), ConfigError, "steps must be an integer"),
-        c(lambda: from_mapping(PretrainCommand, {"train": {"steps": 0}}), ConfigError, "steps"),
-        c(lambda: from_mapping(PretrainCommand, {"held_out": -1}), ConfigError, "held_out"),
-        c(lambda: from_mapping(PretrainCommand, {"train": {"lr": INF}}), ConfigError, "lr"),
-        c(lambda: from_mapping(PretrainCommand, {"output": ""}), ConfigError, "output"),
-        c(lambda: from_mapping(PretrainCommand, {"task": "rotaton"}), ConfigError, "did you mean 'rotation'"),
-        c(lambda: from_mapping(PretrainCommand, {"encoder": "resnet"}), ConfigError, "unknown encoder 'resnet'"),
-        c(lambda: from_mapping(PretrainCommand, {"data": {"kind": "mri"}}), ConfigError, "data.kind"),
-        c(lambda: from_mapping(DataEfficiencyCommand, {"methods": {}}), ConfigError, "methods"),
-        c(lambda: from_mapping(DataEfficiencyCommand, {"output_dir": ""}), ConfigError, "output_dir"),
-        c(lambda: from_mapping(DataEfficiencyCommand, {"device": "cuda"}), ConfigError, "cuda"),
-        c(lambda: from_mapping(DataEfficiencyCommand, {"experiment": {"fractions": [2.0]}}), ConfigError, "fractions"),
-        c(lambda: from_mapping(DataEfficiencyCommand, {"experiment": {"train": {"grad_clip": -1.0}}}), ConfigError, "grad_clip"),
-        c(lambda: from_mapping(FinetuneCommand, {"fraction": 0.0}), ConfigError, "fraction"),
-        c(lambda: from_mapping(FinetuneCommand, {"device": "tpu"}), ConfigError, "device"),
+        c(lambda: from_mapping(Pretraining, {"pretrain": {"stpes": 3}}), ConfigError, "did you mean 'steps'"),
+        c(lambda: from_mapping(Pretraining, {"pretrain": {"steps": "3"}}), ConfigError, "steps must be an integer"),
+        c(lambda: from_mapping(Pretraining, {"pretrain": {"steps": 0}}), ConfigError, "steps"),
+        c(lambda: from_mapping(Pretraining, {"held_out": -1}), ConfigError, "held_out"),
+        c(lambda: from_mapping(Pretraining, {"pretrain": {"lr": INF}}), ConfigError, "lr"),
+        c(lambda: from_mapping(Pretraining, {"output": ""}), ConfigError, "output"),
+        c(lambda: from_mapping(Pretraining, {"task": "rotaton"}), ConfigError, "did you mean 'rotation'"),
+        c(lambda: from_mapping(Pretraining, {"encoder": "resnet"}), ConfigError, "unknown encoder 'resnet'"),
+        c(lambda: from_mapping(Pretraining, {"data": {"kind": "mri"}}), ConfigError, "data.kind"),
+        c(lambda: from_mapping(DataEfficiency, {"methods": {}}), ConfigError, "methods"),
+        c(lambda: from_mapping(DataEfficiency, {"output_dir": ""}), ConfigError, "output_dir"),
+        c(lambda: from_mapping(DataEfficiency, {"device": "gpu"}), ConfigError, "device"),
+        c(lambda: from_mapping(DataEfficiency, {"experiment": {"fractions": [2.0]}}), ConfigError, "fractions"),
+        c(lambda: from_mapping(DataEfficiency, {"experiment": {"train": {"grad_clip": -1.0}}}), ConfigError, "grad_clip"),
+        c(lambda: from_mapping(Finetuning, {"fraction": 0.0}), ConfigError, "fraction"),
+        c(lambda: from_mapping(Finetuning, {"device": "tpu"}), ConfigError, "device"),
         c(lambda: p3.config.load_toml("/no/such.toml"), ConfigError, "cannot read config file"),
         c(lambda: p3.config.parse_override("train.lr"), ConfigError, "KEY=VALUE"),
     ]  # fmt: skip
@@ -326,7 +326,7 @@ def test_train_config_accepts_only_trainable_values(
 @given(num_cells=st.integers(-1, 40), count=st.integers(-1, 400))
 def test_permutation_sets_are_valid_or_refused(num_cells: int, count: int) -> None:
     try:
-        perms = p3.permutation_set(num_cells, count)
+        perms = p3.permutations.permutation_set(num_cells, count)
     except ValueError as err:
         assert re.search(r"num_cells|count", str(err))
         return

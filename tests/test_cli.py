@@ -27,15 +27,15 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                 "pretrain",
                 "--defaults",
                 "--set",
-                "train.steps=4",
+                "pretrain.steps=4",
                 "--set",
                 "data.count=12",
                 "--set",
                 "held_out=4",
                 "--set",
-                "train.batch_size=2",
+                "pretrain.batch_size=2",
                 "--set",
-                "train.progress=false",
+                "pretrain.progress=false",
                 "--set",
                 f'output="{encoder}"',
             ]
@@ -109,7 +109,7 @@ def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path
     # an encoder pretrained on the labelled cases is refused by data-efficiency unless transductive
     encoder = tmp_path / "enc.pt"
     args = ["--set", "data.count=12", "--set", "data.include_labelled=true", "--set", "held_out=4"]
-    args += ["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", f'output="{encoder}"']
+    args += ["--set", "pretrain.steps=1", "--set", "pretrain.batch_size=2", "--set", f'output="{encoder}"']
     assert main(["pretrain", "--defaults", *args]) == 0
     assert json.loads(Path(f"{encoder}.json").read_text())["transductive"] is True
     common = ["--set", "data.count=12", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1"]
@@ -139,8 +139,8 @@ def test_cli_pretraining_pool_is_disjoint_from_the_labelled_cases(tmp_path: Path
             "unknown key 'lrr' in [experiment.train]; did you mean 'lr'?",
         ),
         (
-            ["pretrain", "--defaults", "--set", "train.stpes=3"],
-            "unknown key 'stpes' in [train]; did you mean 'steps'?",
+            ["pretrain", "--defaults", "--set", "pretrain.stpes=3"],
+            "unknown key 'stpes' in [pretrain]; did you mean 'steps'?",
         ),
         (
             ["pretrain", "--defaults", "--set", "task_options.gird=2", "--set", 'task="jigsaw"'],
@@ -204,13 +204,13 @@ def test_a_pairing_that_cannot_load_is_refused_before_anything_runs(
         "--set",
         'encoder="conv"',
         "--set",
-        "train.steps=1",
+        "pretrain.steps=1",
         "--set",
         "data.count=6",
         "--set",
         "held_out=2",
         "--set",
-        "train.batch_size=2",
+        "pretrain.batch_size=2",
     ]
     assert main(["pretrain", "--defaults", *args, "--set", f'output="{tmp_path / "c.pt"}"']) == 0
     assert "a 'conv' encoder will not load into it" in capsys.readouterr().out
@@ -233,7 +233,7 @@ name = "rotation"
 name = "rpl"
 weight = 0.5
 options = {{ grid = 3, jitter = 0 }}
-[train]
+[pretrain]
 steps = 2
 batch_size = 2
 device = "cpu"
@@ -285,6 +285,6 @@ def test_no_config_is_refused_unless_the_defaults_are_asked_for(
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain"]) == 2
     assert "no --config given" in capsys.readouterr().err and not (tmp_path / "encoder.pt").exists()
-    small = ["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", "held_out=2", "--set",
-             "data.count=6", "--set", "train.device='cpu'", "--set", "train.progress=false"]  # fmt: skip
+    small = ["--set", "pretrain.steps=1", "--set", "pretrain.batch_size=2", "--set", "held_out=2"]
+    small += ["--set", "data.count=6", "--set", "pretrain.device='cpu'", "--set", "pretrain.progress=false"]
     assert main(["pretrain", "--defaults", *small]) == 0 and (tmp_path / "encoder.pt").exists()

@@ -95,10 +95,10 @@ def test_one_ddp_step_equals_one_step_on_the_concatenated_batch(tmp_path: Path, 
     targets = None
     if t0 is not None:  # instance ids are made unique per rank when gathered: l * world + rank
         targets = torch.cat([t0 * 2, t1 * 2 + 1]) if name == "exemplar" else torch.cat([t0, t1])
-    model = single.models[single.entries[0].name].train()
-    loss = single.entries[0].task.loss(model(torch.cat([v0, v1])), targets)
+    model = single.models[single.names[0]].train()
+    loss = single.core.tasks[0].loss(model(torch.cat([v0, v1])), targets)
     loss.backward()
-    single.optimizer.step()
+    single.optim.optimizer.step()
     for key, value in single.models.state_dict().items():
         if value.is_floating_point():  # (not the exemplar's instance counter: no views were drawn here)
             torch.testing.assert_close(value, ranks[0]["final"][key], rtol=1e-4, atol=1e-5, msg=key)
@@ -126,11 +126,12 @@ def test_pretext3d_pretrain_runs_under_torchrun(tmp_path: Path) -> None:
         "data.count=12",
         "data.size=24",
         "held_out=2",
-        "train.steps=4",
-        "train.batch_size=2",
-        "train.log_every=1",
+        "pretrain.steps=4",
+        "pretrain.batch_size=2",
+        "pretrain.log_every=1",
     ]
-    args += ["train.crop=16", "train.progress=false", 'train.device="cpu"', f'output="{tmp_path / "enc.pt"}"']
+    args += ["pretrain.crop=16", "pretrain.progress=false", 'pretrain.device="cpu"']
+    args += [f'output="{tmp_path / "enc.pt"}"']
     args += ['tasks=[{name = "rotation"}, {name = "rpl", weight = 0.5, options = {grid = 3, jitter = 0}}]']
     command = [
         sys.executable,

@@ -21,7 +21,8 @@ MODULES = sorted(
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
-    for registry in (p3.registry.TASKS, p3.registry.ENCODERS):  # an example may register its own
+    # an example may register its own
+    for registry in (p3.registry.TASKS, p3.registry.ENCODERS, p3.registry.RECIPES, p3.registry.DATA_KINDS):
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     module: ModuleType = importlib.import_module(name)
     torch.manual_seed(0)
@@ -56,7 +57,8 @@ def test_what_comes_from_a_paper_cites_it() -> None:
     """The tasks, heads, losses, miners, models, metrics and statistics name their papers."""
     cited = [
         p3.tasks.Rotation, p3.tasks.Jigsaw, p3.tasks.RelativePatchLocation, p3.tasks.Exemplar, p3.tasks.CPC,
-        p3.permutation_set, p3.heads.MultiPatchClassifierHead, p3.heads.CPCHead, p3.heads.ProjectionHead,
+        p3.permutations.permutation_set, p3.heads.MultiPatchClassifierHead, p3.heads.CPCHead,
+        p3.heads.ProjectionHead,
         p3.objectives.TripletMarginLoss, p3.objectives.InfoNCELoss, p3.objectives.BinaryCPCLoss,
         p3.objectives.BatchHardMiner, p3.objectives.SemiHardMiner, p3.objectives.DistanceWeightedMiner,
         p3.objectives.CrossBatchMemory, p3.transforms.ExemplarAugmenter, p3.transforms.foreground_crops,

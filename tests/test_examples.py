@@ -118,12 +118,12 @@ def test_paper_mode_runs_on_task07_files(tmp_path: Path) -> None:
             # the paper config's bf16 autocast is for GPUs: on the CPU this 5-stage U-Net on 16^3
             # crops (a 1^3 bottleneck) gets a non-finite gradient by its third step, so whether the
             # test passed depended on what ran before it (reported in issue 23's note)
-            'experiment.train.autocast="none"', 'experiment.baseline_train.autocast="none"',
+            'experiment.train.precision="fp32"', 'experiment.baseline_train.precision="fp32"',
             *TINY_GRID,
         ],
     )  # fmt: skip
     out = p3.experiments.run_reproduction(config, progress=False, log=lambda _: None)
-    record = p3.experiments.read_pretraining_record(out / "encoders" / "rotation_p0.pt")
+    record = p3.provenance.read_pretraining_record(out / "encoders" / "rotation_p0.pt")
     assert record is not None
     pool = config.pretraining_data.unlabelled().case_ids  # type: ignore[attr-defined]
     assert sorted(record["pretraining_cases"]) == sorted(pool) == [f"pancreas_{i:03d}" for i in range(11, 15)]
@@ -150,7 +150,7 @@ def test_paper_mode_runs_on_aptos_files(tmp_path: Path) -> None:
         ],
     )  # fmt: skip
     out = p3.experiments.run_reproduction(config, progress=False, log=lambda _: None)
-    record = p3.experiments.read_pretraining_record(out / "encoders" / "rotation_p0.pt")
+    record = p3.provenance.read_pretraining_record(out / "encoders" / "rotation_p0.pt")
     assert record is not None
     labelled = set(config.data.labelled()[2])
     assert len(record["pretraining_cases"]) == 10 and not labelled & set(record["pretraining_cases"])

@@ -29,31 +29,31 @@ def assert_valid(perms: torch.Tensor, count: int, cells: int) -> None:
     [(27, 100, 26), (9, 100, 7), (8, 100, 6), (9, 72, 8), (64, 100, 63), (16, 100, 15), (4, 12, 3)],
 )
 def test_reaches_proven_maximum_min_distance(cells: int, count: int, target: int) -> None:
-    perms = p3.permutation_set(cells, count)
+    perms = p3.permutations.permutation_set(cells, count)
     assert_valid(perms, count, cells)
-    stats = p3.hamming_stats(perms)
+    stats = p3.permutations.hamming_stats(perms)
     assert stats.min == target
     assert (stats.min, stats.mean) == pytest.approx(brute_hamming(perms))
 
 
 def test_beats_the_original_random_sets() -> None:
     # The original's random 3D set had minimum distance 19, its 2D file 2.
-    assert p3.hamming_stats(p3.permutation_set(27, 100, method="random")).min < 26
-    assert p3.hamming_stats(p3.permutation_set(27, 100)).min == 26
+    assert p3.permutations.hamming_stats(p3.permutations.permutation_set(27, 100, method="random")).min < 26
+    assert p3.permutations.hamming_stats(p3.permutations.permutation_set(27, 100)).min == 26
 
 
 def test_hamming_stats_by_hand() -> None:
-    stats = p3.hamming_stats(torch.tensor([[0, 1, 2], [1, 0, 2], [2, 1, 0]]))
+    stats = p3.permutations.hamming_stats(torch.tensor([[0, 1, 2], [1, 0, 2], [2, 1, 0]]))
     assert stats.min == 2
     assert stats.mean == pytest.approx(7 / 3)
 
 
 def test_deterministic_per_seed_and_cached_copies_are_independent() -> None:
-    a = p3.permutation_set(27, 100, seed=3)
-    assert torch.equal(a, p3.permutation_set(27, 100, seed=3))
-    assert not torch.equal(a, p3.permutation_set(27, 100, seed=4))
+    a = p3.permutations.permutation_set(27, 100, seed=3)
+    assert torch.equal(a, p3.permutations.permutation_set(27, 100, seed=3))
+    assert not torch.equal(a, p3.permutations.permutation_set(27, 100, seed=4))
     a[0] = 0  # mutating a result must not reach the cache
-    assert_valid(p3.permutation_set(27, 100, seed=3), 100, 27)
+    assert_valid(p3.permutations.permutation_set(27, 100, seed=3), 100, 27)
 
 
 @pytest.mark.parametrize("q", [2, 3, 4, 5, 7, 8, 9, 16, 25, 27])
@@ -76,26 +76,27 @@ def test_mobius_group_is_sharply_three_transitive(q: int) -> None:
     # sharply 3-transitive: every ordered triple of distinct points is hit exactly once
     images = {tuple(row[:3]) for row in group.tolist()}
     assert len(images) == len(group)
-    assert p3.hamming_stats(group).min == q - 1
+    assert p3.permutations.hamming_stats(group).min == q - 1
 
 
 @pytest.mark.parametrize("cells", [6, 10, 12])
 def test_greedy_fallback_beats_random(cells: int) -> None:
-    greedy = p3.permutation_set(cells, 40, method="greedy")
+    greedy = p3.permutations.permutation_set(cells, 40, method="greedy")
     assert_valid(greedy, 40, cells)
     assert (
-        p3.hamming_stats(greedy).min >= p3.hamming_stats(p3.permutation_set(cells, 40, method="random")).min
+        p3.permutations.hamming_stats(greedy).min
+        >= p3.permutations.hamming_stats(p3.permutations.permutation_set(cells, 40, method="random")).min
     )
 
 
 def test_fallback_where_no_group_fits() -> None:
-    perms = p3.permutation_set(36, 50)  # 36 and 35 are not prime powers
+    perms = p3.permutations.permutation_set(36, 50)  # 36 and 35 are not prime powers
     assert_valid(perms, 50, 36)
-    assert p3.hamming_stats(perms).min >= 30
+    assert p3.permutations.hamming_stats(perms).min >= 30
 
 
 def test_all_permutations_of_small_sets() -> None:
-    perms = p3.permutation_set(4, 24)
+    perms = p3.permutations.permutation_set(4, 24)
     assert_valid(perms, 24, 4)
 
 
@@ -113,20 +114,20 @@ def test_all_permutations_of_small_sets() -> None:
 )
 def test_bad_arguments(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        p3.permutation_set(**kwargs)  # type: ignore[arg-type]
+        p3.permutations.permutation_set(**kwargs)  # type: ignore[arg-type]
 
 
 def test_types_are_checked() -> None:
     with pytest.raises(TypeError, match="count must be an int"):
-        p3.permutation_set(9, 10.0)  # type: ignore[arg-type]
+        p3.permutations.permutation_set(9, 10.0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("one_based", [False, True])
 def test_load_npy(tmp_path: Path, one_based: bool) -> None:
-    perms = p3.permutation_set(9, 30)
+    perms = p3.permutations.permutation_set(9, 30)
     path = tmp_path / "perms.npy"
     np.save(path, perms.numpy() + int(one_based))
-    assert torch.equal(p3.load_permutation_set(path, num_cells=9), perms)
+    assert torch.equal(p3.permutations.load_permutation_set(path, num_cells=9), perms)
 
 
 @pytest.mark.parametrize(
@@ -143,8 +144,8 @@ def test_load_rejects_bad_files(tmp_path: Path, array: np.ndarray, match: str) -
     path = tmp_path / "bad.npy"
     np.save(path, array)
     with pytest.raises(ValueError, match=match):
-        p3.load_permutation_set(path, num_cells=3)
+        p3.permutations.load_permutation_set(path, num_cells=3)
 
 
 def test_count_limit_uses_factorial() -> None:
-    assert len(p3.permutation_set(5, math.factorial(5))) == 120
+    assert len(p3.permutations.permutation_set(5, math.factorial(5))) == 120

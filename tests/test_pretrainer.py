@@ -13,8 +13,9 @@ import pretext3d as p3
 from pretext3d import engine
 from pretext3d.data import PhantomImages, VolumeFolder, write_task07_phantom
 from pretext3d.models import ConvEncoder
-from pretext3d.pretrainer import PretrainConfig, Pretrainer, WeightedTask, pretext_warning
+from pretext3d.pretrainer import PretrainConfig, Pretrainer, pretext_warning
 from pretext3d.tasks import Jigsaw, Rotation
+from pretext3d.training import TaskSpec
 
 RUN = {"steps": 6, "batch_size": 4, "crop": 16, "log_every": 1, "eval_every": 3, "checkpoint_every": 2,
        "progress": False, "device": "cpu"}  # fmt: skip
@@ -82,7 +83,7 @@ def test_streaming_from_nifti_files_through_two_workers(tmp_path: Path) -> None:
 def test_several_tasks_on_one_encoder(tmp_path: Path) -> None:
     jigsaw = Jigsaw(3, grid=2, num_permutations=6, jitter=1)
     both = trainer(
-        tmp_path / "both", [Rotation(3), WeightedTask(jigsaw, 0.5, "jigsaw")], steps=20, eval_every=20
+        tmp_path / "both", [Rotation(3), TaskSpec(jigsaw, 0.5, name="jigsaw")], steps=20, eval_every=20
     )
     record = both.fit()
     rows = [r for r in both.metrics.rows() if "loss/rotation" in r]
@@ -95,17 +96,17 @@ def test_several_tasks_on_one_encoder(tmp_path: Path) -> None:
     # task's trajectory alone (each task draws from its own generator)
     single = trainer(tmp_path / "single", Rotation(3))
     single.fit()
-    listed = trainer(tmp_path / "listed", [WeightedTask(Rotation(3), 1.0, "rotation")])
+    listed = trainer(tmp_path / "listed", [TaskSpec(Rotation(3), 1.0, name="rotation")])
     listed.fit()
     assert all(torch.equal(v, weights(single)[k]) for k, v in weights(listed).items())
     zero = trainer(
-        tmp_path / "zero", [Rotation(3), WeightedTask(Jigsaw(3, grid=2, num_permutations=6, jitter=1), 0.0)]
+        tmp_path / "zero", [Rotation(3), TaskSpec(Jigsaw(3, grid=2, num_permutations=6, jitter=1), 0.0)]
     )
     zero.fit()
     params = dict(single.models["rotation"].named_parameters())
     assert all(torch.equal(p, params[n]) for n, p in zero.models["rotation"].named_parameters())
     alternating = trainer(
-        tmp_path / "alt", [Rotation(3), WeightedTask(jigsaw, 1.0, "jigsaw")], task_mode="alternate"
+        tmp_path / "alt", [Rotation(3), TaskSpec(jigsaw, 1.0, name="jigsaw")], task_mode="alternate"
     )
     alternating.fit()
     steps = {r["step"]: r for r in alternating.metrics.rows() if "lr" in r}
@@ -126,11 +127,11 @@ def test_bf16_autocast_on_the_cpu(tmp_path: Path) -> None:
 
 def test_schedule_warmup_then_cosine(tmp_path: Path) -> None:
     run = trainer(tmp_path, steps=10, warmup_steps=2, lr=0.1)
-    factors = [run.scheduler.lr_lambdas[0](s) for s in range(10)]  # the schedule the optimizer follows
+    factors = [run.optim.scheduler.lr_lambdas[0](s) for s in range(10)]  # the schedule the optimizer follows
     assert factors[0] == pytest.approx(1 / 3) and factors[1] == pytest.approx(2 / 3) and factors[2] == 1.0
     assert factors[2] > factors[5] > factors[9] > 0.0
     constant = trainer(tmp_path / "c", steps=10, schedule="constant")
-    assert [constant.scheduler.lr_lambdas[0](s) for s in range(10)] == [1.0] * 10
+    assert [constant.optim.scheduler.lr_lambdas[0](s) for s in range(10)] == [1.0] * 10
 
 
 def test_warnings_at_chance_and_when_solved() -> None:
@@ -152,7 +153,7 @@ def test_warnings_at_chance_and_when_solved() -> None:
         ({"precision": "fp8"}, "precision"),
         ({"accumulate": 0}, "accumulate"),
         ({"grad_clip": 0.0}, "grad_clip"),
-        ({"device": "cuda:7"}, "not available"),
+        ({"device": "gpu"}, "device must be 'auto', 'cpu', 'cuda'"),
         ({"schedule": "step"}, "schedule"),
     ],
 )
@@ -161,13 +162,23 @@ def test_bad_settings_are_named(options: dict[str, Any], match: str) -> None:
         PretrainConfig(**options)
 
 
+def test_a_gpu_config_is_built_anywhere_and_refused_when_it_runs(tmp_path: Path) -> None:
+    config = PretrainConfig(
+        steps=1, batch_size=2, device="cuda:7", progress=False
+    )  # checked for its form only
+    assert config.device == "cuda:7"
+    with pytest.raises(ValueError, match="device 'cuda:7' is not available"):
+        Pretrainer(p3.models.UNetEncoder(3, widths=(4, 8)), Rotation(3), PhantomImages("ct", 4, 16), config,
+                   tmp_path / "enc.pt", log=lambda line: None)  # fmt: skip
+
+
 def test_bad_runs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="fewer than batch_size=4"):
         trainer(tmp_path, data=PhantomImages("ct", 2, 24))
     with pytest.raises(ValueError, match="task names must differ"):
         trainer(tmp_path, [Rotation(3), Rotation(3)])
     with pytest.raises(ValueError, match="one spatial dimension"):
-        trainer(tmp_path, [Rotation(3), WeightedTask(Rotation(2), 1.0, "r2")])
+        trainer(tmp_path, [Rotation(3), TaskSpec(Rotation(2), 1.0, name="r2")])
     with pytest.raises(ValueError, match="differ in shape"):
         trainer(tmp_path, data=_Uneven(), crop=0).fit()
     # an unfinished checkpoint of other settings is refused, not silently continued; a finished

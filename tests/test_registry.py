@@ -87,7 +87,7 @@ def test_a_users_encoder_named_in_a_toml_config(tmp_path: Path, monkeypatch: pyt
     config.write_text(
         f'plugins = ["my_encoders"]\nencoder = "tiny"\nencoder_options = {{width = 6}}\n'
         f'held_out = 2\noutput = "{encoder}"\n[data]\ncount = 6\nsize = 16\n'
-        "[train]\nsteps = 2\nbatch_size = 2\nprogress = false\n"
+        "[pretrain]\nsteps = 2\nbatch_size = 2\nprogress = false\n"
     )
     assert main(["pretrain", "--config", str(config)]) == 0
     assert p3.models.encoder_name(encoder) == "tiny"

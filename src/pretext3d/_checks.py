@@ -7,6 +7,7 @@ Every failure names the argument, the value it got and what would be accepted
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -129,6 +130,25 @@ def check_range(name: str, value: tuple[float, float], *, low: float = 0.0) -> t
             f"{name} must be a pair of finite numbers (a, b) with {low} <= a <= b, got {value!r}"
         )
     return float(value[0]), float(value[1])
+
+
+def check_device_name(name: str, device: object) -> str:
+    """Check that ``device`` is a device name a config may hold, without needing the device here.
+
+    ``"auto"``, ``"cpu"``, ``"mps"``, ``"cuda"`` or ``"cuda:<index>"``: a config written for a
+    GPU machine loads and validates on any machine; the device is resolved when a run starts
+    (:func:`pretext3d.engine.resolve_device`).
+
+    Examples:
+        >>> check_device_name("device", "cuda:1")
+        'cuda:1'
+        >>> check_device_name("device", "gpu")
+        Traceback (most recent call last):
+        ValueError: device must be 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps', got 'gpu'
+    """
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"{name} must be 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps', got {device!r}")
+    return device
 
 
 def check_device(device: object) -> torch.device:

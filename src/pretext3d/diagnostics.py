@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d import engine
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
 from pretext3d.heads import global_pool
+from pretext3d.models.base import evaluating
 from pretext3d.tasks._grid import GridPatchTask
 from pretext3d.tasks.base import ClassificationTask, EmbeddingTask, PredictiveTask, PretextTask
 from pretext3d.tasks.rpl import RelativePatchLocation
@@ -490,7 +490,7 @@ class FeatureProbe:
         device = param.device if param is not None else torch.device("cpu")
         out = []
         run = getattr(encoder, "forward_features", encoder) if self.task == "segmentation" else encoder
-        with engine.evaluating(encoder):
+        with evaluating(encoder):
             for start in range(0, len(self.images), self.batch_size):
                 f = run(self.images[start : start + self.batch_size].to(device))
                 if not isinstance(f, Tensor):

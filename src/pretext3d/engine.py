@@ -34,10 +34,11 @@ __all__ = [
     "Precision",
     "autocast",
     "end_process_group",
-    "evaluating",
     "grad_scaler",
+    "is_main_process",
     "load_checkpoint",
     "process_group",
+    "progress",
     "resolve_device",
     "resolve_precision",
     "rng_state",
@@ -76,6 +77,18 @@ def process_group() -> tuple[int, int, bool]:
     return 0, 1, False
 
 
+def is_main_process() -> bool:
+    """Whether this process speaks for the run: rank 0 of a process group or of torchrun, or a plain process.
+
+    Examples:
+        >>> is_main_process()
+        True
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
 def end_process_group() -> None:
     """Wait for every rank, then shut the process group down.
 
@@ -94,6 +107,9 @@ def end_process_group() -> None:
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> CUDA if available, else MPS, else CPU; anything else is checked to exist.
 
+    Under torchrun (``LOCAL_RANK`` set) a CUDA device without an index is the process's own
+    GPU, ``cuda:<LOCAL_RANK>``: one GPU per process.
+
     Examples:
         >>> resolve_device("cpu")
         device(type='cpu')
@@ -102,11 +118,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
             return torch.device("mps")
-        return torch.device("cpu")
-    return check_device(device)
+        else:
+            return torch.device("cpu")
+    resolved = check_device(device)
+    if resolved.type == "cuda" and resolved.index is None and "LOCAL_RANK" in os.environ:
+        resolved = check_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -148,26 +168,6 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
         (False, True)
     """
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-
-@contextlib.contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode without gradients (a probe), its training mode restored after.
-
-    Examples:
-        >>> net = torch.nn.BatchNorm1d(4)
-        >>> with evaluating(net):
-        ...     out = net(torch.randn(2, 4))   # running statistics untouched
-        >>> net.training, int(net.num_batches_tracked)
-        (True, 0)
-    """
-    mode = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        module.train(mode)
 
 
 def to_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:
@@ -363,11 +363,17 @@ class MetricsLog:
 
 @contextlib.contextmanager
 def progress(total: int, initial: int, enabled: bool, description: str) -> Iterator[Any]:
-    """A tqdm bar if tqdm is installed and ``enabled``; else ``None``."""
+    """A tqdm bar if tqdm is installed and ``enabled``; else ``None`` (both loops' bars).
+
+    Examples:
+        >>> with progress(total=3, initial=0, enabled=False, description="steps") as bar:
+        ...     print(bar)
+        None
+    """
     bar = None
     if enabled:
         try:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
 
             bar = tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True)
         except ImportError:

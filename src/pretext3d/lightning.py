@@ -15,7 +15,6 @@ Lightning ``Trainer`` arguments; the data loader is yours.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -23,11 +22,18 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d import engine
-from pretext3d._checks import check_choice, check_int, check_positive
+from pretext3d._checks import check_choice, check_int
 from pretext3d.diagnostics import FeatureProbe
-from pretext3d.pretext_model import PretextModel, infer_num_features
-from pretext3d.pretrainer import WeightedTask, _image, _lr_factor, _optimizer, _task_loss, _weighted
 from pretext3d.tasks import PretextTask
+from pretext3d.training import (
+    OptimSettings,
+    PretextStep,
+    TaskSpec,
+    build_optimizer,
+    check_finite,
+    image_of,
+    lr_schedule,
+)
 from pretext3d.transforms import random_crops
 
 try:
@@ -52,7 +58,7 @@ class PretextLightningModule(pl.LightningModule):
     Args:
         encoder: any encoder (as for :class:`~pretext3d.PretextModel`); ``module.encoder``
             after training, for :func:`~pretext3d.models.save_encoder`.
-        tasks: a task, or several (tasks or :class:`~pretext3d.pretrainer.WeightedTask`).
+        tasks: a task, or several (task objects or :class:`~pretext3d.training.TaskSpec`).
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
         lr: peak learning rate.
         weight_decay: weight decay.
@@ -88,7 +94,7 @@ class PretextLightningModule(pl.LightningModule):
     def __init__(
         self,
         encoder: nn.Module,
-        tasks: PretextTask[Any, Any] | Sequence[PretextTask[Any, Any] | WeightedTask],
+        tasks: PretextTask[Any, Any] | TaskSpec | Sequence[PretextTask[Any, Any] | TaskSpec],
         *,
         optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
         lr: float = 1e-3,
@@ -110,22 +116,13 @@ class PretextLightningModule(pl.LightningModule):
             raise TypeError(f"probe must be a pretext3d.diagnostics.FeatureProbe, got {type(probe).__name__}")
         self.probe = probe
         self.probe_history: list[dict[str, float]] = []
-        self.optimizer_name = check_choice("optimizer", optimizer, ("adamw", "adam", "sgd"))
-        self.lr = check_positive("lr", lr)
-        self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
-        self.momentum = check_positive("momentum", momentum, allow_zero=True)
-        self.schedule = check_choice("schedule", schedule, ("cosine", "constant"))
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        self.settings = OptimSettings(optimizer, lr, weight_decay, momentum, schedule, warmup_steps)
+        self.lr = self.settings.lr
         self.task_mode = check_choice("task_mode", task_mode, ("sum", "alternate"))
         self.crop = check_int("crop", crop, 0)
         self.channels_last = channels_last
         self.image_key = image_key
         self.seed = check_int("seed", seed, 0)
-        self.entries = _weighted(tasks)
-        dims = {e.task.spatial_dims for e in self.entries}
-        if len(dims) != 1:
-            raise ValueError(f"all tasks must work in one spatial dimension, got {sorted(dims)}")
-        self.spatial_dims = dims.pop()
         if activation_checkpointing:
             if not hasattr(encoder, "checkpointing"):
                 raise ValueError(
@@ -133,26 +130,21 @@ class PretextLightningModule(pl.LightningModule):
                     f"{type(encoder).__name__} has none"
                 )
             encoder.checkpointing = True  # type: ignore[assignment]
-        torch.manual_seed(seed)  # the heads' initialisation, as the Pretrainer's
-        width = infer_num_features(encoder, self.spatial_dims)
+        self.core = PretextStep(encoder, tasks, seed=seed)  # the Pretrainer's step
+        self.spatial_dims = self.core.spatial_dims
         self.encoder = encoder
-        self.models = nn.ModuleDict(
-            {e.name: PretextModel(encoder, e.task, num_features=width) for e in self.entries}
-        )
+        self.models = self.core.models
         if compile:
             for model in self.models.values():
                 model.compile()
-        self.generators: list[torch.Generator] = []
+        self._resumed = False
 
     # --- Lightning hooks ---------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
         """Seed one draw stream per task and rank (unless resumed); channels-last on CUDA (or when asked)."""
-        if not self.generators:
-            self.generators = [
-                torch.Generator().manual_seed(self.seed * 1000 + k + 1 + 7919 * self.global_rank)
-                for k in range(len(self.entries))
-            ]
+        if not self._resumed:
+            self.core.seed_streams(self.seed, self.global_rank)
         if self.channels_last or (self.channels_last is None and self.device.type == "cuda"):
             engine.to_channels_last(self.models, self.spatial_dims)
 
@@ -178,65 +170,53 @@ class PretextLightningModule(pl.LightningModule):
         """The weighted sum of the active tasks' losses on this batch."""
         x = self._images(batch)
         if self.crop:
-            x = random_crops(x, [self.crop] * self.spatial_dims, self.generators[0])
-        active = (
-            self.entries if self.task_mode == "sum" else [self.entries[self.global_step % len(self.entries)]]
-        )
+            x = random_crops(x, [self.crop] * self.spatial_dims, self.core.generators[0])
+        drawn = self.core.draw(x, self.core.active(self.global_step, self.task_mode))
+        outputs = self.core.net({name: views for name, (views, _) in drawn.items()})
         world = self.trainer.world_size if self._trainer is not None else 1
-        total = torch.zeros((), device=x.device)
-        for entry in active:
-            generator = self.generators[self.entries.index(entry)]
-            views, targets = entry.task(x, generator)
-            output = self.models[entry.name](views).float()
-            weighted, loss = _task_loss(
-                entry, output, targets, generator, step=self.global_step, world=world, lr=self.lr
-            )
-            total = total + weighted
-            accuracy = entry.task.accuracy(output.detach(), targets)
-            self.log(f"loss/{entry.name}", loss.detach(), prog_bar=True, batch_size=len(x))
-            self.log(f"accuracy/{entry.name}", accuracy, batch_size=len(x))
-        return total
+        result = self.core.score(outputs, drawn, world=world, check=self._check_finite)
+        for name, loss in result.losses.items():
+            self.log(f"loss/{name}", loss, prog_bar=True, batch_size=len(x))
+            self.log(f"accuracy/{name}", result.accuracies[name], batch_size=len(x))
+        return result.loss
+
+    def _check_finite(self, loss: Tensor, name: str) -> None:
+        check_finite(loss, f"{name} loss", f"at step {self.global_step}", self.lr)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Held-out pretext loss and accuracy of every task (eval mode, the same draw per batch)."""
         x = self._images(batch)
-        for k, entry in enumerate(self.entries):
+        for k, (name, task) in enumerate(zip(self.core.names, self.core.tasks, strict=True)):
             generator = torch.Generator().manual_seed(self.seed * 1000 + 500 + 31 * k + batch_idx)
-            views, targets = entry.task(x, generator)
-            output = self.models[entry.name](views).float()
-            loss = entry.task.loss(output, targets, generator=generator)
-            self.log(f"held_out_loss/{entry.name}", loss, batch_size=len(x))
-            self.log(
-                f"held_out_accuracy/{entry.name}", entry.task.accuracy(output, targets), batch_size=len(x)
-            )
+            views, targets = task(x, generator)
+            output = self.models[name](views).float()
+            loss = task.loss(output, targets, generator=generator)
+            self.log(f"held_out_loss/{name}", loss, batch_size=len(x))
+            self.log(f"held_out_accuracy/{name}", task.accuracy(output, targets), batch_size=len(x))
 
     def configure_optimizers(self) -> Any:
         """The optimizer and a per-step warm-up + cosine (or constant) schedule."""
-        optimizer = _optimizer(
-            self.models.parameters(), self.optimizer_name, self.lr, self.weight_decay, self.momentum
+        optimizer = build_optimizer(self.models.parameters(), self.settings)
+        scheduler = lr_schedule(
+            optimizer, self.settings, max(1, int(self.trainer.estimated_stepping_batches))
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        factor = functools.partial(
-            _lr_factor, warmup=self.warmup_steps, total=total, cosine=self.schedule == "cosine"
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the task draw streams, so that a resumed run draws what an uninterrupted one would."""
-        checkpoint["pretext3d_generators"] = [g.get_state() for g in self.generators]
+        checkpoint["pretext3d_generators"] = self.core.generator_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the task draw streams (the tasks' own state is in the state dict)."""
-        states = checkpoint.get("pretext3d_generators", [])
-        self.generators = [torch.Generator() for _ in states]
-        for generator, state in zip(self.generators, states, strict=True):
-            generator.set_state(state)
+        states = checkpoint.get("pretext3d_generators")
+        if states is not None:
+            self.core.set_generator_states(states)
+            self._resumed = True
 
     # --- helpers -----------------------------------------------------------------------------
 
     def _images(self, batch: Any) -> Tensor:
-        images = _image(batch, self.image_key, "a batch")  # a MONAI MetaTensor becomes a plain tensor
+        images = image_of(batch, self.image_key, "a batch")  # a MONAI MetaTensor becomes a plain tensor
         if not isinstance(images, Tensor):
             raise TypeError(f"a batch must be a tensor (B, C, *spatial), got {type(images).__name__}")
         return images

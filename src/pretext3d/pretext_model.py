@@ -9,7 +9,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from pretext3d import engine
+from pretext3d.models.base import evaluating
 from pretext3d.tasks.base import PretextTask
 
 __all__ = ["PretextModel", "infer_num_features"]
@@ -152,7 +152,7 @@ _SIZE_ERROR = re.compile(r"kernel size|output size|input size|input image|paddin
 def _smallest_accepted(encoder: nn.Module, views: Tensor, failed: int) -> int | None:
     """The smallest cubic (square) input edge above ``failed`` that ``encoder`` runs on, up to 256."""
     edges: list[int] = [8, *range(16, 257, 16)]
-    with engine.evaluating(encoder):
+    with evaluating(encoder):
         for edge in edges:
             if edge <= failed:
                 continue
@@ -230,7 +230,7 @@ def infer_num_features(encoder: nn.Module, spatial_dims: int, probe_size: int = 
     param = next(encoder.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     try:
-        with engine.evaluating(encoder):
+        with evaluating(encoder):
             out = encoder(torch.zeros(1, in_channels, *[probe_size] * spatial_dims, device=device))
     except Exception as err:
         raise ValueError(

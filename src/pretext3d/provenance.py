@@ -37,6 +37,7 @@ __all__ = [
     "case_key",
     "environment",
     "file_sha256",
+    "overlapping_cases",
     "read_pretraining_record",
     "tensor_sha256",
     "write_pretraining_record",
@@ -193,6 +194,12 @@ def read_pretraining_record(encoder_file: str | os.PathLike[str]) -> dict[str, A
 
 
 def overlapping_cases(pretraining: Iterable[str], held_out: Iterable[str]) -> list[str]:
-    """Ids of ``held_out`` whose scan (by :func:`case_key`) is among ``pretraining``."""
+    """Ids of ``held_out`` whose scan (by :func:`case_key`) is among ``pretraining``.
+
+    Examples:
+        >>> pretrained_on = ["pancreas_001.nii.gz", "pancreas_004.nii.gz"]
+        >>> overlapping_cases(pretrained_on, ["pancreas_001", "pancreas_002"])
+        ['pancreas_001']
+    """
     seen = {case_key(c) for c in pretraining}
     return [c for c in held_out if case_key(c) in seen]

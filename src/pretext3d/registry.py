@@ -22,7 +22,22 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
-__all__ = ["ENCODERS", "TASKS", "Registry", "register_encoder", "register_task"]
+from pretext3d.config import check_keywords
+
+__all__ = [
+    "DATA_KINDS",
+    "ENCODERS",
+    "RECIPES",
+    "TASKS",
+    "Registry",
+    "create_encoder",
+    "create_task",
+    "register_data_kind",
+    "register_encoder",
+    "register_recipe",
+    "register_task",
+    "registered",
+]
 
 T = TypeVar("T")
 
@@ -99,6 +114,14 @@ TASKS: Registry[Callable[..., Any]] = Registry("task")
 #: ``builder(spatial_dims=..., in_channels=..., **options)``.
 ENCODERS: Registry[Callable[..., Any]] = Registry("encoder")
 
+#: Fine-tuning recipes by name (``"segmentation"``, ``"grading"``): classes of
+#: :class:`~pretext3d.experiments.Recipe`, built from a config table of their fields.
+RECIPES: Registry[Callable[..., Any]] = Registry("recipe")
+#: Data kinds by name (``"ct-phantom"``, ``"task07"``, ``"volume-folder"``, ...):
+#: :class:`~pretext3d.data.DataKind` objects saying how a :class:`~pretext3d.data.DataSpec` of
+#: that kind reads its images and which recipe fine-tunes them.
+DATA_KINDS: Registry[Any] = Registry("data kind")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -146,3 +169,86 @@ def register_encoder(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
         return builder
 
     return add
+
+
+def register_recipe(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
+    """Class decorator: register a recipe class (:class:`~pretext3d.experiments.Recipe`) as ``name``.
+
+    A data kind names the recipe that fine-tunes it (:class:`~pretext3d.data.DataKind`).
+
+    Examples:
+        >>> RECIPES.get("grading").__name__
+        'GradingRecipe'
+    """
+
+    def add(cls: F) -> F:
+        if not isinstance(cls, type):
+            raise TypeError(f"register_recipe({name!r}) takes a class, got {cls!r}")
+        RECIPES.register(name, cls, overwrite=overwrite)
+        return cls
+
+    return add
+
+
+def register_data_kind(name: str, kind: Any, *, overwrite: bool = False) -> Any:
+    """Register a :class:`~pretext3d.data.DataKind` as ``name`` (``data.kind = name`` in a config).
+
+    Examples:
+        >>> DATA_KINDS.get("ct-phantom").spatial_dims
+        3
+    """
+    return DATA_KINDS.register(name, kind, overwrite=overwrite)
+
+
+def registered(name: str, registry: Registry[Any]) -> None:
+    """Raise ``ValueError`` (with the nearest names) unless ``name`` is in ``registry``.
+
+    Examples:
+        >>> registered("jigsaw", TASKS)   # fine
+        >>> registered("jigsa", TASKS)
+        Traceback (most recent call last):
+        ValueError: unknown task 'jigsa'; did you mean 'jigsaw'? ...
+    """
+    try:
+        registry.get(name)
+    except KeyError as err:
+        raise ValueError(f'{err.args[0]} (add your own with plugins = ["your.module"])') from None
+
+
+def create_task(name: str, **options: Any) -> Any:
+    """The registered task ``name`` built with ``options`` (timm's ``create_model`` habit).
+
+    Args:
+        name: a registered task (``"rotation"``, ``"jigsaw"``, ``"rpl"``, ``"exemplar"``,
+            ``"cpc"`` or one you registered).
+        options: its keyword arguments, ``spatial_dims`` included.
+
+    Raises:
+        ValueError: an unknown name or option (with the nearest valid one).
+
+    Examples:
+        >>> task = p3.create_task("jigsaw", spatial_dims=3, grid=2, num_permutations=24)
+        >>> type(task).__name__, task.num_classes
+        ('Jigsaw', 24)
+    """
+    registered(name, TASKS)
+    cls = TASKS.get(name)
+    check_keywords(getattr(cls, "__name__", name), options, cls, f"create_task({name!r})")
+    return cls(**options)
+
+
+def create_encoder(name: str, **options: Any) -> nn.Module:
+    """The registered encoder ``name`` built with ``options`` (``spatial_dims``, ``in_channels``, ...).
+
+    Examples:
+        >>> encoder = p3.create_encoder("unet", spatial_dims=2, in_channels=3, widths=(8, 16))
+        >>> encoder.num_features
+        16
+    """
+    registered(name, ENCODERS)
+    builder = ENCODERS.get(name)
+    check_keywords(getattr(builder, "__name__", name), options, builder, f"create_encoder({name!r})")
+    module = builder(**options)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"encoder {name!r} built a {type(module).__name__}, not an nn.Module")
+    return module

@@ -15,7 +15,6 @@ from pretext3d.config import ConfigError, from_mapping
 from pretext3d.data import DataSpec
 from pretext3d.experiments import (
     DataEfficiencyConfig,
-    PretextSetting,
     Reproduction,
     SegmentationRecipe,
     pretraining_curves,
@@ -34,7 +33,7 @@ def _tiny(output: Path, **changes: object) -> Reproduction:
         pretraining_data=DataSpec(kind="ct-phantom", count=8, size=16),
         held_out=2,
         pretrain=PretrainConfig(steps=2, batch_size=2, device="cpu", eval_every=2, progress=False),
-        tasks={"rotation": PretextSetting(crop=0)},
+        tasks={"rotation": p3.TaskSpec(crop=0)},
         segmentation=SegmentationRecipe(crop=8),
         experiment=DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0, 1), train=train),
         output_dir=str(output),

@@ -13,16 +13,15 @@ import pretext3d as p3
 from pretext3d.experiments import (
     DataEfficiencyConfig,
     GradingRecipe,
-    case_key,
     read_runs,
     run_data_efficiency,
     split_cases,
-    write_pretraining_record,
     write_report,
 )
 from pretext3d.finetune import (
     TrainConfig,
 )
+from pretext3d.provenance import case_key, write_pretraining_record
 
 SMALL_TRAIN = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, freeze_encoder_epochs=1)
 

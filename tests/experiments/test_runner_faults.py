@@ -36,9 +36,9 @@ def test_a_change_of_data_or_encoder_refuses_the_old_results(
     encoder = tmp_path / "enc.pt"
     pretrain = [
         "--set",
-        "train.steps=1",
+        "pretrain.steps=1",
         "--set",
-        "train.batch_size=2",
+        "pretrain.batch_size=2",
         "--set",
         "data.count=6",
         "--set",
@@ -46,11 +46,18 @@ def test_a_change_of_data_or_encoder_refuses_the_old_results(
         "--set",
         "held_out=2",
     ]
-    pretrain += ["--set", "train.crop=8", "--set", "train.progress=false", "--set", f'output="{encoder}"']
+    pretrain += [
+        "--set",
+        "pretrain.crop=8",
+        "--set",
+        "pretrain.progress=false",
+        "--set",
+        f'output="{encoder}"',
+    ]
     assert main(["pretrain", "--defaults", *pretrain]) == 0
     enc_out = ["--set", f'output_dir="{tmp_path / "de2"}"', "--set", f'methods.rotation="{encoder}"']
     assert main(["data-efficiency", "--defaults", *TINY, *enc_out, "--set", "data.size=16"]) == 0
-    assert main(["pretrain", "--defaults", *pretrain, "--set", "train.seed=1"]) == 0
+    assert main(["pretrain", "--defaults", *pretrain, "--set", "pretrain.seed=1"]) == 0
     capsys.readouterr()
     assert main(["data-efficiency", "--defaults", *TINY, *enc_out, "--set", "data.size=16"]) == 2
     assert "methods.rotation" in capsys.readouterr().err

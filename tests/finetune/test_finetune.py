@@ -189,7 +189,7 @@ def test_early_stopping_restores_the_best_weights() -> None:
         snapshots.append(m[3].weight.clone())
         return next(scores)
 
-    config = TrainConfig(epochs=6, steps_per_epoch=2, early_stopping_patience=2, lr=0.05, autocast="bf16")
+    config = TrainConfig(epochs=6, steps_per_epoch=2, early_stopping_patience=2, lr=0.05, precision="bf16")
     history = Trainer(model, nn.functional.cross_entropy, sample, config, validate=validate).fit()  # type: ignore[arg-type]
     assert len(history) == 4  # best at epoch 1, then two epochs without improvement
     assert torch.equal(model[3].weight, snapshots[1])

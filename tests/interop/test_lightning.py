@@ -27,7 +27,7 @@ def _module(spatial_dims: int = 3) -> PretextLightningModule:
     encoder = p3.models.UNetEncoder(spatial_dims, widths=(8, 16))
     tasks = [
         p3.tasks.Rotation(spatial_dims),
-        p3.pretrainer.WeightedTask(p3.tasks.Exemplar(spatial_dims), 0.5),
+        p3.TaskSpec(p3.tasks.Exemplar(spatial_dims), 0.5),
     ]
     return PretextLightningModule(encoder, tasks, lr=3e-3, crop=24, seed=1)
 

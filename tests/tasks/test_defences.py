@@ -8,9 +8,9 @@ import torch
 
 import pretext3d as p3
 from pretext3d.functional.patches import cell_origins
-from pretext3d.pretrainer import _Crops
 from pretext3d.tasks._grid import crop_resample
 from pretext3d.tasks.jigsaw import JigsawParams
+from pretext3d.training import SeededCrops
 
 UNDEFENDED = p3.tasks.NO_DEFENCES
 
@@ -137,7 +137,7 @@ def test_loader_redraws_flat_crops() -> None:
     data = [image] * 16
 
     def stds(min_std: float) -> np.ndarray:
-        crops = _Crops(data, 16, 8, 2, seed=0, image_key="image", min_std=min_std)  # type: ignore[arg-type]
+        crops = SeededCrops(data, 8, 2, seed=0, image_key="image", min_std=min_std)  # type: ignore[arg-type]
         return np.array([float(crops[i].std()) for i in range(16)])
 
     need = 0.5 * float(image.std())

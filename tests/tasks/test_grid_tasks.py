@@ -165,14 +165,14 @@ def test_single_sample_and_device(spatial_dims: int, task_cls: type, device: tor
 def test_jigsaw_default_set_and_distances(spatial_dims: int) -> None:
     task = Jigsaw(spatial_dims)
     cells = 3**spatial_dims
-    assert torch.equal(task.permutations, p3.permutation_set(cells, 100, seed=0))
+    assert torch.equal(task.permutations, p3.permutations.permutation_set(cells, 100, seed=0))
     assert task.hamming.min == (26 if spatial_dims == 3 else 7)
     assert task.num_classes == 100 and task.num_patches == cells
     assert "permutations" in task.state_dict()
 
 
 def test_jigsaw_external_sets(tmp_path: Path) -> None:
-    perms = p3.permutation_set(9, 10, seed=7)
+    perms = p3.permutations.permutation_set(9, 10, seed=7)
     path = tmp_path / "perms.npy"
     np.save(path, perms.numpy() + 1)
     from_file = Jigsaw(2, num_permutations=10, permutations=path)

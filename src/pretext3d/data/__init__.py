@@ -30,7 +30,7 @@ from pretext3d.data.phantoms import (
     write_task07_phantom,
 )
 from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing, ben_graham
-from pretext3d.data.spec import UNLABELLED_PHANTOMS, DataSpec
+from pretext3d.data.spec import UNLABELLED_PHANTOMS, DataKind, DataSpec
 from pretext3d.data.toy import toy_images
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "UNLABELLED_PHANTOMS",
     "CTPreprocessing",
     "CaseCache",
+    "DataKind",
     "DataSpec",
     "DicomFolder",
     "FundusFolder",

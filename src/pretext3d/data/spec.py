@@ -1,9 +1,16 @@
-"""Where a command's images come from: the built-in phantoms, a Task07 folder or an APTOS folder."""
+"""Where a command's images come from: a registered data kind (phantoms, Task07, APTOS, folders, yours).
+
+A :class:`DataSpec` names its kind; the kind (:class:`DataKind`, registered in
+:data:`pretext3d.registry.DATA_KINDS`) says how many dimensions and channels its images have,
+how to read its labelled cases and its unlabelled pool, and which fine-tuning recipe
+(:data:`pretext3d.registry.RECIPES`) its labelled cases take.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,8 +23,9 @@ from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeFolder
 from pretext3d.data.msd import Task07Pancreas
 from pretext3d.data.phantoms import PhantomImages, ct_phantom_batch, fundus_phantom_batch
 from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing
+from pretext3d.registry import DATA_KINDS, register_data_kind, registered
 
-__all__ = ["UNLABELLED_PHANTOMS", "DataSpec"]
+__all__ = ["UNLABELLED_PHANTOMS", "DataKind", "DataSpec"]
 
 # Pretraining phantoms are drawn from their own range of case seeds, never the labelled ones.
 UNLABELLED_PHANTOMS = 50_000
@@ -60,9 +68,7 @@ class DataSpec:
         'ct-phantom-50000'
     """
 
-    kind: Literal[
-        "ct-phantom", "fundus-phantom", "task07", "aptos", "volume-folder", "dicom-folder", "fundus-folder"
-    ] = "ct-phantom"
+    kind: str = "ct-phantom"
     path: str = ""
     count: int = 64
     size: int = 32
@@ -72,63 +78,53 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         """Check the values."""
+        registered(self.kind, DATA_KINDS)
         check_int("data.count", self.count, 1)
         check_int("data.size", self.size, 1)
         check_int("data.seed", self.seed, 0)
-        if self.cache_dir and self.kind not in ("task07", "volume-folder", "dicom-folder"):
+        if self.cache_dir and not self.info.caches:
+            cached = ", ".join(n for n in DATA_KINDS.names() if DATA_KINDS.get(n).caches)
             raise ValueError(
-                f"data.cache_dir applies to CT scans (task07, volume-folder, dicom-folder), not to "
+                f"data.cache_dir applies to CT scans and other resampled scans ({cached}), not to "
                 f"data.kind = {self.kind!r}; remove it"
             )
 
-    def _cache(self) -> str | None:
-        return self.cache_dir or None
+    @property
+    def info(self) -> DataKind:
+        """The registered :class:`DataKind` of ``kind``."""
+        kind: DataKind = DATA_KINDS.get(self.kind)
+        return kind
 
     @property
     def spatial_dims(self) -> int:
-        """3 for CT, 2 for fundus images."""
-        return 3 if self.kind in ("ct-phantom", "task07", "volume-folder", "dicom-folder") else 2
+        """The kind's dimension (3 for CT, 2 for fundus images)."""
+        return self.info.spatial_dims
 
     @property
     def in_channels(self) -> int:
-        """1 for CT, 3 (RGB) for fundus images."""
-        return 1 if self.spatial_dims == 3 else 3
+        """The kind's channels (1 for CT, 3 (RGB) for fundus images)."""
+        return self.info.in_channels
 
     @property
     def synthetic(self) -> bool:
-        """Whether these are the built-in phantoms."""
-        return self.kind.endswith("phantom")
+        """Whether these are built-in phantoms (SYNTHETIC data)."""
+        return self.info.synthetic
 
-    def _phantoms(self, first: int) -> tuple[Tensor, Tensor, list[str]]:
-        start = self.seed * 100_003 + first
-        ids = [f"{self.kind}-{start + i}" for i in range(self.count)]
-        if self.kind == "ct-phantom":
-            return (*ct_phantom_batch(self.count, self.size, seed=self.seed, first=first), ids)
-        return (*fundus_phantom_batch(self.count, self.size, seed=self.seed, first=first), ids)
+    @property
+    def has_labels(self) -> bool:
+        """Whether the kind has labelled cases (else it serves pretraining only)."""
+        return self.info.labelled is not None
 
-    def _folder(self) -> str:
-        if not self.path:
-            raise ConfigError(f"data.path must name the {self.kind} folder")
-        return self.path
-
-    def _ct_preprocessing(self) -> CTPreprocessing:
-        return CTPreprocessing(resize=(self.size,) * 3, dtype="float32")
+    @property
+    def recipe(self) -> str:
+        """The registered recipe that fine-tunes the kind's labelled cases."""
+        return self.info.recipe
 
     def labelled(self) -> tuple[Tensor, Tensor, list[str]]:
         """All labelled cases in memory: ``(images, labels, case ids)``."""
-        if self.kind.endswith("-folder"):
+        if self.info.labelled is None:
             raise ConfigError(f"data.kind = {self.kind!r} holds unlabelled images: use it to pretrain only")
-        if self.synthetic:
-            return self._phantoms(0)
-        if self.kind == "task07":
-            task07 = Task07Pancreas(
-                self._folder(), preprocessing=self._ct_preprocessing(), cache_dir=self._cache()
-            )
-            cases = [task07[i] for i in range(len(task07))]
-            return torch.stack([c[0] for c in cases]), torch.stack([c[1] for c in cases]), task07.case_ids
-        aptos = APTOS(self._folder(), preprocessing=FundusPreprocessing("resize", self.size))
-        items = [aptos[i] for i in range(len(aptos))]
-        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]), aptos.case_ids
+        return self.info.labelled(self)
 
     def unlabelled(self) -> Dataset[Tensor]:
         """The pretraining pool as a streaming data set (items ``(C, *spatial)``), with ``case_ids``.
@@ -136,24 +132,92 @@ class DataSpec:
         Nothing is loaded until an item is read: phantoms are drawn per item, scans are read
         (and preprocessed) per item. See :attr:`include_labelled` for what the pool holds.
         """
-        if self.synthetic:
-            first = 0 if self.include_labelled else UNLABELLED_PHANTOMS
-            return PhantomImages(self.kind.split("-")[0], self.count, self.size, seed=self.seed, first=first)
-        ct: dict[str, Any] = {"preprocessing": self._ct_preprocessing(), "cache_dir": self._cache()}
-        if self.kind == "task07":
-            return Task07Pancreas.unlabelled(self._folder(), include_training=self.include_labelled, **ct)
-        if self.kind == "volume-folder":
-            return VolumeFolder(self._folder(), **ct)
-        if self.kind == "dicom-folder":
-            return DicomFolder(self._folder(), **ct)
-        prep = FundusPreprocessing("resize", self.size)
-        if self.kind == "fundus-folder":
-            return FundusFolder(self._folder(), preprocessing=prep)
-        splits = ("test", "train") if self.include_labelled else ("test",)
-        parts = [_Images(APTOS(self._folder(), split, preprocessing=prep)) for split in splits]
-        if not sum(len(p) for p in parts):
-            raise ConfigError(f"no unlabelled images in {self.path!r} (test.csv lists none)")
-        return _Images.concat(parts)
+        return self.info.unlabelled(self)
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """What a ``data.kind`` is: its images' shape, how to read them, which recipe fine-tunes them.
+
+    Register your own with :func:`pretext3d.registry.register_data_kind` and name it in a config
+    (``data = { kind = "my-scans", path = "..." }``) like a built-in one.
+
+    Attributes:
+        spatial_dims: 2 or 3.
+        in_channels: channels of its images.
+        unlabelled: ``unlabelled(spec) -> Dataset`` of ``(C, *spatial)`` images (with ``case_ids``
+            if it can: the runner matches them against validation and test cases).
+        labelled: ``labelled(spec) -> (images, labels, case_ids)`` of all labelled cases, or
+            ``None`` for a pool of unlabelled images.
+        recipe: the registered recipe (:data:`~pretext3d.registry.RECIPES`) that fine-tunes
+            encoders of such images (``"segmentation"``, ``"grading"``, or yours; a pool of
+            unlabelled images names the recipe its encoders are meant for: pretraining builds
+            that recipe's architecture); ``""``: none.
+        synthetic: built-in phantoms (every figure made on them says so).
+        caches: ``cache_dir`` applies (resampled scans).
+
+    Examples:
+        >>> kind = DataKind(3, 1, unlabelled=lambda spec: p3.data.PhantomImages("ct", spec.count, spec.size))
+        >>> _ = p3.registry.register_data_kind("my-ct", kind)
+        >>> DataSpec(kind="my-ct", count=2, size=8).unlabelled()[0].shape
+        torch.Size([1, 8, 8, 8])
+    """
+
+    spatial_dims: int
+    in_channels: int
+    unlabelled: Callable[[DataSpec], Dataset[Tensor]]
+    labelled: Callable[[DataSpec], tuple[Tensor, Tensor, list[str]]] | None = None
+    recipe: str = ""
+    synthetic: bool = False
+    caches: bool = False
+
+
+def _phantom_labelled(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
+    start = spec.seed * 100_003
+    ids = [f"{spec.kind}-{start + i}" for i in range(spec.count)]
+    draw = ct_phantom_batch if spec.spatial_dims == 3 else fundus_phantom_batch
+    return (*draw(spec.count, spec.size, seed=spec.seed, first=0), ids)
+
+
+def _phantom_pool(spec: DataSpec) -> Dataset[Tensor]:
+    first = 0 if spec.include_labelled else UNLABELLED_PHANTOMS
+    return PhantomImages(spec.kind.split("-")[0], spec.count, spec.size, seed=spec.seed, first=first)
+
+
+def _ct(spec: DataSpec) -> dict[str, Any]:
+    return {"preprocessing": CTPreprocessing(resize=(spec.size,) * 3, dtype="float32"),
+            "cache_dir": spec.cache_dir or None}  # fmt: skip
+
+
+def _folder(spec: DataSpec) -> str:
+    if not spec.path:
+        raise ConfigError(f"data.path must name the {spec.kind} folder")
+    return spec.path
+
+
+def _fundus(spec: DataSpec) -> FundusPreprocessing:
+    return FundusPreprocessing("resize", spec.size)
+
+
+def _task07_labelled(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
+    task07 = Task07Pancreas(_folder(spec), **_ct(spec))
+    cases = [task07[i] for i in range(len(task07))]
+    return torch.stack([c[0] for c in cases]), torch.stack([c[1] for c in cases]), task07.case_ids
+
+
+def _aptos_labelled(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
+    aptos = APTOS(_folder(spec), preprocessing=_fundus(spec))
+    items = [aptos[i] for i in range(len(aptos))]
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]), aptos.case_ids
+
+
+def _aptos_pool(spec: DataSpec) -> Dataset[Tensor]:
+    prep = _fundus(spec)
+    splits = ("test", "train") if spec.include_labelled else ("test",)
+    parts = [_Images(APTOS(_folder(spec), split, preprocessing=prep)) for split in splits]
+    if not sum(len(p) for p in parts):
+        raise ConfigError(f"no unlabelled images in {spec.path!r} (test.csv lists none)")
+    return _Images.concat(parts)
 
 
 class _Images(Dataset[Tensor]):
@@ -181,3 +245,24 @@ class _Images(Dataset[Tensor]):
                 return part[index][0]
             index -= len(part)
         raise IndexError(index)
+
+
+for _name, _kind in {
+    "ct-phantom": DataKind(3, 1, _phantom_pool, _phantom_labelled, "segmentation", synthetic=True),
+    "fundus-phantom": DataKind(2, 3, _phantom_pool, _phantom_labelled, "grading", synthetic=True),
+    "task07": DataKind(
+        3, 1, lambda spec: Task07Pancreas.unlabelled(_folder(spec), include_training=spec.include_labelled,
+                                                    **_ct(spec)),
+        _task07_labelled, "segmentation", caches=True,
+    ),
+    "aptos": DataKind(2, 3, _aptos_pool, _aptos_labelled, "grading"),
+    "volume-folder": DataKind(
+        3, 1, lambda spec: VolumeFolder(_folder(spec), **_ct(spec)), recipe="segmentation", caches=True
+    ),
+    "dicom-folder": DataKind(
+        3, 1, lambda spec: DicomFolder(_folder(spec), **_ct(spec)), recipe="segmentation", caches=True
+    ),
+    "fundus-folder": DataKind(2, 3, lambda spec: FundusFolder(_folder(spec), preprocessing=_fundus(spec)),
+                              recipe="grading"),
+}.items():  # fmt: skip
+    register_data_kind(_name, _kind)

@@ -1,52 +1,61 @@
-"""The paper's experiments: downstream recipes, the data-efficiency runner and its report.
+"""The paper's experiments: downstream recipes, the data-efficiency grid and its report.
 
 Also the pieces they stand on: label-fraction subsets and seeds, paired statistics,
-provenance records, pretraining by registered names (``pretext3d pretrain``), and the
-reproductions of the paper's two figures (``pretext3d reproduce``).
+pretraining by registered names, the commands' configs and functions (``pretext3d
+pretrain``, ``finetune``, ``data-efficiency``), and the reproductions of the paper's two
+figures (``pretext3d reproduce``). Provenance records live in :mod:`pretext3d.provenance`.
 """
 
-from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder
-from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
+from pretext3d.experiments.commands import DataEfficiency, Finetuning, data_efficiency, finetune
+from pretext3d.experiments.pretraining import Pretraining, pretrain, pretrain_encoder
+from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
 from pretext3d.experiments.report import paper_curves, read_runs, summarize, summary_table, write_report
 from pretext3d.experiments.reproduce import (
-    PretextSetting,
     Reproduction,
     load_reproduction,
     pretraining_curves,
     run_reproduction,
 )
-from pretext3d.experiments.runner import DataEfficiencyConfig, check_methods, run_data_efficiency, run_name
+from pretext3d.experiments.runner import (
+    DataEfficiencyConfig,
+    DataEfficiencyGrid,
+    LabelledCases,
+    RunCell,
+    check_methods,
+    run_data_efficiency,
+    run_name,
+)
 from pretext3d.experiments.stats import PairedComparison, holm, paired_differences
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
-from pretext3d.provenance import (
-    case_key,
-    environment,
-    read_pretraining_record,
-    write_pretraining_record,
-)
 
 __all__ = [
+    "DataEfficiency",
     "DataEfficiencyConfig",
+    "DataEfficiencyGrid",
+    "Finetuning",
     "GradingRecipe",
+    "LabelledCases",
     "PairedComparison",
-    "PretextSetting",
+    "Pretraining",
+    "Recipe",
     "Reproduction",
+    "RunCell",
     "RunSeeds",
     "SegmentationRecipe",
     "Split",
-    "TaskEntry",
-    "case_key",
     "check_methods",
-    "environment",
+    "data_efficiency",
+    "finetune",
     "holm",
     "load_reproduction",
     "nested_subsets",
     "paired_differences",
     "paper_curves",
+    "pretrain",
     "pretrain_encoder",
     "pretraining_curves",
-    "read_pretraining_record",
     "read_runs",
+    "recipe_for",
     "run_data_efficiency",
     "run_name",
     "run_reproduction",
@@ -54,6 +63,5 @@ __all__ = [
     "split_cases",
     "summarize",
     "summary_table",
-    "write_pretraining_record",
     "write_report",
 ]

@@ -1,89 +1,100 @@
 """Pretrain an encoder named in the registry on a :class:`~pretext3d.data.DataSpec`'s unlabelled pool.
 
-What ``pretext3d pretrain`` and the reproductions (:mod:`pretext3d.experiments.reproduce`)
-run: tasks and encoder by registered name, the pool's first ``held_out`` images kept aside
-for the held-out pretext accuracy, the encoder's initialisation seeded by ``train.seed``.
+What ``pretext3d pretrain`` (:func:`pretrain`) and the reproductions
+(:mod:`pretext3d.experiments.reproduce`) run: tasks and encoder by registered name, the
+pool's first ``held_out`` images kept aside for the held-out pretext accuracy, the
+encoder's initialisation seeded by ``pretrain.seed``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-from pretext3d._checks import check_positive
+from pretext3d import engine
+from pretext3d._checks import check_int
 from pretext3d.config import ConfigError, check_keywords
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe
-from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
-from pretext3d.pretrainer import PretrainConfig, Pretrainer, WeightedTask
-from pretext3d.registry import ENCODERS, TASKS
+from pretext3d.experiments.recipes import recipe_for
+from pretext3d.pretrainer import PretrainConfig, Pretrainer
+from pretext3d.registry import ENCODERS, RECIPES, TASKS, registered
+from pretext3d.training import TaskSpec
 
-__all__ = ["TaskEntry", "pretrain_encoder", "recipe_for"]
-
-
-def registered(name: str, registry: Any) -> None:
-    """Raise ``ValueError`` (with suggestions) unless ``name`` is in ``registry``."""
-    try:
-        registry.get(name)
-    except KeyError as err:
-        raise ValueError(f'{err.args[0]} (add your own with plugins = ["your.module"])') from None
+__all__ = ["Pretraining", "pretrain", "pretrain_encoder"]
 
 
 @dataclass
-class TaskEntry:
-    """One task of a ``[[tasks]]`` list.
+class Pretraining:
+    """``pretext3d pretrain``: pretrain an encoder on one or several pretext tasks.
+
+    It streams the images (``data``) through the :class:`~pretext3d.pretrainer.Pretrainer`
+    on ``pretrain.device`` (``"auto"``: a GPU if there is one), and resumes after a crash when
+    rerun with the same settings.
 
     Attributes:
-        name: a registered task.
-        weight: its loss weight.
-        options: its keyword arguments.
+        task: a registered task: ``rotation``, ``jigsaw``, ``rpl``, ``exemplar``, ``cpc``
+            or one a plugin registered (ignored when ``tasks`` is given).
+        task_options: keyword arguments of the task (e.g. ``grid``, ``jitter``).
+        tasks: several tasks on one encoder: ``[[tasks]]`` tables with ``task`` (or ``name``),
+            ``weight`` and ``options`` (:class:`~pretext3d.training.TaskSpec`).
+        encoder: a registered encoder: ``unet``, ``densenet``, ``conv`` or a plugin's.
+        encoder_options: keyword arguments of the encoder; empty means, for the encoder
+            family the data's fine-tuning recipe loads (``unet`` for CT, ``densenet`` for
+            fundus), the recipe's default architecture (U-Net widths 8/16/32; DenseNet
+            growth 12, blocks 2/2/2, stem 16), so the weights fit it.
+        data: the images (``volume-folder``, ``dicom-folder``, ``fundus-folder``,
+            ``task07``, ``aptos``, the phantoms, or a registered data kind).
+        held_out: images of the pool kept aside to measure the pretext loss and accuracy.
+        pretrain: the loop's settings (:class:`~pretext3d.pretrainer.PretrainConfig`): steps,
+            batch_size, crop, optimizer, lr, schedule, device, precision, num_workers, ... (the
+            ``[pretrain]`` table, as in a reproduction; ``[train]`` is always fine-tuning's).
+        output: the encoder file (``save_encoder``); ``<output>.json`` records the run,
+            ``<output>.run/`` holds the checkpoint and the metrics.
+        plugins: modules to import first, e.g. ones that register your tasks or encoders.
 
     Examples:
-        >>> tasks = [TaskEntry("rotation"),
-        ...          TaskEntry("jigsaw", weight=0.5, options={"grid": 2, "num_permutations": 24})]
-        >>> [(t.name, t.weight) for t in tasks]   # a [[tasks]] list of a pretrain config
-        [('rotation', 1.0), ('jigsaw', 0.5)]
+        A config (TOML) is checked key by key against this class:
+
+        >>> from pretext3d.config import from_mapping
+        >>> config = from_mapping(Pretraining, {"task": "jigsaw", "task_options": {"grid": 3},
+        ...                                     "pretrain": {"steps": 5000, "batch_size": 4}})
+        >>> config.task, config.pretrain.steps, config.output
+        ('jigsaw', 5000, 'encoder.pt')
     """
 
-    name: str = "rotation"
-    weight: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
+    task: str = "rotation"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    tasks: list[TaskSpec] = field(default_factory=list)
+    encoder: str = "unet"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    data: DataSpec = field(default_factory=DataSpec)
+    held_out: int = 16
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    output: str = "encoder.pt"
+    plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        """Check the name against the registry."""
-        registered(self.name, TASKS)
-        check_positive("weight", self.weight, allow_zero=True)
+        """Check the names against the registries, and the numbers."""
+        registered(self.task, TASKS)
+        registered(self.encoder, ENCODERS)
+        check_int("held_out", self.held_out, 0)
+        if not self.output.strip():
+            raise ValueError("output must name the encoder file to write, got ''")
+        for i, spec in enumerate(self.specs()):
+            spec.check(f"tasks[{i}].options" if self.tasks else "task_options")
 
-
-def recipe_for(
-    data: DataSpec, segmentation: SegmentationRecipe | None = None, grading: GradingRecipe | None = None
-) -> SegmentationRecipe | GradingRecipe:
-    """The recipe that fine-tunes ``data`` (CT: segmentation, fundus: grading); defaults if not given.
-
-    Examples:
-        >>> type(recipe_for(p3.data.DataSpec(kind="ct-phantom"))).__name__
-        'SegmentationRecipe'
-        >>> type(recipe_for(p3.data.DataSpec(kind="aptos", path="aptos"))).__name__
-        'GradingRecipe'
-    """
-    if data.spatial_dims == 3:
-        return segmentation if segmentation is not None else SegmentationRecipe()
-    return grading if grading is not None else GradingRecipe()
+    def specs(self) -> list[TaskSpec]:
+        """The tasks to train: ``tasks``, or the one ``task``."""
+        return self.tasks or [TaskSpec(self.task, 1.0, self.task_options)]
 
 
 def pretrain_encoder(
-    tasks: Sequence[TaskEntry],
-    encoder: str,
-    encoder_options: dict[str, Any],
-    data: DataSpec,
-    held_out: int,
-    train: PretrainConfig,
-    output: str | os.PathLike[str],
+    config: Pretraining,
     *,
     record: dict[str, Any] | None = None,
     pool: Dataset[Any] | None = None,
@@ -93,18 +104,10 @@ def pretrain_encoder(
     """Pretrain (or resume, or keep a finished) encoder and write it with its record.
 
     Args:
-        tasks: the tasks, their weights and options (``spatial_dims`` comes from ``data``).
-        encoder: a registered encoder name.
-        encoder_options: its keyword arguments; empty: the default architecture of the
-            recipe that fine-tunes ``data``, when ``encoder`` is that recipe's family.
-        data: the images; its unlabelled pool is used.
-        held_out: pool images kept aside for the held-out pretext loss and accuracy.
-        train: the loop's settings.
-        output: the encoder file (``<output>.json``: its record; ``<output>.run/``: checkpoint
-            and metrics).
+        config: the tasks, encoder, data, held-out count, loop settings and output file.
         record: more fields for the record.
-        pool: ``data.unlabelled()`` made earlier, to reuse what it has read (phantoms are drawn
-            once per data set object); default: made here.
+        pool: ``config.data.unlabelled()`` made earlier, to reuse what it has read (phantoms
+            are drawn once per data set object); default: made here.
         log: where progress lines go.
         probe: a frozen-feature probe for the :class:`~pretext3d.pretrainer.Pretrainer`.
 
@@ -116,52 +119,52 @@ def pretrain_encoder(
             no training image, or settings the Pretrainer refuses.
 
     Examples:
-        >>> record = pretrain_encoder(
-        ...     [TaskEntry("rotation")], "densenet",
-        ...     {"growth_rate": 4, "block_config": [1, 1], "init_features": 8},
-        ...     p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
-        ...     train=p3.pretrainer.PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False),
-        ...     output="encoder.pt", log=lambda line: None)   # rerun: kept (finished) or resumed
+        >>> record = pretrain_encoder(Pretraining(
+        ...     task="rotation", encoder="densenet",
+        ...     encoder_options={"growth_rate": 4, "block_config": [1, 1], "init_features": 8},
+        ...     data=p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
+        ...     pretrain=PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False),
+        ...     output="encoder.pt"), log=lambda line: None)   # rerun: kept (finished) or resumed
         >>> record["tasks"], record["steps"], p3.models.encoder_name("encoder.pt")
         (['rotation'], 2, 'densenet')
     """
-    d = data.spatial_dims
+    data, d = config.data, config.data.spatial_dims
     from_data = "pretext3d sets it from the data (data.kind)"
-    encoder_cls = ENCODERS.get(encoder)
-    for entry in tasks:
-        task_cls = TASKS.get(entry.name)
-        check_keywords(
-            getattr(task_cls, "__name__", entry.name), entry.options, task_cls, "task_options",
-            {"spatial_dims": from_data},
-        )  # fmt: skip
+    encoder_cls = ENCODERS.get(config.encoder)
+    specs = config.specs()
     check_keywords(
-        getattr(encoder_cls, "__name__", encoder), encoder_options, encoder_cls, "encoder_options",
-        {"spatial_dims": from_data, "in_channels": from_data},
+        getattr(encoder_cls, "__name__", config.encoder), config.encoder_options, encoder_cls,
+        "encoder_options", {"spatial_dims": from_data, "in_channels": from_data},
     )  # fmt: skip
-    recipe = recipe_for(data)
-    if encoder != recipe.encoder and os.environ.get("RANK", "0") == "0":
+    options = config.encoder_options
+    recipe_cls = RECIPES.get(data.recipe) if data.recipe else None
+    family = getattr(recipe_cls, "encoder", None)
+    if family is not None and config.encoder != family and engine.is_main_process():
         log(
-            f"note: {type(recipe).__name__}, which pretext3d data-efficiency uses for these data, "
-            f"fine-tunes {recipe.encoder!r} encoders; a {encoder!r} encoder will not load into it"
+            f"note: {recipe_cls.__name__}, which pretext3d data-efficiency uses for these data, "  # type: ignore[union-attr]
+            f"fine-tunes {family!r} encoders; a {config.encoder!r} encoder will not load into it"
         )
-    options = encoder_options or (recipe.encoder_options() if encoder == recipe.encoder else {})
+    if not options and family == config.encoder:
+        options = recipe_for(data).encoder_options()
     pool = data.unlabelled() if pool is None else pool
     size = len(pool)  # type: ignore[arg-type]
-    if held_out >= size:
-        raise ConfigError(f"held_out={held_out} leaves no training images out of {size}")
+    if config.held_out >= size:
+        raise ConfigError(f"held_out={config.held_out} leaves no training images out of {size}")
     try:
-        weighted = [WeightedTask(TASKS.get(e.name)(d, **e.options), e.weight, e.name) for e in tasks]
-        torch.manual_seed(train.seed)  # the encoder's initialisation follows the run's seed
+        # the tasks are built before the encoder is seeded, as a user's script would
+        tasks = [TaskSpec(s.build(d), s.weight, name=s.label) for s in specs]
+        torch.manual_seed(config.pretrain.seed)  # the encoder's initialisation follows the run's seed
         model = encoder_cls(spatial_dims=d, in_channels=data.in_channels, **options)
+        held = config.held_out
         trainer = Pretrainer(
             model,
-            weighted,
-            Subset(pool, range(held_out, size)),
-            train,
-            output,
-            held_out=Subset(pool, range(held_out)) if held_out else None,
+            tasks,
+            Subset(pool, range(held, size)),
+            config.pretrain,
+            config.output,
+            held_out=Subset(pool, range(held)) if held else None,
             record={
-                "task": "+".join(e.name for e in tasks),
+                "task": "+".join(s.label for s in specs),
                 "synthetic": data.synthetic,
                 "transductive": data.include_labelled,
                 **(record or {}),
@@ -172,3 +175,25 @@ def pretrain_encoder(
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from err
     return trainer.fit()
+
+
+def pretrain(config: Pretraining) -> dict[str, Any]:
+    """``pretext3d pretrain``: :func:`pretrain_encoder` with the config in the record, and a summary line.
+
+    Examples:
+        >>> record = pretrain(Pretraining(
+        ...     task="rotation", encoder="conv", encoder_options={"widths": [4, 8]},
+        ...     data=p3.data.DataSpec(kind="ct-phantom", count=6, size=16), held_out=2,
+        ...     pretrain=PretrainConfig(steps=1, batch_size=2, device="cpu", progress=False),
+        ...     output="enc.pt"))
+        note: ...
+        held-out pretext accuracy ...; encoder written to enc.pt  [SYNTHETIC phantom data]
+    """
+    record = pretrain_encoder(config, record={"command": asdict(config)})
+    if engine.is_main_process():  # under torchrun, rank 0 speaks
+        accuracy = record["pretext_accuracy"]
+        print(
+            f"held-out pretext accuracy {'n/a' if accuracy is None else f'{accuracy:.3f}'}; encoder written "
+            f"to {config.output}" + ("  [SYNTHETIC phantom data]" if config.data.synthetic else "")
+        )
+    return record

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
+from pretext3d.data.spec import DataSpec
 from pretext3d.finetune.inference import sliding_window_inference
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
 from pretext3d.finetune.metrics import (
@@ -29,9 +30,10 @@ from pretext3d.finetune.metrics import (
     region_dice,
 )
 from pretext3d.models import DenseNet, UNet, encoder_name, load_encoder_weights
+from pretext3d.registry import RECIPES, register_recipe
 from pretext3d.transforms.crops import foreground_crops
 
-__all__ = ["GradingRecipe", "SegmentationRecipe"]
+__all__ = ["GradingRecipe", "Recipe", "SegmentationRecipe", "recipe_for"]
 
 Path = str | os.PathLike[str]
 
@@ -49,15 +51,46 @@ def _flip(
     return x, y
 
 
-class _Recipe(abc.ABC):
-    """What both recipes share: the encoder check and ``evaluate``."""
+class Recipe(abc.ABC):
+    """A downstream experiment: what the data-efficiency runner needs to fine-tune and score a model.
 
+    A recipe builds the model (from scratch or around a pretrained encoder), samples training
+    batches, gives the loss, and scores whole test images. Subclass it (a dataclass of its
+    settings), register it (:func:`pretext3d.registry.register_recipe`) and name it in a data
+    kind (:class:`~pretext3d.data.DataKind`) to fine-tune other data or other tasks (e.g. 3D
+    classification).
+
+    Examples:
+        The two recipes of the paper are registered:
+
+        >>> recipe = p3.registry.RECIPES.get("grading")(growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> model, encoder = recipe.build(in_channels=3, encoder_file=None)   # from scratch
+        >>> recipe.metric, model(torch.randn(2, 3, 32, 32)).shape
+        ('qwk', torch.Size([2, 5]))
+    """
+
+    #: the metric the runner selects epochs on and reports (higher is better)
+    metric: ClassVar[str]
     #: the registered encoder family (:data:`pretext3d.registry.ENCODERS`) this recipe loads
     encoder: ClassVar[str]
 
     @abc.abstractmethod
+    def encoder_options(self) -> dict[str, Any]:
+        """The encoder's keyword arguments of this recipe's architecture (what pretraining builds)."""
+
+    @abc.abstractmethod
     def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
         """Model and its encoder, the encoder's weights loaded from ``encoder_file`` if given."""
+
+    @abc.abstractmethod
+    def loss(self) -> nn.Module:
+        """The training loss ``loss(model(x), y)``."""
+
+    @abc.abstractmethod
+    def sample(
+        self, images: Tensor, labels: Tensor, indices: list[int], batch: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """A training batch of the labelled cases ``indices``."""
 
     @abc.abstractmethod
     def score_cases(
@@ -94,7 +127,8 @@ class _Recipe(abc.ABC):
 
 
 @dataclass
-class SegmentationRecipe(_Recipe):
+@register_recipe("segmentation")
+class SegmentationRecipe(Recipe):
     """3D U-Net segmentation of the pancreas and its tumour (MSD Task07 or the CT phantoms).
 
     Attributes:
@@ -266,7 +300,8 @@ class SegmentationRecipe(_Recipe):
 
 
 @dataclass
-class GradingRecipe(_Recipe):
+@register_recipe("grading")
+class GradingRecipe(Recipe):
     """DenseNet grading of diabetic retinopathy (APTOS 2019 or the fundus phantoms).
 
     Attributes:
@@ -363,3 +398,32 @@ class GradingRecipe(_Recipe):
             "correct": (pred == labels).double().tolist(),
         }
         return summary, per_case
+
+
+def recipe_for(data: DataSpec, configured: Mapping[str, Recipe] | None = None) -> Recipe:
+    """The recipe that fine-tunes ``data``: the one its kind names, as configured or with its defaults.
+
+    Args:
+        data: the labelled data; its kind (:class:`~pretext3d.data.DataKind`) names a
+            registered recipe.
+        configured: recipes set in a config, by registered name (``{"segmentation": ...,
+            "grading": ...}``); a recipe not listed is built with its defaults.
+
+    Examples:
+        >>> type(recipe_for(p3.data.DataSpec(kind="ct-phantom"))).__name__
+        'SegmentationRecipe'
+        >>> aptos = p3.data.DataSpec(kind="aptos", path="aptos")
+        >>> recipe_for(aptos, {"grading": GradingRecipe(growth_rate=4)}).growth_rate
+        4
+    """
+    name = data.recipe
+    if not name:
+        raise ValueError(
+            f"data.kind = {data.kind!r} names no fine-tuning recipe (it serves pretraining only)"
+        )
+    recipe = (configured or {}).get(name)
+    if recipe is None:
+        recipe = RECIPES.get(name)()
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe {name!r} is a {type(recipe).__name__}, not a pretext3d.experiments.Recipe")
+    return recipe

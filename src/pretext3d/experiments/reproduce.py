@@ -31,21 +31,26 @@ import torch
 
 from pretext3d import engine
 from pretext3d._atomic import write_text
-from pretext3d._checks import check_int
-from pretext3d.config import check_keywords, from_mapping, load_toml, merge_override, parse_override
+from pretext3d._checks import check_device_name, check_int
+from pretext3d.config import from_mapping, load_toml, merge_override, parse_override
 from pretext3d.data.phantoms import ct_phantom_batch, fundus_phantom_batch
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
-from pretext3d.experiments.pretraining import TaskEntry, pretrain_encoder, recipe_for, registered
-from pretext3d.experiments.recipes import GradingRecipe, SegmentationRecipe
+from pretext3d.experiments.pretraining import Pretraining, pretrain_encoder
+from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
 from pretext3d.experiments.report import colour, summary_table, write_report
-from pretext3d.experiments.runner import DataEfficiencyConfig, check_unchanged, run_data_efficiency
+from pretext3d.experiments.runner import (
+    DataEfficiencyConfig,
+    DataEfficiencyGrid,
+    LabelledCases,
+    check_unchanged,
+)
 from pretext3d.pretrainer import PretrainConfig
 from pretext3d.provenance import environment, read_pretraining_record
 from pretext3d.registry import TASKS
+from pretext3d.training import TaskSpec
 
 __all__ = [
-    "PretextSetting",
     "Reproduction",
     "load_reproduction",
     "pretraining_curves",
@@ -54,33 +59,8 @@ __all__ = [
 ]
 
 
-@dataclass
-class PretextSetting:
-    """How one pretext task is pretrained in a reproduction.
-
-    Attributes:
-        options: the task's keyword arguments (``grid``, ``jitter``, ...; ``spatial_dims``
-            comes from the data).
-        crop: edge of the random crop taken from each image before the task (``0``: the whole
-            image); ``None``: ``pretrain.crop``.
-
-    Examples:
-        >>> setting = PretextSetting(options={"grid": 3, "jitter": 2}, crop=0)   # [tasks.jigsaw] of a config
-        >>> setting.options["grid"], setting.crop
-        (3, 0)
-    """
-
-    options: dict[str, Any] = field(default_factory=dict)
-    crop: int | None = None
-
-    def __post_init__(self) -> None:
-        """Check the crop."""
-        if self.crop is not None:
-            check_int("crop", self.crop, 0)
-
-
-def _every_task() -> dict[str, PretextSetting]:
-    return {name: PretextSetting() for name in TASKS.names()}
+def _every_task() -> dict[str, TaskSpec]:
+    return {name: TaskSpec(name=name) for name in TASKS.names()}
 
 
 @dataclass
@@ -106,15 +86,18 @@ class Reproduction:
             CT, a linear patch probe of the pancreas; fundus, a linear probe of the grade), run
             on the random encoder and every ``pretrain.eval_every`` steps and drawn in the
             pretraining figure; phantom data only; ``0``: none.
-        tasks: task name -> how it is pretrained; each becomes a method of the grid.
+        tasks: method name -> how its encoder is pretrained (:class:`~pretext3d.training.TaskSpec`:
+            ``task``, the registered task, defaults to the method name; ``options``; ``crop``,
+            the edge of the random crop of this task, default ``pretrain.crop``); each becomes a
+            method of the grid.
         segmentation: the segmentation recipe (CT data); its encoder architecture is the one
             pretrained.
         grading: the grading recipe (fundus data).
         experiment: fractions, split seeds, repetitions and the fine-tuning settings of both
             arms (the baseline's own in ``experiment.baseline_train``).
         output_dir: the results folder.
-        device: where fine-tuning runs (``"auto"``: a GPU if there is one); pretraining runs
-            on ``pretrain.device``.
+        device: where fine-tuning runs (``"auto"``: a GPU if there is one; ``"cpu"``,
+            ``"cuda[:i]"``), resolved when the run starts; pretraining runs on ``pretrain.device``.
         threads: torch CPU threads (``None``: torch's default); results on the CPU depend on
             it, and it is recorded with every run.
         plugins: modules to import first (the CLI does), e.g. ones registering your tasks.
@@ -127,7 +110,7 @@ class Reproduction:
         ...     data=p3.data.DataSpec(kind="fundus-phantom", count=24, size=32),   # SYNTHETIC
         ...     pretraining_data=p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
         ...     pretrain=p3.pretrainer.PretrainConfig(steps=2, batch_size=4, device="cpu", progress=False),
-        ...     tasks={"rotation": PretextSetting()},
+        ...     tasks={"rotation": p3.TaskSpec()},
         ...     grading=GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8),
         ...     experiment=DataEfficiencyConfig(fractions=(0.5, 1.0), split_seeds=(0,),
         ...                                     train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=2)))
@@ -147,7 +130,7 @@ class Reproduction:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     pretraining_seeds: int = 1
     probe_images: int = 0
-    tasks: dict[str, PretextSetting] = field(default_factory=_every_task)
+    tasks: dict[str, TaskSpec] = field(default_factory=_every_task)
     segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
     grading: GradingRecipe = field(default_factory=GradingRecipe)
     experiment: DataEfficiencyConfig = field(default_factory=DataEfficiencyConfig)
@@ -163,11 +146,12 @@ class Reproduction:
                 f"pretraining_data ({self.pretraining_data.kind!r}) must have the same dimensions as data "
                 f"({self.data.kind!r}): the pretrained encoder is fine-tuned on data"
             )
-        if self.data.kind.endswith("-folder"):
+        if not self.data.has_labels:
             raise ValueError(
                 f"data.kind = {self.data.kind!r} holds unlabelled images; data must be labelled "
                 "(ct-phantom, fundus-phantom, task07, aptos); use it as pretraining_data"
             )
+        check_device_name("device", self.device)
         check_int("held_out", self.held_out, 0)
         check_int("pretraining_seeds", self.pretraining_seeds, 1)
         if check_int("probe_images", self.probe_images, 0) and not self.data.synthetic:
@@ -183,20 +167,17 @@ class Reproduction:
             check_int("threads", self.threads, 1)
         if not self.tasks:
             raise ValueError("tasks must name at least one pretext task, e.g. [tasks.rotation]")
-        for task, setting in self.tasks.items():
-            registered(task, TASKS)
-            cls = TASKS.get(task)
-            check_keywords(
-                getattr(cls, "__name__", task), setting.options, cls, f"tasks.{task}.options",
-                {"spatial_dims": "pretext3d sets it from the data (data.kind)"},
-            )  # fmt: skip
+        for method, spec in list(self.tasks.items()):
+            if not spec.name:  # the table's key names the method (and the task, unless given)
+                spec = self.tasks[method] = dataclasses.replace(spec, name=method)
+            spec.check(f"tasks.{method}.options")
         if not self.output_dir.strip():
             raise ValueError("output_dir must name a folder, got ''")
 
     @property
-    def recipe(self) -> SegmentationRecipe | GradingRecipe:
-        """The fine-tuning recipe of the data: segmentation for CT, grading for fundus images."""
-        return recipe_for(self.data, self.segmentation, self.grading)
+    def recipe(self) -> Recipe:
+        """The fine-tuning recipe the data's kind names (segmentation for CT, grading for fundus images)."""
+        return recipe_for(self.data, {"segmentation": self.segmentation, "grading": self.grading})
 
 
 def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Reproduction:
@@ -229,13 +210,13 @@ def pretraining_curves(encoder_file: str | os.PathLike[str]) -> dict[str, list[t
         empty when there is no log.
 
     Examples:
-        >>> _ = pretrain_encoder(
-        ...     [TaskEntry("rotation")], "densenet",
-        ...     {"growth_rate": 4, "block_config": [1, 1], "init_features": 8},
-        ...     p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
-        ...     train=p3.pretrainer.PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False,
-        ...                                        eval_every=1),
-        ...     output="encoder.pt", log=lambda line: None)
+        >>> _ = pretrain_encoder(p3.experiments.Pretraining(
+        ...     task="rotation", encoder="densenet",
+        ...     encoder_options={"growth_rate": 4, "block_config": [1, 1], "init_features": 8},
+        ...     data=p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
+        ...     pretrain=p3.pretrainer.PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False,
+        ...                                           eval_every=1),
+        ...     output="encoder.pt"), log=lambda line: None)
         >>> curves = pretraining_curves("encoder.pt")
         >>> sorted(curves), [step for step, _ in curves["held_out_accuracy/rotation"]]
         (['accuracy/rotation', 'held_out_accuracy/rotation', 'held_out_loss/rotation', 'loss/rotation'],
@@ -358,23 +339,16 @@ def run_reproduction(
         if config.probe_images
         else None
     )
-    for task, setting in config.tasks.items():
+    for task, spec in config.tasks.items():
         files = []
         for k in range(config.pretraining_seeds):
             encoder = out / "encoders" / f"{task}_p{k}.pt"
             record = read_pretraining_record(encoder) if encoder.exists() else None
             if record is None:
                 log(f"pretraining {task} (pretraining seed {k}) -> {encoder}{note}")
-                train = dataclasses.replace(
-                    config.pretrain,
-                    seed=config.pretrain.seed + k,
-                    crop=config.pretrain.crop if setting.crop is None else setting.crop,
-                    progress=config.pretrain.progress and progress,
-                )
                 pool = config.pretraining_data.unlabelled() if pool is None else pool
                 record = pretrain_encoder(
-                    [TaskEntry(task, 1.0, setting.options)], recipe.encoder, recipe.encoder_options(),
-                    config.pretraining_data, config.held_out, train, str(encoder),
+                    _pretraining(config, spec, k, str(encoder), progress),
                     record={"reproduction": config.name}, pool=pool, log=log, probe=probe,
                 )  # fmt: skip
             accuracy = record.get("pretext_accuracy")
@@ -382,16 +356,14 @@ def run_reproduction(
             files.append(str(encoder))
         methods[task] = files
     pretrained = time.perf_counter()
-    images, labels, case_ids = config.data.labelled()
-    rows = run_data_efficiency(
-        recipe, images, labels, methods, config.experiment, out, case_ids=case_ids,
-        data_info=asdict(config.data), device=device, synthetic=config.data.synthetic,
-        progress=progress, log=log,
-    )  # fmt: skip
+    cases = LabelledCases(*config.data.labelled(), info=asdict(config.data), synthetic=config.data.synthetic)
+    rows = DataEfficiencyGrid(recipe, cases, methods, config.experiment, out, device=device, log=log).run(
+        progress=progress
+    )
     finished = time.perf_counter()
     written = write_report(rows, out, recipe.metric, synthetic=config.data.synthetic, title=config.name)
     curves = {task: [pretraining_curves(f) for f in files or []] for task, files in methods.items() if files}
-    chance = {task: chance_level(TASKS.get(task)(config.data.spatial_dims, **config.tasks[task].options))
+    chance = {task: chance_level(config.tasks[task].build(config.data.spatial_dims))
               if task in config.tasks else None
               for task in curves}  # fmt: skip
     figure = plot_pretraining(
@@ -413,6 +385,22 @@ def run_reproduction(
     threads = f"{torch.get_num_threads()} CPU thread" + ("s" if torch.get_num_threads() != 1 else "")
     log(f"results folder: {out}  ({info['seconds']['total']:.0f} s, {threads})")
     return out
+
+
+def _pretraining(config: Reproduction, spec: TaskSpec, k: int, output: str, progress: bool) -> Pretraining:
+    """How the encoder of ``spec`` and pretraining seed ``k`` is pretrained."""
+    pretrain = dataclasses.replace(
+        config.pretrain,
+        seed=config.pretrain.seed + k,
+        crop=config.pretrain.crop if spec.crop is None else spec.crop,
+        progress=config.pretrain.progress and progress,
+    )
+    recipe = config.recipe
+    return Pretraining(
+        tasks=[dataclasses.replace(spec, weight=1.0, crop=None)], encoder=recipe.encoder,
+        encoder_options=recipe.encoder_options(), data=config.pretraining_data, held_out=config.held_out,
+        pretrain=pretrain, output=output,
+    )  # fmt: skip
 
 
 def _fmt(value: float | None) -> str:

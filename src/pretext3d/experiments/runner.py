@@ -31,24 +31,26 @@ point and rerun the same command; nothing finished is repeated, lost or duplicat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pretext3d import engine
 from pretext3d._atomic import remove_stale_temporaries, write_text
-from pretext3d._checks import check_device
-from pretext3d.engine import Callback
+from pretext3d._checks import check_device_name
 from pretext3d.experiments.locks import RunLock
+from pretext3d.experiments.recipes import Recipe
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
 from pretext3d.provenance import (
@@ -59,59 +61,19 @@ from pretext3d.provenance import (
     tensor_sha256,
 )
 
-__all__ = ["DataEfficiencyConfig", "Recipe", "check_methods", "run_data_efficiency", "run_name"]
+__all__ = [
+    "DataEfficiencyConfig",
+    "DataEfficiencyGrid",
+    "LabelledCases",
+    "RunCell",
+    "check_methods",
+    "run_data_efficiency",
+    "run_name",
+]
 
 _POLL_SECONDS = 5.0  # how often a worker looks again at runs that other workers hold
 
 EncoderFiles = str | os.PathLike[str] | None | Sequence[str | os.PathLike[str]]
-
-
-class Recipe(Protocol):
-    """What the runner needs of an experiment (see :mod:`pretext3d.experiments.recipes`).
-
-    Examples:
-        The two recipes of the paper follow it:
-
-        >>> recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
-        >>> model, encoder = recipe.build(in_channels=3, encoder_file=None)   # from scratch
-        >>> recipe.metric, model(torch.randn(2, 3, 32, 32)).shape
-        ('qwk', torch.Size([2, 5]))
-    """
-
-    metric: str
-    encoder: ClassVar[str]
-
-    def check_encoder(self, in_channels: int, encoder_file: str | os.PathLike[str]) -> None:
-        """Raise ``ValueError`` unless the file's encoder loads into the recipe's model."""
-        ...
-
-    def build(
-        self, in_channels: int, encoder_file: str | os.PathLike[str] | None
-    ) -> tuple[nn.Module, nn.Module]:
-        """Model and its encoder."""
-        ...
-
-    def loss(self) -> nn.Module:
-        """The training loss."""
-        ...
-
-    def sample(
-        self, images: Tensor, labels: Tensor, indices: list[int], batch: int, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """A training batch."""
-        ...
-
-    def evaluate(
-        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
-    ) -> dict[str, float]:
-        """Metrics on whole images."""
-        ...
-
-    def score_cases(
-        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
-    ) -> tuple[dict[str, float], dict[str, list[float]]]:
-        """Metrics on whole images and the per-case scores behind them."""
-        ...
 
 
 @dataclass
@@ -217,8 +179,81 @@ def run_name(method: str, split_seed: int, repetition: int, fraction: float, pre
     return f"{method}__p{pretraining}__s{split_seed}__r{repetition}__f{fraction:g}"
 
 
-def _write_json(path: Path, payload: object) -> None:
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+@dataclass(frozen=True)
+class RunCell:
+    """One run of the grid: a method's encoder (by pretraining seed) at one split, repetition and fraction.
+
+    Examples:
+        >>> RunCell("rotation", pretraining=0, split_seed=2, repetition=0, fraction=0.1).name
+        'rotation__p0__s2__r0__f0.1'
+    """
+
+    method: str
+    pretraining: int
+    split_seed: int
+    repetition: int
+    fraction: float
+
+    @property
+    def name(self) -> str:
+        """The run's file stem (:func:`run_name`)."""
+        return run_name(self.method, self.split_seed, self.repetition, self.fraction, self.pretraining)
+
+
+@dataclass
+class LabelledCases:
+    """The labelled cases of a grid, with what the records say about them.
+
+    Attributes:
+        images: all labelled cases ``(N, C, *spatial)``.
+        labels: ``(N, *spatial)`` label maps or ``(N,)`` grades (grades stratify the splits).
+        case_ids: one id per case (file stem, phantom id), recorded with the per-case scores
+            and matched against the encoders' pretraining records; ``None``: ``case0``, ...
+        info: how the data were made (loader, path, size, preprocessing, seed), recorded and
+            part of the fingerprint.
+        synthetic: the data are the built-in phantoms (recorded in every row and figure).
+
+    Examples:
+        >>> cases = LabelledCases(*p3.data.fundus_phantom_batch(4, size=16), synthetic=True)
+        >>> cases.ids, len(cases.strata)
+        (['case0', 'case1', 'case2', 'case3'], 4)
+    """
+
+    images: Tensor
+    labels: Tensor
+    case_ids: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    synthetic: bool = False
+
+    def __post_init__(self) -> None:
+        """Check that images, labels and ids agree."""
+        n = len(self.images)
+        if n != len(self.labels):
+            raise ValueError(f"images and labels must have the same length, got {n} and {len(self.labels)}")
+        ids = [f"case{i}" for i in range(n)] if self.case_ids is None else [str(c) for c in self.case_ids]
+        if len(ids) != n or len(set(ids)) != len(ids):
+            raise ValueError(f"case_ids must be {n} distinct ids, got {len(ids)} ({len(set(ids))} distinct)")
+        self.case_ids = ids
+
+    @property
+    def ids(self) -> list[str]:
+        """The case ids (filled in)."""
+        assert self.case_ids is not None
+        return self.case_ids
+
+    @property
+    def strata(self) -> list[Any] | None:
+        """The grades of graded cases (they stratify splits and subsets); ``None`` for label maps."""
+        return self.labels.tolist() if self.labels.ndim == 1 else None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the results folder's ``config.json`` records of the data."""
+        return {
+            "info": dict(self.info),
+            "cases": len(self.images),
+            "sha256": tensor_sha256(self.images, self.labels),
+            "case_ids_sha256": hashlib.sha256("\n".join(self.ids).encode()).hexdigest(),
+        }
 
 
 def check_methods(
@@ -288,7 +323,7 @@ def run_data_efficiency(
     *,
     case_ids: Sequence[str] | None = None,
     data_info: Mapping[str, Any] | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "auto",
     synthetic: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -340,141 +375,265 @@ def run_data_efficiency(
         - Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS 2020. (the data-efficiency
           protocol, here with a fair baseline).
     """
-    if len(images) != len(labels):
-        raise ValueError(f"images and labels must have the same length, got {len(images)} and {len(labels)}")
-    ids = [f"case{i}" for i in range(len(images))] if case_ids is None else [str(c) for c in case_ids]
-    if len(ids) != len(images) or len(set(ids)) != len(ids):
-        raise ValueError(
-            f"case_ids must be {len(images)} distinct ids, got {len(ids)} ({len(set(ids))} distinct)"
-        )
-    if not str(output_dir).strip():
-        raise ValueError("output_dir must name a folder, got ''")
-    check_device(device)
-    encoders = check_methods(recipe, images.shape[1], methods)
-    out = Path(output_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    for folder in (out, out / "runs", out / "checkpoints"):
-        for stale in remove_stale_temporaries(folder):
-            log(f"removed {stale}, left by a killed process")
-    settings = {
-        "config": asdict(config),
-        "methods": {name: [_encoder_info(f) for f in files] for name, files in encoders.items()},
-        "method_order": list(encoders),
-        "recipe": repr(recipe),
-        "data": {
-            "info": dict(data_info or {}),
-            "cases": len(images),
-            "sha256": tensor_sha256(images, labels),
-            "case_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-        },
-        "environment": environment(device),
-        "synthetic": synthetic,
-    }
-    settings = json.loads(json.dumps(settings, default=str))
-    saved = out / "config.json"
-    if saved.exists():
-        check_unchanged(
-            json.loads(saved.read_text()), settings, saved, "runs made with other settings, data or software",
-            finished=any((out / "runs").glob("*.json")), log=log,
-        )  # fmt: skip
-    strata = labels.tolist() if labels.ndim == 1 else None
-    grid = [
-        (method, p, s, r, f)
-        for s in config.split_seeds
-        for r in config.repetition_indices
-        for f in config.fractions
-        for method, files in encoders.items()
-        for p in range(len(files))
-    ]
-    splits = {
-        s: split_cases(len(images), config.val_fraction, config.test_fraction, s, strata=strata)
-        for s in config.split_seeds
-    }
-    _check_pretraining(settings["methods"], splits, ids, config.transductive, log)
-    _write_json(saved, settings)  # only once the grid may run: a refused one leaves no trace
-
-    def done(cell: tuple[str, int, int, int, float]) -> bool:
-        return (out / "runs" / f"{_name(cell)}.json").exists()
-
-    todo = [cell for cell in grid if not done(cell)]
-    first = splits[config.split_seeds[0]]
-    log(
-        f"data efficiency: {len(grid)} runs, {len(grid) - len(todo)} already done; per split "
-        f"{len(first.train)} training pool / {len(first.val)} validation / {len(first.test)} test cases"
+    cases = LabelledCases(
+        images, labels, None if case_ids is None else list(case_ids), dict(data_info or {}), synthetic
     )
-    provenance = {k: settings[k] for k in ("data", "environment", "synthetic")}
-    bar = _progress(len(todo)) if progress else None
-    if bar is not None and log is print:  # lines above the bar, not through it
-        log = bar.write
+    grid = DataEfficiencyGrid(recipe, cases, methods, config, output_dir, device=device, log=log)
+    return grid.run(progress=progress)
 
-    def run(cell: tuple[str, int, int, int, float]) -> None:
-        method, p, s, r, fraction = cell
-        split = splits[s]
-        seeds = run_seeds(s, r, config.train.seed)
+
+class DataEfficiencyGrid:
+    """The data-efficiency grid as an object: it plans, claims, runs and collects.
+
+    Args:
+        recipe: the experiment (a registered :class:`~pretext3d.experiments.Recipe`).
+        cases: the labelled cases.
+        methods: name -> pretrained encoder file, a list of them (one per pretraining
+            seed), or ``None`` for the from-scratch baseline.
+        config: the grid and training settings.
+        output_dir: the results folder (see :func:`run_data_efficiency`).
+        device: where to fine-tune (``"auto"``, ``"cpu"``, ``"cuda[:i]"``; under torchrun
+            ``"cuda"`` is the worker's own GPU), resolved here.
+        log: where progress lines go.
+
+    Examples:
+        >>> cases = LabelledCases(*p3.data.fundus_phantom_batch(24, size=32), synthetic=True)
+        >>> recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> config = DataEfficiencyConfig(fractions=(0.25, 1.0), split_seeds=(0,),
+        ...                               train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=2))
+        >>> grid = DataEfficiencyGrid(recipe, cases, {"scratch": None}, config, "grid-objects", device="cpu",
+        ...                           log=lambda line: None)
+        >>> [cell.name for cell in grid.plan()]
+        ['scratch__p0__s0__r0__f0.25', 'scratch__p0__s0__r0__f1']
+        >>> rows = grid.run(progress=False)   # claims each run, runs it, collects every row
+        >>> [row["n_labelled"] for row in rows]
+        [4, 14]
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        cases: LabelledCases,
+        methods: Mapping[str, EncoderFiles],
+        config: DataEfficiencyConfig,
+        output_dir: str | os.PathLike[str],
+        *,
+        device: torch.device | str = "auto",
+        log: Callable[[str], None] = print,
+    ) -> None:
+        if not str(output_dir).strip():
+            raise ValueError("output_dir must name a folder, got ''")
+        if isinstance(device, str):
+            check_device_name("device", device)
+        self.recipe, self.cases, self.config, self.log = recipe, cases, config, log
+        self.device = engine.resolve_device(device)
+        self.encoders = check_methods(recipe, cases.images.shape[1], methods)
+        self.out = Path(output_dir)
+        self.splits = {
+            s: split_cases(
+                len(cases.images), config.val_fraction, config.test_fraction, s, strata=cases.strata
+            )
+            for s in config.split_seeds
+        }
+        self.settings: dict[str, Any] = {}
+
+    def plan(self) -> list[RunCell]:
+        """Every run, in the order they are run and reported."""
+        c = self.config
+        return [
+            RunCell(method, p, s, r, f)
+            for s in c.split_seeds
+            for r in c.repetition_indices
+            for f in c.fractions
+            for method, files in self.encoders.items()
+            for p in range(len(files))
+        ]
+
+    def path(self, cell: RunCell) -> Path:
+        """The finished run's result file."""
+        return self.out / "runs" / f"{cell.name}.json"
+
+    def done(self, cell: RunCell) -> bool:
+        """Whether the run has finished (its result file exists)."""
+        return self.path(cell).exists()
+
+    @contextlib.contextmanager
+    def claim(self, cell: RunCell) -> Iterator[bool]:
+        """Hold the run's lock while the block runs; ``True`` if this worker holds it."""
+        with RunLock(self.out / "runs" / f"{cell.name}.lock") as claimed:
+            yield claimed
+
+    def prepare(self) -> None:
+        """Make the folder, remove what killed processes left, check and write ``config.json``.
+
+        Raises:
+            ValueError: the folder holds runs of other settings, data or software, or an encoder
+                was pretrained on validation/test cases (unless ``config.transductive``).
+        """
+        out, log = self.out, self.log
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(exist_ok=True)
+        for folder in (out, out / "runs", out / "checkpoints"):
+            for stale in remove_stale_temporaries(folder):
+                log(f"removed {stale}, left by a killed process")
+        settings = {
+            "config": asdict(self.config),
+            "methods": {name: [_encoder_info(f) for f in files] for name, files in self.encoders.items()},
+            "method_order": list(self.encoders),
+            "recipe": repr(self.recipe),
+            "data": self.cases.fingerprint(),
+            "environment": environment(self.device),
+            "synthetic": self.cases.synthetic,
+        }
+        self.settings = json.loads(json.dumps(settings, default=str))
+        saved = out / "config.json"
+        if saved.exists():
+            check_unchanged(
+                json.loads(saved.read_text()), self.settings, saved,
+                "runs made with other settings, data or software",
+                finished=any((out / "runs").glob("*.json")), log=log,
+            )  # fmt: skip
+        _check_pretraining(
+            self.settings["methods"], self.splits, self.cases.ids, self.config.transductive, log
+        )
+        write_text(saved, json.dumps(self.settings, indent=2, sort_keys=True))  # once the grid may run
+
+    def run(self, *, progress: bool = True) -> list[dict[str, Any]]:
+        """Prepare, run every unfinished run this worker can claim, wait for the others; every row.
+
+        Workers sharing the folder (processes, machines, torchrun ranks) claim each run with a
+        lock file; a run another live worker holds is left to it and waited for at the end.
+        """
+        self.prepare()
+        plan = self.plan()
+        pending = [cell for cell in plan if not self.done(cell)]
+        first = self.splits[self.config.split_seeds[0]]
+        self.log(
+            f"data efficiency: {len(plan)} runs, {len(plan) - len(pending)} already done; per split "
+            f"{len(first.train)} training pool / {len(first.val)} validation / {len(first.test)} test cases"
+        )
+        log = self.log
+        with engine.progress(len(pending), 0, progress, "fine-tuning runs") as bar:
+            if bar is not None and log is print:  # lines above the bar, not through it
+                self.log = bar.write
+            try:
+                self._run_pending(pending, bar)
+            finally:
+                self.log = log
+        return self.collect()
+
+    def _run_pending(self, pending: list[RunCell], bar: Any) -> None:
+        while pending:
+            progressed = False
+            for cell in list(pending):
+                if not self.done(cell):
+                    with self.claim(cell) as claimed:
+                        if not claimed:
+                            continue
+                        if not self.done(cell):
+                            self.run_one(cell, bar)
+                pending.remove(cell)
+                progressed = True
+            if pending and not progressed:
+                self.log(f"waiting for {len(pending)} run(s) that other workers hold")
+                time.sleep(_POLL_SECONDS)
+
+    def collect(self) -> list[dict[str, Any]]:
+        """The rows of every run of the plan (all must have finished)."""
+        return [json.loads(self.path(cell).read_text()) for cell in self.plan()]
+
+    def run_one(self, cell: RunCell, bar: Any = None) -> dict[str, Any]:
+        """Fine-tune one run (resuming its checkpoint), write its row, remove its checkpoint; the row."""
+        split = self.splits[cell.split_seed]
+        seeds = run_seeds(cell.split_seed, cell.repetition, self.config.train.seed)
+        strata = self.cases.strata
         pool_strata = [strata[i] for i in split.train] if strata is not None else None
-        subset = nested_subsets(split.train, config.fractions, seeds.subset, strata=pool_strata)[fraction]
-        encoder_file = encoders[method][p]
-        train = config.settings_for(encoder_file is not None)
+        subsets = nested_subsets(split.train, self.config.fractions, seeds.subset, strata=pool_strata)
+        encoder_file = self.encoders[cell.method][cell.pretraining]
+        train = dataclasses.replace(self.config.settings_for(encoder_file is not None), seed=seeds.order)
+        checkpoint = self.out / "checkpoints" / f"{cell.name}.pt"
 
         def on_epoch(record: Mapping[str, Any]) -> None:  # the bar moves within a run too
             if bar is not None:
                 val = f", val {record['val']:.3f}" if "val" in record else ""
-                bar.set_postfix_str(f"{_name(cell)}: epoch {record['epoch'] + 1}/{train.epochs}{val}")
+                bar.set_postfix_str(f"{cell.name}: epoch {record['epoch'] + 1}/{train.epochs}{val}")
 
-        row = _one_run(
-            recipe, images, labels, ids, encoder_file, subset, split.val, split.test, train, seeds,
-            out / "checkpoints" / f"{_name(cell)}.pt", device, on_epoch,
-        )  # fmt: skip
-        info = settings["methods"][method][p]
+        row = self._finetune(encoder_file, subsets[cell.fraction], split, train, seeds, checkpoint, on_epoch)
+        info = self.settings["methods"][cell.method][cell.pretraining]
         row.update(
-            method=method,
-            pretraining_seed=p,
-            split_seed=s,
-            repetition=r,
-            fraction=fraction,
+            method=cell.method,
+            pretraining_seed=cell.pretraining,
+            split_seed=cell.split_seed,
+            repetition=cell.repetition,
+            fraction=cell.fraction,
             seeds=asdict(seeds),
             encoder=info,
             pretext_accuracy=None if info is None else (info["pretraining"] or {}).get("pretext_accuracy"),
-            transductive=config.transductive,
-            provenance=provenance,
-            synthetic=synthetic,
+            transductive=self.config.transductive,
+            provenance={k: self.settings[k] for k in ("data", "environment", "synthetic")},
+            synthetic=self.cases.synthetic,
         )
-        _write_json(out / "runs" / f"{_name(cell)}.json", row)
-        (out / "checkpoints" / f"{_name(cell)}.pt").unlink(missing_ok=True)
+        write_text(self.path(cell), json.dumps(row, indent=2, sort_keys=True))
+        checkpoint.unlink(missing_ok=True)
         if bar is not None:
             bar.update(1)
-        log(
-            f"{_name(cell)}: {recipe.metric} {row['test'][recipe.metric]:.3f} ({row['n_labelled']} labelled, "
+        metric = self.recipe.metric
+        self.log(
+            f"{cell.name}: {metric} {row['test'][metric]:.3f} ({row['n_labelled']} labelled, "
             f"best epoch {row['best_epoch']}/{row['epochs_run']}"
             f"{'' if row['converged'] is not False else ', NOT converged'}, {row['seconds']:.0f} s)"
         )
+        return row
 
-    # Workers sharing the folder (processes, machines, torchrun ranks) claim each run with a
-    # lock file; a run another live worker holds is left to it and waited for at the end.
-    pending = list(todo)
-    while pending:
-        progressed = False
-        for cell in list(pending):
-            if not done(cell):
-                with RunLock(out / "runs" / f"{_name(cell)}.lock") as claimed:
-                    if not claimed:
-                        continue
-                    if not done(cell):
-                        run(cell)
-            pending.remove(cell)
-            progressed = True
-        if pending and not progressed:
-            log(f"waiting for {len(pending)} run(s) that other workers hold")
-            time.sleep(_POLL_SECONDS)
-    if bar is not None:
-        bar.close()
-    return [json.loads((out / "runs" / f"{_name(cell)}.json").read_text()) for cell in grid]
+    def _finetune(
+        self,
+        encoder_file: str | None,
+        subset: list[int],
+        split: Split,
+        config: TrainConfig,
+        seeds: RunSeeds,
+        checkpoint: Path,
+        on_epoch: engine.Callback,
+    ) -> dict[str, Any]:
+        """Train one model from ``encoder_file`` (or scratch) on ``subset``; its result row."""
+        start = time.perf_counter()
+        recipe, images, labels, ids = self.recipe, self.cases.images, self.cases.labels, self.cases.ids
+        val, test = split.val, split.test
+        torch.manual_seed(seeds.init)  # same decoder/classifier initialisation for every method
+        model, encoder = recipe.build(images.shape[1], encoder_file)
+        val_images, val_labels = images[val], labels[val]
 
+        def validate(m: nn.Module) -> float:
+            score = recipe.evaluate(m, val_images, val_labels, self.device)[recipe.metric]
+            return -math.inf if math.isnan(score) else score
 
-def _name(cell: tuple[str, int, int, int, float]) -> str:
-    method, p, s, r, f = cell
-    return run_name(method, s, r, f, p)
+        def sample(generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            return recipe.sample(images, labels, subset, config.batch_size, generator)
+
+        trainer = Trainer(
+            model, recipe.loss(), sample, config, encoder=encoder, validate=validate if val else None,
+            checkpoint=checkpoint, device=self.device, callbacks=[on_epoch],
+        )  # fmt: skip
+        history = trainer.fit()
+        summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], self.device)
+        best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history) - 1
+        patience = config.early_stopping_patience
+        return {
+            "n_labelled": len(subset),
+            "labelled_cases": [ids[i] for i in subset],
+            "n_val": len(val),
+            "n_test": len(test),
+            "test": summary,
+            "test_cases": {"case_id": [ids[i] for i in test], **per_case},
+            "best_val": trainer.best_score if val else None,
+            "best_epoch": best_epoch,
+            "epochs_run": len(history),
+            # converged: stopped because the validation score stopped improving, not by the budget
+            "converged": None if patience is None or not val else len(history) - 1 - best_epoch >= patience,
+            "train": asdict(config),
+            "history": history,
+            "seconds": time.perf_counter() - start,
+        }
 
 
 def check_unchanged(
@@ -540,80 +699,3 @@ def _check_pretraining(
                         f"transductive: {name} was pretrained on {len(seen)} validation/test cases "
                         f"(split {seed})"
                     )
-
-
-def _one_run(
-    recipe: Recipe,
-    images: Tensor,
-    labels: Tensor,
-    ids: Sequence[str],
-    encoder_file: str | None,
-    subset: list[int],
-    val: list[int],
-    test: list[int],
-    train: TrainConfig,
-    seeds: RunSeeds,
-    checkpoint: Path,
-    device: torch.device | str,
-    on_epoch: Callback | None = None,
-) -> dict[str, Any]:
-    start = time.perf_counter()
-    torch.manual_seed(seeds.init)  # same decoder/classifier initialisation for every method
-    model, encoder = recipe.build(images.shape[1], encoder_file)
-    config = dataclasses.replace(train, seed=seeds.order)
-    val_images, val_labels = images[val], labels[val]
-
-    def validate(m: nn.Module) -> float:
-        score = recipe.evaluate(m, val_images, val_labels, device)[recipe.metric]
-        return -math.inf if math.isnan(score) else score
-
-    def sample(generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return recipe.sample(images, labels, subset, config.batch_size, generator)
-
-    trainer = Trainer(
-        model,
-        recipe.loss(),
-        sample,
-        config,
-        encoder=encoder,
-        validate=validate if val else None,
-        checkpoint=checkpoint,
-        device=device,
-        callbacks=[on_epoch] if on_epoch is not None else [],
-    )
-    history = trainer.fit()
-    summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], device)
-    best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history) - 1
-    patience = config.early_stopping_patience
-    return {
-        "n_labelled": len(subset),
-        "labelled_cases": [ids[i] for i in subset],
-        "n_val": len(val),
-        "n_test": len(test),
-        "test": summary,
-        "test_cases": {"case_id": [ids[i] for i in test], **per_case},
-        "best_val": trainer.best_score if val else None,
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        # converged: stopped because the validation score stopped improving, not by the budget
-        "converged": None if patience is None or not val else len(history) - 1 - best_epoch >= patience,
-        "train": asdict(config),
-        "history": history,
-        "seconds": time.perf_counter() - start,
-    }
-
-
-class _Bar(Protocol):
-    def update(self, n: int) -> object: ...
-    def close(self) -> object: ...
-    def set_postfix_str(self, text: str) -> object: ...
-    def write(self, text: str) -> None: ...
-
-
-def _progress(total: int) -> _Bar | None:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    bar: _Bar = tqdm(total=total, desc="fine-tuning runs")
-    return bar

@@ -1,12 +1,13 @@
 """A plain fine-tuning loop.
 
-Encoder freeze schedule, AdamW/Adam, gradient clipping, autocast, a checkpoint every
-epoch (resumable), early stopping on a validation score.
+Encoder freeze schedule, early stopping on a validation score and a checkpoint every epoch
+(resumable) around the library's one optimisation block
+(:class:`~pretext3d.training.Optimization`: AdamW/Adam, gradient clipping, precision with
+fp16's gradient scaler, the non-finite check).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -19,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d import engine
-from pretext3d._checks import check_choice, check_device, check_int, check_positive
+from pretext3d._checks import check_choice, check_int, check_positive
 from pretext3d.engine import Callback
+from pretext3d.training import Optimization, OptimSettings
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "Trainer"]
 
@@ -43,7 +45,9 @@ class TrainConfig:
         freeze_encoder_epochs: keep the encoder frozen (no gradient, batch-norm statistics
             fixed) for this many epochs first, then train all layers (the paper: 25).
         grad_clip: clip the gradient norm to this (``None``: no clipping).
-        autocast: ``"none"``, ``"bf16"`` or ``"fp16"`` (``"fp16"`` on CUDA only).
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast with a gradient scaler; CUDA
+            only) or ``"auto"`` (bf16 on a GPU that has it, else fp32), resolved when the run
+            starts.
         early_stopping_patience: stop after this many epochs without a better validation
             score (``None``: never); the best weights are restored at the end.
         min_epochs: never stop early before this many epochs. A segmentation network often
@@ -69,7 +73,7 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     freeze_encoder_epochs: int = 0
     grad_clip: float | None = 1.0
-    autocast: Literal["none", "bf16", "fp16"] = "none"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     early_stopping_patience: int | None = None
     min_epochs: int = 0
     seed: int = 0
@@ -83,7 +87,7 @@ class TrainConfig:
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)  # <= 0 would zero or reverse the step
         check_choice("optimizer", self.optimizer, ("adam", "adamw"))
-        check_choice("autocast", self.autocast, ("none", "bf16", "fp16"))
+        check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if not 0 <= self.min_epochs <= self.epochs:
             raise ValueError(f"min_epochs must lie in [0, epochs={self.epochs}], got {self.min_epochs}")
         if self.early_stopping_patience is not None:
@@ -117,7 +121,8 @@ class Trainer:
         encoder: the part to freeze first (a submodule of ``model``), or ``None``.
         validate: ``validate(model) -> score`` (higher is better), run after every epoch.
         checkpoint: file to write after every epoch and resume from.
-        device: where to train.
+        device: where to train: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``,
+            ``"cuda[:i]"`` or a ``torch.device``.
         callbacks: called with each epoch's record (see :data:`pretext3d.engine.Callback`).
         progress: show a bar over the epochs (needs tqdm) with the loss and validation score.
 
@@ -154,7 +159,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         progress: bool = False,
     ) -> None:
-        device = check_device(device)
+        device = engine.resolve_device(device)
         if encoder is not None and not any(m is encoder for m in model.modules()):
             raise ValueError("encoder must be a submodule of model")
         if config.freeze_encoder_epochs and encoder is None:
@@ -165,8 +170,10 @@ class Trainer:
         self.device = device
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.callbacks, self.progress = list(callbacks), bool(progress)
-        cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        settings = OptimSettings(config.optimizer, config.lr, config.weight_decay, grad_clip=config.grad_clip)
+        precision = engine.resolve_precision(config.precision, device)
+        total = config.epochs * config.steps_per_epoch
+        self.optim = Optimization(model.parameters(), settings, total, device, precision)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history: list[dict[str, Any]] = []
         self.best_score = -math.inf
@@ -174,6 +181,11 @@ class Trainer:
         self.epoch = 0
         if self.checkpoint is not None and self.checkpoint.exists():
             self._resume()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer (of :attr:`optim`, the optimisation block)."""
+        return self.optim.optimizer
 
     def frozen(self, epoch: int) -> bool:
         """Whether the encoder is frozen during ``epoch`` (0-based)."""
@@ -248,26 +260,15 @@ class Trainer:
         if frozen:
             self.encoder.eval()
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return engine.autocast(self.device, {"none": "fp32"}.get(self.config.autocast, self.config.autocast))
-
     def _step(self, step: int) -> float:
         x, y = self.sample(self.generator)
         x, y = x.to(self.device), y.to(self.device)
-        with self._autocast():
+        with self.optim.autocast():
             loss = self.loss_fn(self.model(x), y)
-        if not bool(torch.isfinite(loss.detach())):
-            raise engine.NonFiniteLossError(
-                f"the training loss is {float(loss.detach())} at epoch {self.epoch}, step {step} of "
-                f"{self.config.steps_per_epoch}; the run stops rather than report a score (lower lr, "
-                f"now {self.config.lr}, or check the data for NaN)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if self.config.grad_clip is not None:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        self.optimizer.step()
+        where = f"at epoch {self.epoch}, step {step} of {self.config.steps_per_epoch}"
+        self.optim.check_finite(loss, "training loss", where)
+        self.optim.backward(loss)
+        self.optim.step()
         return float(loss.detach())
 
     def _save(self) -> None:
@@ -279,7 +280,7 @@ class Trainer:
                 "config": asdict(self.config),
                 "epoch": self.epoch,
                 "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                **self.optim.state_dict(),
                 "history": self.history,
                 "best_score": self.best_score,
                 "best_state": self.best_state,
@@ -299,7 +300,7 @@ class Trainer:
                 "delete it or use another path"
             )
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optim.load_state_dict(state)
         self.epoch, self.history = state["epoch"], state["history"]
         self.best_score, self.best_state = state["best_score"], state["best_state"]
         self.generator.set_state(state["generator"])

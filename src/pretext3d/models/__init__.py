@@ -7,7 +7,7 @@ Every encoder here keeps the contract of :class:`Encoder` (timm's ``forward_feat
 :class:`MultiScaleUNet` puts a U-Net decoder on any other encoder (timm, MONAI, your own).
 """
 
-from pretext3d.models.base import Encoder
+from pretext3d.models.base import Encoder, evaluating
 from pretext3d.models.conv import ConvEncoder
 from pretext3d.models.densenet import DenseNet, DenseNet121, DenseNetEncoder
 from pretext3d.models.io import encoder_info, encoder_name, load_encoder, load_encoder_weights, save_encoder
@@ -25,6 +25,7 @@ __all__ = [
     "UNetEncoder",
     "encoder_info",
     "encoder_name",
+    "evaluating",
     "load_encoder",
     "load_encoder_weights",
     "save_encoder",

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "evaluating"]
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode without gradients (a probe), its training mode restored after.
+
+    Examples:
+        >>> net = torch.nn.BatchNorm1d(4)
+        >>> with evaluating(net):
+        ...     out = net(torch.randn(2, 4))   # running statistics untouched
+        >>> net.training, int(net.num_batches_tracked)
+        (True, 0)
+    """
+    mode = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(mode)
 
 
 class Encoder(nn.Module, abc.ABC):

@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d import engine
 from pretext3d._checks import check_choice, check_int, check_spatial_dims
 from pretext3d.models import _layers as L
-from pretext3d.models.base import Encoder
-from pretext3d.models.unet import _DoubleConv
+from pretext3d.models.base import Encoder, evaluating
+from pretext3d.models.unet import DoubleConv
 
 __all__ = ["MultiScaleUNet"]
 
@@ -153,11 +152,11 @@ class MultiScaleUNet(nn.Module):
         below = self.feature_channels[-1]
         for level in range(len(kept) - 2, -1, -1):  # from the second-deepest map up to the finest
             self.stages.insert(
-                0, _DoubleConv(d, below + self.feature_channels[level], widths[level], norm, 0.0)
+                0, DoubleConv(d, below + self.feature_channels[level], widths[level], norm, 0.0)
             )
             below = widths[level]
         self.full_resolution = self.feature_reductions[0] > 1
-        self.final = _DoubleConv(d, below, widths[0], norm, 0.0) if self.full_resolution else nn.Identity()
+        self.final = DoubleConv(d, below, widths[0], norm, 0.0) if self.full_resolution else nn.Identity()
         self.head = L.conv(d)(widths[0] if self.full_resolution else below, out_channels, 1)
         self.out_channels = out_channels
 
@@ -213,7 +212,7 @@ class MultiScaleUNet(nn.Module):
                 if callable(getattr(self.encoder, name, None)):
                     candidates.insert(position, name)
         errors = []
-        with engine.evaluating(self.encoder):
+        with evaluating(self.encoder):
             for source in candidates:
                 try:
                     maps = self._read(x, source)

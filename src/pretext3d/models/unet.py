@@ -20,7 +20,7 @@ from pretext3d.registry import register_encoder
 __all__ = ["UNet", "UNetEncoder"]
 
 
-class _DoubleConv(nn.Sequential):
+class DoubleConv(nn.Sequential):
     """(3x3[x3] conv, norm, ReLU) x 2, then optional channel dropout."""
 
     def __init__(self, spatial_dims: int, cin: int, cout: int, norm: str, dropout: float) -> None:
@@ -142,7 +142,7 @@ class UNetEncoder(Encoder):
         self.checkpointing = checkpointing
         self.pool = L.max_pool(d)(2)
         self.stages = nn.ModuleList(
-            _DoubleConv(d, cin, cout, norm, dropout)
+            DoubleConv(d, cin, cout, norm, dropout)
             for cin, cout in zip([in_channels, *scaled[:-1]], scaled, strict=True)
         )
         self.num_features = scaled[-1]
@@ -256,7 +256,7 @@ class UNet(nn.Module):
                 mode = "bilinear" if d == 2 else "trilinear"
                 up = nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), L.conv(d)(deep, skip, 1))
             self.ups.append(up)
-            self.stages.append(_DoubleConv(d, 2 * skip, skip, norm_kind, drop))
+            self.stages.append(DoubleConv(d, 2 * skip, skip, norm_kind, drop))
         self.head = L.conv(d)(ws[0], out_channels, 1)
         self.out_channels = out_channels
 
