@@ -288,3 +288,19 @@ def test_no_config_is_refused_unless_the_defaults_are_asked_for(
     small = ["--set", "pretrain.steps=1", "--set", "pretrain.batch_size=2", "--set", "held_out=2"]
     small += ["--set", "data.count=6", "--set", "pretrain.device='cpu'", "--set", "pretrain.progress=false"]
     assert main(["pretrain", "--defaults", *small]) == 0 and (tmp_path / "encoder.pt").exists()
+
+
+def test_each_command_is_a_library_config_and_one_library_function() -> None:
+    import pretext3d.experiments as ex
+    from pretext3d.cli import COMMANDS
+
+    for name, (config, run) in COMMANDS.items():
+        assert config.__module__.startswith("pretext3d.experiments.") and run.__module__.startswith(
+            "pretext3d.experiments."
+        ), name
+        assert (
+            getattr(ex, config.__name__) is config and getattr(ex, run.__name__) is run
+        )  # public, not CLI-only
+    source = (Path(__file__).parent.parent / "src" / "pretext3d" / "cli.py").read_text()
+    for logic in ("RunLock", "LOCAL_RANK", "os.environ", "write_report"):  # lives in the library
+        assert logic not in source, logic

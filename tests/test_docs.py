@@ -52,7 +52,8 @@ def test_every_python_block_runs(page: Path, tmp_path: Path, monkeypatch: pytest
 
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
-    for registry in (p3.registry.TASKS, p3.registry.ENCODERS):  # a page may register its own
+    # a page may register its own
+    for registry in (p3.registry.TASKS, p3.registry.ENCODERS, p3.registry.RECIPES, p3.registry.DATA_KINDS):
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     SETUP.get(page.name, lambda: None)()
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}

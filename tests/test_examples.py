@@ -11,7 +11,7 @@ import torch
 
 import pretext3d as p3
 from pretext3d.data import DataSpec
-from pretext3d.experiments import Reproduction, load_reproduction, read_runs
+from pretext3d.experiments import Reproduction, load_reproduction, read_runs, run_reproduction
 from pretext3d.registry import ENCODERS, TASKS
 from pretext3d.transforms import random_crops
 
@@ -19,7 +19,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 EXPERIMENTS = ("pancreas", "fundus")
 MODES = ("quick", "demo", "paper")
 PAPER_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
-ON_CPU = ['device="cpu"', 'pretrain.device="cpu"']  # paper mode names CUDA, refused on this machine
+ON_CPU = ['device="cpu"', 'pretrain.device="cpu"']  # paper mode names CUDA: to run it on this machine
 # A tiny budget for every arm, for runs that only check that the pipeline works.
 TINY_GRID = [
     "experiment.train.epochs=2",
@@ -67,6 +67,21 @@ def test_phantom_modes_never_pretrain_on_a_labelled_case(experiment: str) -> Non
         spec = config.pretraining_data
         pool = DataSpec(kind=spec.kind, count=spec.count, size=8, seed=spec.seed).unlabelled()
         assert not set(labelled.labelled()[2]) & set(pool.case_ids)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_a_gpu_config_loads_anywhere_and_running_it_says_what_is_missing(
+    experiment: str, tmp_path: Path
+) -> None:
+    config = load_reproduction(EXAMPLES / experiment / "paper.toml", [f'output_dir="{tmp_path / "out"}"'])
+    assert (config.device, config.pretrain.device) == ("cuda", "cuda")  # loaded and checked, not resolved
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(
+        ValueError, match="device 'cuda' is not available: this torch build or machine has no CUDA"
+    ):
+        run_reproduction(config, progress=False, log=lambda line: None)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_paper_modes_follow_the_paper() -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "NonFiniteLossError",
     "Precision",
     "autocast",
+    "changed_settings",
     "end_process_group",
     "grad_scaler",
     "is_main_process",
@@ -274,6 +275,23 @@ def load_checkpoint(
         return None
     assert isinstance(state, dict)
     return state
+
+
+def changed_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two settings (nested dicts, e.g. ``dataclasses.asdict`` of a config) differ.
+
+    What every resume check names when it refuses a checkpoint or a results folder.
+
+    Examples:
+        >>> changed_settings({"lr": 0.1, "data": {"size": 16}}, {"lr": 0.1, "data": {"size": 24}})
+        ['data.size']
+    """
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += changed_settings(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if old == new else [prefix or "(all)"]
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -33,6 +33,7 @@ from pretext3d.training import (
     check_finite,
     image_of,
     lr_schedule,
+    switch_checkpointing,
 )
 from pretext3d.transforms import random_crops
 
@@ -124,12 +125,7 @@ class PretextLightningModule(pl.LightningModule):
         self.image_key = image_key
         self.seed = check_int("seed", seed, 0)
         if activation_checkpointing:
-            if not hasattr(encoder, "checkpointing"):
-                raise ValueError(
-                    f"activation_checkpointing needs an encoder with a .checkpointing switch; "
-                    f"{type(encoder).__name__} has none"
-                )
-            encoder.checkpointing = True  # type: ignore[assignment]
+            switch_checkpointing(encoder)
         self.core = PretextStep(encoder, tasks, seed=seed)  # the Pretrainer's step
         self.spatial_dims = self.core.spatial_dims
         self.encoder = encoder
@@ -186,13 +182,13 @@ class PretextLightningModule(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Held-out pretext loss and accuracy of every task (eval mode, the same draw per batch)."""
         x = self._images(batch)
-        for k, (name, task) in enumerate(zip(self.core.names, self.core.tasks, strict=True)):
-            generator = torch.Generator().manual_seed(self.seed * 1000 + 500 + 31 * k + batch_idx)
-            views, targets = task(x, generator)
-            output = self.models[name](views).float()
-            loss = task.loss(output, targets, generator=generator)
+        generators = [
+            torch.Generator().manual_seed(self.seed * 1000 + 500 + 31 * k + batch_idx)
+            for k in range(len(self.core.tasks))
+        ]
+        for name, (loss, accuracy) in self.core.measure(x, generators).items():
             self.log(f"held_out_loss/{name}", loss, batch_size=len(x))
-            self.log(f"held_out_accuracy/{name}", task.accuracy(output, targets), batch_size=len(x))
+            self.log(f"held_out_accuracy/{name}", accuracy, batch_size=len(x))
 
     def configure_optimizers(self) -> Any:
         """The optimizer and a per-step warm-up + cosine (or constant) schedule."""

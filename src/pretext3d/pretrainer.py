@@ -49,6 +49,7 @@ from pretext3d.training import (
     TaskSpec,
     case_ids,
     stack_images,
+    switch_checkpointing,
 )
 
 __all__ = ["PretrainConfig", "Pretrainer", "pretext_warning"]
@@ -238,37 +239,16 @@ class Pretrainer:
             raise ValueError("data must be a non-empty Dataset with a length")
         self.size = len(data)
         self.data, self.held_out = data, held_out
-        self.output = Path(output)
-        self.run_dir = self.output.with_name(self.output.name + ".run")
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.output.parent, os.W_OK) or (
-            self.output.exists() and not os.access(self.output, os.W_OK)
-        ):
-            raise ValueError(f"output {str(self.output)!r} cannot be written (checked before training)")
+        self.output, self.run_dir = _writable(Path(output))
         self.rank, self.world, self._started_group = engine.process_group()
         self.main = self.rank == 0
         self.device = engine.resolve_device(config.device)
         if self.world > 1 and self.device.type == "cuda":  # one GPU per process
             torch.cuda.set_device(self.device)
         self.precision = engine.resolve_precision(config.precision, self.device)
-        if self.size < config.batch_size * self.world:
-            raise ValueError(
-                f"data holds {self.size} images, fewer than batch_size={config.batch_size} x "
-                f"{self.world} processes"
-            )
-        self.per_epoch = self.size // (config.batch_size * self.world)
-        self.steps = (
-            config.steps
-            if config.steps is not None
-            else max(1, (config.epochs or 1) * self.per_epoch // config.accumulate)
-        )
+        self.steps = self._count_steps()
         if config.activation_checkpointing:
-            if not hasattr(encoder, "checkpointing"):
-                raise ValueError(
-                    "activation_checkpointing needs an encoder with a .checkpointing switch; "
-                    f"{type(encoder).__name__} has none"
-                )
-            encoder.checkpointing = True  # type: ignore[assignment]
+            switch_checkpointing(encoder)
         self.core = PretextStep(encoder, tasks, seed=config.seed, rank=self.rank)
         self.spatial_dims, self.names = self.core.spatial_dims, self.core.names
         self.models = self.core.models.to(self.device)
@@ -285,17 +265,34 @@ class Pretrainer:
         if config.compile:
             for model in self.models.values():
                 model.compile()
-        self.net: nn.Module = self.core.net
-        if config.sync_batchnorm:
+        self.net = self._wrap(self.core.net)
+
+    def _count_steps(self) -> int:
+        """Optimizer steps of the run (``config.steps``, or its epochs over this rank's batches)."""
+        cfg = self.config
+        if self.size < cfg.batch_size * self.world:
+            raise ValueError(
+                f"data holds {self.size} images, fewer than batch_size={cfg.batch_size} x "
+                f"{self.world} processes"
+            )
+        self.per_epoch = self.size // (cfg.batch_size * self.world)
+        if cfg.steps is not None:
+            return cfg.steps
+        return max(1, (cfg.epochs or 1) * self.per_epoch // cfg.accumulate)
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        """The task models as trained: with synchronised batch norm and DDP where asked for."""
+        if self.config.sync_batchnorm:
             if self.device.type != "cuda":
                 raise ValueError("sync_batchnorm needs CUDA devices (torch's SyncBatchNorm runs there only)")
-            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)  # type: ignore[no-untyped-call]
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # type: ignore[no-untyped-call]
         if self.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.net,
+            net = nn.parallel.DistributedDataParallel(
+                net,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=config.task_mode == "alternate",
+                find_unused_parameters=self.config.task_mode == "alternate",
             )
+        return net
 
     def _crops(self, data: Dataset[Any], seed: int) -> SeededCrops:
         cfg = self.config
@@ -320,13 +317,16 @@ class Pretrainer:
         state = engine.load_checkpoint(self.checkpoint, ("step", "models", "optimizer", "config"), "cpu")
         if state is None:
             return
-        if state["config"] != dataclasses.asdict(self.config) or state["tasks"] != self.names:
+        changed = engine.changed_settings(state["config"], dataclasses.asdict(self.config))
+        changed += ["tasks"] if state["tasks"] != self.names else []
+        if changed:
             if state["step"] >= state.get("steps", math.inf):  # a finished run of other settings
                 self.log(f"{self.checkpoint} holds a finished run of other settings; starting a new run")
                 return
             raise ValueError(
                 f"checkpoint {str(self.checkpoint)!r} holds an unfinished run of other settings or tasks "
-                "(rerun that to resume it); delete its folder or write the encoder to another path"
+                f"(changed: {', '.join(changed[:8])}; rerun that to resume it); delete its folder or write "
+                "the encoder to another path"
             )
         if state.get("world", 1) != self.world:
             raise ValueError(
@@ -508,13 +508,9 @@ class Pretrainer:
         sums: dict[str, list[float]] = {}
         generators = [torch.Generator().manual_seed(10**6 + k) for k in range(len(self.names))]
         for x in loader:
-            x = x.to(self.device)
-            for k, (name, task) in enumerate(zip(self.names, self.core.tasks, strict=True)):
-                with self.optim.autocast():
-                    views, targets = task(x, generators[k])
-                    output = self.models[name](views).float()
-                loss = task.loss(output, targets, generator=generators[k])
-                acc = task.accuracy(output, targets)
+            for name, (loss, acc) in self.core.measure(
+                x.to(self.device), generators, self.optim.autocast
+            ).items():
                 sums.setdefault(name, []).extend([float(loss), float(acc)])
         result: dict[str, float] = {}
         for name, task in zip(self.names, self.core.tasks, strict=True):
@@ -615,6 +611,14 @@ class _Window:
 
     def rate(self) -> float:
         return self.seen / max(self.wait + self.compute, 1e-9)
+
+
+def _writable(output: Path) -> tuple[Path, Path]:
+    """``(output, its run folder)``, checked to be writable before any training."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise ValueError(f"output {str(output)!r} cannot be written (checked before training)")
+    return output, output.with_name(output.name + ".run")
 
 
 def pretext_warning(task: PretextTask[Any, Any], accuracy: float) -> str | None:

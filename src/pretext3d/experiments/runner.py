@@ -648,22 +648,12 @@ def check_unchanged(
     Raises:
         ValueError: the settings differ and ``finished``; the message names what changed.
     """
-    changed = differences(old, new)
+    changed = engine.changed_settings(old, new)
     if changed and finished:
         listed = ", ".join(changed[:8])
         raise ValueError(f"{str(saved.parent)!r} holds {what} (changed: {listed}); use another output folder")
     if changed:
         log(f"{saved} held other settings but no finished run; it is replaced")
-
-
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where two JSON values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
-        return out
-    return [] if old == new else [prefix or "(all)"]
 
 
 def _check_pretraining(

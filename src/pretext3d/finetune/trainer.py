@@ -294,10 +294,11 @@ class Trainer:
         state = engine.load_checkpoint(self.checkpoint, required, self.device)
         if state is None:  # unreadable: reported, removed, the run starts over
             return
-        if state["config"] != asdict(self.config):
+        changed = engine.changed_settings(state["config"], asdict(self.config))
+        if changed:
             raise ValueError(
-                f"checkpoint {str(self.checkpoint)!r} was written with other settings; "
-                "delete it or use another path"
+                f"checkpoint {str(self.checkpoint)!r} was written with other settings (changed: "
+                f"{', '.join(changed[:8])}); delete it or use another path"
             )
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state)

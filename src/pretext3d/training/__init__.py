@@ -17,7 +17,15 @@ from pretext3d.training.optim import (
     lr_factor,
     lr_schedule,
 )
-from pretext3d.training.step import PretextStep, StepResult, TaskHeads, TaskSpec, image_of, task_specs
+from pretext3d.training.step import (
+    PretextStep,
+    StepResult,
+    TaskHeads,
+    TaskSpec,
+    image_of,
+    switch_checkpointing,
+    task_specs,
+)
 
 __all__ = [
     "OptimSettings",
@@ -35,5 +43,6 @@ __all__ = [
     "lr_factor",
     "lr_schedule",
     "stack_images",
+    "switch_checkpointing",
     "task_specs",
 ]

@@ -9,6 +9,7 @@ generator per task (views and losses), and turns a batch into the weighted loss.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,15 @@ from pretext3d.pretext_model import PretextModel, infer_num_features
 from pretext3d.registry import TASKS, registered
 from pretext3d.tasks.base import PretextTask
 
-__all__ = ["PretextStep", "StepResult", "TaskHeads", "TaskSpec", "image_of", "task_specs"]
+__all__ = [
+    "PretextStep",
+    "StepResult",
+    "TaskHeads",
+    "TaskSpec",
+    "image_of",
+    "switch_checkpointing",
+    "task_specs",
+]
 
 
 @dataclass
@@ -142,6 +151,26 @@ def task_specs(
     if len(set(names)) != len(names):
         raise ValueError(f"task names must differ, got {names}; give TaskSpec(name=...)")
     return specs
+
+
+def switch_checkpointing(encoder: nn.Module) -> None:
+    """Switch on the encoder's activation checkpointing (its ``checkpointing`` attribute).
+
+    Raises:
+        ValueError: the encoder has no such switch.
+
+    Examples:
+        >>> encoder = p3.models.UNetEncoder(3, widths=(4, 8))
+        >>> switch_checkpointing(encoder)
+        >>> encoder.checkpointing
+        True
+    """
+    if not hasattr(encoder, "checkpointing"):
+        raise ValueError(
+            "activation_checkpointing needs an encoder with a .checkpointing switch; "
+            f"{type(encoder).__name__} has none"
+        )
+    encoder.checkpointing = True  # type: ignore[assignment]
 
 
 def image_of(item: Any, image_key: str, where: str) -> Any:
@@ -309,6 +338,41 @@ class PretextStep:
             losses[name] = float(loss.detach())
             accuracies[name] = float(self.tasks[k].accuracy(output.detach(), targets))
         return StepResult(total, losses, accuracies)
+
+    def measure(
+        self,
+        x: Tensor,
+        generators: Sequence[torch.Generator],
+        autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    ) -> dict[str, tuple[Tensor, Any]]:
+        """Each task's loss and accuracy on ``x``, drawn from ``generators`` (not the training streams).
+
+        What a held-out evaluation measures (call it without gradients, the models in eval mode).
+
+        Args:
+            x: a batch ``(B, C, *spatial)``.
+            generators: one per task (seeded by the caller, so that an evaluation repeats).
+            autocast: the context the views and the models run in (e.g.
+                :meth:`Optimization.autocast`); losses are taken in fp32.
+
+        Returns:
+            ``{task name: (loss, accuracy)}``.
+
+        Examples:
+            >>> step = PretextStep(p3.models.ConvEncoder(2, widths=(4, 8)), p3.tasks.Rotation(2))
+            >>> with torch.no_grad():
+            ...     measured = step.measure(torch.randn(2, 1, 16, 16), [torch.Generator().manual_seed(0)])
+            >>> list(measured), measured["rotation"][0].shape
+            (['rotation'], torch.Size([]))
+        """
+        out = {}
+        for k, (name, task) in enumerate(zip(self.names, self.tasks, strict=True)):
+            with autocast():
+                views, targets = task(x, generators[k])
+                output = self.models[name](views).float()
+            loss = task.loss(output, targets, generator=generators[k])
+            out[name] = (loss, task.accuracy(output, targets))
+        return out
 
     def __call__(self, x: Tensor, step: int = 0, mode: str = "sum") -> StepResult:
         """Draw, run the task models and score in one call (no autocast, no DDP)."""
