@@ -132,6 +132,23 @@ def check_range(name: str, value: tuple[float, float], *, low: float = 0.0) -> t
     return float(value[0]), float(value[1])
 
 
+#: the one precision vocabulary of every config and loop
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_precision(name: str, precision: object) -> str:
+    """Check that ``precision`` is one of :data:`PRECISIONS` (``"auto"`` is resolved when a run starts).
+
+    Examples:
+        >>> check_precision("precision", "bf16")
+        'bf16'
+        >>> check_precision("precision", "bf16-mixed")
+        Traceback (most recent call last):
+        ValueError: precision must be one of ['auto', 'fp32', 'bf16', 'fp16'], got 'bf16-mixed'
+    """
+    return check_choice(name, precision, PRECISIONS)
+
+
 def check_device_name(name: str, device: object) -> str:
     """Check that ``device`` is a device name a config may hold, without needing the device here.
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pretext3d._atomic import atomic_path
-from pretext3d._checks import check_choice, check_device
+from pretext3d._checks import check_device, check_precision
 
 __all__ = [
     "Callback",
@@ -137,7 +137,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         >>> resolve_precision("auto", torch.device("cpu")), resolve_precision("bf16", torch.device("cpu"))
         ('fp32', 'bf16')
     """
-    check_choice("precision", precision, ("auto", "fp32", "bf16", "fp16"))
+    check_precision("precision", precision)
     if precision != "auto":
         return precision
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

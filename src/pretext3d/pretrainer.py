@@ -35,7 +35,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from pretext3d import engine
 from pretext3d._atomic import write_text
-from pretext3d._checks import check_choice, check_device_name, check_int, check_positive, check_unit_interval
+from pretext3d._checks import (
+    check_choice,
+    check_device_name,
+    check_int,
+    check_precision,
+    check_unit_interval,
+)
 from pretext3d.diagnostics import FeatureProbe, shortcut_score
 from pretext3d.models.io import save_encoder
 from pretext3d.provenance import environment, write_pretraining_record
@@ -156,16 +162,10 @@ class PretrainConfig:
                           ("num_workers", 0), ("eval_every", 1), ("log_every", 1),
                           ("checkpoint_every", 1), ("seed", 0), ("shortcut_check", 0)]:  # fmt: skip
             check_int(name, getattr(self, name), low)
-        check_choice("optimizer", self.optimizer, ("adamw", "adam", "sgd"))
-        check_choice("schedule", self.schedule, ("cosine", "constant"))
+        self.optim_settings()  # optimizer, schedule, lr, weight_decay, momentum, grad_clip
         check_choice("task_mode", self.task_mode, ("sum", "alternate"))
-        check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        check_positive("lr", self.lr)
+        check_precision("precision", self.precision)
         check_unit_interval("crop_min_std", self.crop_min_std, include_one=False)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        check_positive("momentum", self.momentum, allow_zero=True)
-        if self.grad_clip is not None:
-            check_positive("grad_clip", self.grad_clip)
         check_device_name("device", self.device)
 
     def optim_settings(self) -> OptimSettings:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d import engine
-from pretext3d._checks import check_choice, check_int, check_positive
+from pretext3d._checks import check_choice, check_int, check_positive, check_precision
 from pretext3d.engine import Callback
 from pretext3d.training import Optimization, OptimSettings
 
@@ -87,7 +87,7 @@ class TrainConfig:
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)  # <= 0 would zero or reverse the step
         check_choice("optimizer", self.optimizer, ("adam", "adamw"))
-        check_choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        check_precision("precision", self.precision)
         if not 0 <= self.min_epochs <= self.epochs:
             raise ValueError(f"min_epochs must lie in [0, epochs={self.epochs}], got {self.min_epochs}")
         if self.early_stopping_patience is not None:
