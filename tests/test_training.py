@@ -175,3 +175,17 @@ def test_create_task_and_encoder_by_name() -> None:
         p3.create_task("rotation", spatial_dims=2, rotation="plane4")
     with pytest.raises(ValueError, match="unknown encoder 'unte'; did you mean 'unet'"):
         p3.create_encoder("unte", spatial_dims=2)
+
+
+def test_a_reproduction_may_pretrain_two_variants_of_one_task() -> None:
+    config = p3.experiments.Reproduction(
+        tasks={
+            "jigsaw": TaskSpec(),
+            "jigsaw-0.1": TaskSpec("jigsaw", options={"jitter": 3, **p3.tasks.NO_DEFENCES}),
+        }
+    )
+    defended, plain = (config.tasks[m].build(3) for m in ("jigsaw", "jigsaw-0.1"))
+    assert isinstance(plain, p3.tasks.Jigsaw) and config.tasks["jigsaw-0.1"].label == "jigsaw-0.1"
+    assert defended.crop_scale is not None and plain.crop_scale is None
+    with pytest.raises(ValueError, match=r"tasks\[0\].crop applies to a reproduction's tasks"):
+        p3.experiments.Pretraining(tasks=[TaskSpec("rotation", crop=16)])

@@ -97,6 +97,8 @@ def test_the_pretext_curves_come_from_the_metrics_log(tmp_path: Path) -> None:
     ({"tasks": {}}, "tasks must name at least one pretext task"),
     ({"tasks": {"rotaton": {}}}, "unknown task 'rotaton'; did you mean 'rotation'?"),
     ({"tasks": {"rotation": {"crop": -1}}}, "crop must be an int >= 0"),
+    ({"tasks": {"rotation": {"weight": 0.5}}}, "tasks.rotation.weight = 0.5 has no meaning"),
+    ({"tasks": {"jigsaw-a": {"task": "jigsaw", "options": {"gird": 3}}}}, "did you mean 'grid'"),
     ({"threads": 0}, "threads must be an int >= 1"),
     ({"pretraining_seeds": 0}, "pretraining_seeds must be an int >= 1"),
     ({"output_dir": " "}, "output_dir must name a folder"),

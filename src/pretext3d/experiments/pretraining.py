@@ -87,6 +87,11 @@ class Pretraining:
             raise ValueError("output must name the encoder file to write, got ''")
         for i, spec in enumerate(self.specs()):
             spec.check(f"tasks[{i}].options" if self.tasks else "task_options")
+            if spec.crop is not None:
+                raise ValueError(
+                    f"tasks[{i}].crop applies to a reproduction's tasks; every task of one pretraining "
+                    "run sees the same crops: set pretrain.crop"
+                )
 
     def specs(self) -> list[TaskSpec]:
         """The tasks to train: ``tasks``, or the one ``task``."""

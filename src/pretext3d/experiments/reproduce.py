@@ -171,6 +171,11 @@ class Reproduction:
             if not spec.name:  # the table's key names the method (and the task, unless given)
                 spec = self.tasks[method] = dataclasses.replace(spec, name=method)
             spec.check(f"tasks.{method}.options")
+            if spec.weight != 1.0:
+                raise ValueError(
+                    f"tasks.{method}.weight = {spec.weight} has no meaning in a reproduction (each encoder "
+                    "is pretrained on one task); remove it"
+                )
         if not self.output_dir.strip():
             raise ValueError("output_dir must name a folder, got ''")
 
