@@ -76,8 +76,8 @@ fig = p3.viz.plot_images(images[picked], [f"grade {int(labels[i])}" for i in pic
 # %%
 pool = config.pretraining_data.unlabelled()
 photos = torch.stack([pool[i] for i in range(2)])
-for name, setting in config.tasks.items():
-    task = p3.registry.TASKS.get(name)(2, **setting.options)
+for setting in config.tasks.values():
+    task = setting.build(2)
     crop = config.pretrain.crop if setting.crop is None else setting.crop
     shown = random_crops(photos, (crop,) * 2, generator=0) if crop else photos
     p3.viz.plot_views(task, shown, generator=0)

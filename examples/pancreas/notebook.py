@@ -75,8 +75,8 @@ fig = p3.viz.plot_images(labels[:4, None].float(), [f"label of {c}" for c in cas
 # %%
 pool = config.pretraining_data.unlabelled()
 volumes = torch.stack([pool[i] for i in range(2)])
-for name, setting in config.tasks.items():
-    task = p3.registry.TASKS.get(name)(3, **setting.options)
+for setting in config.tasks.values():
+    task = setting.build(3)
     crop = config.pretrain.crop if setting.crop is None else setting.crop
     shown = random_crops(volumes, (crop,) * 3, generator=0) if crop else volumes
     p3.viz.plot_views(task, shown, generator=0)
