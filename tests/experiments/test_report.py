@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from pretext3d.experiments import (
     paper_curves,
     summarize,
+    write_report,
 )
 from tests.conftest import result_row
 
@@ -29,3 +31,31 @@ def test_summary_and_paper_curves() -> None:
     assert all(len(curve) == 5 for curve in fig4.values())
     with pytest.raises(ValueError, match="figure must be 'fig3' or 'fig4'"):
         paper_curves("fig5")
+
+
+def test_flagged_runs_are_listed_in_the_summary_and_marked_in_the_figures(tmp_path: Path) -> None:
+    rows = []
+    for split, (flag, best) in enumerate([(None, 5), ("epoch-0", 0), ("budget", 9)]):
+        for method in ("scratch", "rotation"):
+            row = result_row(method, 0.05, split, 0.1 * (split + 1))
+            row.update(
+                flag=flag if method == "scratch" else None,
+                best_epoch=best,
+                epochs_run=10,
+                converged=flag is None,
+                train={"lr": 0.001, "epochs": 10},
+                history=[{"val": 0.1}] * 10,
+                seconds=1.0,
+                pretraining_seed=0,
+            )
+            rows.append(row)
+    written = write_report(rows, tmp_path, "m", synthetic=True)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "2 of 6 runs are flagged" in summary
+    assert "| `scratch__p0__s1__r0__f0.05` | epoch-0 | 0 / 10 | m 0.200 |" in summary
+    assert "| `scratch__p0__s2__r0__f0.05` | budget | 9 / 10 | m 0.300 |" in summary
+    assert "1 never improved on their first epoch, 1 more ended at the budget" in summary
+    assert (tmp_path / "data_efficiency.png") in written
+    clean = [dict(r, flag=None, converged=True) for r in rows]
+    write_report(clean, tmp_path / "clean", "m", synthetic=True)
+    assert "No run is flagged" in (tmp_path / "clean" / "summary.md").read_text()

@@ -239,3 +239,31 @@ def test_encoders_pretrained_on_test_cases_are_refused(
 )
 def test_case_key_matches_loader_names(name: str) -> None:
     assert case_key(name) == "pancreas_001"
+
+
+def test_arms_with_different_step_budgets_are_refused_unless_asked_for() -> None:
+    train = TrainConfig(epochs=4, steps_per_epoch=10, batch_size=4, freeze_encoder_epochs=1)
+    with pytest.raises(ValueError, match=r"step budget .* = 80 images\) differs from train's \(160\)"):
+        DataEfficiencyConfig(
+            train=train, baseline_train=TrainConfig(epochs=4, steps_per_epoch=5, batch_size=4)
+        )
+    with pytest.raises(ValueError, match="differs from train's"):
+        DataEfficiencyConfig(
+            train=train, baseline_train=TrainConfig(epochs=4, steps_per_epoch=10, batch_size=2)
+        )
+    config = DataEfficiencyConfig(
+        train=train,
+        baseline_train=TrainConfig(epochs=4, steps_per_epoch=5, batch_size=4),
+        different_budgets=True,
+    )
+    assert config.different_budgets and config.settings_for(False).steps_per_epoch == 5
+    assert DataEfficiencyConfig(
+        train=train, baseline_train=TrainConfig(epochs=4, steps_per_epoch=20, batch_size=2)
+    )
+
+
+def test_run_flags() -> None:
+    from pretext3d.experiments.runner import run_flag
+
+    assert run_flag(0, False) == "epoch-0" and run_flag(0, None) is None  # no validation: nothing to judge
+    assert run_flag(4, False) == "budget" and run_flag(4, True) is None

@@ -195,6 +195,19 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert torch.equal(model[3].weight, snapshots[1])
 
 
+def test_a_run_that_never_improves_on_its_first_epoch_trains_to_the_budget() -> None:
+    model, _encoder, sample = _toy_problem()
+    for scores, expected in (([0.5, 0.4, 0.3, 0.2, 0.1, 0.0], 6), ([0.5, 0.6, 0.4, 0.3, 0.2, 0.1], 4)):
+        config = TrainConfig(epochs=6, steps_per_epoch=1, early_stopping_patience=2)
+        validate = iter(scores).__next__
+        trainer = Trainer(
+            model, nn.functional.cross_entropy, sample, config, validate=lambda m, v=validate: v()
+        )  # type: ignore[arg-type,misc]
+        # the old rule stopped the first after 3 epochs and called it converged
+        assert len(trainer.fit()) == expected
+    assert trainer.best_epoch == 1 and trainer.stopped_by_patience()
+
+
 def test_train_config_errors() -> None:
     with pytest.raises(ValueError, match=r"freeze_encoder_epochs must lie in \[0, epochs=2\]"):
         TrainConfig(epochs=2, freeze_encoder_epochs=3)

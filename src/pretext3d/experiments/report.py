@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pretext3d._atomic import write_text
+from pretext3d.experiments.runner import run_name
 from pretext3d.experiments.stats import holm, paired_differences
 from pretext3d.registry import TASKS
 
@@ -91,6 +92,15 @@ def _curves(ax: Any, rows: Sequence[dict[str, Any]], metric: str, label: str = "
                 [100 * x for x in xs], means, yerr=[0 if math.isnan(s) else s for s in sds],
                 marker="o", capsize=3, color=colour(method), label=label.format(method),
             )  # fmt: skip
+
+
+def _mark_flagged(ax: Any, rows: Sequence[dict[str, Any]], metric: str) -> None:
+    """Each flagged run's own test score as a ✗ in its method's colour."""
+    flagged = [r for r in rows if r.get("flag") and metric in r["test"]]
+    for r in flagged:
+        ax.plot(100 * r["fraction"], r["test"][metric], "x", ms=5, color=colour(r["method"]), alpha=0.8)
+    if flagged:
+        ax.plot([], [], "x", color="grey", label=f"flagged run ({len(flagged)})")
 
 
 def paper_curves(figure: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
@@ -178,6 +188,7 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
         best_epoch=row.get("best_epoch"),
         epochs_run=row.get("epochs_run"),
         converged=row.get("converged"),
+        flag=row.get("flag"),
         lr=row.get("train", {}).get("lr"),
         freeze_encoder_epochs=row.get("train", {}).get("freeze_encoder_epochs"),
         pretext_accuracy=row.get("pretext_accuracy"),
@@ -302,6 +313,34 @@ def _env(row: dict[str, Any]) -> dict[str, Any]:
     return env
 
 
+def _flag_counts(runs: Sequence[dict[str, Any]]) -> str:
+    failed = sum(r.get("flag") == "epoch-0" for r in runs)
+    budget = sum(r.get("flag") == "budget" for r in runs)
+    return f" ({failed} never improved on their first epoch, {budget} more ended at the budget)"
+
+
+def _flagged(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The summary's list of runs that failed to learn or ran out of budget."""
+    flagged = [r for r in rows if r.get("flag")]
+    if not flagged:
+        return ["No run is flagged: every run improved on its first epoch and stopped by patience.\n"]
+    lines = [
+        f"{len(flagged)} of {len(rows)} runs are flagged (✗ in the figures): `epoch-0`, the best validation "
+        "score is the first epoch's (the run never improved: a failed run, whatever its test score); "
+        "`budget`, still improving when the epochs ran out (not converged). Their scores are in every "
+        "table above; read rows that hold many with care.\n",
+        "| run | flag | best epoch / epochs run | test |",
+        "|---|---|---|---|",
+    ]
+    for r in flagged:
+        name = run_name(
+            r["method"], r["split_seed"], r["repetition"], r["fraction"], r.get("pretraining_seed", 0)
+        )
+        score = ", ".join(f"{k} {v:.3f}" for k, v in list(r["test"].items())[:1])
+        lines.append(f"| `{name}` | {r['flag']} | {r.get('best_epoch')} / {r.get('epochs_run')} | {score} |")
+    return [*lines, ""]
+
+
 def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -318,7 +357,7 @@ def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"{train.get('freeze_encoder_epochs')} epochs, at most {budget}, early stopping patience "
             f"{train.get('early_stopping_patience')} (not before epoch {train.get('min_epochs', 0)}); "
             + (
-                f"converged (stopped by patience) in {sum(known)} of {len(known)} runs"
+                f"converged (stopped by patience) in {sum(known)} of {len(known)} runs" + _flag_counts(runs)
                 if known
                 else "convergence not tracked (no patience set)"
             )
@@ -400,6 +439,8 @@ def write_report(
         f"Environment: pretext3d {env.get('pretext3d')}, torch {env.get('torch')}, commit(s) "
         f"{', '.join(sorted({str(_env(r).get('git_commit')) for r in rows}))}, device {env.get('device')}, "
         f"{env.get('threads')} threads.\n",
+        "## Flagged runs\n",
+        *_flagged(rows),
         f"## Paired differences against `{baseline}` (`{metric}`)\n",
         "Per split seed, the mean of (method − baseline) over runs with the same subset, "
         "initialisation and batch order; 95 % Student-t interval and paired t-test over split seeds. "
@@ -428,6 +469,7 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0][0]
     _curves(ax, rows, metric)
+    _mark_flagged(ax, rows, metric)
     ax.set_ylabel(f"test {metric}")
     ax.set_title("ours: mean ± sd over split seeds", fontsize=9)
     ax = axes[0][1]
@@ -480,7 +522,10 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
         for r in rows:
             if r["fraction"] == fraction:
                 scores = [h.get("val") for h in r.get("history", [])]
-                ax.plot(range(1, len(scores) + 1), scores, color=colour(r["method"]), alpha=0.35, lw=0.8)
+                style = "--" if r.get("flag") else "-"  # flagged runs dashed
+                ax.plot(
+                    range(1, len(scores) + 1), scores, style, color=colour(r["method"]), alpha=0.35, lw=0.8
+                )
         ax.set_title(f"{fraction:.0%} labelled", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -488,7 +533,7 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     methods = dict.fromkeys(r["method"] for r in rows)
     handles = [Line2D([], [], color=colour(m), label=m) for m in methods]
     axes[0][-1].legend(handles=handles, fontsize=6)
-    fig.suptitle(f"Validation score per epoch, every run. {note}", fontsize=10)
+    fig.suptitle(f"Validation score per epoch, every run (flagged runs dashed). {note}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=100)
     return [out / "data_efficiency.png", out / "learning_curves.png"]

@@ -68,9 +68,11 @@ __all__ = [
     "RunCell",
     "check_methods",
     "run_data_efficiency",
+    "run_flag",
     "run_name",
 ]
 
+_FLAG_NOTES = {"epoch-0": ", FAILED: never improved on its first epoch", "budget": ", NOT converged"}
 _POLL_SECONDS = 5.0  # how often a worker looks again at runs that other workers hold
 
 EncoderFiles = str | os.PathLike[str] | None | Sequence[str | os.PathLike[str]]
@@ -97,6 +99,9 @@ class DataEfficiencyConfig:
             convergence rule).
         transductive: allow encoders pretrained on validation or test images (the paper's
             setting); recorded in every row. Default: refuse them.
+        different_budgets: allow ``baseline_train`` a step budget (``epochs * steps_per_epoch *
+            batch_size`` images) other than ``train``'s; default: refuse it, since an arm with
+            more images seen wins for that reason alone.
 
     Examples:
         >>> config = DataEfficiencyConfig(
@@ -117,6 +122,7 @@ class DataEfficiencyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     baseline_train: TrainConfig | None = None
     transductive: bool = False
+    different_budgets: bool = False
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -152,6 +158,13 @@ class DataEfficiencyConfig:
                         f"convergence rule for every arm), got {getattr(base, name)} and "
                         f"{getattr(self.train, name)}"
                     )
+            budgets = [_budget(base), _budget(self.train)]
+            if budgets[0] != budgets[1] and not self.different_budgets:
+                raise ValueError(
+                    f"baseline_train's step budget (epochs x steps_per_epoch x batch_size = {budgets[0]} "
+                    f"images) differs from train's ({budgets[1]}): give every arm the same budget, or set "
+                    "experiment.different_budgets = true to compare unequal budgets on purpose (recorded)"
+                )
 
     @property
     def repetition_indices(self) -> tuple[int, ...]:
@@ -167,6 +180,27 @@ class DataEfficiencyConfig:
         if self.baseline_train is not None:
             return self.baseline_train
         return dataclasses.replace(self.train, freeze_encoder_epochs=0)
+
+
+def _budget(train: TrainConfig) -> int:
+    """Images one run may see: ``epochs * steps_per_epoch * batch_size``."""
+    return train.epochs * train.steps_per_epoch * train.batch_size
+
+
+def run_flag(best_epoch: int, converged: bool | None) -> str | None:
+    """What is wrong with a run's end, for the summary and the figures (``None``: nothing).
+
+    ``"epoch-0"``: its best validation score is its first epoch's (it never improved: a failed
+    run, whatever its test score); ``"budget"``: it ran out of epochs while still improving
+    (not converged).
+
+    Examples:
+        >>> run_flag(0, False), run_flag(7, False), run_flag(7, True), run_flag(3, None)
+        ('epoch-0', 'budget', None, None)
+    """
+    if best_epoch == 0 and converged is not None:
+        return "epoch-0"
+    return "budget" if converged is False else None
 
 
 def run_name(method: str, split_seed: int, repetition: int, fraction: float, pretraining: int = 0) -> str:
@@ -581,7 +615,7 @@ class DataEfficiencyGrid:
         self.log(
             f"{cell.name}: {metric} {row['test'][metric]:.3f} ({row['n_labelled']} labelled, "
             f"best epoch {row['best_epoch']}/{row['epochs_run']}"
-            f"{'' if row['converged'] is not False else ', NOT converged'}, {row['seconds']:.0f} s)"
+            f"{_FLAG_NOTES.get(row['flag'], '')}, {row['seconds']:.0f} s)"
         )
         return row
 
@@ -618,6 +652,11 @@ class DataEfficiencyGrid:
         summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], self.device)
         best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history) - 1
         patience = config.early_stopping_patience
+        converged = (
+            None
+            if patience is None or not val
+            else best_epoch > 0 and len(history) - 1 - best_epoch >= patience
+        )
         return {
             "n_labelled": len(subset),
             "labelled_cases": [ids[i] for i in subset],
@@ -628,8 +667,10 @@ class DataEfficiencyGrid:
             "best_val": trainer.best_score if val else None,
             "best_epoch": best_epoch,
             "epochs_run": len(history),
-            # converged: stopped because the validation score stopped improving, not by the budget
-            "converged": None if patience is None or not val else len(history) - 1 - best_epoch >= patience,
+            # converged: stopped because the validation score stopped improving after it had improved
+            # on the first epoch, not by the budget (see TrainConfig.early_stopping_patience)
+            "converged": converged,
+            "flag": run_flag(best_epoch, converged),
             "train": asdict(config),
             "history": history,
             "seconds": time.perf_counter() - start,

@@ -49,7 +49,11 @@ class TrainConfig:
             only) or ``"auto"`` (bf16 on a GPU that has it, else fp32), resolved when the run
             starts.
         early_stopping_patience: stop after this many epochs without a better validation
-            score (``None``: never); the best weights are restored at the end.
+            score (``None``: never); the best weights are restored at the end. Patience counts
+            from the first improvement on the first epoch's score: a run that has never improved
+            on its first epoch keeps training to the budget (and is flagged by the
+            data-efficiency runner), so a run that failed to start learning is never called
+            converged.
         min_epochs: never stop early before this many epochs. A segmentation network often
             predicts only background for its first epochs (validation Dice 0 while the loss
             still falls); counting patience from the start would stop it before it learns.
@@ -196,8 +200,7 @@ class Trainer:
         patience = self.config.early_stopping_patience
         with engine.progress(self.config.epochs, self.epoch, self.progress, "fine-tuning epochs") as bar:
             while self.epoch < self.config.epochs:
-                early = self.epoch >= self.config.min_epochs
-                if patience is not None and early and self._epochs_since_best() >= patience:
+                if patience is not None and self.stopped_by_patience():
                     break
                 record = self._epoch()
                 for callback in self.callbacks:
@@ -246,6 +249,28 @@ class Trainer:
         if not scores:
             return None
         return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+    def stopped_by_patience(self) -> bool:
+        """Whether early stopping ends the run now.
+
+        It does past ``min_epochs``, once the run has improved on its first epoch's score and then
+        gone ``early_stopping_patience`` epochs without a better one.
+
+        Examples:
+            >>> model = torch.nn.Linear(2, 2)
+            >>> scores = iter([0.5, 0.4, 0.3, 0.2])   # never better than the first epoch
+            >>> config = TrainConfig(epochs=4, steps_per_epoch=1, early_stopping_patience=1)
+            >>> sample = lambda g: (torch.randn(4, 2), torch.randint(0, 2, (4,)))
+            >>> trainer = Trainer(model, torch.nn.functional.cross_entropy, sample, config,
+            ...                   validate=lambda m: next(scores))
+            >>> len(trainer.fit()), trainer.best_epoch, trainer.stopped_by_patience()   # to the budget
+            (4, 0, False)
+        """
+        patience = self.config.early_stopping_patience
+        best = self.best_epoch
+        if patience is None or best is None or best == 0 or self.epoch < self.config.min_epochs:
+            return False
+        return self._epochs_since_best() >= patience
 
     def _epochs_since_best(self) -> int:
         best = self.best_epoch
