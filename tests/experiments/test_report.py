@@ -59,3 +59,17 @@ def test_flagged_runs_are_listed_in_the_summary_and_marked_in_the_figures(tmp_pa
     clean = [dict(r, flag=None, converged=True) for r in rows]
     write_report(clean, tmp_path / "clean", "m", synthetic=True)
     assert "No run is flagged" in (tmp_path / "clean" / "summary.md").read_text()
+
+
+def test_titles_name_the_seeds_and_the_overrides(tmp_path: Path) -> None:
+    from pretext3d.experiments import load_reproduction
+    from pretext3d.experiments.report import seeds_note
+
+    rows = [dict(result_row("a", 0.1, s, 0.5), pretraining_seed=p) for s in (0, 1, 2, 3, 9) for p in (0, 1)]
+    assert seeds_note(rows) == "split seeds 0-3, 9 (5); pretraining seeds 0, 1; repetitions 0"
+    toml = tmp_path / "r.toml"
+    toml.write_text('name = "pancreas, quick mode"\n')
+    assert load_reproduction(toml).name == "pancreas, quick mode"
+    overridden = load_reproduction(toml, ["experiment.split_seeds=[10, 11]", 'output_dir="x"'])
+    assert overridden.name == "pancreas, quick mode [overrides: experiment.split_seeds=[10, 11]]"
+    assert load_reproduction(toml, ['name="mine"', "held_out=2"]).name == "mine"

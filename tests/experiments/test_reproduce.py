@@ -136,3 +136,37 @@ def test_encoder_files_say_what_wrote_them(tmp_path: Path) -> None:
     assert info["format"] == "pretext3d-encoder-v1" and info["pretext3d_version"] == p3.__version__
     assert info["encoder"] == "unet" and info["config"]["widths"] == (4, 8)
     assert info["parameters"] == sum(v.numel() for v in encoder.state_dict().values())
+
+
+def test_the_positive_control_is_pretrained_with_labels_on_cases_of_its_own(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_reproduction(_tiny(out, positive_control=6), progress=False, log=lambda _: None)
+    rows = read_runs(out)
+    assert {r["method"] for r in rows} == {"scratch", "rotation", "supervised"}
+    record = p3.provenance.read_pretraining_record(out / "encoders" / "supervised_p0.pt")
+    assert record is not None and record["positive_control"] and len(record["pretraining_cases"]) == 6
+    labelled = {c for r in rows for c in r["labelled_cases"] + r["test_cases"]["case_id"]}
+    assert not labelled & set(record["pretraining_cases"])  # separate cases, so the leak check passes
+    assert p3.models.encoder_name(out / "encoders" / "supervised_p0.pt") == "unet"
+    assert "## Positive control" in (out / "summary.md").read_text()
+    with pytest.raises(ConfigError, match="positive_control applies to the phantom data"):
+        from_mapping(Reproduction, {"data": {"kind": "task07", "path": "x"}, "positive_control": 4})
+
+
+@pytest.mark.parametrize(("lead", "verdict"), [(0.2, "beats `scratch` at 5% labels"), (0.0, "does not beat")])
+def test_the_summary_says_whether_the_positive_control_transfers(
+    tmp_path: Path, lead: float, verdict: str
+) -> None:
+    from tests.conftest import result_row
+
+    rows = []
+    for split in range(4):
+        for method, value in (("scratch", 0.3 + 0.01 * split), ("supervised", 0.3 + lead + 0.02 * split)):
+            row = result_row(method, 0.05, split, value)
+            row.update(seconds=1.0, pretraining_seed=0, train={}, history=[])
+            rows.append(row)
+    p3.experiments.write_report(rows, tmp_path, "m", synthetic=True)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Positive control" in summary and verdict in summary
+    if lead == 0.0:
+        assert "say nothing about the pretext tasks" in summary

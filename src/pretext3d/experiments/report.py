@@ -28,7 +28,15 @@ from pretext3d.experiments.runner import run_name
 from pretext3d.experiments.stats import holm, paired_differences
 from pretext3d.registry import TASKS
 
-__all__ = ["PAPER_METRICS", "paper_curves", "read_runs", "summarize", "summary_table", "write_report"]
+__all__ = [
+    "PAPER_METRICS",
+    "paper_curves",
+    "read_runs",
+    "seeds_note",
+    "summarize",
+    "summary_table",
+    "write_report",
+]
 
 # One colour per method, shared by our curve and the paper's (the paper's "baseline" is our "scratch").
 _BASELINE_COLOUR = "black"
@@ -69,13 +77,13 @@ _SOURCES = {
 # What the paper's number is, beside ours in the third panel of data_efficiency.png.
 _PAPER_NOTES = {
     "pooled_mean_dice_3class": (
-        "solid: ours; dashed: Taleb et al. 2020 Fig. 3 (REAL Task07, read off the figure).\n"
-        "Metric of both: voxels pooled over all test cases, mean Dice of background,\n"
+        "Taleb et al. 2020 Fig. 3 (REAL Task07, read off the figure).\n"
+        "Metric: voxels pooled over all test cases, mean Dice of background,\n"
         "pancreas and tumour (background Dice near 1 lifts it above per-case Dice)"
     ),
     "qwk": (
-        "solid: ours; dashed/dotted: Taleb et al. 2020 Fig. 4 (REAL APTOS 2019,\n"
-        "read off the figure). Metric of both: quadratic weighted kappa over the test images"
+        "Taleb et al. 2020 Fig. 4 (REAL APTOS 2019, read off the figure;\n"
+        "dashed: pretrained on UK Biobank, dotted: on APTOS). Metric: quadratic weighted kappa"
     ),
 }
 _NOT_COMPARABLE = "\nOurs: SYNTHETIC phantoms, not comparable in value"
@@ -313,6 +321,60 @@ def _env(row: dict[str, Any]) -> dict[str, Any]:
     return env
 
 
+def _seed_list(seeds: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    runs: list[list[int]] = []
+    for seed in sorted(set(seeds)):
+        if runs and runs[-1][-1] == seed - 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def seeds_note(rows: Sequence[dict[str, Any]]) -> str:
+    """Which seeds a report's rows come from, for its titles.
+
+    Examples:
+        >>> seeds_note([{"split_seed": s, "pretraining_seed": 0, "repetition": 0} for s in (0, 1, 2, 7)])
+        'split seeds 0-2, 7 (4); pretraining seeds 0; repetitions 0'
+    """
+    splits = [int(r["split_seed"]) for r in rows]
+    pretraining = [int(r.get("pretraining_seed", 0)) for r in rows]
+    repetitions = [int(r.get("repetition", 0)) for r in rows]
+    return (
+        f"split seeds {_seed_list(splits)} ({len(set(splits))}); "
+        f"pretraining seeds {_seed_list(pretraining)}; repetitions {_seed_list(repetitions)}"
+    )
+
+
+def _control_verdict(
+    rows: Sequence[dict[str, Any]], metric: str, baseline: str, control: str | None
+) -> list[str]:
+    """The summary's positive-control paragraph (none without the control)."""
+    mine = [c for c in paired_differences(rows, metric, baseline) if c.method == control]
+    if not mine:
+        return []
+    first = min(mine, key=lambda c: c.fraction)
+    numbers = (
+        f"Δ {metric} {first.mean:+.3f} [{first.low:+.3f}, {first.high:+.3f}], ahead on {first.wins} of "
+        f"{len(first.differences)} split seeds"
+    )
+    what = f"The positive control (`{control}`: the encoder of a model trained with labels on separate cases)"
+    if not math.isnan(first.low) and first.low > 0:
+        text = (
+            f"{what} beats `{baseline}` at {first.fraction:.0%} labels ({numbers}): the protocol can "
+            "transfer pretrained features, and the pretext rows can be read against it."
+        )
+    else:
+        text = (
+            f"**{what} does not beat `{baseline}` at {first.fraction:.0%} labels** ({numbers}): this "
+            "protocol cannot show that it transfers pretrained features, so the pretext rows say nothing "
+            "about the pretext tasks."
+        )
+    return ["## Positive control\n", text + "\n"]
+
+
 def _flag_counts(runs: Sequence[dict[str, Any]]) -> str:
     failed = sum(r.get("flag") == "epoch-0" for r in runs)
     budget = sum(r.get("flag") == "budget" for r in runs)
@@ -378,6 +440,7 @@ def write_report(
     synthetic: bool,
     baseline: str = "scratch",
     title: str = "Data efficiency",
+    control: str | None = "supervised",
 ) -> list[Path]:
     """Write the report files (see the module docstring).
 
@@ -390,6 +453,9 @@ def write_report(
         synthetic: the data are the built-in phantoms.
         baseline: the method the others are compared against.
         title: the summary's and the figures' title.
+        control: the positive control's method (an encoder pretrained with labels); when the rows
+            hold it, the summary says whether it beats ``baseline`` at the smallest fraction, and
+            if it does not, that the protocol cannot show a transfer.
 
     Returns:
         The files written.
@@ -429,6 +495,7 @@ def write_report(
     splits = sorted({r["split_seed"] for r in rows})
     summary = [
         f"# {title}\n\n{note}\n",
+        f"Seeds: {seeds_note(rows)}.\n",
         f"Test metrics over {len(splits)} split seed(s) {splits}: runs of one split seed (repetitions, "
         "pretraining seeds) are averaged first; ± is the sd between split seeds (n/a for one).\n",
         "## Protocol\n",
@@ -439,6 +506,7 @@ def write_report(
         f"Environment: pretext3d {env.get('pretext3d')}, torch {env.get('torch')}, commit(s) "
         f"{', '.join(sorted({str(_env(r).get('git_commit')) for r in rows}))}, device {env.get('device')}, "
         f"{env.get('threads')} threads.\n",
+        *_control_verdict(rows, metric, baseline, control),
         "## Flagged runs\n",
         *_flagged(rows),
         f"## Paired differences against `{baseline}` (`{metric}`)\n",
@@ -452,7 +520,7 @@ def write_report(
     summary += [summary_table(rows, m) + "\n" for m in metrics]
     write_text(out / "summary.md", "\n".join(summary))
     written.append(out / "summary.md")
-    written += _plots(rows, out, metric, f"{title}: {note}", baseline)
+    written += _plots(rows, out, metric, f"{title}: {note}\n{seeds_note(rows)}", baseline)
     return written
 
 
@@ -463,9 +531,9 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     except ImportError:
         return []
     comparable = next((m for m in PAPER_METRICS if rows and m in rows[0]["test"]), None)
-    panels = 2 + (comparable is not None)
+    panels = 2 + 2 * (comparable is not None)
     width = 5.2 * panels + (2.5 if comparable is not None else 0)  # room for the paper's legend
-    fig = Figure(figsize=(width, 4.3))
+    fig = Figure(figsize=(width, 4.6))
     axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0][0]
     _curves(ax, rows, metric)
@@ -484,10 +552,14 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel(f"paired Δ {metric} vs {baseline}")
     ax.set_title("ours: paired difference, 95 % CI over split seeds", fontsize=9)
-    if comparable is not None:
+    if comparable is not None:  # ours on the paper's metric, then the paper's numbers on axes of their own
         ax = axes[0][2]
+        _curves(ax, rows, comparable)
+        _mark_flagged(ax, rows, comparable)
+        ax.set_ylabel(f"test {comparable}")
+        ax.set_title(f"ours: the paper's metric ({comparable})", fontsize=9)
+        ax = axes[0][3]
         figure = PAPER_METRICS[comparable][0]
-        _curves(ax, rows, comparable, label="ours: {}")
         sources = list(dict.fromkeys(src for (_, src) in paper_curves(figure)))
         for (method, source), curve in paper_curves(figure).items():
             ax.plot(
@@ -498,12 +570,14 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
                 ms=4,
                 lw=0.9,
                 color=colour(method),
-                label=f"paper: {method} ({_SOURCES.get(source, source)})",
+                label=f"{method} ({_SOURCES.get(source, source)})",
             )
-        ax.set_ylabel(f"test {comparable}")
+        ax.set_ylabel(f"paper: test {comparable}")
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         caveat = _NOT_COMPARABLE if "SYNTHETIC" in note else ""
-        ax.set_title(_PAPER_NOTES[comparable] + caveat, fontsize=7)
+        ax.set_title(
+            "the paper's numbers (real data), not ours\n" + _PAPER_NOTES[comparable] + caveat, fontsize=7
+        )
     for ax in axes[0]:
         ax.set_xscale("log")
         ax.set_xticks([5, 10, 25, 50, 100], labels=["5", "10", "25", "50", "100"])

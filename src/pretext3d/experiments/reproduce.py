@@ -33,7 +33,6 @@ from pretext3d import engine
 from pretext3d._atomic import write_text
 from pretext3d._checks import check_device_name, check_int
 from pretext3d.config import from_mapping, load_toml, merge_override, parse_override
-from pretext3d.data.phantoms import ct_phantom_batch, fundus_phantom_batch
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
 from pretext3d.experiments.pretraining import Pretraining, pretrain_encoder
@@ -45,8 +44,10 @@ from pretext3d.experiments.runner import (
     LabelledCases,
     check_unchanged,
 )
+from pretext3d.finetune.trainer import Trainer
+from pretext3d.models.io import save_encoder
 from pretext3d.pretrainer import PretrainConfig
-from pretext3d.provenance import environment, read_pretraining_record
+from pretext3d.provenance import environment, read_pretraining_record, write_pretraining_record
 from pretext3d.registry import TASKS
 from pretext3d.training import TaskSpec
 
@@ -86,6 +87,12 @@ class Reproduction:
             CT, a linear patch probe of the pancreas; fundus, a linear probe of the grade), run
             on the random encoder and every ``pretrain.eval_every`` steps and drawn in the
             pretraining figure; phantom data only; ``0``: none.
+        positive_control: labelled phantoms of their own seeds (never a case of the splits, nor
+            of the probe) on which the recipe's model is trained *with labels*, one per
+            pretraining seed; its encoder is the method ``supervised``, a positive control: if it
+            does not beat scratch at the smallest fraction, the protocol cannot show a transfer
+            and the pretext rows mean nothing (the summary says which). Phantom data only; ``0``:
+            no control.
         tasks: method name -> how its encoder is pretrained (:class:`~pretext3d.training.TaskSpec`:
             ``task``, the registered task, defaults to the method name; ``options``; ``crop``,
             the edge of the random crop of this task, default ``pretrain.crop``); each becomes a
@@ -130,6 +137,7 @@ class Reproduction:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     pretraining_seeds: int = 1
     probe_images: int = 0
+    positive_control: int = 0
     tasks: dict[str, TaskSpec] = field(default_factory=_every_task)
     segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
     grading: GradingRecipe = field(default_factory=GradingRecipe)
@@ -159,6 +167,13 @@ class Reproduction:
                 "probe_images applies to the phantom data (it draws labelled phantoms of their own); "
                 f"data.kind={self.data.kind!r}: set probe_images = 0"
             )
+        if check_int("positive_control", self.positive_control, 0) and not self.data.synthetic:
+            raise ValueError(
+                "positive_control applies to the phantom data (it draws labelled phantoms of their own); "
+                f"data.kind={self.data.kind!r}: set positive_control = 0"
+            )
+        if "supervised" in self.tasks and self.positive_control:
+            raise ValueError("tasks must not name a method 'supervised' beside positive_control (its name)")
         if 0 < self.probe_images < 4:
             raise ValueError(
                 f"probe_images must be 0 or at least 4 (half to fit, half to score), got {self.probe_images}"
@@ -188,6 +203,9 @@ class Reproduction:
 def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Reproduction:
     """Read a reproduction config (TOML), with ``KEY=VALUE`` overrides as ``--set`` takes them.
 
+    The overrides (but ``output_dir``) are appended to the config's ``name``, unless one sets the
+    name, so that every title of the report says the run was not the file's.
+
     Raises:
         ConfigError: an unreadable file, an unknown key (with the nearest valid one), or a
             value of the wrong type or range.
@@ -199,11 +217,14 @@ def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = (
         ... crop = 32''')
         >>> config = load_reproduction("repro.toml", overrides=["pretrain.steps=50"])
         >>> config.name, list(config.tasks), config.tasks["rotation"].crop, config.pretrain.steps
-        ('pancreas', ['rotation'], 32, 50)
+        ('pancreas [overrides: pretrain.steps=50]', ['rotation'], 32, 50)
     """
     values = load_toml(Path(path))
     for item in overrides:
         merge_override(values, *parse_override(item))
+    shown = [o.strip() for o in overrides if not o.strip().startswith("output_dir=")]
+    if shown and not any(o.startswith("name=") for o in shown):
+        values["name"] = f"{values.get('name', Reproduction.name)} [overrides: {', '.join(shown)}]"
     return from_mapping(Reproduction, values)
 
 
@@ -252,10 +273,9 @@ def probe_for(data: DataSpec, count: int, every: int) -> FeatureProbe:
     """
     if not data.synthetic:
         raise ValueError(f"probe_for draws phantoms; data.kind={data.kind!r} is not a phantom")
-    if data.spatial_dims == 3:
-        images, labels = ct_phantom_batch(count, size=data.size, seed=data.seed + 7919)
+    images, labels, _ = dataclasses.replace(data, count=count, seed=data.seed + 7919).labelled()
+    if labels.ndim > 1:  # label maps, or grades: what the data kind's labels are
         return FeatureProbe(images, labels, task="segmentation", every=every)
-    images, labels = fundus_phantom_batch(count, size=data.size, seed=data.seed + 7919)
     return FeatureProbe(images, labels, task="classification", every=every)
 
 
@@ -360,6 +380,11 @@ def run_reproduction(
             log(f"{encoder.name}: held-out pretext accuracy {_fmt(accuracy)}")
             files.append(str(encoder))
         methods[task] = files
+    if config.positive_control:
+        methods["supervised"] = [
+            str(_positive_control(config, k, out / "encoders" / f"supervised_p{k}.pt", device, log))
+            for k in range(config.pretraining_seeds)
+        ]
     pretrained = time.perf_counter()
     cases = LabelledCases(*config.data.labelled(), info=asdict(config.data), synthetic=config.data.synthetic)
     rows = DataEfficiencyGrid(recipe, cases, methods, config.experiment, out, device=device, log=log).run(
@@ -390,6 +415,48 @@ def run_reproduction(
     threads = f"{torch.get_num_threads()} CPU thread" + ("s" if torch.get_num_threads() != 1 else "")
     log(f"results folder: {out}  ({info['seconds']['total']:.0f} s, {threads})")
     return out
+
+
+def _positive_control(
+    config: Reproduction, k: int, encoder_file: Path, device: torch.device, log: Callable[[str], None]
+) -> Path:
+    """The positive control's encoder: the recipe's model trained with labels on phantoms of their own.
+
+    ``config.positive_control`` labelled cases of the data's kind, drawn from seed
+    ``data.seed + 104_729 + k`` (no case of the splits or the probe), trained with the grid's own
+    fine-tuning settings (no freeze, no early stopping: no validation set), seeded by
+    ``pretrain.seed + k``; its record lists the cases, so the runner's leak check covers it.
+    """
+    if read_pretraining_record(encoder_file) is not None and encoder_file.exists():
+        return encoder_file
+    recipe, data = config.recipe, config.data
+    control = dataclasses.replace(data, count=config.positive_control, seed=data.seed + 104_729 + k)
+    images, labels, ids = control.labelled()
+    seed = config.pretrain.seed + k
+    train = dataclasses.replace(
+        config.experiment.train,
+        freeze_encoder_epochs=0,
+        early_stopping_patience=None,
+        min_epochs=0,
+        seed=seed,
+    )
+    log(f"pretraining the positive control with labels (pretraining seed {k}) -> {encoder_file}")
+    torch.manual_seed(seed)
+    model, encoder = recipe.build(images.shape[1], None)
+    cases = list(range(len(images)))
+    trainer = Trainer(
+        model, recipe.loss(), lambda g: recipe.sample(images, labels, cases, train.batch_size, g), train,
+        checkpoint=encoder_file.with_name(encoder_file.name + ".checkpoint"), device=device,
+    )  # fmt: skip
+    history = trainer.fit()
+    save_encoder(encoder, encoder_file)
+    write_pretraining_record(
+        encoder_file, case_ids=ids, task="supervised", tasks=["supervised"], positive_control=True,
+        synthetic=data.synthetic, pretext_accuracy=None, train=dataclasses.asdict(train),
+        final_loss=history[-1]["loss"], reproduction=config.name,
+    )  # fmt: skip
+    encoder_file.with_name(encoder_file.name + ".checkpoint").unlink(missing_ok=True)
+    return encoder_file
 
 
 def _pretraining(config: Reproduction, spec: TaskSpec, k: int, output: str, progress: bool) -> Pretraining:
