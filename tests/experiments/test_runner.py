@@ -267,3 +267,26 @@ def test_run_flags() -> None:
 
     assert run_flag(0, False) == "epoch-0" and run_flag(0, None) is None  # no validation: nothing to judge
     assert run_flag(4, False) == "budget" and run_flag(4, True) is None
+
+
+def test_the_learning_rate_search_chooses_on_validation_for_every_arm(tmp_path: Path) -> None:
+    images, grades = p3.data.fundus_phantom_batch(24, size=32, seed=3)
+    train = TrainConfig(
+        epochs=2, steps_per_epoch=2, batch_size=4, freeze_encoder_epochs=1, encoder_lr_factor=0.5
+    )
+    config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=train, lr_search=(1e-4, 3e-3))
+    assert config.settings_for(False).encoder_lr_factor == 1.0  # the random encoder is not slowed
+    rows = run_data_efficiency(SMALL_GRADING, images, grades, {"scratch": None}, config, tmp_path,
+                               progress=False, log=lambda _: None)  # fmt: skip
+    search = rows[0]["lr_search"]
+    assert [c["lr"] for c in search] == [1e-4, 3e-3] and sum(c["chosen"] for c in search) == 1
+    chosen = next(c for c in search if c["chosen"])
+    assert chosen["best_val"] == max(c["best_val"] for c in search) == rows[0]["best_val"]
+    assert rows[0]["train"]["lr"] == chosen["lr"]
+    assert not list((tmp_path / "checkpoints").iterdir())  # the candidates' files are gone
+    write_report(rows, tmp_path, "qwk", synthetic=True)
+    assert "lr chosen on validation from [0.0001, 0.003] in each run" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ValueError, match="lr_search chooses on validation cases"):
+        DataEfficiencyConfig(lr_search=(1e-3,), val_fraction=0.0)
+    with pytest.raises(ValueError, match="distinct learning rates > 0"):
+        DataEfficiencyConfig(lr_search=(1e-3, 1e-3))

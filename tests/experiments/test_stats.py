@@ -35,3 +35,20 @@ def test_paired_differences_by_hand() -> None:
     )
     (one,) = paired_differences([result_row("scratch", 0.1, 0, 0.5), result_row("pre", 0.1, 0, 0.7)], "m")
     assert one.mean == pytest.approx(0.2) and math.isnan(one.low) and math.isnan(one.p_value)
+
+
+def test_detectable_difference_is_the_holm_threshold_of_a_paired_t_test() -> None:
+    from pretext3d.experiments import PairedComparison, detectable_difference
+
+    diffs = tuple([1.0, -1.0] * 10)  # 20 split seeds, sd = sqrt(20/19)
+    row = PairedComparison("rotation", 0.05, diffs, 0.0, -1.0, 1.0, 1.0, 10)
+    sd = math.sqrt(20 / 19)
+    # t(0.975, 19) = 2.093 (tables): one row tested alone
+    assert detectable_difference(row, tests=1) == pytest.approx(2.093 * sd / math.sqrt(20), abs=1e-3)
+    # 25 rows: t(1 - 0.001, 19) = 3.579 (tables)
+    assert detectable_difference(row, tests=25) == pytest.approx(3.579 * sd / math.sqrt(20), abs=2e-3)
+    assert math.isnan(
+        detectable_difference(PairedComparison("r", 0.05, (0.1,), 0.1, math.nan, math.nan, math.nan, 1), 5)
+    )
+    with pytest.raises(ValueError, match="tests must be >= 1"):
+        detectable_difference(row, tests=0)

@@ -213,3 +213,20 @@ def test_train_config_errors() -> None:
         TrainConfig(epochs=2, freeze_encoder_epochs=3)
     with pytest.raises(ValueError, match=r"optimizer must be one of \['adam', 'adamw'\], got 'sgd'"):
         TrainConfig(optimizer="sgd")  # type: ignore[arg-type]
+
+
+def test_discriminative_learning_rates_move_the_encoder_by_its_factor() -> None:
+    model, encoder, sample = _toy_problem()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = TrainConfig(epochs=1, steps_per_epoch=1, lr=0.01, encoder_lr_factor=0.1, grad_clip=None)
+    trainer = Trainer(model, nn.functional.cross_entropy, sample, config, encoder=encoder)  # type: ignore[arg-type]
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.01, pytest.approx(0.001)]
+    trainer.fit()
+    # Adam's first step moves every parameter by about lr (its update is lr * g / (|g| + eps))
+    conv = float((model[0][0].weight - before["0.0.weight"]).abs().max())
+    head = float((model[3].weight - before["3.weight"]).abs().max())
+    assert conv == pytest.approx(0.001, rel=1e-3) and head == pytest.approx(0.01, rel=1e-3)
+    with pytest.raises(ValueError, match=r"encoder_lr_factor=0\.1 needs the encoder"):
+        Trainer(model, nn.functional.cross_entropy, sample, config)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="encoder_lr_factor"):
+        TrainConfig(encoder_lr_factor=0.0)

@@ -25,7 +25,7 @@ from pretext3d.experiments.runner import (
     run_data_efficiency,
     run_name,
 )
-from pretext3d.experiments.stats import PairedComparison, holm, paired_differences
+from pretext3d.experiments.stats import PairedComparison, detectable_difference, holm, paired_differences
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "Split",
     "check_methods",
     "data_efficiency",
+    "detectable_difference",
     "finetune",
     "holm",
     "load_reproduction",

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from pretext3d._atomic import write_text
 from pretext3d.experiments.runner import run_name
-from pretext3d.experiments.stats import holm, paired_differences
+from pretext3d.experiments.stats import detectable_difference, holm, paired_differences
 from pretext3d.registry import TASKS
 
 __all__ = [
@@ -302,16 +303,17 @@ def _paired_table(rows: Sequence[dict[str, Any]], metric: str, baseline: str) ->
         return f"No method to compare with `{baseline}`."
     adjusted = holm([c.p_value for c in comparisons])
     lines = [
-        f"| method − {baseline} | fraction | mean Δ | 95 % CI | p (paired t) | p (Holm, all rows) | ahead on "
-        "| per split seed |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| method − {baseline} | fraction | mean Δ | 95 % CI | p (paired t) | p (Holm, all rows) "
+        "| detectable Δ (Holm) | ahead on | per split seed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c, p_holm in zip(comparisons, adjusted, strict=True):
         ci = "n/a" if math.isnan(c.low) else f"[{c.low:+.3f}, {c.high:+.3f}]"
         each = " ".join(f"{d:+.3f}" for d in c.differences)
+        detectable = detectable_difference(c, tests=len(comparisons))
         lines.append(
             f"| {c.method} | {c.fraction:.0%} | {c.mean:+.3f} | {ci} | {_num(c.p_value)} | {_num(p_holm)} "
-            f"| {c.wins}/{c.n} | {each} |"
+            f"| {'n/a' if math.isnan(detectable) else f'±{detectable:.3f}'} | {c.wins}/{c.n} | {each} |"
         )
     return "\n".join(lines)
 
@@ -414,8 +416,20 @@ def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"{train.get('epochs')} epochs × {train.get('steps_per_epoch')} steps "
             f"× batch {train.get('batch_size')}"
         )
+        searched = [r["lr_search"] for r in runs if r.get("lr_search")]
+        lr = f"lr {train.get('lr')}"
+        if searched:
+            chosen = Counter(c["lr"] for search in searched for c in search if c["chosen"])
+            tried = [c["lr"] for c in searched[0]]
+            lr = (
+                f"lr chosen on validation from {tried} in each run (chosen: "
+                + ", ".join(f"{k:g} in {v}" for k, v in sorted(chosen.items()))
+                + ")"
+            )
+        factor = train.get("encoder_lr_factor", 1.0)
+        lr += f", encoder at {factor:g} x lr" if factor != 1.0 else ""
         lines.append(
-            f"- `{method}`: lr {train.get('lr')}, encoder frozen for the first "
+            f"- `{method}`: {lr}, encoder frozen for the first "
             f"{train.get('freeze_encoder_epochs')} epochs, at most {budget}, early stopping patience "
             f"{train.get('early_stopping_patience')} (not before epoch {train.get('min_epochs', 0)}); "
             + (
@@ -513,7 +527,10 @@ def write_report(
         "Per split seed, the mean of (method − baseline) over runs with the same subset, "
         "initialisation and batch order; 95 % Student-t interval and paired t-test over split seeds. "
         "The intervals and the plain p-values are per row: with many rows some reach p < 0.05 by "
-        "chance; the Holm-adjusted p-values account for testing every row.\n",
+        "chance; the Holm-adjusted p-values account for testing every row. *Detectable Δ* is the smallest "
+        "mean difference the row could have called significant after Holm (at its strictest step, "
+        "α = 0.05 / rows, given the row's spread over split seeds): a true effect below it cannot be a "
+        "finding of this grid.\n",
         _paired_table(rows, metric, baseline) + "\n",
         "## Test metrics\n",
     ]

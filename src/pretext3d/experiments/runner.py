@@ -93,12 +93,17 @@ class DataEfficiencyConfig:
         train: fine-tuning settings of the pretrained encoders (may freeze the encoder first).
             Its ``seed`` feeds the initialisation and batch-order streams of every method.
         baseline_train: the from-scratch baseline's settings; ``None``: ``train`` with
-            ``freeze_encoder_epochs=0``. It may differ (its own tuned learning rate, say),
+            ``freeze_encoder_epochs=0`` and ``encoder_lr_factor=1`` (a random encoder is neither
+            frozen nor slowed). It may differ (its own tuned learning rate, say),
             but never freezes, and must have the same ``seed``, ``epochs``,
             ``early_stopping_patience`` and ``min_epochs`` as ``train`` (same budget, same
             convergence rule).
         transductive: allow encoders pretrained on validation or test images (the paper's
             setting); recorded in every row. Default: refuse them.
+        lr_search: learning rates to try in every run, baseline and pretrained arms alike; each
+            run keeps the one with the best validation score (the test set is never looked at)
+            and records every candidate's (``row["lr_search"]``); empty: ``train.lr`` (and
+            ``baseline_train.lr``) as given. Costs one fine-tuning per candidate.
         different_budgets: allow ``baseline_train`` a step budget (``epochs * steps_per_epoch *
             batch_size`` images) other than ``train``'s; default: refuse it, since an arm with
             more images seen wins for that reason alone.
@@ -123,9 +128,11 @@ class DataEfficiencyConfig:
     baseline_train: TrainConfig | None = None
     transductive: bool = False
     different_budgets: bool = False
+    lr_search: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         """Check the values."""
+        self._check_lr_search()
         reps = self.repetition_indices
         if not reps or min(reps) < 0 or len(set(reps)) != len(reps):
             raise ValueError(
@@ -166,6 +173,14 @@ class DataEfficiencyConfig:
                     "experiment.different_budgets = true to compare unequal budgets on purpose (recorded)"
                 )
 
+    def _check_lr_search(self) -> None:
+        lrs = self.lr_search
+        numbers = all(isinstance(lr, (int, float)) and not isinstance(lr, bool) for lr in lrs)
+        if not numbers or any(not 0 < lr < math.inf for lr in lrs) or len(set(lrs)) != len(lrs):
+            raise ValueError(f"lr_search must hold distinct learning rates > 0, got {lrs}")
+        if lrs and self.val_fraction <= 0:
+            raise ValueError("lr_search chooses on validation cases: set val_fraction > 0")
+
     @property
     def repetition_indices(self) -> tuple[int, ...]:
         """The repetitions the grid runs."""
@@ -179,7 +194,12 @@ class DataEfficiencyConfig:
             return self.train
         if self.baseline_train is not None:
             return self.baseline_train
-        return dataclasses.replace(self.train, freeze_encoder_epochs=0)
+        return dataclasses.replace(self.train, freeze_encoder_epochs=0, encoder_lr_factor=1.0)
+
+
+def _score(value: float | None) -> float:
+    """A validation score for ranking (``None`` or NaN: the worst)."""
+    return -math.inf if value is None or math.isnan(value) else value
 
 
 def _budget(train: TrainConfig) -> int:
@@ -585,14 +605,15 @@ class DataEfficiencyGrid:
         subsets = nested_subsets(split.train, self.config.fractions, seeds.subset, strata=pool_strata)
         encoder_file = self.encoders[cell.method][cell.pretraining]
         train = dataclasses.replace(self.config.settings_for(encoder_file is not None), seed=seeds.order)
-        checkpoint = self.out / "checkpoints" / f"{cell.name}.pt"
 
         def on_epoch(record: Mapping[str, Any]) -> None:  # the bar moves within a run too
             if bar is not None:
                 val = f", val {record['val']:.3f}" if "val" in record else ""
                 bar.set_postfix_str(f"{cell.name}: epoch {record['epoch'] + 1}/{train.epochs}{val}")
 
-        row = self._finetune(encoder_file, subsets[cell.fraction], split, train, seeds, checkpoint, on_epoch)
+        row = self._search(cell, train, lambda trial, path: self._finetune(
+            encoder_file, subsets[cell.fraction], split, trial, seeds, path, on_epoch
+        ))  # fmt: skip
         info = self.settings["methods"][cell.method][cell.pretraining]
         row.update(
             method=cell.method,
@@ -608,7 +629,8 @@ class DataEfficiencyGrid:
             synthetic=self.cases.synthetic,
         )
         write_text(self.path(cell), json.dumps(row, indent=2, sort_keys=True))
-        checkpoint.unlink(missing_ok=True)
+        for leftover in self.out.glob(f"checkpoints/{cell.name}.*"):
+            leftover.unlink(missing_ok=True)
         if bar is not None:
             bar.update(1)
         metric = self.recipe.metric
@@ -618,6 +640,35 @@ class DataEfficiencyGrid:
             f"{_FLAG_NOTES.get(row['flag'], '')}, {row['seconds']:.0f} s)"
         )
         return row
+
+    def _search(
+        self, cell: RunCell, train: TrainConfig, finetune: Callable[[TrainConfig, Path], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The run with ``train`` as given, or the best on validation of ``config.lr_search``.
+
+        A finished candidate is kept in ``checkpoints/<run>.lr<lr>.json`` until the run's row is
+        written, so an interrupted search repeats none.
+        """
+        folder = self.out / "checkpoints"
+        if not self.config.lr_search:
+            return finetune(train, folder / f"{cell.name}.pt")
+        tried: list[tuple[float, dict[str, Any]]] = []
+        for lr in self.config.lr_search:
+            done = folder / f"{cell.name}.lr{lr:g}.json"
+            if done.exists():
+                row = json.loads(done.read_text())
+            else:
+                row = finetune(dataclasses.replace(train, lr=lr), folder / f"{cell.name}.lr{lr:g}.pt")
+                write_text(done, json.dumps(row, sort_keys=True))
+            tried.append((lr, row))
+        order = {lr: i for i, (lr, _) in enumerate(tried)}  # ties: the first candidate listed
+        best_lr, best = max(tried, key=lambda t: (_score(t[1]["best_val"]), -order[t[0]]))
+        best = dict(best)
+        best["lr_search"] = [
+            {"lr": lr, "best_val": r["best_val"], "best_epoch": r["best_epoch"], "chosen": lr == best_lr}
+            for lr, r in tried
+        ]
+        return best
 
     def _finetune(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
-__all__ = ["PairedComparison", "holm", "paired_differences"]
+__all__ = ["PairedComparison", "detectable_difference", "holm", "paired_differences"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,36 @@ def paired_differences(
             PairedComparison(method, fraction, diffs, mean, low, high, p_value, sum(d > 0 for d in diffs))
         )
     return out
+
+
+def detectable_difference(comparison: PairedComparison, tests: int, alpha: float = 0.05) -> float:
+    """The smallest mean difference ``comparison``'s split seeds could have called significant after Holm.
+
+    Holm's first step tests the smallest p-value at ``alpha / tests``; a paired t-test over ``n``
+    split seeds with the observed spread ``sd`` of the differences reaches it only when
+    ``|mean| >= t(1 - alpha / (2 tests), n - 1) * sd / sqrt(n)``. A row whose true effect is
+    smaller cannot be a finding of this grid, whatever it shows. NaN with fewer than two seeds.
+
+    Args:
+        comparison: one row of :func:`paired_differences`.
+        tests: the rows tested together (Holm's ``m``).
+        alpha: the family-wise error rate.
+
+    Examples:
+        >>> row = PairedComparison("rotation", 0.05, (0.1, -0.1) * 10, 0.0, -0.05, 0.05, 1.0, 10)
+        >>> round(detectable_difference(row, tests=25) / statistics.stdev(row.differences), 2)   # 20 seeds
+        0.8
+        >>> few = PairedComparison("rotation", 0.05, (0.1, -0.1, 0.1, -0.1, 0.1), 0.02, -0.1, 0.1, 1.0, 3)
+        >>> round(detectable_difference(few, tests=25) / statistics.stdev(few.differences), 2)   # 5 seeds
+        3.21
+    """
+    if comparison.n < 2:
+        return math.nan
+    if tests < 1:
+        raise ValueError(f"tests must be >= 1, got {tests}")
+    sd = statistics.stdev(comparison.differences)
+    t = float(scipy_stats.t.ppf(1 - alpha / (2 * tests), comparison.n - 1))
+    return t * sd / math.sqrt(comparison.n)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

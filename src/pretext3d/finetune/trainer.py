@@ -45,6 +45,10 @@ class TrainConfig:
         freeze_encoder_epochs: keep the encoder frozen (no gradient, batch-norm statistics
             fixed) for this many epochs first, then train all layers (the paper: 25).
         grad_clip: clip the gradient norm to this (``None``: no clipping).
+        encoder_lr_factor: discriminative learning rates: the encoder's parameters train at
+            ``lr * encoder_lr_factor`` (e.g. ``0.1``: pretrained features move slowly while the new
+            decoder or head learns at the full rate; Howard & Ruder 2018); ``1.0``: one rate.
+            Needs the ``encoder`` given to the Trainer.
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast with a gradient scaler; CUDA
             only) or ``"auto"`` (bf16 on a GPU that has it, else fp32), resolved when the run
             starts.
@@ -77,6 +81,7 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     freeze_encoder_epochs: int = 0
     grad_clip: float | None = 1.0
+    encoder_lr_factor: float = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     early_stopping_patience: int | None = None
     min_epochs: int = 0
@@ -87,6 +92,7 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             check_int(name, getattr(self, name), 1)
         check_positive("lr", self.lr)
+        check_positive("encoder_lr_factor", self.encoder_lr_factor)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)  # <= 0 would zero or reverse the step
@@ -177,7 +183,7 @@ class Trainer:
         settings = OptimSettings(config.optimizer, config.lr, config.weight_decay, grad_clip=config.grad_clip)
         precision = engine.resolve_precision(config.precision, device)
         total = config.epochs * config.steps_per_epoch
-        self.optim = Optimization(model.parameters(), settings, total, device, precision)
+        self.optim = Optimization(self._param_groups(), settings, total, device, precision)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history: list[dict[str, Any]] = []
         self.best_score = -math.inf
@@ -185,6 +191,17 @@ class Trainer:
         self.epoch = 0
         if self.checkpoint is not None and self.checkpoint.exists():
             self._resume()
+
+    def _param_groups(self) -> list[Any]:
+        """All parameters at ``lr``, or the encoder's at ``lr * encoder_lr_factor`` in a group of its own."""
+        factor = self.config.encoder_lr_factor
+        if factor == 1.0:
+            return list(self.model.parameters())
+        if self.encoder is None:
+            raise ValueError(f"encoder_lr_factor={factor} needs the encoder (Trainer(encoder=...))")
+        mine = {id(p) for p in self.encoder.parameters()}
+        rest = [p for p in self.model.parameters() if id(p) not in mine]
+        return [{"params": rest}, {"params": list(self.encoder.parameters()), "lr": self.config.lr * factor}]
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

@@ -65,8 +65,12 @@ class OptimSettings:
             check_positive("grad_clip", self.grad_clip)  # <= 0 would zero or reverse the step
 
 
-def build_optimizer(params: Iterable[nn.Parameter], settings: OptimSettings) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], settings: OptimSettings
+) -> torch.optim.Optimizer:
     """AdamW, Adam or SGD with momentum, as ``settings`` say.
+
+    ``params`` may be parameter groups (dicts with ``"params"`` and, e.g., their own ``"lr"``).
 
     Examples:
         >>> type(build_optimizer(torch.nn.Linear(2, 2).parameters(), OptimSettings("sgd"))).__name__
@@ -139,7 +143,8 @@ class Optimization:
     the schedule. Its :meth:`state_dict` is what a checkpoint needs to resume exactly.
 
     Args:
-        params: the parameters to train.
+        params: the parameters to train, or parameter groups (dicts with ``"params"`` and their
+            own ``"lr"``, e.g. discriminative learning rates); the schedule scales every group.
         settings: the optimizer, schedule and clipping.
         total_steps: the schedule's length.
         device: where the step runs (autocast's device type).
@@ -161,15 +166,18 @@ class Optimization:
 
     def __init__(
         self,
-        params: Iterable[nn.Parameter],
+        params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
         settings: OptimSettings,
         total_steps: int,
         device: torch.device,
         precision: str,
     ) -> None:
         self.settings, self.device, self.precision = settings, device, precision
-        self.params = list(params)
-        self.optimizer = build_optimizer(self.params, settings)
+        groups: list[Any] = list(params)
+        self.params: list[nn.Parameter] = [
+            p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])
+        ]
+        self.optimizer = build_optimizer(groups, settings)
         self.scheduler = lr_schedule(self.optimizer, settings, total_steps)
         self.scaler = engine.grad_scaler(device, precision)
 
