@@ -290,3 +290,20 @@ def test_the_learning_rate_search_chooses_on_validation_for_every_arm(tmp_path: 
         DataEfficiencyConfig(lr_search=(1e-3,), val_fraction=0.0)
     with pytest.raises(ValueError, match="distinct learning rates > 0"):
         DataEfficiencyConfig(lr_search=(1e-3, 1e-3))
+
+
+def test_an_interrupted_learning_rate_search_repeats_no_finished_candidate(tmp_path: Path) -> None:
+    images, grades = p3.data.fundus_phantom_batch(24, size=32, seed=3)
+    train = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4)
+    config = DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=train, lr_search=(1e-4, 3e-3))
+    run = lambda: run_data_efficiency(SMALL_GRADING, images, grades, {"scratch": None}, config, tmp_path,  # noqa: E731
+                                      progress=False, log=lambda _: None)  # fmt: skip
+    row = run()[0]
+    # as if killed after the second candidate finished: its result is kept, the run's row not written
+    finished = {k: v for k, v in row.items() if k != "lr_search"} | {"best_val": 2.0}
+    (tmp_path / "checkpoints" / "scratch__p0__s0__r0__f1.lr0.003.json").write_text(json.dumps(finished))
+    (tmp_path / "runs" / "scratch__p0__s0__r0__f1.json").unlink()
+    again = run()[0]
+    assert again["best_val"] == 2.0  # the kept candidate, not a rerun of it
+    assert [c["chosen"] for c in again["lr_search"]] == [False, True]
+    assert not list((tmp_path / "checkpoints").iterdir())

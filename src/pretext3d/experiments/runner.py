@@ -629,8 +629,11 @@ class DataEfficiencyGrid:
             synthetic=self.cases.synthetic,
         )
         write_text(self.path(cell), json.dumps(row, indent=2, sort_keys=True))
-        for leftover in self.out.glob(f"checkpoints/{cell.name}.*"):
-            leftover.unlink(missing_ok=True)
+        folder = self.out / "checkpoints"
+        leftovers = [f"{cell.name}.pt"] + [f"{cell.name}.lr{lr:g}{ext}" for lr in self.config.lr_search
+                                           for ext in (".pt", ".json")]  # fmt: skip
+        for name in leftovers:
+            (folder / name).unlink(missing_ok=True)
         if bar is not None:
             bar.update(1)
         metric = self.recipe.metric
