@@ -15,6 +15,7 @@ Lightning ``Trainer`` arguments; the data loader is yours.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -192,10 +193,9 @@ class PretextLightningModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """The optimizer and a per-step warm-up + cosine (or constant) schedule."""
-        optimizer = build_optimizer(self.models.parameters(), self.settings)
-        scheduler = lr_schedule(
-            optimizer, self.settings, max(1, int(self.trainer.estimated_stepping_batches))
-        )
+        settings = dataclasses.replace(self.settings, lr=self.lr)  # module.lr, as a tuner may set it
+        optimizer = build_optimizer(self.models.parameters(), settings)
+        scheduler = lr_schedule(optimizer, settings, max(1, int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

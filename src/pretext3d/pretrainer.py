@@ -275,10 +275,10 @@ class Pretrainer:
                 f"data holds {self.size} images, fewer than batch_size={cfg.batch_size} x "
                 f"{self.world} processes"
             )
-        self.per_epoch = self.size // (cfg.batch_size * self.world)
         if cfg.steps is not None:
             return cfg.steps
-        return max(1, (cfg.epochs or 1) * self.per_epoch // cfg.accumulate)
+        per_epoch = self.size // (cfg.batch_size * self.world)
+        return max(1, (cfg.epochs or 1) * per_epoch // cfg.accumulate)
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         """The task models as trained: with synchronised batch norm and DDP where asked for."""

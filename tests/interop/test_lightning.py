@@ -119,3 +119,10 @@ def test_probe_logs_the_random_reference_then_every_few_steps(spatial_dims: int)
     trainer.fit(module, _loader(spatial_dims))
     assert [h["step"] for h in module.probe_history] == [0, 2, 4]
     assert f"probe/{probe.metric}" in trainer.logged_metrics
+
+
+def test_the_optimizer_follows_module_lr_as_a_tuner_sets_it() -> None:
+    module = _module()
+    module.lr = 5e-4  # what Lightning's learning-rate finder does
+    trainer = _fit(module, 1)
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == 5e-4

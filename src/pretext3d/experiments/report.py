@@ -383,7 +383,7 @@ def _flag_counts(runs: Sequence[dict[str, Any]]) -> str:
     return f" ({failed} never improved on their first epoch, {budget} more ended at the budget)"
 
 
-def _flagged(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _flagged(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
     """The summary's list of runs that failed to learn or ran out of budget."""
     flagged = [r for r in rows if r.get("flag")]
     if not flagged:
@@ -400,7 +400,7 @@ def _flagged(rows: Sequence[dict[str, Any]]) -> list[str]:
         name = run_name(
             r["method"], r["split_seed"], r["repetition"], r["fraction"], r.get("pretraining_seed", 0)
         )
-        score = ", ".join(f"{k} {v:.3f}" for k, v in list(r["test"].items())[:1])
+        score = f"{metric} {r['test'][metric]:.3f}"
         lines.append(f"| `{name}` | {r['flag']} | {r.get('best_epoch')} / {r.get('epochs_run')} | {score} |")
     return [*lines, ""]
 
@@ -522,7 +522,7 @@ def write_report(
         f"{env.get('threads')} threads.\n",
         *_control_verdict(rows, metric, baseline, control),
         "## Flagged runs\n",
-        *_flagged(rows),
+        *_flagged(rows, metric),
         f"## Paired differences against `{baseline}` (`{metric}`)\n",
         "Per split seed, the mean of (method − baseline) over runs with the same subset, "
         "initialisation and batch order; 95 % Student-t interval and paired t-test over split seeds. "

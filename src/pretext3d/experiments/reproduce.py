@@ -162,16 +162,12 @@ class Reproduction:
         check_device_name("device", self.device)
         check_int("held_out", self.held_out, 0)
         check_int("pretraining_seeds", self.pretraining_seeds, 1)
-        if check_int("probe_images", self.probe_images, 0) and not self.data.synthetic:
-            raise ValueError(
-                "probe_images applies to the phantom data (it draws labelled phantoms of their own); "
-                f"data.kind={self.data.kind!r}: set probe_images = 0"
-            )
-        if check_int("positive_control", self.positive_control, 0) and not self.data.synthetic:
-            raise ValueError(
-                "positive_control applies to the phantom data (it draws labelled phantoms of their own); "
-                f"data.kind={self.data.kind!r}: set positive_control = 0"
-            )
+        for name in ("probe_images", "positive_control"):
+            if check_int(name, getattr(self, name), 0) and not self.data.synthetic:
+                raise ValueError(
+                    f"{name} applies to the phantom data (it draws labelled phantoms of their own); "
+                    f"data.kind={self.data.kind!r}: set {name} = 0"
+                )
         if "supervised" in self.tasks and self.positive_control:
             raise ValueError("tasks must not name a method 'supervised' beside positive_control (its name)")
         if 0 < self.probe_images < 4:

@@ -706,11 +706,7 @@ class DataEfficiencyGrid:
         summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], self.device)
         best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history) - 1
         patience = config.early_stopping_patience
-        converged = (
-            None
-            if patience is None or not val
-            else best_epoch > 0 and len(history) - 1 - best_epoch >= patience
-        )
+        converged = None if patience is None or not val else trainer.stopped_by_patience()
         return {
             "n_labelled": len(subset),
             "labelled_cases": [ids[i] for i in subset],

@@ -214,10 +214,9 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the history (one dict per epoch)."""
-        patience = self.config.early_stopping_patience
         with engine.progress(self.config.epochs, self.epoch, self.progress, "fine-tuning epochs") as bar:
             while self.epoch < self.config.epochs:
-                if patience is not None and self.stopped_by_patience():
+                if self.stopped_by_patience():
                     break
                 record = self._epoch()
                 for callback in self.callbacks:
