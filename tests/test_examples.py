@@ -11,7 +11,14 @@ import torch
 
 import pretext3d as p3
 from pretext3d.data import DataSpec
-from pretext3d.experiments import Reproduction, load_reproduction, read_runs, run_reproduction
+from pretext3d.experiments import (
+    Reproduction,
+    held_out_block,
+    load_reproduction,
+    read_runs,
+    run_reproduction,
+    split_cases,
+)
 from pretext3d.registry import ENCODERS, TASKS
 from pretext3d.transforms import random_crops
 
@@ -54,9 +61,28 @@ def test_every_mode_is_a_fair_reproduction_of_every_task(experiment: str, mode: 
     assert not config.pretraining_data.include_labelled and not grid.transductive
     assert mode in config.name and mode in config.output_dir
     assert len(grid.split_seeds) >= (3 if mode == "quick" else 5)
-    if mode != "quick":
+    assert {0.05, 0.25, 1.0} <= set(grid.fractions)  # the fractions that carry the claim
+    if mode == "paper":
         assert grid.fractions == PAPER_FRACTIONS
     assert config.data.synthetic == (mode != "paper") == config.pretraining_data.synthetic
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_demo_mode_is_built_to_see_an_effect_and_has_a_held_out_block(experiment: str) -> None:
+    config = _config(experiment, "demo")
+    grid = config.experiment
+    assert grid.split_seeds == tuple(range(20)) and config.pretraining_seeds >= 3
+    assert len(grid.lr_search) >= 2 and grid.fit_head and config.positive_control > 0
+    split = split_cases(config.data.count, grid.val_fraction, grid.test_fraction, 0)
+    assert config.pretraining_data.count >= 10 * len(split.train)  # the paper's premise: 10x unlabelled
+    assert config.pretrain.steps >= 2000
+    verdict = held_out_block(config)
+    assert verdict.experiment.split_seeds == tuple(range(100, 120))
+    assert not set(verdict.experiment.split_seeds) & set(grid.split_seeds)
+    assert verdict.pretrain.seed == config.pretrain.seed + 100
+    assert verdict.output_dir == config.output_dir + "-verdict" and "held-out verdict block" in verdict.name
+    with pytest.raises(ValueError, match="must not share a split seed with development"):
+        held_out_block(_config(experiment, "demo", ["experiment.split_seeds=[0,100]"]))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

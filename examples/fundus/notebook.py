@@ -120,11 +120,13 @@ plt.show()
 # %% [markdown]
 # ## The data-efficiency curves, with the paper's numbers beside them
 #
-# Left: test quadratic weighted kappa (mean ± sd over split seeds). Middle: each task's paired
-# difference against scratch with its 95 % interval. Right: the same metric beside the numbers
-# read off the paper's Figure 4 (real APTOS 2019; dashed: pretrained on UK Biobank, dotted:
-# pretrained on APTOS). On phantoms the values are not comparable; what can be compared is the
-# shape: does any task beat scratch, and at which fractions?
+# First panel: test quadratic weighted kappa (mean ± sd over split seeds; ✗ marks a flagged run).
+# Second: each task's paired difference against scratch with its 95 % interval. Third: the
+# paper's metric for our runs. Fourth, on axes of its own: the numbers read off the paper's
+# Figure 4 (real APTOS 2019; dashed: pretrained on UK Biobank, dotted: pretrained on APTOS). On
+# phantoms the values are not comparable; what can be compared is the shape: does any task beat
+# scratch, and at which fractions? With the quick mode's 3 split seeds, no answer here is a verdict
+# (docs/results.md says how one is made).
 
 # %%
 rows = p3.experiments.read_runs(out)

@@ -119,12 +119,14 @@ plt.show()
 # %% [markdown]
 # ## The data-efficiency curves, with the paper's numbers beside them
 #
-# Left: test Dice of the pancreas region per case (mean ± sd over split seeds). Middle: each
-# task's paired difference against scratch with its 95 % interval. Right: the paper's own metric
-# (voxels pooled over all test cases, mean of background, pancreas and tumour Dice; background
-# Dice is near 1, which lifts it) for our runs, beside the numbers read off the paper's Figure 3
-# (real Task07 CT, dashed). On phantoms the two are not comparable in value; what can be compared
-# is the shape: does any task beat scratch, and at which fractions?
+# First panel: test Dice of the pancreas region per case (mean ± sd over split seeds; ✗ marks a
+# flagged run). Second: each task's paired difference against scratch with its 95 % interval.
+# Third: the paper's own metric (voxels pooled over all test cases, mean of background, pancreas
+# and tumour Dice; background Dice is near 1, which lifts it) for our runs. Fourth, on axes of its
+# own: the numbers read off the paper's Figure 3 (real Task07 CT). On phantoms the two are not
+# comparable in value; what can be compared is the shape: does any task beat scratch, and at
+# which fractions? With the quick mode's 3 split seeds, no answer here is a verdict
+# (docs/results.md says how one is made).
 
 # %%
 rows = p3.experiments.read_runs(out)

@@ -68,3 +68,105 @@ def test_tumour_metrics_count_false_positives_by_detection() -> None:
     assert cases["tumour_present"] == [1.0, 1.0, 0.0, 0.0]
     assert cases["tumour_predicted"] == [1.0, 0.0, 1.0, 0.0]
     assert cases["pancreas_dice"] == [1.0] * 4  # the whole region {1, 2} is right in every case
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_flip_moves_images_and_labels_together_along_spatial_axes_only(spatial_dims: int) -> None:
+    from pretext3d.experiments.recipes import _flip
+
+    gen = torch.Generator().manual_seed(0)
+    first = torch.randn(16, 1, *(4,) * spatial_dims, generator=gen)
+    x = torch.cat([first, 2 * first], 1)  # channel 1 = 2 x channel 0: a channel flip would show
+    y = (first[:, 0] > 0).long()
+    fx, fy = _flip(x.clone(), y.clone(), torch.Generator().manual_seed(1), spatial_dims)
+    assert torch.equal(fx[:, 1], 2 * fx[:, 0])  # channels kept in order
+    assert torch.equal(fy, (fx[:, 0] > 0).long())  # every label still belongs to its image
+    axes = [tuple(2 + a for a in range(spatial_dims) if (k >> a) & 1) for k in range(2**spatial_dims)]
+    found = set()
+    for i in range(16):  # each sample is its image flipped along some set of spatial axes
+        match = [a for a in axes if torch.equal(fx[i], x[i].flip([d - 1 for d in a]))]
+        assert match
+        found.add(match[0])
+    assert len(found) > 2  # and the flips vary (every axis is drawn)
+
+
+def _grading_setup() -> tuple[p3.experiments.GradingRecipe, torch.Tensor, torch.Tensor, nn.Module]:
+    """A small grading recipe, 96 phantom images, and an encoder trained with labels on others."""
+    recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(2, 2), init_features=8)
+    images, grades = p3.data.fundus_phantom_batch(96, size=32, seed=0)  # SYNTHETIC
+    others, other_grades = p3.data.fundus_phantom_batch(128, size=32, seed=1)
+    torch.manual_seed(0)
+    teacher, _ = recipe.build(3, None)
+    config = p3.finetune.TrainConfig(epochs=1, steps_per_epoch=60, batch_size=16, lr=3e-3)
+    p3.finetune.Trainer(
+        teacher, recipe.loss(), lambda g: recipe.sample(others, other_grades, list(range(128)), 16, g), config
+    ).fit()
+    return recipe, images, grades, teacher.encoder
+
+
+def test_grading_warm_up_learns_during_the_frozen_epochs_once_the_head_is_fitted() -> None:
+    recipe, images, grades, pretrained = _grading_setup()
+    train, val = list(range(16)), list(range(32, 96))
+
+    def run(fit: bool) -> list[float]:
+        torch.manual_seed(1)
+        model, encoder = recipe.build(3, None)
+        encoder.load_state_dict(pretrained.state_dict())
+        if fit:
+            assert recipe.fit_head(model, encoder, images, grades, train)
+        config = p3.finetune.TrainConfig(epochs=2, steps_per_epoch=10, batch_size=8, freeze_encoder_epochs=2)
+        trainer = p3.finetune.Trainer(
+            model, recipe.loss(), lambda g: recipe.sample(images, grades, train, 8, g), config,
+            encoder=encoder, validate=lambda m: recipe.evaluate(m, images[val], grades[val])["qwk"],
+        )  # fmt: skip
+        before = recipe.evaluate(model, images[val], grades[val])["qwk"]
+        return [before] + [h["val"] for h in trainer.fit()]
+
+    random_head, fitted = run(False), run(True)
+    # a random head on frozen features barely moves in 20 steps; the fitted one reads the grade
+    # out of the features from the start and its validation kappa stays well above
+    assert abs(random_head[0]) < 0.1 and max(random_head) < 0.3
+    assert fitted[0] > 0.4 and min(fitted[1:]) > max(random_head) + 0.2
+
+
+def test_ordinal_head_fit_is_one_logistic_regression_per_threshold() -> None:
+    _, images, grades, pretrained = _grading_setup()
+    ordinal = p3.experiments.GradingRecipe(
+        growth_rate=4, block_config=(2, 2), init_features=8, encoding="ordinal"
+    )
+    model, encoder = ordinal.build(3, None)
+    encoder.load_state_dict(pretrained.state_dict())
+    train = list(range(48))
+    assert ordinal.fit_head(model, encoder, images, grades, train)
+    assert encoder.training  # its mode restored
+    logits = model.eval()(images[train]).detach()
+    assert logits.shape == (48, 4)
+    for k in range(4):  # each output separates grade > k on the training cases better than chance
+        above = grades[train] > k
+        agree = float(((logits[:, k] > 0) == above).float().mean())
+        majority = max(float(above.float().mean()), 1 - float(above.float().mean()))
+        assert agree > majority
+    # the segmentation recipe's decoder is not a linear readout: nothing is fitted
+    seg = SegmentationRecipe(widths=(4, 8), crop=16)
+    seg_model, seg_encoder = seg.build(1, None)
+    before = [p.clone() for p in seg_model.parameters()]
+    ct, labels = p3.data.ct_phantom_batch(2, 16, seed=0)
+    assert not seg.fit_head(seg_model, seg_encoder, ct, labels, [0, 1])
+    assert all(torch.equal(a, b) for a, b in zip(before, seg_model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_batch_norm_adaptation_takes_the_statistics_of_the_batches(spatial_dims: int) -> None:
+    from pretext3d.experiments.recipes import _adapt_batch_norm
+
+    norm = (nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d)(3, momentum=0.3)
+    net = nn.Sequential(norm).eval()
+    x = torch.randn(6, 3, *(5,) * spatial_dims) * 4 + 2
+    _adapt_batch_norm(net, [x[:3], x[3:]], "cpu")
+    dims = [0, *range(2, 2 + spatial_dims)]
+    halves = [x[:3], x[3:]]  # a cumulative average of the two batches' statistics
+    expected_mean = sum(h.mean(dims) for h in halves) / 2
+    expected_var = sum(h.var(dims, unbiased=True) for h in halves) / 2
+    torch.testing.assert_close(norm.running_mean, expected_mean)
+    torch.testing.assert_close(norm.running_var, expected_var)
+    assert norm.momentum == 0.3 and not net.training  # settings and mode restored

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,41 @@ def test_the_summary_says_whether_the_positive_control_transfers(
     assert "## Positive control" in summary and verdict in summary
     if lead == 0.0:
         assert "say nothing about the pretext tasks" in summary
+
+
+def test_workers_split_the_encoders_wait_for_a_live_one_and_take_over_a_dead_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from pretext3d.experiments import reproduce
+    from pretext3d.provenance import write_pretraining_record
+
+    made: list[str] = []
+
+    def maker(path: Path) -> Callable[[], object]:
+        def make() -> object:
+            made.append(path.name)
+            path.write_bytes(b"weights")
+            return write_pretraining_record(path, case_ids=[])
+
+        return make
+
+    a, b, c = (tmp_path / f"{name}.pt" for name in "abc")
+    host = socket.gethostname()
+    (tmp_path / "a.pt.lock").write_text(f"{host} {os.getpid()}\n")  # a live worker holds a
+    (tmp_path / "c.pt.lock").write_text(f"{host} 999999999\n")  # c's worker died
+    lines: list[str] = []
+
+    def other_worker_finishes_a(seconds: float) -> None:  # while this worker waits
+        a.write_bytes(b"weights")
+        write_pretraining_record(a, case_ids=[])
+        (tmp_path / "a.pt.lock").unlink()
+
+    monkeypatch.setattr(reproduce.time, "sleep", other_worker_finishes_a)
+    reproduce._make_encoders([(a, maker(a)), (b, maker(b)), (c, maker(c))], lines.append)
+    assert made == ["b.pt", "c.pt"]  # a was left to its live worker, c taken over
+    assert lines == ["waiting for 1 encoder(s) that other workers are pretraining"]
+    assert not list(tmp_path.glob("*.lock"))
+    reproduce._make_encoders([(a, maker(a)), (b, maker(b))], lines.append)  # all made: nothing to do
+    assert made == ["b.pt", "c.pt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -137,6 +138,20 @@ def test_scratch_is_never_frozen_and_budgets_match(
     frozen = {r["method"]: [h["encoder_frozen"] for h in r["history"]] for r in rows}
     assert frozen == {"scratch": [False, False], "pre": [True, False]}
     assert {r["method"]: r["train"]["freeze_encoder_epochs"] for r in rows} == {"scratch": 0, "pre": 1}
+    # the pretrained arm's head starts as a linear probe of its features; scratch's never does
+    assert {r["method"]: r["head_fitted"] for r in rows} == {"scratch": False, "pre": True}
+    write_report(rows, tmp_path / "o", "qwk", synthetic=True)
+    protocol = (tmp_path / "o" / "summary.md").read_text().split("## Protocol")[1].split("\n- ")
+    fitted = "head fitted to the frozen features first in 1 of 1 runs"
+    assert [fitted in line for line in protocol[1:3]] == [False, True]  # scratch, pre
+    unfitted = dataclasses.replace(config, fit_head=False)
+    again = run_data_efficiency(
+        SMALL_GRADING, images, grades, methods, unfitted, tmp_path / "n", case_ids=ids, progress=False,
+        log=lambda s: None,
+    )  # fmt: skip
+    assert {r["method"]: r["head_fitted"] for r in again} == {"scratch": False, "pre": False}
+    by = {r["method"]: r["history"][0]["loss"] for r in again}
+    assert by["pre"] != {r["method"]: r["history"][0]["loss"] for r in rows}["pre"]
     # the baseline may have its own schedule, but never a freeze, and the same budget and seed
     own = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, lr=3e-3)
     assert DataEfficiencyConfig(train=SMALL_TRAIN, baseline_train=own).settings_for(False).lr == 3e-3

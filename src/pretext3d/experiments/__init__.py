@@ -12,6 +12,7 @@ from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRec
 from pretext3d.experiments.report import paper_curves, read_runs, summarize, summary_table, write_report
 from pretext3d.experiments.reproduce import (
     Reproduction,
+    held_out_block,
     load_reproduction,
     pretraining_curves,
     run_reproduction,
@@ -47,6 +48,7 @@ __all__ = [
     "data_efficiency",
     "detectable_difference",
     "finetune",
+    "held_out_block",
     "holm",
     "load_reproduction",
     "nested_subsets",

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
 from pretext3d.data.spec import DataSpec
+from pretext3d.diagnostics import fit_logistic
 from pretext3d.finetune.inference import sliding_window_inference
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
 from pretext3d.finetune.metrics import (
@@ -41,14 +42,45 @@ Path = str | os.PathLike[str]
 def _flip(
     x: Tensor, y: Tensor | None, generator: torch.Generator, spatial_dims: int
 ) -> tuple[Tensor, Tensor | None]:
-    """Flip each sample along each spatial axis with probability 0.5, images and labels alike."""
+    """Flip each sample along each spatial axis with probability 0.5, images and labels alike.
+
+    ``x`` is ``(N, C, *spatial)`` and ``y`` ``(N, *spatial)``: spatial axis ``a`` is dimension
+    ``2 + a`` of ``x`` and ``1 + a`` of ``y``.
+    """
     for axis in range(spatial_dims):
         flip = torch.rand(x.shape[0], generator=generator) < 0.5
         if flip.any():
-            x[flip] = x[flip].flip(1 + axis)
+            x[flip] = x[flip].flip(2 + axis)
             if y is not None:
-                y[flip] = y[flip].flip(axis)
+                y[flip] = y[flip].flip(1 + axis)
     return x, y
+
+
+def _adapt_batch_norm(module: nn.Module, batches: Sequence[Tensor], device: torch.device | str) -> None:
+    """Replace the running statistics of ``module``'s batch norms by those of ``batches``.
+
+    Each norm's statistics become the average over the batches' (``momentum=None``); nothing
+    else changes. Without batch norms this does nothing.
+    """
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms:
+        return
+    was_training, momenta = module.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    module.train()
+    with torch.no_grad():
+        for batch in batches:
+            for i in range(0, len(batch), 32):
+                module(batch[i : i + 32].to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    module.train(was_training)
 
 
 class Recipe(abc.ABC):
@@ -97,6 +129,26 @@ class Recipe(abc.ABC):
         self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
     ) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Metrics on whole images and the per-case scores behind them."""
+
+    def fit_head(
+        self,
+        model: nn.Module,
+        encoder: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        indices: Sequence[int],
+        device: torch.device | str = "cpu",
+    ) -> bool:
+        """Fit the new head to the frozen encoder's features of the cases ``indices``; whether it did.
+
+        Called by the runner before a pretrained encoder is fine-tuned (the linear-probe step of
+        LP-FT, Kumar et al., "Fine-Tuning can Distort Pretrained Features and Underperform
+        Out-of-Distribution", ICLR 2022): a head that starts as the best linear readout of the
+        pretrained features learns from the first epoch, where a randomly initialised one may
+        not move in a short warm-up. This default fits nothing and returns ``False``, for heads
+        that are not a linear readout (a U-Net's decoder learns in the frozen epochs).
+        """
+        return False
 
     def check_encoder(self, in_channels: int, encoder_file: Path) -> None:
         """Raise ``ValueError`` unless ``encoder_file`` holds an encoder of this recipe's family that fits.
@@ -370,6 +422,76 @@ class GradingRecipe(Recipe):
         if self.flip:
             x, _ = _flip(x, None, generator, 2)
         return x, y
+
+    def fit_head(
+        self,
+        model: nn.Module,
+        encoder: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        indices: Sequence[int],
+        device: torch.device | str = "cpu",
+    ) -> bool:
+        """Fit the classifier by logistic regression on the frozen, pooled features of ``indices``.
+
+        First the encoder's batch-norm statistics are estimated again on the training images
+        (AdaBN, Li et al., "Revisiting Batch Normalization For Practical Domain Adaptation",
+        2016): pretraining's statistics describe its augmented views, not these images, and a
+        head fitted to features normalised by them reads garbage once the encoder is unfrozen
+        and normalises by batch statistics (the validation kappa fell from 0.6 to 0 at the
+        unfreezing epoch on the fundus phantoms). The features are then standardised for the fit
+        (pretrained DenseNet features are small and share a large common offset, which a few
+        hundred Adam steps on a randomly initialised linear layer do not undo;
+        :func:`~pretext3d.diagnostics.fit_logistic`) and the standardisation is folded into the
+        weights. The L2 penalty is scikit-learn's default (``C = 1``: ``1 / (2 n)`` on the mean
+        loss for ``n`` cases), so that a head fitted to a handful of separable cases is not
+        overconfident when fine-tuning starts. With ``encoding="ordinal"`` each cumulative output
+        is a binary logistic regression of ``grade > k``. Each image is read in every flip that
+        training draws (with ``flip``), the encoder in eval mode (as in the frozen epochs).
+
+        Args:
+            model: a :class:`~pretext3d.models.DenseNet` built by :meth:`build`.
+            encoder: its encoder (``(N, C, H, W)`` -> pooled ``(N, F)``).
+            images: ``(N, C, H, W)`` all labelled images.
+            labels: ``(N,)`` grades.
+            indices: the training cases.
+            device: where to run the encoder.
+
+        Returns:
+            ``True`` (the classifier was replaced).
+        """
+        if not isinstance(model, DenseNet):
+            raise TypeError(f"model must be the recipe's DenseNet, got {type(model).__name__}")
+        was_training = encoder.training
+        chosen = torch.as_tensor(list(indices), dtype=torch.long)
+        views = [(), (-1,), (-2,), (-2, -1)] if self.flip else [()]  # the flips training draws from
+        _adapt_batch_norm(encoder, [images[chosen].flip(axes) for axes in views], device)
+        encoder.eval()
+        with torch.no_grad():
+            features = torch.cat(
+                [
+                    encoder(images[chosen[i : i + 32]].flip(axes).to(device)).float()
+                    for axes in views
+                    for i in range(0, len(chosen), 32)
+                ]
+            )
+        encoder.train(was_training)
+        grades = labels[chosen].repeat(len(views)).to(features.device)
+        decay = 1.0 / (2 * len(grades))
+        if self.encoding == "ce":
+            layer = fit_logistic(features, grades, self.num_classes, weight_decay=decay)
+            weight, bias = layer.weight.detach(), layer.bias.detach()
+        else:  # one binary readout per threshold: logit(grade > k) = difference of the two logits
+            fits = [
+                fit_logistic(features, (grades > k).long(), 2, weight_decay=decay)
+                for k in range(self.num_classes - 1)
+            ]
+            weight = torch.stack([f.weight[1] - f.weight[0] for f in fits])
+            bias = torch.stack([f.bias[1] - f.bias[0] for f in fits])
+        with torch.no_grad():
+            model.classifier.weight.copy_(weight)
+            model.classifier.bias.copy_(bias)
+        return True
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Tensor, device: torch.device | str = "cpu") -> Tensor:

@@ -390,7 +390,8 @@ def _flagged(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
         return ["No run is flagged: every run improved on its first epoch and stopped by patience.\n"]
     lines = [
         f"{len(flagged)} of {len(rows)} runs are flagged (✗ in the figures): `epoch-0`, the best validation "
-        "score is the first epoch's (the run never improved: a failed run, whatever its test score); "
+        "score is the first epoch's (the run never improved: a failed run, whatever its test score; "
+        "where the head was fitted first, fine-tuning never beat that linear probe); "
         "`budget`, still improving when the epochs ran out (not converged). Their scores are in every "
         "table above; read rows that hold many with care.\n",
         "| run | flag | best epoch / epochs run | test |",
@@ -428,6 +429,8 @@ def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
             )
         factor = train.get("encoder_lr_factor", 1.0)
         lr += f", encoder at {factor:g} x lr" if factor != 1.0 else ""
+        fitted = sum(bool(r.get("head_fitted")) for r in runs)
+        lr += f", head fitted to the frozen features first in {fitted} of {len(runs)} runs" if fitted else ""
         lines.append(
             f"- `{method}`: {lr}, encoder frozen for the first "
             f"{train.get('freeze_encoder_epochs')} epochs, at most {budget}, early stopping patience "

@@ -17,6 +17,7 @@ Figure 4 (diabetic retinopathy, DenseNet) on the phantoms or on the real data.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from pretext3d._checks import check_device_name, check_int
 from pretext3d.config import from_mapping, load_toml, merge_override, parse_override
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
+from pretext3d.experiments.locks import RunLock
 from pretext3d.experiments.pretraining import Pretraining, pretrain_encoder
 from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
 from pretext3d.experiments.report import colour, summary_table, write_report
@@ -53,6 +55,7 @@ from pretext3d.training import TaskSpec
 
 __all__ = [
     "Reproduction",
+    "held_out_block",
     "load_reproduction",
     "pretraining_curves",
     "probe_for",
@@ -224,6 +227,50 @@ def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = (
     return from_mapping(Reproduction, values)
 
 
+def held_out_block(config: Reproduction, offset: int = 100) -> Reproduction:
+    """The same reproduction on a held-out block of seeds: the one run a verdict comes from.
+
+    Develop (choose settings, read curves) on ``config``'s split seeds, then run this once and
+    report it beside them, untuned: every split seed moves up by ``offset`` (new validation and
+    test cases and labelled subsets; ``0..19`` becomes ``100..119``) and so does ``pretrain.seed``
+    (new pretraining seeds for every task and the positive control's training). The results go to
+    ``<output_dir>-verdict`` and the name says which block it is.
+
+    Raises:
+        ValueError: a shifted split seed is one of the development seeds (``offset`` too small).
+
+    Examples:
+        >>> dev = Reproduction(name="demo", output_dir="runs/demo",
+        ...                    experiment=DataEfficiencyConfig(split_seeds=tuple(range(20))))
+        >>> block = held_out_block(dev)
+        >>> block.experiment.split_seeds[:3], block.pretrain.seed, block.output_dir
+        ((100, 101, 102), 100, 'runs/demo-verdict')
+        >>> block.name
+        'demo [held-out verdict block: split seeds 100-119, pretraining seeds from 100]'
+    """
+    check_int("offset", offset, 1)
+    seeds = tuple(s + offset for s in config.experiment.split_seeds)
+    if set(seeds) & set(config.experiment.split_seeds):
+        raise ValueError(
+            f"offset={offset} moves split seeds {sorted(config.experiment.split_seeds)} onto some of "
+            "themselves; the held-out block must not share a split seed with development: raise offset"
+        )
+    shown = (
+        f"{min(seeds)}-{max(seeds)}"
+        if seeds == tuple(range(min(seeds), max(seeds) + 1))
+        else str(list(seeds))
+    )
+    pretrain_seed = config.pretrain.seed + offset
+    block = f"held-out verdict block: split seeds {shown}, pretraining seeds from {pretrain_seed}"
+    return dataclasses.replace(
+        config,
+        name=f"{config.name} [{block}]",
+        output_dir=f"{config.output_dir.rstrip('/')}-verdict",
+        pretrain=dataclasses.replace(config.pretrain, seed=pretrain_seed),
+        experiment=dataclasses.replace(config.experiment, split_seeds=seeds),
+    )
+
+
 def pretraining_curves(encoder_file: str | os.PathLike[str]) -> dict[str, list[tuple[int, float]]]:
     """An encoder's pretext curves from its run's metrics log.
 
@@ -298,6 +345,11 @@ def run_reproduction(
     report: ``results.csv``, ``cases.csv``, ``summary.md``, ``data_efficiency.png`` (with
     the paper's numbers beside ours), ``learning_curves.png`` and ``pretraining.png``.
 
+    Several processes started on the same config share the work: each encoder and each
+    fine-tuning run is claimed with a lock file, a live worker's is waited for and a dead
+    worker's taken over, so N workers (N cores with ``threads = 1``, or several on one GPU)
+    finish about N times sooner, with the same results.
+
     Args:
         config: the reproduction.
         progress: show progress bars (needs tqdm).
@@ -354,33 +406,35 @@ def run_reproduction(
     note = "  [SYNTHETIC phantom data]" if config.data.synthetic else ""
     start = time.perf_counter()
     methods: dict[str, list[str] | None] = {"scratch": None}
-    pool = None  # the pretraining pool, made once for every task and seed
     probe = (
         probe_for(config.data, config.probe_images, config.pretrain.eval_every)
         if config.probe_images
         else None
     )
+    the_pool = functools.cache(config.pretraining_data.unlabelled)  # made once, for every task and seed
+
+    def pretrain_one(task: str, spec: TaskSpec, k: int, encoder: Path) -> object:
+        log(f"pretraining {task} (pretraining seed {k}) -> {encoder}{note}")
+        return pretrain_encoder(
+            _pretraining(config, spec, k, str(encoder), progress),
+            record={"reproduction": config.name}, pool=the_pool(), log=log, probe=probe,
+        )  # fmt: skip
+
+    jobs: list[tuple[Path, Callable[[], object]]] = []
     for task, spec in config.tasks.items():
-        files = []
-        for k in range(config.pretraining_seeds):
-            encoder = out / "encoders" / f"{task}_p{k}.pt"
-            record = read_pretraining_record(encoder) if encoder.exists() else None
-            if record is None:
-                log(f"pretraining {task} (pretraining seed {k}) -> {encoder}{note}")
-                pool = config.pretraining_data.unlabelled() if pool is None else pool
-                record = pretrain_encoder(
-                    _pretraining(config, spec, k, str(encoder), progress),
-                    record={"reproduction": config.name}, pool=pool, log=log, probe=probe,
-                )  # fmt: skip
-            accuracy = record.get("pretext_accuracy")
-            log(f"{encoder.name}: held-out pretext accuracy {_fmt(accuracy)}")
-            files.append(str(encoder))
-        methods[task] = files
+        files = [out / "encoders" / f"{task}_p{k}.pt" for k in range(config.pretraining_seeds)]
+        methods[task] = [str(f) for f in files]
+        jobs += [(f, functools.partial(pretrain_one, task, spec, k, f)) for k, f in enumerate(files)]
     if config.positive_control:
-        methods["supervised"] = [
-            str(_positive_control(config, k, out / "encoders" / f"supervised_p{k}.pt", device, log))
-            for k in range(config.pretraining_seeds)
-        ]
+        controls = [out / "encoders" / f"supervised_p{k}.pt" for k in range(config.pretraining_seeds)]
+        methods["supervised"] = [str(f) for f in controls]
+        control = functools.partial(_positive_control, config, device=device, log=log)
+        jobs += [(f, functools.partial(control, k, f)) for k, f in enumerate(controls)]
+    _make_encoders(jobs, log)
+    for task in config.tasks:
+        for file in methods[task] or []:
+            record = read_pretraining_record(file) or {}
+            log(f"{Path(file).name}: held-out pretext accuracy {_fmt(record.get('pretext_accuracy'))}")
     pretrained = time.perf_counter()
     cases = LabelledCases(*config.data.labelled(), info=asdict(config.data), synthetic=config.data.synthetic)
     rows = DataEfficiencyGrid(recipe, cases, methods, config.experiment, out, device=device, log=log).run(
@@ -413,6 +467,35 @@ def run_reproduction(
     return out
 
 
+_POLL_SECONDS = 5.0  # how often a worker looks again at encoders other workers are making
+
+
+def _made(encoder: Path) -> bool:
+    return encoder.exists() and read_pretraining_record(encoder) is not None
+
+
+def _make_encoders(jobs: Sequence[tuple[Path, Callable[[], object]]], log: Callable[[str], None]) -> None:
+    """Make every encoder not yet made; workers sharing the folder split them.
+
+    Each encoder is claimed with a lock file (``<encoder>.lock``, as the grid claims runs), so
+    several processes started on the same config (more cores, or a GPU with room for more)
+    pretrain different encoders; one that a live worker holds is waited for, one whose worker
+    died is taken over (and resumes from its checkpoint).
+    """
+    pending = [job for job in jobs if not _made(job[0])]
+    while pending:
+        for job in list(pending):
+            encoder, make = job
+            with RunLock(encoder.with_name(encoder.name + ".lock")) as claimed:
+                if claimed and not _made(encoder):
+                    make()
+            if claimed or _made(encoder):
+                pending.remove(job)
+        if pending:
+            log(f"waiting for {len(pending)} encoder(s) that other workers are pretraining")
+            time.sleep(_POLL_SECONDS)
+
+
 def _positive_control(
     config: Reproduction, k: int, encoder_file: Path, device: torch.device, log: Callable[[str], None]
 ) -> Path:
@@ -423,7 +506,7 @@ def _positive_control(
     fine-tuning settings (no freeze, no early stopping: no validation set), seeded by
     ``pretrain.seed + k``; its record lists the cases, so the runner's leak check covers it.
     """
-    if read_pretraining_record(encoder_file) is not None and encoder_file.exists():
+    if _made(encoder_file):
         return encoder_file
     recipe, data = config.recipe, config.data
     control = dataclasses.replace(data, count=config.positive_control, seed=data.seed + 104_729 + k)

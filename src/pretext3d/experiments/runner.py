@@ -104,6 +104,12 @@ class DataEfficiencyConfig:
             run keeps the one with the best validation score (the test set is never looked at)
             and records every candidate's (``row["lr_search"]``); empty: ``train.lr`` (and
             ``baseline_train.lr``) as given. Costs one fine-tuning per candidate.
+        fit_head: before a pretrained encoder is fine-tuned, fit the new head to its frozen
+            features of the labelled training cases (:meth:`Recipe.fit_head
+            <pretext3d.experiments.Recipe.fit_head>`; the linear-probe step of LP-FT, Kumar et
+            al. 2022), so that the warm-up starts from the best linear readout; recorded per run
+            as ``row["head_fitted"]`` (recipes whose head is not a linear readout fit nothing).
+            The from-scratch baseline has no features worth reading out and is never fitted.
         different_budgets: allow ``baseline_train`` a step budget (``epochs * steps_per_epoch *
             batch_size`` images) other than ``train``'s; default: refuse it, since an arm with
             more images seen wins for that reason alone.
@@ -129,6 +135,7 @@ class DataEfficiencyConfig:
     transductive: bool = False
     different_budgets: bool = False
     lr_search: tuple[float, ...] = ()
+    fit_head: bool = True
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -690,6 +697,9 @@ class DataEfficiencyGrid:
         torch.manual_seed(seeds.init)  # same decoder/classifier initialisation for every method
         model, encoder = recipe.build(images.shape[1], encoder_file)
         val_images, val_labels = images[val], labels[val]
+        fitted = encoder_file is not None and self.config.fit_head  # (a resumed run's checkpoint
+        if fitted:  # then replaces the model; the fit is deterministic and cheap)
+            fitted = recipe.fit_head(model.to(self.device), encoder, images, labels, subset, self.device)
 
         def validate(m: nn.Module) -> float:
             score = recipe.evaluate(m, val_images, val_labels, self.device)[recipe.metric]
@@ -714,6 +724,7 @@ class DataEfficiencyGrid:
             "n_test": len(test),
             "test": summary,
             "test_cases": {"case_id": [ids[i] for i in test], **per_case},
+            "head_fitted": fitted,
             "best_val": trainer.best_score if val else None,
             "best_epoch": best_epoch,
             "epochs_run": len(history),
