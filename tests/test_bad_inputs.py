@@ -8,9 +8,12 @@ names what was wrong (the argument, key or file); *unclear* when it raises anyth
 
 from __future__ import annotations
 
+import atexit
 import math
 import re
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,6 +249,66 @@ def probes() -> list[Probe]:
     ]  # fmt: skip
 
 
+def probes_round_two(tmp: Path) -> list[Probe]:
+    """Issue 26's probes of the code added since the first round (and new ones in its spirit)."""
+
+    def task(area: str) -> Callable[..., Probe]:
+        return lambda call, error, names: Probe(area, call, error, names)
+
+    t, f, m, pe, d, e, en = (
+        task("tasks"), task("finetune"), task("models"), task("permutations"), task("data"),
+        task("experiments"), task("engine"),
+    )  # fmt: skip
+    VE, TE = ValueError, TypeError
+    net = nn.Conv3d(1, 2, 3, padding=1)
+    x = torch.randn(1, 1, 16, 16, 16)
+    nan = x.clone()
+    nan[0, 0, 3, 3, 3] = NAN
+    swi = p3.finetune.sliding_window_inference
+    np.savez(tmp / "perms.npz", a=np.arange(8).reshape(2, 4))
+    p3.models.save_encoder(UNetEncoder(3, widths=(8, 16, 32)), tmp / "narrow.pt")
+    (tmp / "repro.toml").write_text("[tasks.rotation]\n")
+    (tmp / "scans").mkdir(exist_ok=True)
+    np.save(tmp / "scans" / "a.npy", np.zeros((4, 4, 4), np.float32))
+    seg_labels = torch.zeros(2, 8, 8, 8, dtype=torch.long)
+    seg_labels[0, 2, 2, 2] = 2
+    return [
+        t(lambda: Jigsaw(3, num_permutations=1), VE, "num_permutations must be an int >= 2"),
+        t(lambda: Exemplar(3).accuracy(torch.randn(8, 16), torch.arange(6)), VE, "same length, got 8 and 6"),
+        t(lambda: CPC(3, grid=3, patch=8).loss(torch.randn(2, 2, 1, 2, 3, 16), None), VE, r"this CPC head's \(2, 'B', 1, 2, 3, 3, 'D'\)"),
+        t(lambda: CPC(2, grid=3, patch=4).accuracy(torch.randn(2, 2, 1, 2, 3), None), VE, "this CPC head's"),
+        f(lambda: swi(net, nan, 8), VE, "images hold 1 NaN or infinite values"),
+        f(lambda: swi(net, x, 16.0), VE, r"window must be an int >= 1 or 3 of them .*got 16.0"),
+        f(lambda: swi(net, x, True), VE, "window must be an int >= 1"),
+        f(lambda: swi(net, x, (8, 8)), VE, "window must be an int >= 1 or 3 of them"),
+        f(lambda: swi(net, x, 8, device="cuda:7" if torch.cuda.is_available() else "cuda"), VE, "device 'cuda(:7)?' is not available"),
+        f(lambda: swi(nn.Conv3d(1, 2, 2, stride=2), x, 8), VE, r"logits \(4, 'K', 8, 8, 8\) of the same size, got \(4, 2, 4, 4, 4\)"),
+        f(lambda: swi(lambda c: (net(c), net(c)), x, 8), TE, "model must return one logits tensor .* got tuple"),
+        f(lambda: swi(lambda c: net(c).transpose(0, 1), x, 8, batch_size=2), VE, "moves the batch axis"),
+        pe(lambda: p3.permutations.load_permutation_set(tmp / "perms.npz"), VE, r"perms.npz' is an .npz archive"),
+        d(lambda: p3.data.VolumeFolder(tmp / "scans", preprocessing="ct"), TE, "preprocessing must be a CTPreprocessing"),
+        d(lambda: p3.data.FundusFolder(tmp, preprocessing="fundus"), TE, "preprocessing must be a FundusPreprocessing"),
+        d(lambda: p3.data.write_aptos_phantom(tmp / "aptos", label_noise=1.5), VE, r"label_noise must lie in \[0, 1\]"),
+        d(lambda: p3.data.fundus_phantom(0, label_noise=-0.1), VE, "label_noise"),
+        m(lambda: p3.models.MultiScaleUNet(UNetEncoder(3, widths=(4, 8)), out_channels=2, spatial_dims=2, in_channels=1), VE, "pass spatial_dims=3, in_channels=1"),
+        m(lambda: p3.models.MultiScaleUNet(UNetEncoder(3, widths=(4, 8)), out_channels=2, spatial_dims=3, in_channels=3), VE, "first convolution is a Conv3d taking 1 channel"),
+        m(lambda: p3.models.load_encoder_weights(UNetEncoder(3, widths=(16, 32, 64)), tmp / "narrow.pt"), VE, r"do not fit UNetEncoder's widths: \d+ tensors differ"),
+        e(lambda: ex.SegmentationRecipe(widths=(16, 32, 64)).check_encoder(1, tmp / "narrow.pt"), VE, "narrow.pt' does not fit SegmentationRecipe's model"),
+        e(lambda: ex.SegmentationRecipe(num_classes=2).check_labels(seg_labels), VE, r"labels hold classes 0..2, but SegmentationRecipe has num_classes=2 \(\[segmentation\] num_classes"),
+        e(lambda: ex.GradingRecipe(num_classes=3).check_labels(torch.tensor([0, 4])), VE, r"\[grading\] num_classes"),
+        e(lambda: ex.load_reproduction(tmp / "repro.toml", "pretrain.steps=3"), TE, "overrides must be a list of 'KEY=VALUE' strings"),
+        e(lambda: ex.run_reproduction({"name": "x"}), TE, "config must be a Reproduction"),  # type: ignore[arg-type]
+        e(lambda: ex.held_out_block(ex.Reproduction(experiment=ex.DataEfficiencyConfig(split_seeds=(0, 5))), offset=5), VE, "must not share a split seed"),
+        en(lambda: p3.engine.read_metrics(_damaged_log(tmp)), VE, r"line 1 is not a JSON row"),
+    ]  # fmt: skip
+
+
+def _damaged_log(tmp: Path) -> Path:
+    path = tmp / "damaged.jsonl"
+    path.write_text('{"step": 1, "lo\n{"step": 2, "loss": 0.5}\n')  # damage before the last line
+    return path
+
+
 def classify(probe: Probe) -> str:
     """``"clear"``, ``"unclear"`` or ``"silent"`` (see the module docstring)."""
     try:
@@ -258,6 +321,9 @@ def classify(probe: Probe) -> str:
 
 
 PROBES = probes()
+ROUND_TWO = Path(tempfile.mkdtemp(prefix="pretext3d-probes-"))  # the probes' small files
+atexit.register(shutil.rmtree, ROUND_TWO, ignore_errors=True)
+PROBES += probes_round_two(ROUND_TWO)
 
 
 @pytest.mark.parametrize("index", range(len(PROBES)), ids=[f"{p.area}-{i}" for i, p in enumerate(PROBES)])

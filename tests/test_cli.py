@@ -304,3 +304,15 @@ def test_each_command_is_a_library_config_and_one_library_function() -> None:
     source = (Path(__file__).parent.parent / "src" / "pretext3d" / "cli.py").read_text()
     for logic in ("RunLock", "LOCAL_RANK", "os.environ", "write_report"):  # lives in the library
         assert logic not in source, logic
+
+
+def test_labels_the_recipe_cannot_hold_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "de"
+    overrides = ["--set", "segmentation.num_classes=2", "--set", f'output_dir="{out}"']
+    code = main(["data-efficiency", "--defaults", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err  # a configuration error
+    assert "labels hold classes 0..2, but SegmentationRecipe has num_classes=2" in err
+    assert not (out / "config.json").exists()

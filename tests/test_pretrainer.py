@@ -221,3 +221,125 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path: Path) -> None:
     assert again.metrics.rows() == rows and all(
         torch.equal(v, weights(first)[k]) for k, v in weights(again).items()
     )
+
+
+# --- round two (issue 26): kills, resumes of other settings, bad runs
+
+
+def test_a_kill_during_the_log_append_or_a_write_leaves_nothing_a_rerun_does_not_clean_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = engine.MetricsLog.log
+
+    def killed_mid_append(self: engine.MetricsLog, row: dict[str, Any]) -> None:
+        if row["step"] == 5:
+            with open(self.jsonl, "a") as handle:  # what SIGKILL during the append leaves
+                handle.write(json.dumps(row)[:17])
+            raise KeyboardInterrupt
+        log(self, row)
+
+    monkeypatch.setattr(engine.MetricsLog, "log", killed_mid_append)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "killed", steps=6, log_every=1, checkpoint_every=2).fit()
+    monkeypatch.setattr(engine.MetricsLog, "log", log)
+    run = tmp_path / "killed" / "enc.pt.run"
+    assert not (run / "metrics.jsonl").read_text().endswith("\n")  # half a row
+    (run / ".checkpoint.pt.999999999.tmp").write_bytes(b"half a checkpoint")  # a killed save
+    (tmp_path / "killed" / ".enc.pt.999999999.tmp").write_bytes(b"half an encoder")
+    resumed = trainer(tmp_path / "killed", steps=6, log_every=1, checkpoint_every=2)
+    resumed.fit()
+    assert [r["step"] for r in resumed.metrics.rows() if "loss/rotation" in r] == [1, 2, 3, 4, 5, 6]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_row_spanning_a_checkpoint_is_logged_as_if_never_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = {"log_every": 3, "checkpoint_every": 2, "eval_every": 6}
+    full = trainer(tmp_path / "full", **options)
+    full.fit()
+    real = Pretrainer._after_step
+
+    def kill_after_step_4(self: Pretrainer) -> dict[str, float]:
+        out = real(self)
+        if self.step == 4:  # checkpoint at 4, inside the row of steps 4-6
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(Pretrainer, "_after_step", kill_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "killed", **options).fit()
+    monkeypatch.setattr(Pretrainer, "_after_step", real)
+    resumed = trainer(tmp_path / "killed", **options)
+    resumed.fit()
+    assert without_timing(resumed.metrics.rows()) == without_timing(full.metrics.rows())
+
+
+def test_a_resume_of_other_settings_names_them_and_other_workers_are_fine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = engine.MetricsLog.log
+
+    def kill(self: engine.MetricsLog, row: dict[str, Any]) -> None:
+        log(self, row)
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    def killed(folder: str, **kwargs: Any) -> Path:
+        monkeypatch.setattr(engine.MetricsLog, "log", kill)
+        with pytest.raises(KeyboardInterrupt):
+            trainer(tmp_path / folder, **kwargs).fit()
+        monkeypatch.setattr(engine.MetricsLog, "log", log)
+        return tmp_path / folder
+
+    jig = Jigsaw(3, grid=2, num_permutations=4, jitter=1)
+    killed("j", tasks=jig)
+    with pytest.raises(ValueError, match=r"jigsaw's settings \(jitter=1 -> jitter=2\)"):
+        trainer(tmp_path / "j", Jigsaw(3, grid=2, num_permutations=4, jitter=2)).fit()
+    killed("r")
+    with pytest.raises(ValueError, match=r"rotation's settings \(num_classes=10 rotations='taleb10' -> "):
+        trainer(tmp_path / "r", Rotation(3, rotations="cube24")).fit()
+    with pytest.raises(ValueError, match=r"data \(other training images: the encoder's record would miss"):
+        trainer(tmp_path / "r", data=PhantomImages("ct", 12, 24, seed=5)).fit()
+    torch.manual_seed(0)
+    wider = Pretrainer(ConvEncoder(3, widths=(8, 16)), Rotation(3), PhantomImages("ct", 12, 24, seed=3),
+                       PretrainConfig(**RUN), tmp_path / "r" / "enc.pt", log=lambda line: None)  # fmt: skip
+    with pytest.raises(ValueError, match=r"parameter shapes, an encoder or head of other widths \(\d+"):
+        wider.fit()
+    resumed = trainer(tmp_path / "r", num_workers=1)  # loader processes do not change the result
+    lines: list[str] = []
+    resumed.log = lines.append
+    resumed.fit()
+    assert any("resumed from" in line for line in lines)
+
+
+class _Paths(torch.utils.data.Dataset[str]):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> str:
+        return f"scan{i}.nii.gz"
+
+
+def test_round_two_bad_runs_are_named_before_training(tmp_path: Path) -> None:
+    empty = torch.utils.data.TensorDataset(torch.zeros(0, 1))
+    with pytest.raises(ValueError, match="held_out must hold at least one image"):
+        Pretrainer(ConvEncoder(3, widths=(4, 8)), Rotation(3), PhantomImages("ct", 8, 24),
+                   PretrainConfig(**RUN), tmp_path / "e.pt", held_out=empty)  # fmt: skip
+    (tmp_path / "dir.pt").mkdir()
+    for output in (tmp_path / "dir.pt", Path("")):
+        with pytest.raises(ValueError, match="is a directory: give the encoder's file path"):
+            Pretrainer(ConvEncoder(3, widths=(4, 8)), Rotation(3), PhantomImages("ct", 8, 24),
+                       PretrainConfig(**RUN), output)  # fmt: skip
+    with pytest.raises(TypeError, match=r"item 0 is a str, not an image.*VolumeFolder"):
+        trainer(tmp_path / "s", data=_Paths()).fit()
+    with pytest.raises(ValueError, match=r"batch_size=1 is too small for exemplar: it needs >= 2"):
+        trainer(tmp_path / "x", p3.tasks.Exemplar(3), batch_size=1)
+    with pytest.raises(ValueError, match=r"task weights are all 0 \(\['rotation'\]\)"):
+        trainer(tmp_path / "w", TaskSpec(Rotation(3), 0.0))
+    with pytest.raises(ValueError, match=r"crop=64 is larger than the data set's item 0 .* 98 % of each"):
+        trainer(tmp_path / "c", data=PhantomImages("ct", 8, 16), crop=64).fit()
+    unet = p3.models.UNetEncoder(3, widths=(4, 8, 16, 32))
+    with pytest.raises(ValueError, match=r"cannot take jigsaw's views of shape \(4, 27, 1, 5, 5, 5\).*crop"):
+        Pretrainer(unet, Jigsaw(3, grid=3, num_permutations=4), PhantomImages("ct", 8, 16),
+                   PretrainConfig(**RUN), tmp_path / "j.pt", log=lambda line: None).fit()  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def test_register_decorators_check_what_they_get() -> None:
 
 
 @pytest.mark.usefixtures("clean_registries")
-def test_a_users_encoder_named_in_a_toml_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_users_encoder_named_in_a_toml_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "my_encoders.py").write_text(
         textwrap.dedent("""
         from torch import nn
@@ -101,3 +104,15 @@ def test_a_users_encoder_named_in_a_toml_config(tmp_path: Path, monkeypatch: pyt
     assert main(["pretrain", "--config", str(config)]) == 2
     config.write_text('plugins = ["no_such_module"]\n')
     assert main(["pretrain", "--config", str(config)]) == 2
+    # a plugin that cannot be compiled or raises at import: one line naming it, no traceback
+    (tmp_path / "broken_syntax.py").write_text("def oops(:\n")
+    (tmp_path / "raises_at_import.py").write_text("raise RuntimeError('no licence server')\n")
+    for module, message in [
+        ("broken_syntax", r"importing 'broken_syntax' failed: SyntaxError: .*broken_syntax.py, line 1"),
+        ("raises_at_import", r"importing 'raises_at_import' failed: RuntimeError: no licence server"),
+    ]:
+        config.write_text(f'plugins = ["{module}"]\n')
+        capsys.readouterr()
+        assert main(["pretrain", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err

@@ -47,6 +47,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_identity(pid: int) -> str:
+    """What tells process ``pid`` from a later one that reuses its number: ``"<boot id>:<start>"``.
+
+    On Linux, the kernel's boot id and the process's start time (clock ticks since boot, field
+    22 of ``/proc/<pid>/stat``); elsewhere, or for a process that does not run, ``""`` (then
+    only the pid can be compared).
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
+    return f"{boot}:{fields[19]}"  # fields from 3 on: starttime is field 22
+
+
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporaries of :func:`atomic_path` that a killed process left in ``folder``.
 

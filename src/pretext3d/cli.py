@@ -46,6 +46,12 @@ def _import_plugins(modules: object) -> None:
             importlib.import_module(name)
         except ImportError as err:
             raise ConfigError(f"plugins: cannot import {name!r} ({err})") from err
+        except Exception as err:  # a plugin with a syntax error, or one that raises at import
+            where = f" ({err.filename}, line {err.lineno})" if isinstance(err, SyntaxError) else ""
+            raise ConfigError(
+                f"plugins: importing {name!r} failed: {type(err).__name__}: {err}{where}; run "
+                f"python -c 'import {name}' to see the traceback"
+            ) from err
 
 
 #: each command's config class and the library function that runs it

@@ -40,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "process_group",
     "progress",
+    "read_metrics",
     "resolve_device",
     "resolve_precision",
     "rng_state",
@@ -303,6 +304,44 @@ class NonFiniteLossError(FloatingPointError):
     """
 
 
+def read_metrics(jsonl: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    r"""The rows of a ``metrics.jsonl`` (none if it does not exist).
+
+    A last line that does not parse is what a process killed during its append leaves: it is
+    skipped (the run logs that step again when it resumes).
+
+    Raises:
+        ValueError: a line before the last does not parse (the file is damaged); names the file
+            and the line.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> _ = Path("m.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+        >>> read_metrics("m.jsonl")
+        [{'step': 1, 'loss': 0.5}]
+    """
+    path = Path(jsonl)
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ValueError(
+                f"{str(path)!r} line {number} is not a JSON row ({err}); delete the file or that line"
+            ) from err
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(
+                f"{str(path)!r} line {number} is not a metrics row with an int 'step': {line[:80]!r}"
+            )
+        rows.append(row)
+    return rows
+
+
 class MetricsLog:
     """Metric rows to ``<folder>/metrics.jsonl`` and ``metrics.csv`` (and TensorBoard if installed).
 
@@ -339,10 +378,8 @@ class MetricsLog:
             self.writer = SummaryWriter(str(self.folder / "tensorboard"))
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every row logged so far."""
-        if not self.jsonl.exists():
-            return []
-        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+        """Every row logged so far (see :func:`read_metrics`)."""
+        return read_metrics(self.jsonl)
 
     def truncate(self, step: int) -> None:
         """Keep only the rows up to ``step`` (a resumed run logs the rest again)."""
@@ -351,7 +388,17 @@ class MetricsLog:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, row: Mapping[str, Any]) -> None:
-        """Append one row to the JSON lines (the CSV is rewritten by :meth:`flush`)."""
+        """Append one row to the JSON lines (the CSV is rewritten by :meth:`flush`).
+
+        A last line that a killed process left half written is dropped first, so the new row
+        starts a line of its own.
+        """
+        if self.jsonl.exists() and self.jsonl.stat().st_size:
+            with open(self.jsonl, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                whole = handle.read() == b"\n"
+            if not whole:
+                self.truncate(max((r["step"] for r in self.rows()), default=-1))
         with open(self.jsonl, "a") as handle:
             handle.write(json.dumps(dict(row)) + "\n")
         if self.writer is not None:

@@ -169,6 +169,11 @@ def load_permutation_set(path: str | PathLike[str], num_cells: int | None = None
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read permutation file {str(path)!r} as a .npy array: {err}") from err
+    if not isinstance(arr, np.ndarray):  # an .npz archive (np.savez) holds several arrays
+        arr.close()
+        raise ValueError(
+            f"permutation file {str(path)!r} is an .npz archive; save the set with np.save as one .npy array"
+        )
     if arr.ndim != 2 or (not np.issubdtype(arr.dtype, np.integer) and not _is_integral(arr)):
         raise ValueError(
             f"permutation file {str(path)!r} must hold a 2-D integer array (count, num_cells), "

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pretext3d import engine
-from pretext3d._atomic import write_text
+from pretext3d._atomic import remove_stale_temporaries, write_text
 from pretext3d._checks import (
     check_choice,
     check_device_name,
@@ -237,6 +239,8 @@ class Pretrainer:
         self.image_key, self.callbacks = image_key, list(callbacks)
         if not hasattr(data, "__len__") or len(data) == 0:
             raise ValueError("data must be a non-empty Dataset with a length")
+        if held_out is not None and (not hasattr(held_out, "__len__") or len(held_out) == 0):
+            raise ValueError("held_out must hold at least one image (a Dataset with a length), or be None")
         self.size = len(data)
         self.data, self.held_out = data, held_out
         self.output, self.run_dir = _writable(Path(output))
@@ -251,6 +255,13 @@ class Pretrainer:
             switch_checkpointing(encoder)
         self.core = PretextStep(encoder, tasks, seed=config.seed, rank=self.rank)
         self.spatial_dims, self.names = self.core.spatial_dims, self.core.names
+        for name, task in zip(self.names, self.core.tasks, strict=True):
+            need = getattr(task, "min_batch_size", 1)
+            if config.batch_size < need:
+                raise ValueError(
+                    f"batch_size={config.batch_size} is too small for {name}: it needs >= {need} images per "
+                    "batch (its negatives are the batch's other images; with fewer its loss is always 0)"
+                )
         self.models = self.core.models.to(self.device)
         self.encoder = encoder
         if config.channels_last or (config.channels_last is None and self.device.type == "cuda"):
@@ -260,6 +271,7 @@ class Pretrainer:
             self.models.parameters(), config.optim_settings(), self.steps, self.device, self.precision
         )
         self.step = 0
+        self.window = _Window()  # the steps since the last metrics row (kept in checkpoints)
         self.metrics = engine.MetricsLog(self.run_dir, tensorboard=config.tensorboard)
         self.checkpoint = self.run_dir / "checkpoint.pt"
         if config.compile:
@@ -317,8 +329,13 @@ class Pretrainer:
         state = engine.load_checkpoint(self.checkpoint, ("step", "models", "optimizer", "config"), "cpu")
         if state is None:
             return
-        changed = engine.changed_settings(state["config"], dataclasses.asdict(self.config))
+        old, new = dict(state["config"]), dataclasses.asdict(self.config)
+        for free in _RESUMABLE_WITH_OTHER:  # they do not change the result
+            old.pop(free, None), new.pop(free, None)
+        changed = engine.changed_settings(old, new)
         changed += ["tasks"] if state["tasks"] != self.names else []
+        if "identity" in state:  # checkpoints of 0.2 and later: what else must match
+            changed += _identity_changes(state["identity"], self._identity())
         if changed:
             if state["step"] >= state.get("steps", math.inf):  # a finished run of other settings
                 self.log(f"{self.checkpoint} holds a finished run of other settings; starting a new run")
@@ -338,8 +355,30 @@ class Pretrainer:
         self.core.set_generator_states(state["generators"][self.rank])
         engine.set_rng_state(state["rng"][self.rank])
         self.step = int(state["step"])
+        if "window" in state:
+            kept = state["window"][self.rank]
+            self.window = _Window(losses=kept["losses"], accuracies=kept["accuracies"])
         if self.main:
             self.log(f"resumed from {self.checkpoint} at step {self.step}/{self.steps}")
+
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to resume it, besides the config.
+
+        Each task's settings (its repr) and weight, the shape of every parameter (an encoder or
+        head of other widths), and the training images (their case ids, or their count), so
+        that a refusal names what changed rather than failing on a state dict.
+        """
+        ids = case_ids(self.data)
+        return {
+            "task_settings": {
+                n: f"{t!r} x {w:g}"
+                for n, t, w in zip(self.names, self.core.tasks, self.core.weights, strict=True)
+            },
+            "parameter_shapes": {k: list(v.shape) for k, v in self.models.state_dict().items()},
+            "data": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+            if ids
+            else f"{self.size} images",
+        }
 
     def _gather(self, value: Any) -> list[Any]:
         """``value`` of every rank, in rank order (``[value]`` for one process)."""
@@ -352,6 +391,8 @@ class Pretrainer:
     def _save(self) -> None:
         generators = self._gather(self.core.generator_states())  # every rank's streams
         rng = self._gather(engine.rng_state())
+        # the losses since the last metrics row, so that a resumed run logs the row it would have
+        window = self._gather({"losses": self.window.losses, "accuracies": self.window.accuracies})
         if not self.main:
             dist.barrier()  # until rank 0 has written it
             return
@@ -363,10 +404,12 @@ class Pretrainer:
                 "world": self.world,
                 "config": dataclasses.asdict(self.config),
                 "tasks": self.names,
+                "identity": self._identity(),
                 "models": self.models.state_dict(),
                 **self.optim.state_dict(),
                 "generators": generators,
                 "rng": rng,
+                "window": window,
             },
         )
         self.metrics.flush()
@@ -387,22 +430,21 @@ class Pretrainer:
         micro = cfg.accumulate
         loader = self._loader(self.data, self.step * micro, (self.steps - self.step) * micro, cfg.seed, True)
         batches = iter(loader)
-        window = _Window()
         last_eval: dict[str, float] = {}
         with engine.progress(self.steps, self.step, cfg.progress and self.main, "pretraining") as bar:
             while self.step < self.steps:
-                losses, accuracies = self._train_step(batches, window)
+                losses, accuracies = self._train_step(batches, self.window)
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
                         loss=f"{sum(losses.values()):.3f}",
                         accuracy=f"{sum(accuracies.values()) / len(accuracies):.3f}",
-                        images_s=f"{window.rate():.1f}",
+                        images_s=f"{self.window.rate():.1f}",
                     )
                 if self.step % cfg.log_every == 0 or self.step == self.steps:
-                    self._log_window(window)
-                    window = _Window()
+                    self._log_window(self.window)
+                    self.window = _Window()
                 last_eval = self._after_step() or last_eval
         if self.held_out is not None and self.main and not last_eval:  # a resumed finished run: its last
             logged = [
@@ -500,7 +542,7 @@ class Pretrainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out pretext loss and accuracy per task (fixed crops and views), logged."""
         assert self.held_out is not None
-        n = len(self.held_out)  # type: ignore[arg-type]
+        n = len(self.held_out)
         batches = max(1, n // min(self.config.batch_size, n))
         loader = self._loader(self.held_out, 0, batches, self.config.seed + 7919, False)
         for model in self.models.values():
@@ -613,12 +655,44 @@ class _Window:
         return self.seen / max(self.wait + self.compute, 1e-9)
 
 
+#: settings a run may resume with other values of: they do not change what it computes
+_RESUMABLE_WITH_OTHER = ("num_workers", "progress")
+
+
+def _identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two :meth:`Pretrainer._identity`'s, in words."""
+    changed = []
+    tasks_old, tasks_new = old.get("task_settings", {}), new.get("task_settings", {})
+    for name in sorted(set(tasks_old) & set(tasks_new)):
+        if tasks_old[name] != tasks_new[name]:
+            a, b = (set(re.split(r"[(), ]+", t)) for t in (tasks_old[name], tasks_new[name]))
+            changed.append(f"{name}'s settings ({' '.join(sorted(a - b))} -> {' '.join(sorted(b - a))})")
+    shapes = engine.changed_settings(old.get("parameter_shapes"), new.get("parameter_shapes"))
+    if shapes:
+        changed.append(
+            f"parameter shapes, an encoder or head of other widths ({len(shapes)} tensors, first "
+            f"{shapes[0].split('.', 1)[-1]})"
+        )
+    if old.get("data") != new.get("data"):
+        changed.append("data (other training images: the encoder's record would miss the first ones)")
+    return changed
+
+
 def _writable(output: Path) -> tuple[Path, Path]:
     """``(output, its run folder)``, checked to be writable before any training."""
+    if not output.name or output.is_dir():
+        raise ValueError(
+            f"output {str(output)!r} is a directory: give the encoder's file path (e.g. 'encoder.pt'), "
+            "beside which the run's folder '<output>.run' is made"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise ValueError(f"output {str(output)!r} cannot be written (checked before training)")
-    return output, output.with_name(output.name + ".run")
+    run_dir = output.with_name(output.name + ".run")
+    for folder in (output.parent, run_dir):  # what killed runs left: half-written checkpoints, logs
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+    return output, run_dir
 
 
 def pretext_warning(task: PretextTask[Any, Any], accuracy: float) -> str | None:

@@ -181,3 +181,66 @@ def test_dangling_links_are_reported(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"cannot read '.*a.npy'"):
         list_files(folder / "a.npy", lambda p: True)
+
+
+# --- round two (issue 26)
+
+
+def test_link_loops_and_second_links_list_each_scan_once(tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    np.save(folder / "a.npy", np.zeros((4, 4, 4), np.float32))
+    np.save(folder / "sub" / "b.npy", np.ones((4, 4, 4), np.float32))
+    (folder / "loop").symlink_to(folder)  # ln -s . loop
+    (folder / "sub" / "up").symlink_to(folder)
+    (folder / "again.npy").symlink_to(folder / "a.npy")  # a second name for a scan
+    scans = VolumeFolder(folder, preprocessing=RAW)
+    assert len(scans) == 2 and sorted(scans.case_ids) == ["a.npy", "sub__b.npy"]
+
+
+def test_dicom_series_of_mixed_pixel_spacing_or_another_modality_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"mixes pixel spacings \[\(0\.5, 0\.5\), \(0\.6615, 0\.6615\)\]"):
+        spacings = [[0.661468] * 2] * 2 + [[0.5, 0.5]]
+        read_dicom_series(series(tmp_path / "px", [0.0, 2.5, 5.0], PixelSpacing=spacings))
+    mr = series(tmp_path / "mr", [0.0, 2.5], Modality="MR")
+    with pytest.raises(ValueError, match=r"slice0.dcm' is a MR slice, not CT: its values are not Hounsfield"):
+        read_dicom_series(mr)
+    assert read_dicom_series(mr, modality=None).array.shape[2] == 2  # read as it is when asked
+
+
+def test_implausible_voxel_sizes_are_refused_not_resampled_to_nothing(tmp_path: Path) -> None:
+    tiny = np.diag([0.01, 0.01, 0.01, 1])  # 0.01 mm voxels
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 32), np.float32), tiny), tmp_path / "t.nii")
+    message = r"t.nii.*leaves \(1, 1, 1\) voxels: the header's voxel size is implausible"
+    with pytest.raises(ValueError, match=message):
+        VolumeFolder(tmp_path, preprocessing=CTPreprocessing(crop=None, resize=None))[0]
+
+
+def test_16_bit_png_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pretext3d.data.io import read_rgb
+
+    grey = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    rgb = read_rgb(tmp_path / "deep.png")
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.round(grey / 257.0).astype(np.uint8))
+    assert (rgb == 255).mean() < 0.01  # not saturated
+    with pytest.raises(ValueError, match=r"label_noise must lie in \[0, 1\], got 1.5"):
+        write_aptos_phantom(tmp_path / "a", num_train=2, num_test=0, size=16, label_noise=1.5)
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+
+
+def test_a_damaged_cache_file_is_named_removed_and_recomputed(tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.arange(64, dtype=np.float32).reshape(4, 4, 4))
+    scans = VolumeFolder(folder, preprocessing=RAW, cache_dir=tmp_path / "cache")
+    first = scans.array(0)
+    cached = next((tmp_path / "cache").rglob("*_image.npy"))
+    cached.write_bytes(cached.read_bytes()[:-40])  # truncated on disk
+    with pytest.raises(ValueError, match=r"cached image of case 'a.npy' \(.*_image.npy'\) cannot be read"):
+        scans.array(0)
+    assert not cached.exists()
+    np.testing.assert_array_equal(scans.array(0), first)  # the next read recomputes it

@@ -206,7 +206,10 @@ def test_workers_split_the_encoders_wait_for_a_live_one_and_take_over_a_dead_one
     monkeypatch.setattr(reproduce.time, "sleep", other_worker_finishes_a)
     reproduce._make_encoders([(a, maker(a)), (b, maker(b)), (c, maker(c))], lines.append)
     assert made == ["b.pt", "c.pt"]  # a was left to its live worker, c taken over
-    assert lines == ["waiting for 1 encoder(s) that other workers are pretraining"]
+    assert lines == [
+        f"removed {tmp_path / 'c.pt.lock'}, the lock of a killed worker",
+        "waiting for 1 encoder(s) that other workers are pretraining",
+    ]
     assert not list(tmp_path.glob("*.lock"))
     reproduce._make_encoders([(a, maker(a)), (b, maker(b))], lines.append)  # all made: nothing to do
     assert made == ["b.pt", "c.pt"]

@@ -146,6 +146,36 @@ def test_a_lock_of_a_dead_worker_is_taken_over(tmp_path: Path) -> None:
         assert not claimed
 
 
+def test_a_lock_whose_pid_was_given_to_another_process_is_taken_over(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from pretext3d._atomic import process_identity
+    from pretext3d.experiments.locks import RunLock
+
+    if not process_identity(os.getpid()):
+        pytest.skip("no /proc: process identities cannot be read on this system")
+    path, host, parent = tmp_path / "run.lock", socket.gethostname(), os.getppid()
+    # the parent process runs, but it is not the process that wrote this lock (another start
+    # time: what a pid reused after a reboot or in a new container looks like)
+    path.write_text(f"{host} {parent} {process_identity(parent)[:-1]}9999\n")
+    with RunLock(path) as claimed:
+        assert claimed  # taken over, not waited for forever
+        assert path.read_text().split()[2] == process_identity(os.getpid())
+    path.write_text(f"{host} {parent} {process_identity(parent)}\n")  # the live holder itself
+    with RunLock(path) as claimed:
+        assert not claimed
+    path.write_text(f"{host} {parent}\n")  # an older lock without identity: the pid decides
+    with RunLock(path) as claimed:
+        assert not claimed
+    path.write_text("garbage\n")  # not a lock's text: left alone for a minute, as a half-written one
+    with RunLock(path) as claimed:
+        assert not claimed
+    os.utime(path, (0, 0))
+    with RunLock(path) as claimed:
+        assert claimed
+
+
 def test_corrupt_checkpoints_are_named_and_recomputed(tmp_path: Path) -> None:
     import torch
 
@@ -258,3 +288,31 @@ def test_workers_on_one_folder_write_the_report_once(tmp_path: Path) -> None:
     assert [w.returncode for w in workers] == [0, 0]
     assert sum("summary.md" in o for o in outputs) == 1, outputs
     assert len(list((tmp_path / "de" / "runs").glob("*.json"))) == 2
+
+
+def test_what_killed_workers_left_beside_finished_runs_is_removed(tmp_path: Path) -> None:
+    import socket
+
+    import pretext3d as p3
+    from pretext3d.experiments import DataEfficiencyConfig, GradingRecipe, run_data_efficiency
+    from pretext3d.finetune import TrainConfig
+
+    images, grades = p3.data.fundus_phantom_batch(24, 32, seed=0)
+    recipe = GradingRecipe(block_config=(1, 1), growth_rate=4, init_features=8)
+    config = DataEfficiencyConfig(
+        fractions=(1.0,), split_seeds=(0,), train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2)
+    )
+
+    def run(log: list[str]) -> None:
+        run_data_efficiency(recipe, images, grades, {"scratch": None}, config, tmp_path, progress=False,
+                            log=log.append)  # fmt: skip
+
+    run([])
+    runs, checkpoints = tmp_path / "runs", tmp_path / "checkpoints"
+    (runs / "scratch__p0__s0__r0__f1.lock").write_text(f"{socket.gethostname()} 999999999 -\n")
+    (checkpoints / "scratch__p0__s0__r0__f1.pt").write_bytes(b"killed after the row was written")
+    lines: list[str] = []
+    run(lines)
+    assert not list(runs.glob("*.lock")) and not list(checkpoints.iterdir())
+    assert any("the lock of a killed worker" in line for line in lines)
+    assert any("left by a run that had finished" in line for line in lines)

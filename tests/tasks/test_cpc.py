@@ -100,8 +100,12 @@ def test_grid_that_does_not_fit() -> None:
         ValueError, match=r"spans 128 voxels per axis, more than x's spatial shape \(96, 96, 96\)"
     ):
         CPC(3)(torch.randn(1, 1, 96, 96, 96))
-    with pytest.raises(ValueError, match="must be the CPC head's"):
-        CPC.pairs(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="must be this CPC head's"):
+        CPC(3).pairs(torch.randn(3, 4))
+    # a tensor of the head's rank-minus-one with plausible sizes is refused too (issue 26)
+    message = r"\(2, 'B', 1, 2, 3, 3, 'D'\) tensor \(steps=1, grid=3, 3D\), got \(2, 2, 1, 2, 3, 16\)"
+    with pytest.raises(ValueError, match=message):
+        CPC(3, grid=3, patch=8).loss(torch.randn(2, 2, 1, 2, 3, 16), None)
 
 
 def test_binary_negatives_follow_the_generator_and_eval_takes_plain_patches(spatial_dims: int) -> None:

@@ -51,15 +51,12 @@ def test_jigsaw_slots_hold_documented_cells(spatial_dims: int, shape_extra: int)
     # undoing the shuffle gives the cells in row-major order
     order = task.permutations[labels].argsort(dim=1)
     unshuffled = views[torch.arange(5)[:, None], order]
-    identity = Jigsaw(
-        spatial_dims,
-        grid=grid,
-        jitter=0,
-        permutations=torch.arange(grid**spatial_dims)[None],
-        num_permutations=1,
-        **RAW,
-    )
-    assert torch.equal(unshuffled, identity(x)[0])
+    cells = torch.arange(grid**spatial_dims)
+    two = torch.stack([cells, cells.flip(0)])
+    in_order = Jigsaw(spatial_dims, grid=grid, jitter=0, permutations=two, num_permutations=2, **RAW)
+    params = in_order.randomize(x, torch.Generator().manual_seed(0))
+    params.permutation = torch.zeros_like(params.permutation)  # every sample's tiles in row-major order
+    assert torch.equal(unshuffled, in_order.apply_params(x, params)[0])
 
 
 @pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
@@ -181,9 +178,9 @@ def test_jigsaw_external_sets(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds 10 permutations but num_permutations=100"):
         Jigsaw(2, permutations=perms)
     with pytest.raises(ValueError, match=r"integer tensor \(count, 9\)"):
-        Jigsaw(2, num_permutations=1, permutations=torch.arange(27)[None])
+        Jigsaw(2, num_permutations=2, permutations=torch.arange(27)[None].repeat(2, 1))
     with pytest.raises(ValueError, match=r"must be a permutation of 0\.\.8"):
-        Jigsaw(2, num_permutations=1, permutations=torch.zeros(1, 9, dtype=torch.long))
+        Jigsaw(2, num_permutations=2, permutations=torch.zeros(2, 9, dtype=torch.long))
 
 
 @pytest.mark.parametrize(

@@ -50,9 +50,26 @@ class CaseCache:
         return self.path(case, "image").exists() and (not label or self.path(case, "label").exists())
 
     def load(self, case: str, *, label: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """The cached image (and label, when ``label``) of ``case``."""
-        image = np.load(self.path(case, "image"), allow_pickle=False)
-        return image, np.load(self.path(case, "label"), allow_pickle=False) if label else None
+        """The cached image (and label, when ``label``) of ``case``.
+
+        Raises:
+            ValueError: a cached file cannot be read (damaged on disk); names the case and the
+                file, which is removed so that the next read recomputes it.
+        """
+        image = self._read(case, "image")
+        return image, self._read(case, "label") if label else None
+
+    def _read(self, case: str, part: str) -> np.ndarray:
+        path = self.path(case, part)
+        try:
+            array: np.ndarray = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            path.unlink(missing_ok=True)
+            raise ValueError(
+                f"the cached {part} of case {case!r} ({str(path)!r}) cannot be read ({err}); it was "
+                "removed: run again to recompute it"
+            ) from err
+        return array
 
     def store(self, case: str, image: np.ndarray, label: np.ndarray | None = None) -> None:
         """Write ``case`` atomically (label first, image last)."""

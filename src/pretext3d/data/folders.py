@@ -36,23 +36,31 @@ def list_files(root: Path, accept: Callable[[Path], bool]) -> list[Path]:
     """Every accepted file under ``root`` (recursively, sorted), hidden files skipped.
 
     Nothing is skipped silently: a link that points nowhere or a sub-folder that cannot be
-    read is an error naming it, since either would quietly shrink the data set.
+    read is an error naming it, since either would quietly shrink the data set. Links are
+    followed, each real folder and file once (a link loop or a second link to the same scan
+    would repeat scans).
     """
 
     def refuse(err: OSError) -> None:
         raise ValueError(f"cannot read {err.filename!r} under {str(root)!r}: {err.strerror}") from err
 
-    found = []
+    found: dict[str, Path] = {}  # real path -> the first path naming it
+    visited: set[str] = set()
     for folder, dirs, names in os.walk(root, onerror=refuse, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in names:
+        visited.add(os.path.realpath(folder))
+        # a linked folder is followed once: a link loop (ln -s . loop) or a second link to a
+        # folder already walked would list its scans again
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and os.path.realpath(Path(folder) / d) not in visited
+        )
+        for name in sorted(names):
             path = Path(folder) / name
             if is_junk(path) or not accept(path):
                 continue
             if not path.exists():
                 raise ValueError(f"{str(path)!r} is a link that points nowhere (to {os.readlink(path)!r})")
-            found.append(path)
-    return sorted(found)
+            found.setdefault(os.path.realpath(path), path)  # two links to one file: one scan
+    return sorted(found.values())
 
 
 def check_on_error(on_error: str) -> OnError:
@@ -104,6 +112,11 @@ class VolumeDataset(Dataset[Tensor]):
         patch_size: Sequence[int] | None = None,
         transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
+        if preprocessing is not None and not isinstance(preprocessing, CTPreprocessing):
+            raise TypeError(
+                f"preprocessing must be a CTPreprocessing (e.g. CTPreprocessing(window=(-96, 215))) or None, "
+                f"got {preprocessing!r}"
+            )
         self.sources = [_Source(name, Path(path)) for name, path in sources]
         self.preprocessing = preprocessing
         key = preprocessing.key() if preprocessing is not None else "raw"
@@ -130,7 +143,10 @@ class VolumeDataset(Dataset[Tensor]):
         if self.preprocessing is None:
             image = volume.array.astype(np.float32)
         else:
-            image, _ = self.preprocessing(volume.array, volume.spacing)
+            try:
+                image, _ = self.preprocessing(volume.array, volume.spacing)
+            except ValueError as err:  # say which scan
+                raise ValueError(f"{str(source.path)!r}: {err}") from err
         if self.cache is not None:
             self.cache.store(source.name, image)
         return image
@@ -244,6 +260,8 @@ class FundusFolder(Dataset[Tensor]):
         ukbiobank: bool = False,
         transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
+        if preprocessing is not None and not isinstance(preprocessing, FundusPreprocessing):
+            raise TypeError(f"preprocessing must be a FundusPreprocessing or None, got {preprocessing!r}")
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"image folder {str(root)!r} does not exist")

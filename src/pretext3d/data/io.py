@@ -163,7 +163,9 @@ def read_volume(path: str | Path) -> Volume:
     return read_nifti(path)
 
 
-def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> Volume:
+def read_dicom_series(
+    folder: str | Path, *, series_uid: str | None = None, modality: str | None = "CT"
+) -> Volume:
     """Read one DICOM series (all ``*.dcm`` files, or all files, of a folder) as a volume in HU.
 
     Slices are sorted along the slice normal by ``ImagePositionPatient``;
@@ -179,6 +181,10 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     Args:
         folder: the series' folder.
         series_uid: which series to read when the folder holds several.
+        modality: the ``Modality`` every slice must have where it says ("CT": the values are
+            Hounsfield units, which the CT preprocessing windows; an MR series read as CT would
+            be windowed into nonsense); ``None``: any (the values are then the scanner's
+            rescaled units).
 
     Raises:
         ValueError: no readable slices, a file that is not DICOM or lacks position,
@@ -229,6 +235,17 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
         for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "PixelData"):
             if getattr(s, tag, None) is None:
                 raise ValueError(f"DICOM file {str(f)!r} has no {tag}; it cannot be placed in a volume")
+    for f, s in slices:
+        found = getattr(s, "Modality", None)
+        if modality is not None and found and found != modality:
+            raise ValueError(
+                f"DICOM file {str(f)!r} is a {found} slice, not {modality}: its values are not "
+                f"{'Hounsfield units' if modality == 'CT' else modality + ' values'}; read it with "
+                "modality=None and a preprocessing of its own"
+            )
+    spacings = {tuple(round(float(v), 4) for v in s.PixelSpacing) for _, s in slices}
+    if len(spacings) != 1:
+        raise ValueError(f"DICOM series {str(folder)!r} mixes pixel spacings {sorted(spacings)} (mm)")
     orientation = np.array(slices[0][1].ImageOrientationPatient, dtype=np.float64)
     for f, s in slices:
         if not np.allclose(np.array(s.ImageOrientationPatient, dtype=np.float64), orientation, atol=1e-4):
@@ -287,7 +304,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read a PNG/JPEG as ``(H, W, 3)`` uint8 RGB.
+    """Read a PNG/JPEG as ``(H, W, 3)`` uint8 RGB (16-bit greyscale scaled to 8 bits, grey as RGB).
 
     Raises:
         ValueError: missing or unreadable file, named in the message.
@@ -303,6 +320,10 @@ def read_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with image_module.open(path) as image:
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: PIL's RGB clips
+                grey = np.asarray(image, dtype=np.float64)  # at 255, so scale to 8 bits here
+                scaled = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)
+                return np.repeat(scaled[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGB"))
     except Exception as err:
         raise ValueError(f"cannot read image file {str(path)!r}: {err}") from err

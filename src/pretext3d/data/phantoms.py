@@ -45,7 +45,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pretext3d._atomic import write_text
-from pretext3d._checks import check_choice, check_int
+from pretext3d._checks import check_choice, check_int, check_unit_interval
 
 __all__ = [
     "APTOS_PRIOR",
@@ -282,6 +282,7 @@ def fundus_phantom(
         >>> image.shape, image.dtype, grade
         ((64, 64, 3), dtype('uint8'), 2)
     """
+    check_unit_interval("label_noise", label_noise)
     rng = np.random.default_rng(seed)
     true_grade = int(rng.choice(5, p=APTOS_PRIOR)) if grade is None else int(grade)
     if true_grade not in range(5):
@@ -524,6 +525,7 @@ def write_aptos_phantom(
     """
     from pretext3d.data.io import write_png
 
+    check_unit_interval("label_noise", label_noise)  # before any file is written
     folder = Path(root) / "aptos2019"
     for split, count, offset in (("train", num_train, 0), ("test", num_test, num_train)):
         (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)

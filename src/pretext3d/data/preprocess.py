@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 
+_MIN_RESAMPLED = 4  # voxels per axis after resampling; fewer means the header's spacing is wrong
+
+
 def _target_shape(
     shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]
 ) -> tuple[int, ...]:
@@ -235,6 +238,12 @@ class CTPreprocessing:
             )
         if self.spacing is not None:
             shape = _target_shape(image.shape, spacing, self.spacing)
+            if min(shape) < _MIN_RESAMPLED:
+                raise ValueError(
+                    f"resampling a {image.shape} volume of {tuple(round(float(v), 4) for v in spacing)} mm "
+                    f"voxels to {self.spacing} mm leaves {shape} voxels: the header's voxel size is "
+                    "implausible for a scan (check its pixdim / PixelSpacing), or set spacing=None"
+                )
             image = self._resize_image(image, shape)
             label = None if label is None else resize_volume(label, shape, label=True)
         if self.crop == "body":

@@ -1,10 +1,12 @@
 """A lock file per run, so that several workers can share one data-efficiency grid.
 
 A worker claims a run by creating ``<run>.lock`` exclusively (``O_CREAT | O_EXCL``, atomic
-on local and NFSv3+ file systems) with its host name and process id in it, and deletes it
-when the run is written or fails. A lock whose holder is a process that no longer runs on
-this host is stale (its holder was killed) and is taken over; a lock from another host is
-respected until its holder removes it (delete it by hand if that machine died).
+on local and NFSv3+ file systems) with its host name, process id and process identity (on
+Linux the boot id and the process's start time) in it, and deletes it when the run is written
+or fails. A lock whose holder no longer runs on this host is stale (its holder was killed) and
+is taken over, also when another process has since been given the holder's pid (after a reboot
+or in a container): the identity tells them apart. A lock from another host is respected until
+its holder removes it (delete it by hand if that machine died).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from pretext3d._atomic import pid_alive
+from pretext3d._atomic import pid_alive, process_identity
 
 __all__ = ["RunLock"]
 
@@ -45,12 +47,13 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                if not self._stale():
+                if not self.stale():
                     return False
                 self.path.unlink(missing_ok=True)  # a killed holder's: take it over
                 continue
             with os.fdopen(fd, "w") as handle:
-                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+                pid = os.getpid()
+                handle.write(f"{socket.gethostname()} {pid} {process_identity(pid) or '-'}\n")
             self.held = True
             return True
         return False
@@ -61,7 +64,8 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def _stale(self) -> bool:
+    def stale(self) -> bool:
+        """Whether the lock file exists and its holder is gone (killed; its pid perhaps reused)."""
         try:
             text = self.path.read_text()
             age = time.time() - self.path.stat().st_mtime
@@ -69,8 +73,16 @@ class RunLock:
             return False
         if not text.strip():  # being written right now, or its writer died in between
             return age > _EMPTY_LOCK_SECONDS
-        host, pid = text.split()
-        return host == socket.gethostname() and not pid_alive(int(pid))
+        parts = text.split()
+        if len(parts) < 2 or not parts[1].isdigit():  # not a RunLock's: as if half written
+            return age > _EMPTY_LOCK_SECONDS
+        host, pid = parts[0], int(parts[1])
+        if host != socket.gethostname():
+            return False
+        if not pid_alive(pid):
+            return True
+        recorded = parts[2] if len(parts) > 2 and parts[2] != "-" else ""
+        return bool(recorded) and recorded != process_identity(pid)  # the pid was given to another
 
     def __enter__(self) -> bool:
         return self.acquire()

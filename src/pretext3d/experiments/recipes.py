@@ -150,6 +150,23 @@ class Recipe(abc.ABC):
         """
         return False
 
+    def check_labels(self, labels: Tensor) -> None:
+        """Raise ``ValueError`` if ``labels`` hold a class this recipe's model has no output for.
+
+        Called by the runner before anything is written. Recipes without ``num_classes``
+        accept any labels.
+        """
+        classes = getattr(self, "num_classes", None)
+        if classes is None or not isinstance(labels, Tensor) or labels.numel() == 0:
+            return
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            name = next((n for n in RECIPES.names() if RECIPES.get(n) is type(self)), type(self).__name__)
+            raise ValueError(
+                f"the labels hold classes {low}..{high}, but {type(self).__name__} has num_classes={classes} "
+                f"([{name}] num_classes in a config): the labels must lie in 0..{classes - 1}"
+            )
+
     def check_encoder(self, in_channels: int, encoder_file: Path) -> None:
         """Raise ``ValueError`` unless ``encoder_file`` holds an encoder of this recipe's family that fits.
 

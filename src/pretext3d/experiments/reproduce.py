@@ -218,6 +218,8 @@ def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = (
         >>> config.name, list(config.tasks), config.tasks["rotation"].crop, config.pretrain.steps
         ('pancreas [overrides: pretrain.steps=50]', ['rotation'], 32, 50)
     """
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise TypeError(f"overrides must be a list of 'KEY=VALUE' strings, got {overrides!r}")
     values = load_toml(Path(path))
     for item in overrides:
         merge_override(values, *parse_override(item))
@@ -291,12 +293,8 @@ def pretraining_curves(encoder_file: str | os.PathLike[str]) -> dict[str, list[t
         (['accuracy/rotation', 'held_out_accuracy/rotation', 'held_out_loss/rotation', 'loss/rotation'],
          [1, 2])
     """
-    log = Path(f"{encoder_file}.run") / "metrics.jsonl"
     curves: dict[str, list[tuple[int, float]]] = {}
-    if not log.is_file():
-        return curves
-    for line in log.read_text().splitlines():
-        row = json.loads(line)
+    for row in engine.read_metrics(Path(f"{encoder_file}.run") / "metrics.jsonl"):
         for key, value in row.items():
             if "/" in key and isinstance(value, (int, float)):
                 curves.setdefault(key, []).append((int(row["step"]), float(value)))
@@ -382,6 +380,10 @@ def run_reproduction(
         >>> print(folder.joinpath("summary.md").read_text().splitlines()[0])
         # ...
     """
+    if not isinstance(config, Reproduction):
+        raise TypeError(
+            f"config must be a Reproduction (load_reproduction(path) reads one), got {type(config).__name__}"
+        )
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     recipe = config.recipe
@@ -482,6 +484,11 @@ def _make_encoders(jobs: Sequence[tuple[Path, Callable[[], object]]], log: Calla
     pretrain different encoders; one that a live worker holds is waited for, one whose worker
     died is taken over (and resumes from its checkpoint).
     """
+    for folder in {job[0].parent for job in jobs}:
+        for lock in sorted(folder.glob("*.lock")):
+            if RunLock(lock).stale():
+                lock.unlink(missing_ok=True)
+                log(f"removed {lock}, the lock of a killed worker")
     pending = [job for job in jobs if not _made(job[0])]
     while pending:
         for job in list(pending):

@@ -486,6 +486,7 @@ class DataEfficiencyGrid:
             raise ValueError("output_dir must name a folder, got ''")
         if isinstance(device, str):
             check_device_name("device", device)
+        recipe.check_labels(cases.labels)
         self.recipe, self.cases, self.config, self.log = recipe, cases, config, log
         self.device = engine.resolve_device(device)
         self.encoders = check_methods(recipe, cases.images.shape[1], methods)
@@ -537,6 +538,16 @@ class DataEfficiencyGrid:
         for folder in (out, out / "runs", out / "checkpoints"):
             for stale in remove_stale_temporaries(folder):
                 log(f"removed {stale}, left by a killed process")
+        for lock in sorted((out / "runs").glob("*.lock")):
+            if RunLock(lock).stale():
+                lock.unlink(missing_ok=True)
+                log(f"removed {lock}, the lock of a killed worker")
+        for cell in self.plan():
+            if self.done(cell):  # a worker killed between writing the row and cleaning up
+                for leftover in self._leftovers(cell):
+                    if leftover.exists():
+                        leftover.unlink()
+                        log(f"removed {leftover}, left by a run that had finished")
         settings = {
             "config": asdict(self.config),
             "methods": {name: [_encoder_info(f) for f in files] for name, files in self.encoders.items()},
@@ -636,11 +647,8 @@ class DataEfficiencyGrid:
             synthetic=self.cases.synthetic,
         )
         write_text(self.path(cell), json.dumps(row, indent=2, sort_keys=True))
-        folder = self.out / "checkpoints"
-        leftovers = [f"{cell.name}.pt"] + [f"{cell.name}.lr{lr:g}{ext}" for lr in self.config.lr_search
-                                           for ext in (".pt", ".json")]  # fmt: skip
-        for name in leftovers:
-            (folder / name).unlink(missing_ok=True)
+        for leftover in self._leftovers(cell):
+            leftover.unlink(missing_ok=True)
         if bar is not None:
             bar.update(1)
         metric = self.recipe.metric
@@ -650,6 +658,14 @@ class DataEfficiencyGrid:
             f"{_FLAG_NOTES.get(row['flag'], '')}, {row['seconds']:.0f} s)"
         )
         return row
+
+    def _leftovers(self, cell: RunCell) -> list[Path]:
+        """The files a run keeps while it runs: its checkpoint, its learning-rate candidates'."""
+        folder = self.out / "checkpoints"
+        names = [f"{cell.name}.pt"] + [
+            f"{cell.name}.lr{lr:g}{ext}" for lr in self.config.lr_search for ext in (".pt", ".json")
+        ]
+        return [folder / name for name in names]
 
     def _search(
         self, cell: RunCell, train: TrainConfig, finetune: Callable[[TrainConfig, Path], dict[str, Any]]

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
+from pretext3d._checks import check_choice, check_device, check_int, check_positive, check_unit_interval
 
 __all__ = ["gaussian_weights", "sliding_window_inference", "window_starts"]
 
@@ -82,6 +83,43 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
 
 
 @torch.no_grad()
+def _window(window: object, dims: int) -> tuple[int, ...]:
+    """The window's edges: one int (or numpy integer) for every axis, or ``dims`` of them."""
+
+    def edge(n: object) -> int | None:
+        ok = isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+        return int(n) if ok and int(n) >= 1 else None  # type: ignore[call-overload]
+
+    single = edge(window)
+    if single is not None:
+        return (single,) * dims
+    if isinstance(window, Sequence) and not isinstance(window, str) and len(window) == dims:
+        edges = [edge(n) for n in window]
+        if all(e is not None for e in edges):
+            return tuple(e for e in edges if e is not None)
+    raise ValueError(f"window must be an int >= 1 or {dims} of them (one per spatial axis), got {window!r}")
+
+
+def _check_logits(logits: object, crops: Tensor) -> Tensor:
+    """The model's output for ``crops``, checked to be logits ``(B, K, *window)``."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"model must return one logits tensor (B, K, *window), got {type(logits).__name__}; wrap a "
+            "model that returns several outputs (deep supervision) to return the first"
+        )
+    expected = (crops.shape[0], "K", *crops.shape[2:])
+    if (
+        logits.dim() != crops.dim()
+        or logits.shape[0] != crops.shape[0]
+        or logits.shape[2:] != crops.shape[2:]
+    ):
+        raise ValueError(
+            f"model must map windows {tuple(crops.shape)} to logits {expected} of the same size, got "
+            f"{tuple(logits.shape)} (a model that downsamples, or moves the batch axis, cannot be blended)"
+        )
+    return logits.float()
+
+
 def sliding_window_inference(
     model: Callable[[Tensor], Tensor],
     images: Tensor,
@@ -127,13 +165,16 @@ def sliding_window_inference(
             f"{getattr(images, 'shape', type(images).__name__)}"
         )
     spatial = tuple(images.shape[2:])
-    roi = (window,) * len(spatial) if isinstance(window, int) else tuple(window)
-    if len(roi) != len(spatial) or any(not isinstance(n, int) or n < 1 for n in roi):
-        raise ValueError(f"window must be an int >= 1 or {len(spatial)} of them, got {window!r}")
+    roi = _window(window, len(spatial))
     check_unit_interval("overlap", overlap, include_one=False)
     check_choice("weighting", weighting, ("gaussian", "constant"))
     check_int("batch_size", batch_size, 1)
-    run_on = images.device if device is None else torch.device(device)
+    if images.is_floating_point() and not torch.isfinite(images).all():
+        raise ValueError(
+            f"images hold {int((~torch.isfinite(images)).sum())} NaN or infinite values: each makes NaN "
+            "logits for every window that holds it"
+        )
+    run_on = images.device if device is None else check_device(device)
     weights = (
         gaussian_weights(roi, sigma_scale, device=run_on)
         if weighting == "gaussian"
@@ -151,7 +192,7 @@ def sliding_window_inference(
         for i in range(0, len(corners), batch_size):
             chunk = corners[i : i + batch_size]
             crops = torch.stack([padded[_all_channels(_box(c, roi))] for c in chunk])
-            logits = model(crops).float()
+            logits = _check_logits(model(crops), crops)
             if total is None:
                 total = torch.zeros((logits.shape[1], *padded.shape[1:]), device=run_on)
             for c, out in zip(chunk, logits, strict=True):

@@ -169,6 +169,18 @@ def load_encoder_weights(
             f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all), unexpected "
             f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all)"
         )
+    mine = encoder.state_dict()
+    sizes = [
+        f"{k} {tuple(v.shape)} vs {tuple(mine[k].shape)}"
+        for k, v in state.items()
+        if k in mine and isinstance(v, Tensor) and v.shape != mine[k].shape
+    ]
+    if sizes:
+        raise ValueError(
+            f"encoder weights do not fit {type(encoder).__name__}'s widths: {len(sizes)} tensors differ in "
+            f"shape (saved vs this encoder), e.g. {'; '.join(sizes[:2])}: build the encoder with the "
+            "widths it was pretrained with"
+        )
     encoder.load_state_dict(state, strict=strict)
 
 

@@ -202,6 +202,14 @@ class MultiScaleUNet(nn.Module):
 
     def _probe(self, size: int) -> tuple[list[Tensor], str]:
         conv = _first_conv(self.encoder)
+        if conv is not None:
+            dims = len(conv.kernel_size)
+            if dims != self.spatial_dims or conv.in_channels != self.in_channels:
+                raise ValueError(
+                    f"the encoder's first convolution is a Conv{dims}d taking {conv.in_channels} channel(s), "
+                    f"but spatial_dims={self.spatial_dims} and in_channels={self.in_channels} were given: "
+                    f"pass spatial_dims={dims}, in_channels={conv.in_channels}"
+                )
         device = conv.weight.device if conv is not None else torch.device("cpu")
         x = torch.zeros(1, self.in_channels, *[size] * self.spatial_dims, device=device)
         if self._stage_names is not None:

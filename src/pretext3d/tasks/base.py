@@ -40,6 +40,7 @@ from typing_extensions import Self
 from pretext3d._checks import check_batch, check_spatial_dims
 from pretext3d._random import as_generator
 from pretext3d.heads import ClassifierHead, MultiPatchClassifierHead, ProjectionHead
+from pretext3d.objectives import check_embeddings
 
 __all__ = [
     "ClassificationTask",
@@ -278,6 +279,8 @@ class EmbeddingTask(PretextTask[P, Tensor]):
 
     Attributes:
         embedding_dim: size of the embeddings the default head produces.
+        min_batch_size: images a training batch needs (2: the other images are the negatives;
+            with one, every loss is 0).
 
     Examples:
         >>> task = p3.tasks.Exemplar(spatial_dims=2)
@@ -290,9 +293,11 @@ class EmbeddingTask(PretextTask[P, Tensor]):
     """
 
     embedding_dim: int
+    min_batch_size: int = 2
 
     def accuracy(self, output: Tensor, targets: Tensor) -> Tensor:
         """Fraction of embeddings whose nearest other embedding has the same instance id."""
+        output, targets = check_embeddings(output, targets)
         dist = torch.cdist(output.detach().float(), output.detach().float())
         dist.fill_diagonal_(float("inf"))
         return (targets[dist.argmin(dim=1)] == targets).float().mean()

@@ -216,13 +216,19 @@ class CPC(PredictiveTask[CPCParams]):
         """A :class:`~pretext3d.heads.CPCHead` for this grid."""
         return CPCHead(num_features, self.spatial_dims, self.grid, self.steps, self.code_dim)
 
-    @staticmethod
-    def pairs(output: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def pairs(self, output: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per step, the valid ``(predictions (Q, D), targets (Q, D))`` of a head output."""
-        if output.dim() < 5 or output.shape[0] != 2:
+        g, d = self.grid, self.spatial_dims
+        expected = (2, "B", self.steps, g - 1, *(g,) * (d - 1), "D")
+        if (
+            not isinstance(output, Tensor)
+            or output.dim() != 4 + d
+            or output.shape[0] != 2
+            or tuple(output.shape[2 : 3 + d]) != (self.steps, g - 1, *(g,) * (d - 1))
+        ):
             raise ValueError(
-                "output must be the CPC head's (2, B, steps, grid - 1, ..., D) tensor, "
-                f"got {tuple(output.shape)}"
+                f"output must be this CPC head's {expected} tensor (steps={self.steps}, grid={g}, "
+                f"{d}D), got {tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}"
             )
         preds, targets = output[0], output[1]
         rows = preds.shape[2]

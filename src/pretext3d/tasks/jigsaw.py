@@ -142,7 +142,7 @@ class Jigsaw(GridPatchTask[JigsawParams]):
             spatial_dims, check_int("grid", grid, 2), jitter, gap=gap, crop_scale=crop_scale,
             normalize_tiles=normalize_tiles, tile_flip=tile_flip, color=color, check_finite=check_finite,
         )  # fmt: skip
-        check_int("num_permutations", num_permutations, 1)
+        check_int("num_permutations", num_permutations, 2)  # one permutation: a one-class task
         if self.num_cells <= 20 and num_permutations > math.factorial(self.num_cells):
             raise ValueError(
                 f"num_permutations must be <= {self.num_cells}! = {math.factorial(self.num_cells)}, "

@@ -7,6 +7,7 @@ epoch), so that a run restarted at any batch sees what an uninterrupted one woul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,6 +67,14 @@ class SeededCrops(Dataset[Tensor]):
                 f"(C, *spatial) images with {self.spatial_dims} spatial axes"
             )
         if self.crop:
+            spatial = image.shape[1:]
+            inside = math.prod(min(n, self.crop) for n in spatial) / self.crop**self.spatial_dims
+            if inside < 0.5:
+                raise ValueError(
+                    f"crop={self.crop} is larger than the data set's item {i} of spatial shape "
+                    f"{tuple(spatial)}: {100 * (1 - inside):.0f} % of each crop would be padding; "
+                    "use a crop no larger than the images (or 0 for whole images)"
+                )
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + i)
             image = torch.from_numpy(self._varied_crop(image.numpy(), generator))
         return image.float().contiguous()

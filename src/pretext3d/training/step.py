@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -150,6 +151,8 @@ def task_specs(
     names = [s.label for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"task names must differ, got {names}; give TaskSpec(name=...)")
+    if all(float(s.weight) == 0 for s in specs):
+        raise ValueError(f"task weights are all 0 ({names}): nothing would be trained; give one a weight > 0")
     return specs
 
 
@@ -189,8 +192,16 @@ def image_of(item: Any, image_key: str, where: str) -> Any:
                 "pass image_key=..."
             )
         item = item[image_key]
-    image = item[0] if isinstance(item, (tuple, list)) else item
-    return image.as_subclass(Tensor) if isinstance(image, Tensor) else image
+    image = item[0] if isinstance(item, (tuple, list)) and item else item
+    if isinstance(image, Tensor):
+        return image.as_subclass(Tensor)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"{where} is a {type(image).__name__}, not an image: items must be tensors or numpy arrays "
+            f"(or tuples starting with one, or dicts with image_key={image_key!r}); for files, read them "
+            "with a loader such as pretext3d.data.VolumeFolder"
+        )
+    return image
 
 
 @dataclass
@@ -232,8 +243,25 @@ class TaskHeads(nn.Module):
         self.models = models
 
     def forward(self, views: Mapping[str, Any]) -> dict[str, Tensor]:
-        """``{task name: its model's output on its views}``."""
-        return {name: self.models[name](v) for name, v in views.items()}
+        """``{task name: its model's output on its views}``.
+
+        Raises:
+            ValueError: the encoder refuses a task's views (e.g. tiles smaller than its
+                deepest stage allows); the message names the task, the views' shape and what to
+                change.
+        """
+        out = {}
+        for name, v in views.items():
+            try:
+                out[name] = self.models[name](v)
+            except ValueError as err:
+                shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                raise ValueError(
+                    f"the encoder cannot take {name}'s views of shape {shape}: {err}. The views are cut "
+                    "from the crop the run takes (pretrain.crop, or the task's crop in a reproduction): "
+                    "use a larger crop, fewer tiles (grid) or less jitter, or an encoder with fewer stages"
+                ) from err
+        return out
 
 
 class PretextStep:

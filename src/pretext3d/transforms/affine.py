@@ -261,17 +261,22 @@ class ExemplarAugmenter(nn.Module):
         to_norm = torch.diag(1 / half)
         inverse = to_norm @ torch.linalg.inv(matrix) @ to_voxel
         flip = torch.eye(d, dtype=torch.float64).flip(0)  # grid_sample wants (x, y, z) = reversed axes
-        theta = (flip @ inverse @ flip).to(x.device, x.dtype)  # (B, d, d), grid component order
+        # coordinates in at least fp32: a bf16 grid is off by up to half a voxel at 128 voxels
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        theta = (flip @ inverse @ flip).to(x.device, dtype)  # (B, d, d), grid component order
         # The grid of affine_grid, built as a sum of d broadcast terms (no (B, N, d+1) matmul):
         # grid[b, ..., k] = sum_j theta[b, k, j] * u_j, with u_j the normalised coordinate of
         # grid component j (the spatial axis d - 1 - j) at voxel centres.
         sizes = x.shape[2:]
-        grid = torch.zeros(x.shape[0], *sizes, d, device=x.device, dtype=x.dtype)
+        grid = torch.zeros(x.shape[0], *sizes, d, device=x.device, dtype=dtype)
         for j in range(d):
             axis = d - 1 - j
             n = sizes[axis]
-            coords = (torch.arange(n, device=x.device, dtype=x.dtype) * 2 + 1) / n - 1
+            coords = (torch.arange(n, device=x.device, dtype=dtype) * 2 + 1) / n - 1
             shape = [1] * (d + 2)
             shape[1 + axis] = n
             grid += coords.view(shape) * theta[:, :, j].reshape(-1, *[1] * d, d)
-        return F.grid_sample(x, grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=False)
+        out = F.grid_sample(
+            x.to(dtype), grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=False
+        )
+        return out.to(x.dtype)
