@@ -370,8 +370,8 @@ class Pretrainer:
         """
         ids = case_ids(self.data)
         return {
-            "task_settings": {
-                n: f"{t!r} x {w:g}"
+            "task_settings": {  # without memory addresses (a callable option's repr has one)
+                n: re.sub(r" at 0x[0-9a-fA-F]+", "", f"{t!r} x {w:g}")
                 for n, t, w in zip(self.names, self.core.tasks, self.core.weights, strict=True)
             },
             "parameter_shapes": {k: list(v.shape) for k, v in self.models.state_dict().items()},
