@@ -146,23 +146,30 @@ def test_a_lock_of_a_dead_worker_is_taken_over(tmp_path: Path) -> None:
         assert not claimed
 
 
-def test_a_lock_whose_pid_was_given_to_another_process_is_taken_over(tmp_path: Path) -> None:
+def test_a_lock_whose_pid_was_given_to_another_process_is_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
     import socket
 
-    from pretext3d._atomic import process_identity
+    from pretext3d import _atomic
+    from pretext3d.experiments import locks
     from pretext3d.experiments.locks import RunLock
 
-    if not process_identity(os.getpid()):
-        pytest.skip("no /proc: process identities cannot be read on this system")
+    # the real identities: stable for a running process, none for a pid that runs nothing
+    assert _atomic.process_identity(os.getpid()) == _atomic.process_identity(os.getpid())
+    assert _atomic.process_identity(999_999_999) == ""
+    # identities as Linux gives them (boot id : start time), on any system
+    now = {os.getpid(): "boot-1:500", os.getppid(): "boot-1:100"}
+    monkeypatch.setattr(locks, "process_identity", lambda pid: now.get(pid, ""))
     path, host, parent = tmp_path / "run.lock", socket.gethostname(), os.getppid()
     # the parent process runs, but it is not the process that wrote this lock (another start
     # time: what a pid reused after a reboot or in a new container looks like)
-    path.write_text(f"{host} {parent} {process_identity(parent)[:-1]}9999\n")
+    path.write_text(f"{host} {parent} boot-0:100\n")
     with RunLock(path) as claimed:
         assert claimed  # taken over, not waited for forever
-        assert path.read_text().split()[2] == process_identity(os.getpid())
-    path.write_text(f"{host} {parent} {process_identity(parent)}\n")  # the live holder itself
+        assert path.read_text().split()[2] == "boot-1:500"  # this process's identity recorded
+    path.write_text(f"{host} {parent} boot-1:100\n")  # the live holder itself
     with RunLock(path) as claimed:
         assert not claimed
     path.write_text(f"{host} {parent}\n")  # an older lock without identity: the pid decides

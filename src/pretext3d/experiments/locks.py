@@ -19,7 +19,7 @@ from types import TracebackType
 
 from pretext3d._atomic import pid_alive, process_identity
 
-__all__ = ["RunLock"]
+__all__ = ["RunLock", "remove_stale_locks"]
 
 _EMPTY_LOCK_SECONDS = 60.0
 
@@ -91,3 +91,25 @@ class RunLock:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.release()
+
+
+def remove_stale_locks(folder: str | os.PathLike[str]) -> list[Path]:
+    r"""Delete the ``*.lock`` files in ``folder`` whose holders are gone (see :meth:`RunLock.stale`).
+
+    Returns:
+        The locks removed.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> Path("locks").mkdir(exist_ok=True)
+        >>> _ = Path("locks/dead.lock").write_text(f"{socket.gethostname()} 999999999 -\n")   # killed holder
+        >>> with RunLock("locks/mine.lock"):   # held by this (live) process
+        ...     [p.name for p in remove_stale_locks("locks")]
+        ['dead.lock']
+    """
+    removed = []
+    for lock in sorted(Path(folder).glob("*.lock")):
+        if RunLock(lock).stale():
+            lock.unlink(missing_ok=True)
+            removed.append(lock)
+    return removed

@@ -26,13 +26,14 @@ from typing import Any
 
 from pretext3d._atomic import write_text
 from pretext3d.experiments.runner import run_name
-from pretext3d.experiments.stats import detectable_difference, holm, paired_differences
+from pretext3d.experiments.stats import PairedComparison, detectable_difference, holm, paired_differences
 from pretext3d.registry import TASKS
 
 __all__ = [
     "PAPER_METRICS",
     "paper_curves",
     "read_runs",
+    "seed_ranges",
     "seeds_note",
     "summarize",
     "summary_table",
@@ -297,8 +298,7 @@ def summary_table(rows: Sequence[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _paired_table(rows: Sequence[dict[str, Any]], metric: str, baseline: str) -> str:
-    comparisons = paired_differences(rows, metric, baseline)
+def _paired_table(comparisons: Sequence[PairedComparison], baseline: str) -> str:
     if not comparisons:
         return f"No method to compare with `{baseline}`."
     adjusted = holm([c.p_value for c in comparisons])
@@ -323,8 +323,13 @@ def _env(row: dict[str, Any]) -> dict[str, Any]:
     return env
 
 
-def _seed_list(seeds: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+def seed_ranges(seeds: Sequence[int]) -> str:
+    """Seeds as ranges, for titles and names.
+
+    Examples:
+        >>> seed_ranges([5, 0, 1, 2]), seed_ranges(range(100, 120))
+        ('0-2, 5', '100-119')
+    """
     runs: list[list[int]] = []
     for seed in sorted(set(seeds)):
         if runs and runs[-1][-1] == seed - 1:
@@ -345,16 +350,16 @@ def seeds_note(rows: Sequence[dict[str, Any]]) -> str:
     pretraining = [int(r.get("pretraining_seed", 0)) for r in rows]
     repetitions = [int(r.get("repetition", 0)) for r in rows]
     return (
-        f"split seeds {_seed_list(splits)} ({len(set(splits))}); "
-        f"pretraining seeds {_seed_list(pretraining)}; repetitions {_seed_list(repetitions)}"
+        f"split seeds {seed_ranges(splits)} ({len(set(splits))}); "
+        f"pretraining seeds {seed_ranges(pretraining)}; repetitions {seed_ranges(repetitions)}"
     )
 
 
 def _control_verdict(
-    rows: Sequence[dict[str, Any]], metric: str, baseline: str, control: str | None
+    comparisons: Sequence[PairedComparison], metric: str, baseline: str, control: str | None
 ) -> list[str]:
     """The summary's positive-control paragraph (none without the control)."""
-    mine = [c for c in paired_differences(rows, metric, baseline) if c.method == control]
+    mine = [c for c in comparisons if c.method == control]
     if not mine:
         return []
     first = min(mine, key=lambda c: c.fraction)
@@ -510,9 +515,10 @@ def write_report(
     metrics = [metric] + [m for m in (rows[0]["test"] if rows else {}) if m != metric]
     env = _env(rows[0]) if rows else {}
     splits = sorted({r["split_seed"] for r in rows})
+    comparisons, seeds = paired_differences(rows, metric, baseline), seeds_note(rows)
     summary = [
         f"# {title}\n\n{note}\n",
-        f"Seeds: {seeds_note(rows)}.\n",
+        f"Seeds: {seeds}.\n",
         f"Test metrics over {len(splits)} split seed(s) {splits}: runs of one split seed (repetitions, "
         "pretraining seeds) are averaged first; ± is the sd between split seeds (n/a for one).\n",
         "## Protocol\n",
@@ -523,7 +529,7 @@ def write_report(
         f"Environment: pretext3d {env.get('pretext3d')}, torch {env.get('torch')}, commit(s) "
         f"{', '.join(sorted({str(_env(r).get('git_commit')) for r in rows}))}, device {env.get('device')}, "
         f"{env.get('threads')} threads.\n",
-        *_control_verdict(rows, metric, baseline, control),
+        *_control_verdict(comparisons, metric, baseline, control),
         "## Flagged runs\n",
         *_flagged(rows, metric),
         f"## Paired differences against `{baseline}` (`{metric}`)\n",
@@ -534,17 +540,24 @@ def write_report(
         "mean difference the row could have called significant after Holm (at its strictest step, "
         "α = 0.05 / rows, given the row's spread over split seeds): a true effect below it cannot be a "
         "finding of this grid.\n",
-        _paired_table(rows, metric, baseline) + "\n",
+        _paired_table(comparisons, baseline) + "\n",
         "## Test metrics\n",
     ]
     summary += [summary_table(rows, m) + "\n" for m in metrics]
     write_text(out / "summary.md", "\n".join(summary))
     written.append(out / "summary.md")
-    written += _plots(rows, out, metric, f"{title}: {note}\n{seeds_note(rows)}", baseline)
+    written += _plots(rows, comparisons, out, metric, f"{title}: {note}\n{seeds}", baseline)
     return written
 
 
-def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, baseline: str) -> list[Path]:
+def _plots(
+    rows: Sequence[dict[str, Any]],
+    comparisons: Sequence[PairedComparison],
+    out: Path,
+    metric: str,
+    note: str,
+    baseline: str,
+) -> list[Path]:
     try:
         from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay untouched
         from matplotlib.lines import Line2D
@@ -561,7 +574,6 @@ def _plots(rows: Sequence[dict[str, Any]], out: Path, metric: str, note: str, ba
     ax.set_ylabel(f"test {metric}")
     ax.set_title("ours: mean ± sd over split seeds", fontsize=9)
     ax = axes[0][1]
-    comparisons = paired_differences(rows, metric, baseline)
     for method in dict.fromkeys(c.method for c in comparisons):
         mine = [c for c in comparisons if c.method == method]
         where = [100 * c.fraction for c in mine]

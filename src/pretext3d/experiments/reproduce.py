@@ -36,10 +36,10 @@ from pretext3d._checks import check_device_name, check_int
 from pretext3d.config import from_mapping, load_toml, merge_override, parse_override
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
-from pretext3d.experiments.locks import RunLock
+from pretext3d.experiments.locks import RunLock, remove_stale_locks
 from pretext3d.experiments.pretraining import Pretraining, pretrain_encoder
 from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
-from pretext3d.experiments.report import colour, summary_table, write_report
+from pretext3d.experiments.report import colour, seed_ranges, summary_table, write_report
 from pretext3d.experiments.runner import (
     DataEfficiencyConfig,
     DataEfficiencyGrid,
@@ -257,12 +257,8 @@ def held_out_block(config: Reproduction, offset: int = 100) -> Reproduction:
             f"offset={offset} moves split seeds {sorted(config.experiment.split_seeds)} onto some of "
             "themselves; the held-out block must not share a split seed with development: raise offset"
         )
-    shown = (
-        f"{min(seeds)}-{max(seeds)}"
-        if seeds == tuple(range(min(seeds), max(seeds) + 1))
-        else str(list(seeds))
-    )
     pretrain_seed = config.pretrain.seed + offset
+    shown = seed_ranges(seeds)
     block = f"held-out verdict block: split seeds {shown}, pretraining seeds from {pretrain_seed}"
     return dataclasses.replace(
         config,
@@ -485,10 +481,8 @@ def _make_encoders(jobs: Sequence[tuple[Path, Callable[[], object]]], log: Calla
     died is taken over (and resumes from its checkpoint).
     """
     for folder in {job[0].parent for job in jobs}:
-        for lock in sorted(folder.glob("*.lock")):
-            if RunLock(lock).stale():
-                lock.unlink(missing_ok=True)
-                log(f"removed {lock}, the lock of a killed worker")
+        for lock in remove_stale_locks(folder):
+            log(f"removed {lock}, the lock of a killed worker")
     pending = [job for job in jobs if not _made(job[0])]
     while pending:
         for job in list(pending):

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from pretext3d import engine
 from pretext3d._atomic import remove_stale_temporaries, write_text
 from pretext3d._checks import check_device_name
-from pretext3d.experiments.locks import RunLock
+from pretext3d.experiments.locks import RunLock, remove_stale_locks
 from pretext3d.experiments.recipes import Recipe
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
@@ -538,10 +538,8 @@ class DataEfficiencyGrid:
         for folder in (out, out / "runs", out / "checkpoints"):
             for stale in remove_stale_temporaries(folder):
                 log(f"removed {stale}, left by a killed process")
-        for lock in sorted((out / "runs").glob("*.lock")):
-            if RunLock(lock).stale():
-                lock.unlink(missing_ok=True)
-                log(f"removed {lock}, the lock of a killed worker")
+        for lock in remove_stale_locks(out / "runs"):
+            log(f"removed {lock}, the lock of a killed worker")
         for cell in self.plan():
             if self.done(cell):  # a worker killed between writing the row and cleaning up
                 for leftover in self._leftovers(cell):
@@ -659,13 +657,16 @@ class DataEfficiencyGrid:
         )
         return row
 
+    def _checkpoint(self, cell: RunCell, lr: float | None = None, ext: str = ".pt") -> Path:
+        """A run's checkpoint, or a learning-rate candidate's checkpoint (``.pt``) or result (``.json``)."""
+        name = f"{cell.name}{ext}" if lr is None else f"{cell.name}.lr{lr:g}{ext}"
+        return self.out / "checkpoints" / name
+
     def _leftovers(self, cell: RunCell) -> list[Path]:
         """The files a run keeps while it runs: its checkpoint, its learning-rate candidates'."""
-        folder = self.out / "checkpoints"
-        names = [f"{cell.name}.pt"] + [
-            f"{cell.name}.lr{lr:g}{ext}" for lr in self.config.lr_search for ext in (".pt", ".json")
+        return [self._checkpoint(cell)] + [
+            self._checkpoint(cell, lr, ext) for lr in self.config.lr_search for ext in (".pt", ".json")
         ]
-        return [folder / name for name in names]
 
     def _search(
         self, cell: RunCell, train: TrainConfig, finetune: Callable[[TrainConfig, Path], dict[str, Any]]
@@ -675,16 +676,15 @@ class DataEfficiencyGrid:
         A finished candidate is kept in ``checkpoints/<run>.lr<lr>.json`` until the run's row is
         written, so an interrupted search repeats none.
         """
-        folder = self.out / "checkpoints"
         if not self.config.lr_search:
-            return finetune(train, folder / f"{cell.name}.pt")
+            return finetune(train, self._checkpoint(cell))
         tried: list[tuple[float, dict[str, Any]]] = []
         for lr in self.config.lr_search:
-            done = folder / f"{cell.name}.lr{lr:g}.json"
+            done = self._checkpoint(cell, lr, ".json")
             if done.exists():
                 row = json.loads(done.read_text())
             else:
-                row = finetune(dataclasses.replace(train, lr=lr), folder / f"{cell.name}.lr{lr:g}.pt")
+                row = finetune(dataclasses.replace(train, lr=lr), self._checkpoint(cell, lr))
                 write_text(done, json.dumps(row, sort_keys=True))
             tried.append((lr, row))
         order = {lr: i for i, (lr, _) in enumerate(tried)}  # ties: the first candidate listed
@@ -713,9 +713,12 @@ class DataEfficiencyGrid:
         torch.manual_seed(seeds.init)  # same decoder/classifier initialisation for every method
         model, encoder = recipe.build(images.shape[1], encoder_file)
         val_images, val_labels = images[val], labels[val]
-        fitted = encoder_file is not None and self.config.fit_head  # (a resumed run's checkpoint
-        if fitted:  # then replaces the model; the fit is deterministic and cheap)
-            fitted = recipe.fit_head(model.to(self.device), encoder, images, labels, subset, self.device)
+        # fitted on a resume too (deterministic and cheap): the checkpoint then replaces the model
+        fitted = (
+            encoder_file is not None
+            and self.config.fit_head
+            and recipe.fit_head(model.to(self.device), encoder, images, labels, subset, self.device)
+        )
 
         def validate(m: nn.Module) -> float:
             score = recipe.evaluate(m, val_images, val_labels, self.device)[recipe.metric]
