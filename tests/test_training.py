@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +190,67 @@ def test_a_reproduction_may_pretrain_two_variants_of_one_task() -> None:
     assert defended.crop_scale is not None and plain.crop_scale is None
     with pytest.raises(ValueError, match=r"tasks\[0\].crop applies to a reproduction's tasks"):
         p3.experiments.Pretraining(tasks=[TaskSpec("rotation", crop=16)])
+
+
+def test_compile_auto_is_on_for_long_cuda_runs_with_triton_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pretext3d import engine
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: object())  # Triton "installed"
+    assert engine.resolve_compile("auto", cuda, 1000) == (True, "compile on (auto: CUDA, 1000 steps)")
+    assert engine.resolve_compile("auto", cuda, 999)[0] is False
+    assert "would not repay the warm-up" in engine.resolve_compile("auto", cuda, 999)[1]
+    assert engine.resolve_compile("auto", torch.device("mps"), 10**6)[0] is False
+    assert engine.resolve_compile(False, cuda, 10**6) == (False, "compile off (compile=False)")
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)
+    assert engine.resolve_compile("auto", cuda, 10**6) == (
+        False, "compile off (auto: Triton, torch's GPU compiler, is not installed)"
+    )  # fmt: skip
+    assert engine.resolve_compile(True, cpu, 1) == (True, "compile on (compile=True)")
+
+
+def test_loader_workers_auto_follow_the_cores_of_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pretext3d import engine
+
+    cuda = torch.device("cuda")
+    for cores, processes, expected in ((16, 1, 8), (16, 4, 3), (2, 1, 1), (1, 1, 0), (64, 8, 7)):
+        monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+        assert engine.resolve_workers("auto", cuda) == expected, (cores, processes)
+    assert engine.resolve_workers("auto", torch.device("cpu")) == 0  # workers would take the step's cores
+    assert engine.resolve_workers(5, torch.device("cpu")) == 5
+    for bad in (-1, "many", True, 2.0):
+        with pytest.raises(ValueError, match='num_workers must be an int >= 0 or "auto"'):
+            engine.resolve_workers(bad, cuda)  # type: ignore[arg-type]
+
+
+def test_pretrainer_says_how_it_runs_and_records_it(tmp_path: Path, spatial_dims: int) -> None:
+    from pretext3d.pretrainer import PretrainConfig, Pretrainer
+
+    lines: list[str] = []
+    data = p3.data.PhantomImages("ct" if spatial_dims == 3 else "fundus", count=4, size=16)
+    config = PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False, shortcut_check=0)
+    assert (config.compile, config.num_workers) == ("auto", "auto")
+    encoder = p3.models.ConvEncoder(spatial_dims, in_channels=data[0].shape[0], widths=(4, 8))
+    trainer = Pretrainer(
+        encoder, p3.tasks.Rotation(spatial_dims), data, config, tmp_path / "e.pt", log=lines.append
+    )
+    record = trainer.fit()
+    assert "cpu, fp32, compile off (auto: not on CUDA), 0 loader workers" in lines
+    assert (record["compiled"], record["num_workers"]) == (False, 0)
+    resumed: list[str] = []  # a finished run says nothing about how it would run
+    Pretrainer(
+        encoder, p3.tasks.Rotation(spatial_dims), data, config, tmp_path / "e.pt", log=resumed.append
+    ).fit()
+    assert not any("loader workers" in line for line in resumed)
+    with pytest.raises(ValueError, match='num_workers must be an int >= 0 or "auto", got -2'):
+        PretrainConfig(num_workers=-2)
+
+
+def test_a_non_finite_loss_in_bf16_on_the_cpu_names_the_known_cause() -> None:
+    net = torch.nn.Linear(2, 1)
+    for precision, hint in (("bf16", True), ("fp32", False)):
+        block = Optimization(net.parameters(), OptimSettings(), 10, torch.device("cpu"), precision)
+        with pytest.raises(NonFiniteLossError, match="is nan at step 1") as err:
+            block.check_finite(torch.tensor(float("nan")), "rpl loss", "at step 1")
+        assert ("2-voxel feature maps" in str(err.value)) is hint

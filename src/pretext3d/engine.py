@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -41,8 +42,10 @@ __all__ = [
     "process_group",
     "progress",
     "read_metrics",
+    "resolve_compile",
     "resolve_device",
     "resolve_precision",
+    "resolve_workers",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -146,6 +149,68 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+#: a run of at least this many optimizer steps repays ``torch.compile``'s warm-up (``compile="auto"``).
+#: On one H200 compiling lifted rotation at 128³, batch 8, from 89 to 218 volumes/s (about 50 ms saved
+#: per step); a warm-up of the order of a minute is repaid after roughly 1,000 steps.
+COMPILE_MIN_STEPS = 1000
+
+
+def resolve_compile(compile: bool | str, device: torch.device, steps: int) -> tuple[bool, str]:
+    """Whether to ``torch.compile``, and why (for the log): ``"auto"`` -> on CUDA for long runs.
+
+    ``"auto"`` compiles on a CUDA device where Triton is installed (torch's GPU compiler) for runs
+    of at least :data:`COMPILE_MIN_STEPS` optimizer steps; shorter runs, the CPU and MPS run
+    eagerly (the warm-up would cost more than it saves). ``True``/``False`` are kept as given.
+
+    Examples:
+        >>> resolve_compile("auto", torch.device("cpu"), 5000)
+        (False, 'compile off (auto: not on CUDA)')
+        >>> resolve_compile(True, torch.device("cpu"), 10)
+        (True, 'compile on (compile=True)')
+        >>> resolve_compile("yes", torch.device("cpu"), 10)
+        Traceback (most recent call last):
+        ValueError: compile must be true, false or "auto", got 'yes'
+    """
+    if isinstance(compile, bool):
+        return compile, f"compile {'on' if compile else 'off'} (compile={compile})"
+    if compile != "auto":
+        raise ValueError(f'compile must be true, false or "auto", got {compile!r}')
+    if device.type != "cuda":
+        return False, "compile off (auto: not on CUDA)"
+    if importlib.util.find_spec("triton") is None:
+        return False, "compile off (auto: Triton, torch's GPU compiler, is not installed)"
+    if steps < COMPILE_MIN_STEPS:
+        return (
+            False,
+            f"compile off (auto: {steps} steps would not repay the warm-up; {COMPILE_MIN_STEPS}+ do)",
+        )
+    return True, f"compile on (auto: CUDA, {steps} steps)"
+
+
+def resolve_workers(num_workers: int | str, device: torch.device) -> int:
+    """Loader processes: ``"auto"`` -> on CUDA one per free core, at most 8; elsewhere 0.
+
+    On a GPU the loader (crops, reading files) must keep pace with a compiled step: without
+    workers a compiled jigsaw step waited for data 63 % of the time on one H200, with 8 under
+    1 %. The cores are this process's (its CPU affinity), shared by the processes of this
+    machine under torchrun (``LOCAL_WORLD_SIZE``), one kept for the training loop. On the CPU
+    the workers would take cores from the step itself, so ``"auto"`` gives 0 there.
+
+    Examples:
+        >>> resolve_workers("auto", torch.device("cpu")), resolve_workers(3, torch.device("cpu"))
+        (0, 3)
+    """
+    if num_workers != "auto":
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f'num_workers must be an int >= 0 or "auto", got {num_workers!r}')
+        return num_workers
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_process - 1))
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     """The autocast context of ``precision`` (``fp32``: none).
 
@@ -172,18 +237,24 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def to_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:
+def to_channels_last(module: nn.Module, spatial_dims: int | None = None) -> nn.Module:
     """``module`` in the channels-last memory format of its dimension (faster convolutions on GPUs).
+
+    Args:
+        module: changed in place.
+        spatial_dims: convert the weights of this dimension's convolutions (2: ``(O, I, h, w)``,
+            3: ``(O, I, d, h, w)``); ``None``: every 2D and 3D convolution weight, each in its
+            own format.
 
     Examples:
         >>> conv = to_channels_last(torch.nn.Conv3d(1, 8, 3), spatial_dims=3)
         >>> conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
         True
     """
-    fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
     for param in module.parameters():  # (nn.Module.to takes memory_format, its stubs do not)
-        if param.dim() == spatial_dims + 2:
-            param.data = param.data.contiguous(memory_format=fmt)
+        if param.dim() in formats and (spatial_dims is None or param.dim() == spatial_dims + 2):
+            param.data = param.data.contiguous(memory_format=formats[param.dim()])
     return module
 
 

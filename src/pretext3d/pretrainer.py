@@ -99,12 +99,16 @@ class PretrainConfig:
         precision: ``"auto"`` (bf16 on a GPU that has it, else fp32), ``"fp32"``, ``"bf16"``
             or ``"fp16"`` (with a gradient scaler).
         channels_last: channels-last weights (``None``: on CUDA only, where it is faster).
-        compile: ``torch.compile`` the models.
+        compile: ``torch.compile`` the models: ``True``, ``False`` or ``"auto"`` (on CUDA, with
+            Triton installed, for runs of 1,000 steps or more; see
+            :func:`pretext3d.engine.resolve_compile`). The log says which and why.
         activation_checkpointing: recompute the encoder's activations in backward (less
             memory); the encoder must have a ``checkpointing`` attribute.
         sync_batchnorm: under several processes, batch-norm statistics over all ranks' batches
             (``SyncBatchNorm``; CUDA only).
-        num_workers: loader processes.
+        num_workers: loader processes, or ``"auto"``: on CUDA one per free core, at most 8
+            (:func:`pretext3d.engine.resolve_workers`), on the CPU 0. Workers persist across
+            the run and load ahead into pinned memory on CUDA.
         eval_every: steps between held-out evaluations (and at the end).
         log_every: steps between metric rows.
         checkpoint_every: steps between checkpoints (and at the end).
@@ -139,10 +143,10 @@ class PretrainConfig:
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | None = None
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"
     activation_checkpointing: bool = False
     sync_batchnorm: bool = False
-    num_workers: int = 0
+    num_workers: int | Literal["auto"] = "auto"
     eval_every: int = 100
     log_every: int = 10
     checkpoint_every: int = 100
@@ -161,9 +165,11 @@ class PretrainConfig:
         if self.epochs is not None:
             check_int("epochs", self.epochs, 1)
         for name, low in [("batch_size", 1), ("accumulate", 1), ("crop", 0), ("warmup_steps", 0),
-                          ("num_workers", 0), ("eval_every", 1), ("log_every", 1),
+                          ("eval_every", 1), ("log_every", 1),
                           ("checkpoint_every", 1), ("seed", 0), ("shortcut_check", 0)]:  # fmt: skip
             check_int(name, getattr(self, name), low)
+        engine.resolve_workers(self.num_workers, torch.device("cpu"))  # an int >= 0 or "auto"
+        engine.resolve_compile(self.compile, torch.device("cpu"), 1)  # a bool or "auto"
         self.optim_settings()  # optimizer, schedule, lr, weight_decay, momentum, grad_clip
         check_choice("task_mode", self.task_mode, ("sum", "alternate"))
         check_precision("precision", self.precision)
@@ -274,9 +280,11 @@ class Pretrainer:
         self.window = _Window()  # the steps since the last metrics row (kept in checkpoints)
         self.metrics = engine.MetricsLog(self.run_dir, tensorboard=config.tensorboard)
         self.checkpoint = self.run_dir / "checkpoint.pt"
-        if config.compile:
+        self.compiled, self.compile_reason = engine.resolve_compile(config.compile, self.device, self.steps)
+        if self.compiled:
             for model in self.models.values():
                 model.compile()
+        self.num_workers = engine.resolve_workers(config.num_workers, self.device)
         self.net = self._wrap(self.core.net)
 
     def _count_steps(self) -> int:
@@ -317,12 +325,14 @@ class Pretrainer:
         batch = min(self.config.batch_size, len(crops))
         rank, world = (self.rank, self.world) if shuffle else (0, 1)  # held-out data is not split
         sampler = ResumableBatches(len(crops), batch, seed, first, count, shuffle, rank, world)
+        workers = self.num_workers if shuffle else 0  # a held-out pass is short: no processes to start
         return DataLoader(
             crops,
             batch_sampler=sampler,
-            num_workers=self.config.num_workers,
+            num_workers=workers,
             pin_memory=self.device.type == "cuda",
             collate_fn=stack_images,
+            persistent_workers=workers > 0,
         )
 
     def _resume(self) -> None:
@@ -423,6 +433,10 @@ class Pretrainer:
         if self.main:
             self.metrics.truncate(self.step)  # rows logged after the checkpoint (or by an unsaved start) go
         start_step = self.step
+        if self.main and self.step < self.steps:
+            self.log(
+                f"{self.device}, {self.precision}, {self.compile_reason}, {self.num_workers} loader workers"
+            )
         if self.main and self.step == 0:
             self._check_shortcuts()
             if self.probe is not None:
@@ -596,6 +610,8 @@ class Pretrainer:
             "config": dataclasses.asdict(self.config),
             "device": str(self.device),
             "precision": self.precision,
+            "compiled": self.compiled,
+            "num_workers": self.num_workers,
             "environment": environment(self.device),
         }
         shortcuts = self.run_dir / "shortcuts.json"
@@ -655,8 +671,8 @@ class _Window:
         return self.seen / max(self.wait + self.compute, 1e-9)
 
 
-#: settings a run may resume with other values of: they do not change what it computes
-_RESUMABLE_WITH_OTHER = ("num_workers", "progress")
+#: settings a run may resume with other values of: they change how fast it computes, not what
+_RESUMABLE_WITH_OTHER = ("num_workers", "progress", "compile")
 
 
 def _identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

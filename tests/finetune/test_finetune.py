@@ -230,3 +230,74 @@ def test_discriminative_learning_rates_move_the_encoder_by_its_factor() -> None:
         Trainer(model, nn.functional.cross_entropy, sample, config)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="encoder_lr_factor"):
         TrainConfig(encoder_lr_factor=0.0)
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_prefetched_batches_are_the_plain_loops_and_a_resume_continues_their_stream(
+    tmp_path: Path, prefetch: int
+) -> None:
+    config = TrainConfig(epochs=3, steps_per_epoch=4, freeze_encoder_epochs=1, lr=0.05, prefetch=0)
+    model, encoder, sample = _toy_problem()
+    plain = Trainer(model, nn.functional.cross_entropy, sample, config, encoder=encoder)  # type: ignore[arg-type]
+    plain_history = plain.fit()
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+
+    ahead = TrainConfig(**{**config.__dict__, "prefetch": prefetch})
+    calls = {"n": 0}
+    model, encoder, sample = _toy_problem()
+
+    def crashing(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += 1
+        if calls["n"] == 7:  # drawn ahead in the second epoch
+            raise KeyboardInterrupt
+        return sample(gen)  # type: ignore[operator,no-any-return]
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(
+            model, nn.functional.cross_entropy, crashing, ahead, encoder=encoder, checkpoint=checkpoint
+        ).fit()
+    assert 7 <= calls["n"] <= 8  # at most the second epoch's last batch was drawn ahead of the failure
+    model, encoder, sample = _toy_problem(seed=99)
+    # resumed without prefetching (it may change on resume): the stream goes on where the checkpoint left it
+    resumed = Trainer(
+        model, nn.functional.cross_entropy, sample, config, encoder=encoder, checkpoint=checkpoint
+    )  # type: ignore[arg-type]
+    assert resumed.epoch == 1
+    history = resumed.fit()
+    assert [h["loss"] for h in history] == [h["loss"] for h in plain_history]  # the very same batches
+    assert torch.equal(resumed.generator.get_state(), plain.generator.get_state())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, reference[k]), k
+
+
+def test_fast_path_settings_channels_last_compile_and_validation_precision(spatial_dims: int) -> None:
+    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    torch.manual_seed(0)
+    model = nn.Sequential(conv(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(1), nn.LazyLinear(2))
+    x = torch.randn(8, 1, *(6,) * spatial_dims)
+    y = torch.randint(0, 2, (8,))
+    model(x)  # materialise the lazy layer
+    seen: list[torch.dtype] = []
+
+    def validate(m: nn.Module) -> float:
+        seen.append(m(x).dtype)
+        return 0.0
+
+    config = TrainConfig(epochs=1, steps_per_epoch=2, channels_last=True, precision="bf16")
+    trainer = Trainer(model, nn.functional.cross_entropy, lambda g: (x, y), config, validate=validate)
+    fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    assert model[0].weight.is_contiguous(memory_format=fmt)
+    assert not trainer.compiled and trainer.compile_reason == "compile off (compile=False)"
+    assert trainer.prefetch == 0  # "auto" on the CPU: drawn in the step
+    trainer.fit()
+    assert seen == [torch.bfloat16]  # validated under the training precision's autocast
+    auto = Trainer(model, nn.functional.cross_entropy, lambda g: (x, y), TrainConfig(compile="auto"))
+    assert (auto.compiled, auto.compile_reason) == (False, "compile off (auto: not on CUDA)")
+    assert not any(
+        p.is_contiguous(memory_format=fmt) and not p.is_contiguous() for p in auto.model.parameters()
+    )
+    with pytest.raises(ValueError, match=r'prefetch must be an int >= 0 or "auto", got -1'):
+        TrainConfig(prefetch=-1)
+    with pytest.raises(ValueError, match=r'compile must be true, false or "auto", got \'yes\''):
+        TrainConfig(compile="yes")  # type: ignore[arg-type]

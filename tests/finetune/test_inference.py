@@ -118,3 +118,24 @@ def test_the_segmentation_recipe_evaluates_by_sliding_windows() -> None:
     assert torch.equal(recipe.predict(model, images), expected)
     with pytest.raises(ValueError, match="inference_window must be a multiple of 2"):
         SegmentationRecipe(widths=(4, 8), inference_window=7)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_under_bf16_autocast_windows_run_in_bf16_and_blend_in_fp32(spatial_dims: int) -> None:
+    """What fine-tuning's validation does in bf16: the network in bf16, the blending in fp32."""
+    conv = (torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d)(1, 2, 3, padding=1)
+    seen: list[torch.dtype] = []
+
+    def model(x: Tensor) -> Tensor:
+        out: Tensor = conv(x)
+        seen.append(out.dtype)
+        return out
+
+    x = torch.randn(1, 1, *([12] * spatial_dims))
+    with torch.no_grad():
+        reference = sliding_window_inference(model, x, 8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = sliding_window_inference(model, x, 8)
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16 and low.dtype == torch.float32
+    torch.testing.assert_close(low, reference, atol=0.05, rtol=0.02)  # bf16's 8-bit mantissa
+    assert not torch.equal(low, reference)

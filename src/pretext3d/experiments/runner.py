@@ -732,7 +732,8 @@ class DataEfficiencyGrid:
             checkpoint=checkpoint, device=self.device, callbacks=[on_epoch],
         )  # fmt: skip
         history = trainer.fit()
-        summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], self.device)
+        with trainer.optim.autocast():  # tested in the precision it was validated in
+            summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], self.device)
         best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history) - 1
         patience = config.early_stopping_patience
         converged = None if patience is None or not val else trainer.stopped_by_patience()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +31,9 @@ __all__ = ["NonFiniteLossError", "TrainConfig", "Trainer"]
 NonFiniteLossError = engine.NonFiniteLossError
 
 Batch = tuple[Tensor, Tensor]
+
+#: settings a run may resume with other values of: they change how fast it runs, not what it computes
+_RESUMABLE_WITH_OTHER = ("prefetch", "compile")
 
 
 @dataclass
@@ -51,7 +56,18 @@ class TrainConfig:
             Needs the ``encoder`` given to the Trainer.
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast with a gradient scaler; CUDA
             only) or ``"auto"`` (bf16 on a GPU that has it, else fp32), resolved when the run
-            starts.
+            starts. Validation runs under the same autocast (the sliding windows included);
+            scores and blended logits are taken in fp32.
+        channels_last: channels-last weights (``None``: on CUDA only, where convolutions are
+            faster in it).
+        compile: ``torch.compile`` the model: ``False`` (default: a fine-tuning run is often
+            too short to repay the warm-up), ``True``, or ``"auto"``
+            (:func:`pretext3d.engine.resolve_compile`: CUDA and 1,000 steps or more).
+        prefetch: batches drawn ahead of the step by a background thread, in pinned memory
+            and copied to the device without blocking, so that crops and augmentation overlap
+            the GPU's work; ``"auto"``: 2 on CUDA, 0 (draw in the step) elsewhere. The batches
+            are the same as without prefetching: one thread draws them in order from the run's
+            generator, and an epoch draws exactly its own, so a resumed run continues the stream.
         early_stopping_patience: stop after this many epochs without a better validation
             score (``None``: never); the best weights are restored at the end. Patience counts
             from the first improvement on the first epoch's score: a run that has never improved
@@ -82,7 +98,10 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0
     grad_clip: float | None = 1.0
     encoder_lr_factor: float = 1.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | None = None
+    compile: bool | Literal["auto"] = False
+    prefetch: int | Literal["auto"] = "auto"
     early_stopping_patience: int | None = None
     min_epochs: int = 0
     seed: int = 0
@@ -98,6 +117,11 @@ class TrainConfig:
             check_positive("grad_clip", self.grad_clip)  # <= 0 would zero or reverse the step
         check_choice("optimizer", self.optimizer, ("adam", "adamw"))
         check_precision("precision", self.precision)
+        engine.resolve_compile(self.compile, torch.device("cpu"), 1)  # a bool or "auto"
+        if self.prefetch != "auto" and (
+            isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0
+        ):
+            raise ValueError(f'prefetch must be an int >= 0 or "auto", got {self.prefetch!r}')
         if not 0 <= self.min_epochs <= self.epochs:
             raise ValueError(f"min_epochs must lie in [0, epochs={self.epochs}], got {self.min_epochs}")
         if self.early_stopping_patience is not None:
@@ -175,6 +199,13 @@ class Trainer:
         if config.freeze_encoder_epochs and encoder is None:
             raise ValueError("freeze_encoder_epochs > 0 needs the encoder to freeze")
         self.model = model.to(device)
+        if config.channels_last or (config.channels_last is None and device.type == "cuda"):
+            engine.to_channels_last(self.model)
+        total = config.epochs * config.steps_per_epoch
+        self.compiled, self.compile_reason = engine.resolve_compile(config.compile, device, total)
+        if self.compiled:
+            self.model.compile()  # in place: the state dict keeps its keys
+        self.prefetch = (2 if device.type == "cuda" else 0) if config.prefetch == "auto" else config.prefetch
         self.loss_fn, self.sample, self.config = loss_fn, sample, config
         self.encoder, self.validate = encoder, validate
         self.device = device
@@ -182,7 +213,6 @@ class Trainer:
         self.callbacks, self.progress = list(callbacks), bool(progress)
         settings = OptimSettings(config.optimizer, config.lr, config.weight_decay, grad_clip=config.grad_clip)
         precision = engine.resolve_precision(config.precision, device)
-        total = config.epochs * config.steps_per_epoch
         self.optim = Optimization(self._param_groups(), settings, total, device, precision)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history: list[dict[str, Any]] = []
@@ -238,7 +268,9 @@ class Trainer:
         start = time.perf_counter()
         frozen = self.frozen(self.epoch)
         self._set_frozen(frozen)
-        losses = [self._step(step) for step in range(self.config.steps_per_epoch)]
+        losses = [
+            self._step(step, x, y) for step, (x, y) in enumerate(self._batches(self.config.steps_per_epoch))
+        ]
         record: dict[str, Any] = {
             "epoch": self.epoch,
             "loss": sum(losses) / len(losses),
@@ -247,7 +279,7 @@ class Trainer:
         }
         if self.validate is not None:
             self.model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self.optim.autocast():
                 score = float(self.validate(self.model))
             record["val"] = score
             if score > self.best_score:
@@ -301,9 +333,36 @@ class Trainer:
         if frozen:
             self.encoder.eval()
 
-    def _step(self, step: int) -> float:
+    def _draw(self) -> Batch:
+        """The next batch of the run's stream (in pinned memory when it goes to a GPU)."""
         x, y = self.sample(self.generator)
-        x, y = x.to(self.device), y.to(self.device)
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def _batches(self, count: int) -> Iterator[Batch]:
+        """An epoch's ``count`` batches on the device, drawn in order (``prefetch`` of them ahead)."""
+        if self.prefetch == 0:
+            for _ in range(count):
+                x, y = self._draw()
+                yield x.to(self.device), y.to(self.device)
+            return
+        # one thread draws in order from the one generator: the stream is that of a plain loop
+        with ThreadPoolExecutor(1, thread_name_prefix="pretext3d-prefetch") as pool:
+            pending = deque(pool.submit(self._draw) for _ in range(min(self.prefetch, count)))
+            drawn = len(pending)
+            try:
+                while pending:
+                    x, y = pending.popleft().result()
+                    if drawn < count:
+                        pending.append(pool.submit(self._draw))
+                        drawn += 1
+                    yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            finally:
+                for future in pending:  # a step failed: draw no further
+                    future.cancel()
+
+    def _step(self, step: int, x: Tensor, y: Tensor) -> float:
         with self.optim.autocast():
             loss = self.loss_fn(self.model(x), y)
         where = f"at epoch {self.epoch}, step {step} of {self.config.steps_per_epoch}"
@@ -335,7 +394,10 @@ class Trainer:
         state = engine.load_checkpoint(self.checkpoint, required, self.device)
         if state is None:  # unreadable: reported, removed, the run starts over
             return
-        changed = engine.changed_settings(state["config"], asdict(self.config))
+        old, new = dict(state["config"]), asdict(self.config)
+        for free in _RESUMABLE_WITH_OTHER:
+            old.pop(free, None), new.pop(free, None)
+        changed = engine.changed_settings(old, new)
         if changed:
             raise ValueError(
                 f"checkpoint {str(self.checkpoint)!r} was written with other settings (changed: "

@@ -194,9 +194,20 @@ class Optimization:
         """Raise :class:`~pretext3d.engine.NonFiniteLossError` if ``loss`` is NaN or infinite.
 
         The message reads ``the <what> is nan <where>; the run stops (lower lr, now ..., or
-        check the data for NaN)``.
+        check the data for NaN)``; in bf16 on the CPU it adds a known cause (torch 2.13's
+        oneDNN gave non-finite bf16 weight gradients for 3D convolutions of 2-voxel feature
+        maps in about 1 call in 20; fp32 never did).
         """
-        check_finite(loss, what, where, self.settings.lr)
+        try:
+            check_finite(loss, what, where, self.settings.lr)
+        except engine.NonFiniteLossError as err:
+            if self.device.type == "cpu" and self.precision == "bf16":
+                raise engine.NonFiniteLossError(
+                    f"{err}. In bf16 on the CPU, 3D convolutions of 2-voxel feature maps (small patches "
+                    "through a deep encoder) have given non-finite gradients (oneDNN, torch 2.13): use "
+                    'precision="fp32" on the CPU, or larger patches'
+                ) from None
+            raise
 
     def backward(self, loss: Tensor) -> None:
         """Accumulate the gradients of ``loss`` (scaled in fp16)."""
