@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,10 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: p
     assert all(torch.equal(reference[k], v) for k, v in weights(resumed).items())
     rows = resumed.metrics.rows()
     assert without_timing(rows) == without_timing(full.metrics.rows())  # the log as if never killed
-    assert (tmp_path / "killed" / "enc.pt.run" / "metrics.csv").read_text().count("\n") == len(rows) + 1
+    # one CSV row per step: the held-out evaluation joins its step's training row
+    steps = {r["step"] for r in rows}
+    assert len(steps) < len(rows)
+    assert (tmp_path / "killed" / "enc.pt.run" / "metrics.csv").read_text().count("\n") == len(steps) + 1
 
 
 def test_streaming_from_nifti_files_through_two_workers(tmp_path: Path) -> None:
@@ -140,6 +144,23 @@ def test_warnings_at_chance_and_when_solved() -> None:
     )
     assert "solved outright" in str(pretext_warning(Rotation(3), 0.995))
     assert pretext_warning(Rotation(3), 0.6) is None
+    # with the held-out size: 8 images cannot tell 0 from chance nor 1.0 from 0.875 (the run)
+    assert pretext_warning(Rotation(3), 0.0, count=8) is None
+    assert pretext_warning(Rotation(3), 1.0, count=8) is None
+    assert pretext_warning(Rotation(3), 1.0, count=15) is None  # below MIN_HELD_OUT = 16
+    assert "95 % interval 0.943-1.000" in str(pretext_warning(Rotation(3), 1.0, count=64))
+    assert "chance 0.100" in str(pretext_warning(Rotation(3), 0.11, count=64))
+    # 0.14 on 400 images: its interval (0.109-0.177) lies above chance: something is learned
+    assert pretext_warning(Rotation(3), 0.14, count=400) is None
+    assert pretext_warning(Rotation(3), 0.14) is not None  # (without a size: the rule of thumb)
+
+
+def test_wilson_interval_matches_the_formula() -> None:
+    from pretext3d.pretrainer import wilson_interval
+
+    low, high = wilson_interval(0.5, 100)  # a textbook value: 0.404-0.596
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0.0, 10)[0] == 0.0 and wilson_interval(1.0, 10)[1] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -194,14 +215,52 @@ def test_bad_runs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(KeyboardInterrupt):
         trainer(tmp_path / "a", steps=4, checkpoint_every=1).fit()
     monkeypatch.setattr(engine.MetricsLog, "log", log)
-    with pytest.raises(ValueError, match="holds an unfinished run of other settings"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds an unfinished run of other settings or tasks \(changed: checkpoint_every, lr\)",
+    ):
         trainer(tmp_path / "a", steps=4, lr=0.5).fit()
+    # a finished run of other settings is refused too (it was silently replaced), unless restart
     trainer(tmp_path / "b", steps=2).fit()
+    with pytest.raises(
+        ValueError, match=r"holds a finished run .*\(changed: lr\).*or more steps to continue it"
+    ):
+        trainer(tmp_path / "b", steps=2, lr=0.5).fit()
     lines: list[str] = []
-    again = trainer(tmp_path / "b", steps=2, lr=0.5)
+    again = trainer(tmp_path / "b", steps=2, lr=0.5, restart=True)
     again.log = lines.append
+    assert again.fit()["config"]["lr"] == 0.5
+    assert any("(changed: lr); starting over" in line for line in lines)
+    assert [r["step"] for r in again.metrics.rows() if "loss/rotation" in r] == [1, 2]  # the new run's only
+    resumed: list[str] = []  # restart = true resumes a checkpoint of its own settings
+    killed = trainer(tmp_path / "a", steps=4, lr=0.5, restart=True, checkpoint_every=1)
+    killed.log = resumed.append
+    monkeypatch.setattr(engine.MetricsLog, "log", kill)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    monkeypatch.setattr(engine.MetricsLog, "log", log)
+    again = trainer(tmp_path / "a", steps=4, lr=0.5, restart=True, checkpoint_every=1)
+    again.log = resumed.append
     again.fit()
-    assert any("finished run of other settings; starting a new run" in line for line in lines)
+    assert any("resumed from" in line and "at step 2/4" in line for line in resumed), resumed
+
+
+def test_a_finished_run_given_more_steps_continues_from_its_final_state(tmp_path: Path) -> None:
+    short = trainer(tmp_path, steps=4, schedule="cosine", log_every=1)
+    short.fit()
+    final = weights(short)
+    lines: list[str] = []
+    longer = trainer(tmp_path, steps=6, schedule="cosine", log_every=1)
+    longer.log = lines.append
+    longer._resume()
+    assert longer.step == 4 and all(torch.equal(v, final[k]) for k, v in weights(longer).items())
+    assert longer.optim.lr == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 6)) * 1e-3)  # not 0
+    assert any("continuing the finished run of 4 steps to 6 from its final state" in line for line in lines)
+    record = longer.fit()
+    assert record["steps"] == 6 and record["config"]["steps"] == 6
+    assert [r["step"] for r in longer.metrics.rows() if "loss/rotation" in r] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match=r"changed: lr, steps"):  # more steps and anything else: refused
+        trainer(tmp_path, steps=8, schedule="cosine", log_every=1, lr=0.3).fit()
 
 
 class _Uneven(torch.utils.data.Dataset[torch.Tensor]):
@@ -343,3 +402,53 @@ def test_round_two_bad_runs_are_named_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot take jigsaw's views of shape \(4, 27, 1, 5, 5, 5\).*crop"):
         Pretrainer(unet, Jigsaw(3, grid=3, num_permutations=4), PhantomImages("ct", 8, 16),
                    PretrainConfig(**RUN), tmp_path / "j.pt", log=lambda line: None).fit()  # fmt: skip
+
+
+def test_several_tasks_are_recorded_each_beside_its_chance_level(tmp_path: Path) -> None:
+    from pretext3d.experiments import accuracy_summary
+
+    data = p3.data.PhantomImages("ct", count=8, size=24)
+    config = PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False, shortcut_check=0)
+    tasks = [Rotation(3), p3.tasks.Jigsaw(3, grid=2, num_permutations=24)]
+    record = Pretrainer(p3.models.ConvEncoder(3, widths=(4, 8)), tasks, data, config, tmp_path / "e.pt",
+                        held_out=p3.data.PhantomImages("ct", count=4, size=24, first=8),
+                        log=lambda line: None).fit()  # fmt: skip
+    assert record["tasks"] == ["rotation", "jigsaw"]
+    assert record["pretext_accuracy"] is None  # one number for two chance levels would mislead
+    assert record["chance"] == {"rotation": 0.1, "jigsaw": pytest.approx(1 / 24)}
+    held = record["held_out"]
+    assert record["pretext_accuracies"] == {n: held[f"held_out_accuracy/{n}"] for n in ("rotation", "jigsaw")}
+    summary = accuracy_summary(record)
+    assert (
+        summary.startswith("rotation ")
+        and "(chance 0.100), jigsaw " in summary
+        and "(chance 0.042)" in summary
+    )
+
+
+def test_a_resumed_run_tells_tensorboard_to_drop_the_steps_it_logs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    writers: list[dict[str, Any]] = []
+
+    class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is an extra)
+        def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+            writers.append({"dir": log_dir, "purge_step": purge_step, "steps": []})
+
+        def add_scalar(self, key: str, value: float, step: int) -> None:
+            writers[-1]["steps"].append(step)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    log = engine.MetricsLog(tmp_path, tensorboard=True)
+    for step in (1, 2, 3):
+        log.log({"step": step, "loss": 1.0})
+    resumed = engine.MetricsLog(tmp_path, tensorboard=True)
+    resumed.truncate(2)  # the checkpoint was at step 2; step 3 is logged again
+    resumed.log({"step": 3, "loss": 0.5})
+    assert [(w["purge_step"], w["steps"]) for w in writers] == [(None, [1, 2, 3]), (3, [3])]

@@ -116,3 +116,73 @@ def test_a_users_encoder_named_in_a_toml_config(
         assert main(["pretrain", "--config", str(config)]) == 2
         err = capsys.readouterr().err
         assert re.search(message, err) and "Traceback" not in err
+
+
+def test_monai_networks_are_encoders_by_name_and_their_files_rebuild(tmp_path: Path) -> None:
+    pytest.importorskip("monai")
+    from pretext3d.models import encoder_info, load_encoder, save_encoder
+
+    encoder = p3.create_encoder("monai/resnet10", spatial_dims=3, in_channels=1, widen_factor=0.25)
+    x = torch.randn(2, 1, 16, 16, 16)
+    assert encoder(x).shape == (2, 128)  # pooled features: feed_forward=False, no classifier
+    save_encoder(encoder, tmp_path / "resnet.pt")
+    assert encoder_info(tmp_path / "resnet.pt")["encoder"] == "monai/resnet10"
+    rebuilt = load_encoder(tmp_path / "resnet.pt")
+    encoder.eval(), rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x), encoder(x))  # the same network and weights
+    assert "monai/resnet10" in p3.registry.ENCODERS and "monai/" not in p3.registry.ENCODERS
+    with pytest.raises(ValueError, match=r"MONAI has no network 'resnet1O'; did you mean .*'resnet10'"):
+        p3.create_encoder("monai/resnet1O", spatial_dims=3)
+
+
+def test_a_foreign_encoder_whose_library_is_missing_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    with pytest.raises(
+        ValueError, match=r"encoder 'timm/resnet18' needs timm, which is not installed: pip install timm"
+    ):
+        p3.create_encoder("timm/resnet18", spatial_dims=2, in_channels=3)
+    with pytest.raises(ValueError, match="unknown encoder 'tim/resnet18'"):
+        p3.create_encoder("tim/resnet18")
+
+
+def test_a_pretraining_config_names_a_monai_encoder(tmp_path: Path) -> None:
+    pytest.importorskip("monai")
+    from pretext3d.experiments import Pretraining, pretrain_encoder
+    from pretext3d.models import load_encoder
+
+    config = Pretraining(
+        task="rotation", encoder="monai/resnet10", encoder_options={"widen_factor": 0.25},
+        data=p3.data.DataSpec(kind="ct-phantom", count=6, size=16), held_out=2,
+        pretrain=p3.PretrainConfig(steps=1, batch_size=2, device="cpu", progress=False, shortcut_check=0),
+        output=str(tmp_path / "enc.pt"),
+    )  # fmt: skip
+    record = pretrain_encoder(config, log=lambda line: None)
+    assert record["steps"] == 1 and type(load_encoder(tmp_path / "enc.pt")).__name__ == "ResNet"
+
+
+@pytest.mark.usefixtures("clean_registries")
+def test_plugins_beside_the_config_import_without_pythonpath(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pretext3d.cli import main
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "beside_the_config_plugin.py").write_text(
+        "import pretext3d as p3\n"
+        "@p3.register_encoder('tiny-from-the-config-folder')\n"
+        "def tiny(spatial_dims, in_channels=1):\n"
+        "    return p3.models.ConvEncoder(spatial_dims, in_channels, widths=(2, 4))\n"
+    )
+    (folder / "pretrain.toml").write_text(
+        'plugins = ["beside_the_config_plugin"]\ntask = "rotation"\nencoder = "tiny-from-the-config-folder"\n'
+        'data = { kind = "ct-phantom", count = 6, size = 16 }\nheld_out = 2\n'
+        f'output = "{(tmp_path / "enc.pt").as_posix()}"\n'
+        'pretrain = { steps = 1, batch_size = 2, device = "cpu", progress = false, shortcut_check = 0 }\n'
+    )
+    assert main(["pretrain", "--config", str(folder / "pretrain.toml")]) == 0, capsys.readouterr().err
+    assert "tiny-from-the-config-folder" in ENCODERS and (tmp_path / "enc.pt").exists()

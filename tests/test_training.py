@@ -254,3 +254,28 @@ def test_a_non_finite_loss_in_bf16_on_the_cpu_names_the_known_cause() -> None:
         with pytest.raises(NonFiniteLossError, match="is nan at step 1") as err:
             block.check_finite(torch.tensor(float("nan")), "rpl loss", "at step 1")
         assert ("2-voxel feature maps" in str(err.value)) is hint
+
+
+def test_a_task_object_is_named_as_the_registry_names_its_class() -> None:
+    specs = task_specs([p3.tasks.RelativePatchLocation(3), p3.tasks.Rotation(3), p3.tasks.CPC(3)])
+    assert [s.label for s in specs] == ["rpl", "rotation", "cpc"]  # as "rpl" in a config, not its class name
+
+    class Mine(p3.tasks.Rotation):  # not registered: its class name
+        pass
+
+    assert TaskSpec(Mine(3)).label == "mine"
+
+
+def test_an_encoder_that_asserts_its_input_size_gets_the_librarys_message(spatial_dims: int) -> None:
+    class Fixed(torch.nn.Module):  # as timm's ViT: an assert on the input size
+        num_features = 4
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.shape[-1] == 32, f"Input width ({x.shape[-1]}) doesn't match model (32)."
+            return x.flatten(1)[:, :4]
+
+    step = PretextStep(Fixed(), p3.tasks.RelativePatchLocation(spatial_dims), spatial_dims=spatial_dims)
+    with pytest.raises(
+        ValueError, match=r"the encoder cannot take rpl's views of shape .*doesn't match model"
+    ):
+        step(torch.randn(2, 1, *(32,) * spatial_dims))

@@ -37,10 +37,16 @@ from pretext3d.experiments import (
 __all__ = ["COMMANDS", "main"]
 
 
-def _import_plugins(modules: object) -> None:
-    """Import the modules named under ``plugins`` (so that their registrations run)."""
+def _import_plugins(modules: object, folder: Path | None = None) -> None:
+    """Import the modules named under ``plugins`` (so that their registrations run).
+
+    ``folder`` (the config file's) is searched first, so that a ``my_tasks.py`` beside the
+    config imports as ``plugins = ["my_tasks"]`` without ``PYTHONPATH``.
+    """
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError(f"plugins must be a list of module names, got {modules!r}")
+    if modules and folder is not None and str(folder.resolve()) not in sys.path:
+        sys.path.insert(0, str(folder.resolve()))
     for name in modules:
         try:
             importlib.import_module(name)
@@ -174,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = load_toml(args.config) if args.config is not None else {}
         for item in args.set:
             merge_override(values, *parse_override(item))
-        _import_plugins(values.get("plugins", []))
+        _import_plugins(values.get("plugins", []), args.config.parent if args.config is not None else None)
         config = from_mapping(cls, values)
         run(config)
     except ConfigError as err:
@@ -182,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pretext3d {args.command}: configuration error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the loops have said where they stopped
+        if args.debug:
+            raise
+        print(f"pretext3d {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError, FloatingPointError) as err:  # what a user's input can cause
         if args.debug:
             raise

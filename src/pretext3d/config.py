@@ -72,10 +72,11 @@ def check_keywords(
         for p, v in params.items()
         if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD) and p != "self" and p not in reserved
     ]
+    open_ended = any(v.kind == v.VAR_KEYWORD for v in params.values())  # **options: it checks its own
     for key in options:
         if key in reserved:
             raise ConfigError(f"[{where}] must not set {key!r}: {reserved[key]}")
-        if key not in valid:
+        if key not in valid and not open_ended:
             raise ConfigError(f"unknown key {key!r} in [{where}] for {name}{_suggest(key, valid)}")
 
 

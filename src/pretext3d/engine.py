@@ -13,8 +13,10 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import os
 import random
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -30,6 +32,7 @@ from pretext3d._checks import check_device, check_precision
 
 __all__ = [
     "Callback",
+    "LineProgress",
     "MetricsLog",
     "NonFiniteLossError",
     "Precision",
@@ -441,19 +444,25 @@ class MetricsLog:
         self.jsonl = self.folder / "metrics.jsonl"
         self.csv = self.folder / "metrics.csv"
         self.writer: Any = None
+        self._purge_step: int | None = None  # a resumed run's first step: TensorBoard drops later events
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:  # pragma: no cover - depends on the extra
                 raise ImportError("tensorboard logging needs: pip install 'pretext3d[tensorboard]'") from err
-            self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+            self._summary_writer = SummaryWriter
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row logged so far (see :func:`read_metrics`)."""
         return read_metrics(self.jsonl)
 
     def truncate(self, step: int) -> None:
-        """Keep only the rows up to ``step`` (a resumed run logs the rest again)."""
+        """Keep only the rows up to ``step`` (a resumed run logs the rest again).
+
+        TensorBoard's events after ``step`` in earlier event files are dropped too (its
+        ``purge_step``), so that a resumed run's curves show each step once.
+        """
+        self._purge_step = step + 1
         kept = [r for r in self.rows() if r["step"] <= step]
         with atomic_path(self.jsonl) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -472,14 +481,22 @@ class MetricsLog:
                 self.truncate(max((r["step"] for r in self.rows()), default=-1))
         with open(self.jsonl, "a") as handle:
             handle.write(json.dumps(dict(row)) + "\n")
+        if self.writer is None and hasattr(self, "_summary_writer"):  # made at the first row
+            self.writer = self._summary_writer(str(self.folder / "tensorboard"), purge_step=self._purge_step)
         if self.writer is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, row["step"])
 
     def flush(self) -> None:
-        """Write ``metrics.csv`` from the JSON lines (the union of all columns)."""
-        self._write_csv(self.rows())
+        """Write ``metrics.csv`` from the JSON lines, one row per step and the union of all columns.
+
+        The rows of one step (the training row and the held-out evaluation) are merged.
+        """
+        merged: dict[Any, dict[str, Any]] = {}
+        for row in self.rows():
+            merged.setdefault(row["step"], {}).update(row)
+        self._write_csv(list(merged.values()))
 
     def _write_csv(self, rows: list[dict[str, Any]]) -> None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -506,8 +523,10 @@ def progress(total: int, initial: int, enabled: bool, description: str) -> Itera
         ...     print(bar)
         None
     """
-    bar = None
-    if enabled:
+    bar: Any = None
+    if enabled and not sys.stderr.isatty():  # a log file: a line every few percent, no redraws
+        bar = LineProgress(total, initial, description)
+    elif enabled:
         try:
             from tqdm.auto import tqdm
 
@@ -519,3 +538,61 @@ def progress(total: int, initial: int, enabled: bool, description: str) -> Itera
     finally:
         if bar is not None:
             bar.close()
+
+
+class LineProgress:
+    """Progress for a log file: one line per ``every`` share of ``total`` (and the last), no redraws.
+
+    What :func:`progress` gives when standard error is not a terminal: tqdm's redraws in a
+    log file were a line per step (130 KB for one quick reproduction). It offers the part of
+    tqdm's interface the loops use (``update``, ``set_postfix``, ``set_postfix_str``,
+    ``write``, ``close``).
+
+    Examples:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> bar = LineProgress(total=40, initial=0, description="steps", every=0.25, file=out)
+        >>> for _ in range(40):
+        ...     bar.set_postfix(loss="0.5")
+        ...     bar.update(1)
+        >>> print(out.getvalue(), end="")
+        steps: 10/40 (25%) loss=0.5
+        steps: 20/40 (50%) loss=0.5
+        steps: 30/40 (75%) loss=0.5
+        steps: 40/40 (100%) loss=0.5
+    """
+
+    def __init__(
+        self, total: int, initial: int, description: str, every: float = 0.05, file: Any = None
+    ) -> None:
+        self.total, self.n, self.description = max(1, total), initial, description
+        self.step = max(1, math.ceil(self.total * every))
+        self.file = file
+        self.postfix = ""
+        self.next = (initial // self.step + 1) * self.step
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.file if self.file is not None else sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        """Advance by ``n``; print a line when a share of ``every`` (or the end) is reached."""
+        self.n += n
+        if self.n >= self.next or self.n >= self.total:
+            extra = f" {self.postfix}" if self.postfix else ""
+            self._print(f"{self.description}: {self.n}/{self.total} ({self.n / self.total:.0%}){extra}")
+            self.next = (self.n // self.step + 1) * self.step
+
+    def set_postfix(self, values: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        """What the next line shows after the count (``key=value`` pairs)."""
+        self.postfix = ", ".join(f"{k}={v}" for k, v in {**(values or {}), **kwargs}.items())
+
+    def set_postfix_str(self, text: str) -> None:
+        """What the next line shows after the count."""
+        self.postfix = text
+
+    def write(self, text: str) -> None:
+        """A line of its own on standard output, as tqdm's ``write``."""
+        print(text, file=self.file if self.file is not None else sys.stdout, flush=True)
+
+    def close(self) -> None:
+        """Nothing to clean up (tqdm's ``close``)."""

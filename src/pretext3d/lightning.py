@@ -89,7 +89,7 @@ class PretextLightningModule(pl.LightningModule):
         ...                      enable_progress_bar=False, enable_model_summary=False)
         >>> trainer.fit(module, loader, loader)
         >>> sorted(k for k in trainer.logged_metrics if k.startswith("held_out_accuracy"))
-        ['held_out_accuracy/relativepatchlocation', 'held_out_accuracy/rotation']
+        ['held_out_accuracy/rotation', 'held_out_accuracy/rpl']
         >>> p3.models.save_encoder(module.encoder, "encoder.pt")
     """
 

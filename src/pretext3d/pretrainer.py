@@ -44,10 +44,10 @@ from pretext3d._checks import (
     check_precision,
     check_unit_interval,
 )
-from pretext3d.diagnostics import FeatureProbe, shortcut_score
+from pretext3d.diagnostics import FeatureProbe, chance_level, shortcut_score
 from pretext3d.models.io import save_encoder
 from pretext3d.provenance import environment, write_pretraining_record
-from pretext3d.tasks.base import ClassificationTask, PretextTask
+from pretext3d.tasks.base import PretextTask
 from pretext3d.training import (
     Optimization,
     OptimSettings,
@@ -60,7 +60,7 @@ from pretext3d.training import (
     switch_checkpointing,
 )
 
-__all__ = ["PretrainConfig", "Pretrainer", "pretext_warning"]
+__all__ = ["MIN_HELD_OUT", "PretrainConfig", "Pretrainer", "pretext_warning", "wilson_interval"]
 
 
 @dataclass
@@ -106,6 +106,10 @@ class PretrainConfig:
             memory); the encoder must have a ``checkpointing`` attribute.
         sync_batchnorm: under several processes, batch-norm statistics over all ranks' batches
             (``SyncBatchNorm``; CUDA only).
+        restart: start over when the run folder holds a checkpoint of other settings (finished or
+            not) instead of refusing it; a checkpoint of these settings is resumed either way. A
+            finished run given more ``steps`` (or ``epochs``) and nothing else continues from its
+            final state without it.
         num_workers: loader processes, or ``"auto"``: on CUDA one per free core, at most 8
             (:func:`pretext3d.engine.resolve_workers`), on the CPU 0. Workers persist across
             the run and load ahead into pinned memory on CUDA.
@@ -146,6 +150,7 @@ class PretrainConfig:
     compile: bool | Literal["auto"] = "auto"
     activation_checkpointing: bool = False
     sync_batchnorm: bool = False
+    restart: bool = False
     num_workers: int | Literal["auto"] = "auto"
     eval_every: int = 100
     log_every: int = 10
@@ -277,6 +282,7 @@ class Pretrainer:
             self.models.parameters(), config.optim_settings(), self.steps, self.device, self.precision
         )
         self.step = 0
+        self.saved_step = 0  # the step of the last checkpoint written or resumed from
         self.window = _Window()  # the steps since the last metrics row (kept in checkpoints)
         self.metrics = engine.MetricsLog(self.run_dir, tensorboard=config.tensorboard)
         self.checkpoint = self.run_dir / "checkpoint.pt"
@@ -346,15 +352,19 @@ class Pretrainer:
         changed += ["tasks"] if state["tasks"] != self.names else []
         if "identity" in state:  # checkpoints of 0.2 and later: what else must match
             changed += _identity_changes(state["identity"], self._identity())
-        if changed:
-            if state["step"] >= state.get("steps", math.inf):  # a finished run of other settings
-                self.log(f"{self.checkpoint} holds a finished run of other settings; starting a new run")
-                return
-            raise ValueError(
-                f"checkpoint {str(self.checkpoint)!r} holds an unfinished run of other settings or tasks "
-                f"(changed: {', '.join(changed[:8])}; rerun that to resume it); delete its folder or write "
-                "the encoder to another path"
-            )
+        finished = state["step"] >= state.get("steps", math.inf)
+        longer = finished and set(changed) <= {"steps", "epochs"} and self.steps > state["step"]
+        if changed and not longer:
+            what = f"{'a finished' if finished else 'an unfinished'} run of other settings or tasks"
+            if not self.config.restart:
+                again = "use it, or more steps to continue it" if finished else "resume it"
+                raise ValueError(
+                    f"checkpoint {str(self.checkpoint)!r} holds {what} (changed: {', '.join(changed[:8])}); "
+                    f"rerun with its settings to {again}, set restart = true to start over, or write the "
+                    "encoder to another path"
+                )
+            self.log(f"{self.checkpoint} holds {what} (changed: {', '.join(changed[:8])}); starting over")
+            return
         if state.get("world", 1) != self.world:
             raise ValueError(
                 f"checkpoint {str(self.checkpoint)!r} was written by {state.get('world', 1)} processes, this "
@@ -362,9 +372,16 @@ class Pretrainer:
             )
         self.models.load_state_dict(state["models"])
         self.optim.load_state_dict(state)
+        if longer:  # its schedule now spans the longer run
+            self.optim.sync_lr()
+            self.log(
+                f"continuing the finished run of {state['step']} steps to {self.steps} from its final "
+                f"state; the schedule now spans {self.steps} steps (lr {self.optim.lr:.3g} at step "
+                f"{state['step']})"
+            )
         self.core.set_generator_states(state["generators"][self.rank])
         engine.set_rng_state(state["rng"][self.rank])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         if "window" in state:
             kept = state["window"][self.rank]
             self.window = _Window(losses=kept["losses"], accuracies=kept["accuracies"])
@@ -423,6 +440,7 @@ class Pretrainer:
             },
         )
         self.metrics.flush()
+        self.saved_step = self.step
         if self.world > 1:
             dist.barrier()
 
@@ -445,27 +463,42 @@ class Pretrainer:
         loader = self._loader(self.data, self.step * micro, (self.steps - self.step) * micro, cfg.seed, True)
         batches = iter(loader)
         last_eval: dict[str, float] = {}
+        shown: dict[str, float] = {}  # the bar's values, smoothed
         with engine.progress(self.steps, self.step, cfg.progress and self.main, "pretraining") as bar:
-            while self.step < self.steps:
-                losses, accuracies = self._train_step(batches, self.window)
-                self.step += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{sum(losses.values()):.3f}",
-                        accuracy=f"{sum(accuracies.values()) / len(accuracies):.3f}",
-                        images_s=f"{self.window.rate():.1f}",
-                    )
-                if self.step % cfg.log_every == 0 or self.step == self.steps:
-                    self._log_window(self.window)
-                    self.window = _Window()
-                last_eval = self._after_step() or last_eval
+            try:
+                while self.step < self.steps:
+                    losses, accuracies = self._train_step(batches, self.window)
+                    self.step += 1
+                    if bar is not None:
+                        _smooth(shown, {"loss": sum(losses.values())} | _prefixed("acc_", accuracies))
+                        bar.update(1)
+                        bar.set_postfix(
+                            {k: f"{v:.3f}" for k, v in shown.items()}, images_s=f"{self.window.rate():.1f}"
+                        )
+                    if self.step % cfg.log_every == 0 or self.step == self.steps:
+                        self._log_window(self.window)
+                        self.window = _Window()
+                    last_eval = self._after_step() or last_eval
+            except KeyboardInterrupt:
+                if self.main:
+                    self.log(self._stopped())
+                raise
         if self.held_out is not None and self.main and not last_eval:  # a resumed finished run: its last
             logged = [
                 r for r in self.metrics.rows() if r["step"] == self.steps and any("held_out" in k for k in r)
             ]
             last_eval = {k: v for k, v in logged[-1].items() if k != "step"} if logged else self.evaluate()
         return self._finish(start_step, last_eval)
+
+    def _stopped(self) -> str:
+        """What a Ctrl-C leaves: the step reached, the last checkpoint, how to resume."""
+        first = min(self.config.checkpoint_every, self.steps)
+        saved = (
+            f"the last checkpoint is at step {self.saved_step} ({self.checkpoint})"
+            if self.saved_step
+            else f"no checkpoint yet (the first is due at step {first})"
+        )
+        return f"stopped at step {self.step} of {self.steps}; {saved}; rerun the same command to resume"
 
     def _train_step(self, batches: Any, window: _Window) -> tuple[dict[str, float], dict[str, float]]:
         """One optimizer step over ``config.accumulate`` micro-batches; this step's losses and accuracies."""
@@ -563,7 +596,9 @@ class Pretrainer:
             model.eval()
         sums: dict[str, list[float]] = {}
         generators = [torch.Generator().manual_seed(10**6 + k) for k in range(len(self.names))]
+        count = 0
         for x in loader:
+            count += x.shape[0]
             for name, (loss, acc) in self.core.measure(
                 x.to(self.device), generators, self.optim.autocast
             ).items():
@@ -574,7 +609,7 @@ class Pretrainer:
             mean_loss, mean_acc = float(np.mean(values[0::2])), float(np.mean(values[1::2]))
             result[f"held_out_loss/{name}"] = mean_loss
             result[f"held_out_accuracy/{name}"] = mean_acc
-            warning = pretext_warning(task, mean_acc)
+            warning = pretext_warning(task, mean_acc, count)
             if warning:
                 self.log(f"step {self.step}: {name} {warning}")
         self._emit({"step": self.step, **result})
@@ -600,11 +635,15 @@ class Pretrainer:
 
     def _record(self, held: dict[str, float]) -> dict[str, Any]:
         """The pretraining record (beside the encoder file)."""
-        accuracy = [v for k, v in held.items() if k.startswith("held_out_accuracy/")]
+        key = "held_out_accuracy/"
+        accuracies = {k.removeprefix(key): v for k, v in held.items() if k.startswith(key)}
         record = {
             "tasks": self.names,
             "task_weights": self.core.weights,
-            "pretext_accuracy": float(np.mean(accuracy)) if accuracy else None,
+            # one task: its accuracy; several: none (their chance levels differ), each in pretext_accuracies
+            "pretext_accuracy": accuracies.get(self.names[0]) if len(self.names) == 1 else None,
+            "pretext_accuracies": accuracies,
+            "chance": {n: chance_level(t) for n, t in zip(self.names, self.core.tasks, strict=True)},
             "held_out": held,
             "steps": self.steps,
             "config": dataclasses.asdict(self.config),
@@ -652,6 +691,16 @@ class Pretrainer:
         return record
 
 
+def _prefixed(prefix: str, values: Mapping[str, float]) -> dict[str, float]:
+    return {prefix + k: v for k, v in values.items()}
+
+
+def _smooth(shown: dict[str, float], values: Mapping[str, float]) -> None:
+    """Exponential moving averages over about 20 steps (the first value as it is)."""
+    for key, value in values.items():
+        shown[key] = value if key not in shown else 0.95 * shown[key] + 0.05 * value
+
+
 @dataclass
 class _Window:
     """What the steps since the last metric row measured."""
@@ -672,7 +721,7 @@ class _Window:
 
 
 #: settings a run may resume with other values of: they change how fast it computes, not what
-_RESUMABLE_WITH_OTHER = ("num_workers", "progress", "compile")
+_RESUMABLE_WITH_OTHER = ("num_workers", "progress", "compile", "restart")
 
 
 def _identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -711,20 +760,52 @@ def _writable(output: Path) -> tuple[Path, Path]:
     return output, run_dir
 
 
-def pretext_warning(task: PretextTask[Any, Any], accuracy: float) -> str | None:
+def pretext_warning(task: PretextTask[Any, Any], accuracy: float, count: int | None = None) -> str | None:
     """A warning when a held-out pretext accuracy says the task teaches little.
 
-    At chance (classification: below 1.5 x chance) the encoder learns nothing from it; at
-    0.99 or more the task is solved outright, often from a shortcut (see docs/tasks/rotation.md).
+    At chance (classification: below 1.5 x chance, and the accuracy's 95 % Wilson interval
+    reaches chance) the encoder learns nothing from it; at 0.99 or more (and the interval's
+    lower end at 0.9 or more) the task is solved outright, often from a shortcut (see
+    docs/tasks/rotation.md). With ``count`` held-out images below :data:`MIN_HELD_OUT` no
+    warning is given: 8 images cannot tell 0.875 from 1.0 or 0 from chance.
+
+    Args:
+        task: the pretext task.
+        accuracy: its held-out accuracy.
+        count: held-out images it was measured on (``None``: no interval).
 
     Examples:
-        >>> pretext_warning(p3.tasks.Rotation(3), 0.11)   # 10 classes: chance is 0.1
-        'is at chance (held-out accuracy 0.110, chance 0.100)'
+        >>> pretext_warning(p3.tasks.Rotation(3), 0.11, count=64)   # 10 classes: chance is 0.1
+        'is at chance (held-out accuracy 0.110 on 64 images, 95 % interval 0.054-0.210; chance 0.100)'
+        >>> pretext_warning(p3.tasks.Rotation(3), 0.0, count=8) is None   # too few images to tell
+        True
         >>> pretext_warning(p3.tasks.Rotation(3), 0.6) is None
         True
     """
-    if accuracy >= 0.99:
-        return f"is solved outright (held-out accuracy {accuracy:.3f}): it may be too easy to teach much"
-    if isinstance(task, ClassificationTask) and accuracy < 1.5 / task.num_classes:
-        return f"is at chance (held-out accuracy {accuracy:.3f}, chance {1 / task.num_classes:.3f})"
+    if count is not None and count < MIN_HELD_OUT:
+        return None
+    interval = wilson_interval(accuracy, count) if count is not None else None
+    on = f" on {count} images, 95 % interval {interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
+    if accuracy >= 0.99 and (interval is None or interval[0] >= 0.9):
+        return f"is solved outright (held-out accuracy {accuracy:.3f}{on}): it may be too easy to teach much"
+    chance = chance_level(task)
+    if chance is not None and accuracy < 1.5 * chance and (interval is None or interval[0] <= chance):
+        return f"is at chance (held-out accuracy {accuracy:.3f}{on}; chance {chance:.3f})"
     return None
+
+
+#: fewer held-out images than this give no at-chance or solved warning (see :func:`pretext_warning`)
+MIN_HELD_OUT = 16
+
+
+def wilson_interval(proportion: float, count: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion measured on ``count`` trials (95 % for ``z=1.96``).
+
+    Examples:
+        >>> [round(v, 3) for v in wilson_interval(1.0, 8)]   # 8 of 8 right: still possibly 0.68
+        [0.676, 1.0]
+    """
+    n = max(1, count)
+    centre = (proportion + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

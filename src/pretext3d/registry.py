@@ -17,6 +17,7 @@ dict of its constructor arguments can be rebuilt by :func:`~pretext3d.models.loa
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -108,11 +109,28 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
+class _Encoders(Registry[Callable[..., Any]]):
+    """The encoder registry, which also knows ``"timm/<model>"`` and ``"monai/<network>"``."""
+
+    def get(self, name: str) -> Callable[..., Any]:
+        library, _, model = str(name).partition("/")
+        if library in FOREIGN and model and name not in self._entries:
+            return _foreign_builder(library, model)
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        library, _, model = str(name).partition("/")
+        return (library in FOREIGN and bool(model)) or super().__contains__(name)
+
+
 #: Pretext task classes by name (``"rotation"``, ``"jigsaw"``, ``"rpl"``, ``"exemplar"``, ``"cpc"``).
 TASKS: Registry[Callable[..., Any]] = Registry("task")
 #: Encoder builders by name (``"unet"``, ``"densenet"``, ``"conv"``), called as
-#: ``builder(spatial_dims=..., in_channels=..., **options)``.
-ENCODERS: Registry[Callable[..., Any]] = Registry("encoder")
+#: ``builder(spatial_dims=..., in_channels=..., **options)``; ``"timm/<model>"`` and
+#: ``"monai/<network>"`` build those libraries' networks (see :func:`create_encoder`).
+ENCODERS: Registry[Callable[..., Any]] = _Encoders("encoder")
+#: the libraries whose networks ``create_encoder("<library>/<name>")`` builds, and their pip names
+FOREIGN = {"timm": "timm", "monai": "monai"}
 
 #: Fine-tuning recipes by name (``"segmentation"``, ``"grading"``): classes of
 #: :class:`~pretext3d.experiments.Recipe`, built from a config table of their fields.
@@ -240,10 +258,20 @@ def create_task(name: str, **options: Any) -> Any:
 def create_encoder(name: str, **options: Any) -> nn.Module:
     """The registered encoder ``name`` built with ``options`` (``spatial_dims``, ``in_channels``, ...).
 
+    ``"timm/<model>"`` builds ``timm.create_model(model, num_classes=0, in_chans=in_channels,
+    **options)`` (2D only; pooled features), ``"monai/<network>"`` builds
+    ``monai.networks.nets.<network>`` with ``spatial_dims`` and the input channels (a MONAI
+    ResNet with ``feed_forward=False``: pooled features; other networks as they come). Both
+    are imported only then (an error says what to install) and built untrained; an encoder
+    file written by :func:`~pretext3d.models.save_encoder` records the name and options, so
+    :func:`~pretext3d.models.load_encoder` and a config's ``encoder = "timm/resnet18"`` rebuild
+    it.
+
     Examples:
         >>> encoder = p3.create_encoder("unet", spatial_dims=2, in_channels=3, widths=(8, 16))
         >>> encoder.num_features
         16
+        >>> resnet = p3.create_encoder("monai/resnet10", spatial_dims=3, in_channels=1)  # doctest: +SKIP
     """
     registered(name, ENCODERS)
     builder = ENCODERS.get(name)
@@ -251,4 +279,59 @@ def create_encoder(name: str, **options: Any) -> nn.Module:
     module = builder(**options)
     if not isinstance(module, nn.Module):
         raise TypeError(f"encoder {name!r} built a {type(module).__name__}, not an nn.Module")
+    return module
+
+
+def _foreign_builder(library: str, model: str) -> Callable[..., nn.Module]:
+    """A builder ``(spatial_dims, in_channels, **options) -> module`` of ``library``'s ``model``."""
+    name = f"{library}/{model}"
+
+    def build(spatial_dims: int = 2, in_channels: int = 1, **options: Any) -> nn.Module:
+        try:
+            package = importlib.import_module(library)
+        except ImportError as err:
+            raise ValueError(
+                f"encoder {name!r} needs {library}, which is not installed: pip install {FOREIGN[library]}"
+            ) from err
+        module = (_timm if library == "timm" else _monai)(package, model, spatial_dims, in_channels, options)
+        # what save_encoder records, so that load_encoder and configs rebuild it
+        module._pretext3d_build = {  # type: ignore[assignment]
+            "encoder": name, "config": {"spatial_dims": spatial_dims, "in_channels": in_channels, **options},
+        }  # fmt: skip
+        return module
+
+    build.__name__ = build.__qualname__ = name
+    return build
+
+
+def _timm(timm: Any, model: str, spatial_dims: int, in_channels: int, options: dict[str, Any]) -> nn.Module:
+    if spatial_dims != 2:
+        raise ValueError(
+            f"timm's networks are 2D: encoder 'timm/{model}' needs 2D images, got spatial_dims={spatial_dims}"
+        )
+    if model not in timm.list_models():
+        close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
+        raise ValueError(
+            f"timm has no model {model!r}"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+        )
+    module: nn.Module = timm.create_model(model, num_classes=0, in_chans=in_channels, **options)
+    return module
+
+
+def _monai(monai: Any, model: str, spatial_dims: int, in_channels: int, options: dict[str, Any]) -> nn.Module:
+    nets = importlib.import_module("monai.networks.nets")
+    builder = getattr(nets, model, None)
+    if not callable(builder):
+        names = [n for n in dir(nets) if not n.startswith("_") and callable(getattr(nets, n))]
+        close = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
+        raise ValueError(
+            f"MONAI has no network {model!r}"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+        )
+    if model.lower().startswith("resnet"):  # its feature extractor: pooled features, no classifier
+        options = {"n_input_channels": in_channels, "feed_forward": False, **options}
+    else:
+        options = {"in_channels": in_channels, **options}
+    module: nn.Module = builder(spatial_dims=spatial_dims, **options)
     return module

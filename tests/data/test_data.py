@@ -462,3 +462,10 @@ def test_itk_head_t1_is_reoriented() -> None:
     volume = read_nifti(ITK_T1)
     assert nib.aff2axcodes(volume.affine) == ("R", "A", "S")
     assert sorted(volume.array.shape) == sorted(raw.shape) and sorted(volume.spacing) == [2.0, 2.0, 3.0]
+
+
+def test_write_nifti_makes_the_folders_it_needs(tmp_path: Path) -> None:
+    array = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    path = tmp_path / "new" / "deeper" / "scan.nii.gz"
+    write_nifti(path, array, np.diag([0.8, 0.8, 2.0, 1.0]))
+    np.testing.assert_array_equal(p3.data.read_nifti(path).array, array)

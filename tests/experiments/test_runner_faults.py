@@ -57,7 +57,8 @@ def test_a_change_of_data_or_encoder_refuses_the_old_results(
     assert main(["pretrain", "--defaults", *pretrain]) == 0
     enc_out = ["--set", f'output_dir="{tmp_path / "de2"}"', "--set", f'methods.rotation="{encoder}"']
     assert main(["data-efficiency", "--defaults", *TINY, *enc_out, "--set", "data.size=16"]) == 0
-    assert main(["pretrain", "--defaults", *pretrain, "--set", "pretrain.seed=1"]) == 0
+    again = ["--set", "pretrain.seed=1", "--set", "pretrain.restart=true"]  # a finished run: on purpose
+    assert main(["pretrain", "--defaults", *pretrain, *again]) == 0
     capsys.readouterr()
     assert main(["data-efficiency", "--defaults", *TINY, *enc_out, "--set", "data.size=16"]) == 2
     assert "methods.rotation" in capsys.readouterr().err

@@ -119,7 +119,7 @@ def read_nifti(path: str | Path, *, canonical: bool = True) -> Volume:
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write a 3D array as NIfTI (gzip-compressed for ``.nii.gz``), atomically.
+    """Write a 3D array as NIfTI (gzip-compressed for ``.nii.gz``), atomically; missing folders are made.
 
     The file is written under a temporary name in the same folder and renamed, so an
     interrupted write never leaves a half-written file behind.
@@ -134,6 +134,7 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None
     """
     nib = require("nibabel")
     suffix = ".nii.gz" if Path(path).name.endswith(".nii.gz") else ".nii"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix) as tmp:
         nib.save(nib.Nifti1Image(array, affine), str(tmp))
 

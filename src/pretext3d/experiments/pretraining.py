@@ -8,7 +8,7 @@ encoder's initialisation seeded by ``pretrain.seed``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from pretext3d.pretrainer import PretrainConfig, Pretrainer
 from pretext3d.registry import ENCODERS, RECIPES, TASKS, registered
 from pretext3d.training import TaskSpec
 
-__all__ = ["Pretraining", "pretrain", "pretrain_encoder"]
+__all__ = ["Pretraining", "accuracy_summary", "pretrain", "pretrain_encoder"]
 
 
 @dataclass
@@ -196,9 +196,30 @@ def pretrain(config: Pretraining) -> dict[str, Any]:
     """
     record = pretrain_encoder(config, record={"command": asdict(config)})
     if engine.is_main_process():  # under torchrun, rank 0 speaks
-        accuracy = record["pretext_accuracy"]
         print(
-            f"held-out pretext accuracy {'n/a' if accuracy is None else f'{accuracy:.3f}'}; encoder written "
-            f"to {config.output}" + ("  [SYNTHETIC phantom data]" if config.data.synthetic else "")
+            f"held-out pretext accuracy {accuracy_summary(record)}; encoder written to {config.output}"
+            + ("  [SYNTHETIC phantom data]" if config.data.synthetic else "")
         )
     return record
+
+
+def accuracy_summary(record: Mapping[str, Any]) -> str:
+    """Each task's held-out pretext accuracy beside its chance level, from a pretraining record.
+
+    Examples:
+        >>> accuracy_summary({"pretext_accuracies": {"rotation": 0.625, "jigsaw": 0.125},
+        ...                   "chance": {"rotation": 0.1, "jigsaw": 0.01}})
+        'rotation 0.625 (chance 0.100), jigsaw 0.125 (chance 0.010)'
+        >>> accuracy_summary({"pretext_accuracies": {}})
+        'n/a (no held-out images)'
+    """
+    accuracies = record.get("pretext_accuracies")
+    if accuracies is None and record.get("pretext_accuracy") is not None:  # a record of 0.1
+        return f"{record['pretext_accuracy']:.3f}"
+    if not accuracies:
+        return "n/a (no held-out images)"
+    chance = record.get("chance") or {}
+    return ", ".join(
+        f"{name} {value:.3f}" + (f" (chance {chance[name]:.3f})" if chance.get(name) is not None else "")
+        for name, value in accuracies.items()
+    )

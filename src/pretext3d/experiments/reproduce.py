@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import platform
 import time
@@ -37,7 +36,7 @@ from pretext3d.config import from_mapping, load_toml, merge_override, parse_over
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
 from pretext3d.experiments.locks import RunLock, remove_stale_locks
-from pretext3d.experiments.pretraining import Pretraining, pretrain_encoder
+from pretext3d.experiments.pretraining import Pretraining, accuracy_summary, pretrain_encoder
 from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
 from pretext3d.experiments.report import colour, seed_ranges, summary_table, write_report
 from pretext3d.experiments.runner import (
@@ -432,7 +431,7 @@ def run_reproduction(
     for task in config.tasks:
         for file in methods[task] or []:
             record = read_pretraining_record(file) or {}
-            log(f"{Path(file).name}: held-out pretext accuracy {_fmt(record.get('pretext_accuracy'))}")
+            log(f"{Path(file).name}: held-out pretext accuracy {accuracy_summary(record)}")
     pretrained = time.perf_counter()
     cases = LabelledCases(*config.data.labelled(), info=asdict(config.data), synthetic=config.data.synthetic)
     rows = DataEfficiencyGrid(recipe, cases, methods, config.experiment, out, device=device, log=log).run(
@@ -553,10 +552,6 @@ def _pretraining(config: Reproduction, spec: TaskSpec, k: int, output: str, prog
         encoder_options=recipe.encoder_options(), data=config.pretraining_data, held_out=config.held_out,
         pretrain=pretrain, output=output,
     )  # fmt: skip
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def plot_pretraining(

@@ -588,6 +588,13 @@ class DataEfficiencyGrid:
                 self.log = bar.write
             try:
                 self._run_pending(pending, bar)
+            except KeyboardInterrupt:
+                finished = sum(self.done(cell) for cell in plan)
+                self.log(
+                    f"stopped: {finished} of {len(plan)} runs finished and kept in {self.out}; rerun the "
+                    "same command to resume (an unfinished run goes on from its last epoch's checkpoint)"
+                )
+                raise
             finally:
                 self.log = log
         return self.collect()

@@ -29,8 +29,9 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
     Args:
         encoder: any module. For an encoder whose class is registered
             (:data:`pretext3d.registry.ENCODERS`: the library's own, or yours) and that
-            has a ``config`` dict of its constructor arguments, the file also records its
-            registered name and config, so :func:`load_encoder` can rebuild it.
+            has a ``config`` dict of its constructor arguments, or one built by
+            :func:`~pretext3d.registry.create_encoder` (``"timm/resnet18"``, ``"monai/resnet10"``),
+            the file also records its name and config, so :func:`load_encoder` can rebuild it.
         path: file to write (``torch.save`` format), atomically.
 
     Examples:
@@ -39,10 +40,14 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
         ('unet', 'UNetEncoder')
     """
     config = getattr(encoder, "config", None)
+    name = ENCODERS.name_of(type(encoder))
+    built = getattr(encoder, "_pretext3d_build", None)  # create_encoder("timm/...") or ("monai/...")
+    if isinstance(built, Mapping):
+        name, config = built["encoder"], built["config"]
     payload = {
         "format": _FORMAT,
         "pretext3d_version": __version__,
-        "encoder": ENCODERS.name_of(type(encoder)),
+        "encoder": name,
         "class": type(encoder).__name__,
         "config": dict(config) if isinstance(config, Mapping) else None,
         "state_dict": encoder.state_dict(),

@@ -225,6 +225,35 @@ class Optimization:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
+    def sync_lr(self) -> None:
+        """Set every group's learning rate from this block's schedule at its current step.
+
+        After :meth:`load_state_dict` of a run whose schedule had another length (a finished
+        run continued for more steps), the optimizer holds the rate of the old schedule (0 at
+        the end of a cosine); the next step takes the rate of this one.
+
+        Examples:
+            >>> net = torch.nn.Linear(2, 1)
+            >>> short = Optimization(net.parameters(), OptimSettings(schedule="cosine"), 2,
+            ...                      torch.device("cpu"), "fp32")
+            >>> for _ in range(2):
+            ...     short.step()
+            >>> longer = Optimization(net.parameters(), OptimSettings(schedule="cosine"), 4,
+            ...                       torch.device("cpu"), "fp32")
+            >>> longer.load_state_dict(short.state_dict())
+            >>> longer.optimizer.param_groups[0]["lr"]   # the short schedule's end
+            0.0
+            >>> longer.sync_lr()
+            >>> round(longer.optimizer.param_groups[0]["lr"], 6), round(longer.lr, 6)   # cos at 2 of 4
+            (0.0005, 0.0005)
+        """
+        step = self.scheduler.last_epoch
+        for group, base, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(step)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def state_dict(self) -> dict[str, Any]:
         """``{"optimizer", "scheduler", "scaler"}`` states, for a checkpoint."""
         return {

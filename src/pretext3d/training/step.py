@@ -89,10 +89,16 @@ class TaskSpec:
 
     @property
     def label(self) -> str:
-        """The task's name in logs: ``name``, else the registered name or the class name in lower case."""
+        """The task's name in logs: ``name``, else its registered name, else its class name in lower case.
+
+        A task object's registered name is its class's: ``RelativePatchLocation(3)`` is ``rpl``, as
+        in a config.
+        """
         if self.name:
             return self.name
-        return self.task if isinstance(self.task, str) else type(self.task).__name__.lower()
+        if isinstance(self.task, str):
+            return self.task
+        return TASKS.name_of(type(self.task)) or type(self.task).__name__.lower()
 
     @property
     def registered_name(self) -> str | None:
@@ -254,7 +260,7 @@ class TaskHeads(nn.Module):
         for name, v in views.items():
             try:
                 out[name] = self.models[name](v)
-            except ValueError as err:
+            except (ValueError, AssertionError) as err:  # timm's models assert their input size
                 shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                 raise ValueError(
                     f"the encoder cannot take {name}'s views of shape {shape}: {err}. The views are cut "
