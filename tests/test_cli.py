@@ -227,6 +227,7 @@ output = "{tmp_path / "enc.pt"}"
 kind = "volume-folder"
 path = "{root / "imagesTs"}"
 size = 16
+preprocessing = {{ modality = "ct" }}
 [[tasks]]
 name = "rotation"
 [[tasks]]

@@ -21,6 +21,7 @@ from pretext3d.data import (
     APTOS,
     CaseCache,
     CTPreprocessing,
+    DataSpec,
     DicomFolder,
     FundusFolder,
     FundusPreprocessing,
@@ -469,3 +470,35 @@ def test_write_nifti_makes_the_folders_it_needs(tmp_path: Path) -> None:
     path = tmp_path / "new" / "deeper" / "scan.nii.gz"
     write_nifti(path, array, np.diag([0.8, 0.8, 2.0, 1.0]))
     np.testing.assert_array_equal(p3.data.read_nifti(path).array, array)
+
+
+def test_modality_presets_by_hand() -> None:
+    rng = np.random.default_rng(0)
+    mr = rng.gamma(2.0, 300.0, size=(20, 18, 12)).astype(np.float32)  # MR-like: no absolute scale
+    mr[0, 0, 0] = 1e6  # a hot voxel
+    image, _ = CTPreprocessing.preset("mr", dtype="float32")(mr, (1.0, 1.0, 3.0))
+    low, high = np.percentile(mr, [0.5, 99.5])
+    clipped = np.clip(mr, low, high)
+    expected = (clipped - clipped.mean()) / clipped.std()
+    assert image.shape == mr.shape  # no resampling, crop or resize
+    np.testing.assert_allclose(image, expected, rtol=1e-4, atol=1e-4)
+    untouched, _ = CTPreprocessing.preset("none", dtype="float32")(mr, (1.0, 1.0, 3.0))
+    np.testing.assert_array_equal(untouched, mr)
+    with pytest.raises(ValueError, match='normalize="minmax" scales the window'):
+        CTPreprocessing(window=None, normalize="minmax")
+
+
+def test_a_volume_folder_keeps_what_its_preprocessing_does_not_ask_to_change(tmp_path: Path) -> None:
+    mr = np.random.default_rng(1).normal(500, 100, size=(96, 96, 64)).astype(np.float32)
+    write_nifti(tmp_path / "scans" / "mr_001.nii.gz", mr, np.diag([1.0, 1.0, 2.0, 1.0]))
+    spec = DataSpec(kind="volume-folder", path=str(tmp_path / "scans"), size=48,
+                    preprocessing={"modality": "mr"})  # fmt: skip
+    image = spec.unlabelled()[0]
+    assert image.shape == (1, 96, 96, 64)  # the CT pipeline made it 48^3
+    assert abs(float(image.mean())) < 1e-3 and abs(float(image.std()) - 1) < 1e-2
+    options = {"modality": "mr", "spacing": [2.0, 2.0, 2.0], "resize": False}
+    resampled = DataSpec(kind="volume-folder", path=str(tmp_path / "scans"), size=48, preprocessing=options)
+    assert resampled.unlabelled()[0].shape == (1, 48, 48, 64)
+    # the paper's CT pipeline is still Task07's default (and its cache key unchanged)
+    task07 = DataSpec(kind="task07", path="data/Task07_Pancreas", size=128)
+    assert task07.volume_preprocessing() == CTPreprocessing(resize=(128, 128, 128), dtype="float32")

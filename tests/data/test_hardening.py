@@ -91,7 +91,7 @@ def test_non_finite_voxels_and_degenerate_geometry_name_the_file(tmp_path: Path)
     with pytest.raises(ValueError, match="expected a 3-D array of numbers"):
         read_volume(tmp_path / "objects.npy")
     for window in [(float("nan"), 215.0), (-96.0, float("inf")), (5.0, 5.0)]:
-        with pytest.raises(ValueError, match="window must be finite"):
+        with pytest.raises(ValueError, match="window must be None or finite"):
             CTPreprocessing(window=window)
     with pytest.raises(ValueError, match="spacing must be None or three finite sizes > 0"):
         CTPreprocessing(spacing=(0.0, 0.0, 0.0))

@@ -109,7 +109,9 @@ def test_a_registered_data_kind_names_its_recipe_and_the_command_runs_it(tmp_pat
 def test_unknown_data_kind_and_pretraining_only_kinds_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown data kind 'ct-phantm'; did you mean 'ct-phantom'"):
         DataSpec(kind="ct-phantm")
-    pool_only = DataSpec(kind="volume-folder", path="scans")  # its encoders are fine-tuned by segmentation
+    pool_only = DataSpec(
+        kind="volume-folder", path="scans", preprocessing={"modality": "ct"}
+    )  # its encoders are fine-tuned by segmentation
     assert not pool_only.has_labels and pool_only.spatial_dims == 3 and pool_only.recipe == "segmentation"
     register_data_kind("no-recipe-test", DataKind(2, 1, unlabelled=lambda spec: []), overwrite=True)
     with pytest.raises(ValueError, match="names no fine-tuning recipe"):

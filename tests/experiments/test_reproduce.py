@@ -95,7 +95,12 @@ def test_the_pretext_curves_come_from_the_metrics_log(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("values", "message"), [
     ({"data": {"kind": "fundus-phantom"}}, "pretraining_data ('ct-phantom') must have the same dimensions"),
-    ({"data": {"kind": "volume-folder"}, "pretraining_data": {"kind": "volume-folder"}}, "holds unlabelled"),
+    ({"data": {"kind": "volume-folder", "preprocessing": {"modality": "mr"}},
+      "pretraining_data": {"kind": "volume-folder", "preprocessing": {"modality": "mr"}}},
+     "holds unlabelled"),
+    ({"data": {"kind": "volume-folder"}}, "data.preprocessing.modality must be given for a volume-folder"),
+    ({"data": {"kind": "task07", "preprocessing": {"spacng": "keep"}}}, "did you mean 'spacing'"),
+    ({"data": {"kind": "ct-phantom", "preprocessing": {"modality": "mr"}}}, "data.preprocessing applies to"),
     ({"tasks": {}}, "tasks must name at least one pretext task"),
     ({"tasks": {"rotaton": {}}}, "unknown task 'rotaton'; did you mean 'rotation'?"),
     ({"tasks": {"rotation": {"crop": -1}}}, "crop must be an int >= 0"),

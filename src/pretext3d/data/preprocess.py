@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -163,11 +163,16 @@ def crop_or_pad(array: np.ndarray, shape: tuple[int, ...], fill: float = 0.0) ->
 class CTPreprocessing:
     """The CT pipeline's arguments; call it on an image (and label) to apply them.
 
+    The defaults are the paper's CT pipeline; :meth:`preset` gives MR's and an untouched one
+    (the volume kinds of a config take them as ``data.preprocessing.modality``).
+
     Args:
         spacing: target spacing in mm per axis, or ``None`` to keep the scan's.
         interpolation: ``"linear"`` or ``"cubic"`` for images (labels: nearest always).
-        window: HU range to clip to.
-        normalize: ``"zscore"`` or the paper's ``"minmax"``.
+        window: HU range to clip to, or ``None`` (no clipping: MR, or already normalised data).
+        normalize: ``"zscore"`` (standardise after the window), the paper's ``"minmax"``
+            (the window to [0, 1]; needs a window), ``"percentile"`` (MR: clip to the image's
+            0.5-99.5 percentiles, then standardise) or ``"none"``.
         crop: ``"body"`` (bounding box of the body), ``None``, or a fixed box size.
         resize: a final size, e.g. ``(128, 128, 128)`` as in the paper, or ``None``.
         dtype: ``"float16"`` or ``"float32"`` for the stored image.
@@ -189,8 +194,8 @@ class CTPreprocessing:
 
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 2.5)
     interpolation: Literal["linear", "cubic"] = "linear"
-    window: tuple[float, float] = (-96.0, 215.0)
-    normalize: Literal["zscore", "minmax"] = "zscore"
+    window: tuple[float, float] | None = (-96.0, 215.0)
+    normalize: Literal["zscore", "minmax", "percentile", "none"] = "zscore"
     crop: Literal["body"] | tuple[int, int, int] | None = "body"
     resize: tuple[int, int, int] | None = None
     dtype: Literal["float16", "float32"] = "float16"
@@ -198,13 +203,17 @@ class CTPreprocessing:
     def __post_init__(self) -> None:
         """Check the arguments."""
         check_choice("interpolation", self.interpolation, ("linear", "cubic"))
-        check_choice("normalize", self.normalize, ("zscore", "minmax"))
+        check_choice("normalize", self.normalize, ("zscore", "minmax", "percentile", "none"))
+        if self.normalize == "minmax" and self.window is None:
+            raise ValueError('normalize="minmax" scales the window to [0, 1]: give a window (low, high)')
         if not (
             self.crop is None or self.crop == "body" or (isinstance(self.crop, tuple) and len(self.crop) == 3)
         ):
             raise ValueError(f"crop must be 'body', None or a 3-tuple of sizes, got {self.crop!r}")
-        if not (np.isfinite(self.window).all() and self.window[0] < self.window[1]):
-            raise ValueError(f"window must be finite (low, high) with low < high, got {self.window}")
+        if self.window is not None and not (
+            len(self.window) == 2 and np.isfinite(self.window).all() and self.window[0] < self.window[1]
+        ):
+            raise ValueError(f"window must be None or finite (low, high) with low < high, got {self.window}")
         for name in ("spacing", "resize"):
             value = getattr(self, name)
             if value is not None and (len(value) != 3 or not all(np.isfinite(v) and v > 0 for v in value)):
@@ -212,6 +221,26 @@ class CTPreprocessing:
         if isinstance(self.crop, tuple) and not all(isinstance(v, int) and v > 0 for v in self.crop):
             raise ValueError(f"crop must be 'body', None or three sizes >= 1, got {self.crop!r}")
         check_choice("dtype", self.dtype, ("float16", "float32"))
+
+    @classmethod
+    def preset(cls, modality: str, **changes: Any) -> CTPreprocessing:
+        """The pipeline of a modality, with ``changes`` to its fields.
+
+        - ``"ct"``: the paper's (1.5 x 1.5 x 2.5 mm, body crop, [-96, 215] HU, z-score);
+        - ``"mr"``: no resampling or crop, the 0.5-99.5 percentiles, z-score (MR intensities
+          have no absolute scale);
+        - ``"none"``: the scan as it is (float values, no resampling, crop or normalisation).
+
+        Examples:
+            >>> mr = CTPreprocessing.preset("mr")
+            >>> mr.spacing, mr.window, mr.normalize, mr.crop
+            (None, None, 'percentile', None)
+            >>> CTPreprocessing.preset("pet")
+            Traceback (most recent call last):
+            ValueError: modality must be one of ['ct', 'mr', 'none'], got 'pet'
+        """
+        check_choice("modality", modality, tuple(_PRESETS))
+        return cls(**{**_PRESETS[modality], **changes})
 
     def key(self) -> str:
         """A short hash of every argument: changes whenever any of them does."""
@@ -256,8 +285,20 @@ class CTPreprocessing:
         if self.resize is not None:
             image = self._resize_image(image, self.resize)
             label = None if label is None else resize_volume(label, self.resize, label=True)
-        image = window(image, *self.window, mode=self.normalize).astype(self.dtype)
+        image = self._normalize(image).astype(self.dtype)
         return image, None if label is None else label.astype(np.int16)
+
+    def _normalize(self, image: np.ndarray) -> np.ndarray:
+        if self.window is not None and self.normalize in ("zscore", "minmax"):
+            return window(image, *self.window, mode=self.normalize)
+        if self.window is not None:
+            image = np.clip(image, *self.window)
+        if self.normalize == "none":
+            return image
+        if self.normalize == "percentile":
+            image = np.clip(image, *np.percentile(image, [0.5, 99.5]))
+        std = float(image.std())
+        return (image - float(image.mean())) / (std if std > 0 else 1.0)
 
     def _resize_image(self, image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if self.interpolation == "linear":
@@ -265,6 +306,13 @@ class CTPreprocessing:
         zoom = [m / n for m, n in zip(shape, image.shape, strict=True)]
         out: np.ndarray = ndimage.zoom(image, zoom, order=3, mode="nearest", grid_mode=True)
         return out
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "ct": {},
+    "mr": {"spacing": None, "window": None, "normalize": "percentile", "crop": None},
+    "none": {"spacing": None, "window": None, "normalize": "none", "crop": None},
+}
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

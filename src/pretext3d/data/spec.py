@@ -8,8 +8,9 @@ how to read its labelled cases and its unlabelled pool, and which fine-tuning re
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -58,6 +59,15 @@ class DataSpec:
             preprocessed scan here (keyed by the preprocessing) and read it from there
             afterwards. Without it every read resamples the scan again (seconds per scan),
             which starves pretraining on real scans; ``""``: no cache.
+        preprocessing: scans only (``task07``, ``volume-folder``, ``dicom-folder``): how they
+            are prepared (:class:`~pretext3d.data.CTPreprocessing`). ``modality``: ``"ct"``
+            (the paper's pipeline: 1.5 x 1.5 x 2.5 mm, body crop, [-96, 215] HU, z-score,
+            resized to ``size``; the default of ``task07`` and ``dicom-folder``), ``"mr"`` (no
+            resampling, crop or resize; 0.5-99.5 percentiles, z-score) or ``"none"`` (as
+            stored); a ``volume-folder`` must name it. Any field of the preset can be changed:
+            ``spacing`` (three mm or ``"keep"``), ``window`` (two HU or ``"none"``),
+            ``normalize``, ``crop`` (``"body"``, ``"none"`` or three sizes), ``resize``
+            (``true``: to ``size`` on every axis), ``interpolation``. Recorded with the data.
 
     Examples:
         >>> spec = DataSpec(kind="ct-phantom", count=6, size=32)   # SYNTHETIC
@@ -75,6 +85,7 @@ class DataSpec:
     seed: int = 0
     include_labelled: bool = False
     cache_dir: str = ""
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -82,12 +93,57 @@ class DataSpec:
         check_int("data.count", self.count, 1)
         check_int("data.size", self.size, 1)
         check_int("data.seed", self.seed, 0)
-        if self.cache_dir and not self.info.caches:
-            cached = ", ".join(n for n in DATA_KINDS.names() if DATA_KINDS.get(n).caches)
-            raise ValueError(
-                f"data.cache_dir applies to CT scans and other resampled scans ({cached}), not to "
-                f"data.kind = {self.kind!r}; remove it"
+        scans = ", ".join(n for n in DATA_KINDS.names() if DATA_KINDS.get(n).caches)
+        for name in ("cache_dir", "preprocessing"):
+            if getattr(self, name) and not self.info.caches:
+                raise ValueError(
+                    f"data.{name} applies to CT scans and other resampled scans ({scans}), not to "
+                    f"data.kind = {self.kind!r}; remove it"
+                )
+        if self.info.caches:
+            self.volume_preprocessing()  # the table checked before any scan is read
+
+    def volume_preprocessing(self) -> CTPreprocessing:
+        """The scans' pipeline from :attr:`preprocessing` (see there), for the volume kinds.
+
+        Examples:
+            >>> spec = DataSpec(kind="volume-folder", path="scans", size=64,
+            ...                 preprocessing={"modality": "mr", "spacing": [1.0, 1.0, 1.0]})
+            >>> prep = spec.volume_preprocessing()
+            >>> prep.spacing, prep.normalize, prep.resize
+            ((1.0, 1.0, 1.0), 'percentile', None)
+        """
+        options = dict(self.preprocessing)
+        modality = options.pop("modality", None)
+        if modality is None:
+            if self.kind == "volume-folder":
+                raise ConfigError(
+                    'data.preprocessing.modality must be given for a volume-folder: "ct" (window '
+                    '[-96, 215] HU, 1.5 x 1.5 x 2.5 mm, body crop, resized to data.size), "mr" '
+                    '(percentiles and z-score, no resampling) or "none" (as stored)'
+                )
+            modality = "ct"
+        resize = options.pop("resize", modality == "ct")
+        fields = ("spacing", "window", "normalize", "crop", "interpolation")
+        for key, value in options.items():
+            if key not in fields:
+                close = difflib.get_close_matches(key, [*fields, "modality", "resize"], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"unknown key {key!r} in data.preprocessing{hint} (modality, resize, {', '.join(fields)})"
+                )
+            if value in ("keep", "none"):  # TOML has no None
+                options[key] = None
+            elif isinstance(value, list):
+                options[key] = tuple(value)
+        if not isinstance(resize, bool):
+            raise ConfigError(f"data.preprocessing.resize must be true or false, got {resize!r}")
+        try:
+            return CTPreprocessing.preset(
+                modality, resize=(self.size,) * 3 if resize else None, dtype="float32", **options
             )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"data.preprocessing: {err}") from err
 
     @property
     def info(self) -> DataKind:
@@ -185,8 +241,7 @@ def _phantom_pool(spec: DataSpec) -> Dataset[Tensor]:
 
 
 def _ct(spec: DataSpec) -> dict[str, Any]:
-    return {"preprocessing": CTPreprocessing(resize=(spec.size,) * 3, dtype="float32"),
-            "cache_dir": spec.cache_dir or None}  # fmt: skip
+    return {"preprocessing": spec.volume_preprocessing(), "cache_dir": spec.cache_dir or None}
 
 
 def _folder(spec: DataSpec) -> str:
