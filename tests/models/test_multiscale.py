@@ -84,3 +84,16 @@ def test_what_cannot_work_is_refused_with_what_to_do() -> None:
     unet = MultiScaleUNet(_stack(2), out_channels=2, stages=["1", "4", "7"])
     with pytest.raises(ValueError, match=r"x must have shape \(N, 1, \*spatial\) with 2 spatial axes"):
         unet(torch.randn(1, 3, 16, 16))
+
+
+def test_default_decoder_widths_halve_toward_full_resolution(spatial_dims: int) -> None:
+    from pretext3d.models import default_decoder_widths
+
+    assert default_decoder_widths([16, 32, 64, 128, 256]) == [16, 32, 64, 128]  # the U-Net's mirror
+    assert default_decoder_widths([64, 64, 128, 256, 512]) == [32, 64, 128, 256]
+    assert default_decoder_widths([8, 8, 8]) == [8, 8]  # never wider than the skip
+    assert default_decoder_widths([512, 1024, 2048]) == [128, 256]  # at most 256
+    # an encoder whose finest map is coarser than the input gets a last stage at full size
+    unet = MultiScaleUNet(_stack(spatial_dims), 2, stages=["1", "4", "7"])
+    assert [s[0].out_channels for s in unet.stages] == [8, 16] and unet.final[0].out_channels == 8
+    assert unet(torch.randn(2, 1, *(16,) * spatial_dims)).shape == (2, 2, *(16,) * spatial_dims)

@@ -11,7 +11,7 @@ from pretext3d.models.base import Encoder, evaluating
 from pretext3d.models.conv import ConvEncoder
 from pretext3d.models.densenet import DenseNet, DenseNet121, DenseNetEncoder
 from pretext3d.models.io import encoder_info, encoder_name, load_encoder, load_encoder_weights, save_encoder
-from pretext3d.models.multiscale import MultiScaleUNet
+from pretext3d.models.multiscale import MultiScaleUNet, default_decoder_widths
 from pretext3d.models.unet import UNet, UNetEncoder
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "MultiScaleUNet",
     "UNet",
     "UNetEncoder",
+    "default_decoder_widths",
     "encoder_info",
     "encoder_name",
     "evaluating",

@@ -21,7 +21,7 @@ from pretext3d.models import _layers as L
 from pretext3d.models.base import Encoder, evaluating
 from pretext3d.models.unet import DoubleConv
 
-__all__ = ["MultiScaleUNet"]
+__all__ = ["MultiScaleUNet", "default_decoder_widths"]
 
 
 def _first_conv(module: nn.Module) -> nn.Conv2d | nn.Conv3d | None:
@@ -33,6 +33,29 @@ def _maps(value: object) -> list[Tensor] | None:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, Tensor) for v in value):
         return list(value)
     return None
+
+
+def default_decoder_widths(feature_channels: Sequence[int]) -> list[int]:
+    """Decoder widths, finest first: the second-deepest map's channels (at most 256), halved per finer stage.
+
+    Not below 16 by halving, never above the skip's own channels. The library's U-Net encoder (16-256) gets
+    its mirror (16/32/64/128); a ResNet's 64/64/128/256/512 gets 32/64/128/256 instead of 64
+    channels at the finest scale, which made the decoder ~7x the encoder's cost at full
+    resolution (benchmarks/multiscale.py).
+
+    Examples:
+        >>> default_decoder_widths([16, 32, 64, 128, 256]), default_decoder_widths([64, 64, 128, 256, 512])
+        ([16, 32, 64, 128], [32, 64, 128, 256])
+        >>> default_decoder_widths([96])   # one map: one stage at its width
+        [96]
+    """
+    channels = list(feature_channels)
+    if len(channels) == 1:
+        return [min(channels[0], 256)]
+    widths = [min(channels[-2], 256)]
+    for skip in reversed(channels[:-2]):  # toward full resolution
+        widths.insert(0, min(skip, max(16, widths[0] // 2)))
+    return widths
 
 
 class MultiScaleUNet(nn.Module):
@@ -61,7 +84,11 @@ class MultiScaleUNet(nn.Module):
         spatial_dims: 2 or 3; default that of the encoder's first convolution.
         in_channels: input channels; default those of the encoder's first convolution.
         decoder_widths: channels of each decoder stage, finest first, one per feature map
-            except the deepest; default each skip's channels, at most 256.
+            except the deepest; default :func:`default_decoder_widths` (halving toward full
+            resolution, as MONAI's ``FlexibleUNet`` and the library's own U-Net do; a last
+            stage at full resolution, where the finest map is coarser, gets half the finest
+            width again, at least 16). Given widths keep the full-resolution stage at the
+            finest one.
         norm: normalisation of the decoder (``"batch"``, ``"instance"``, ``"group"``).
         probe_size: spatial size of the probe input (large enough for the encoder).
         copy_encoder: use a deep copy (default), so that fine-tuning leaves the pretrained
@@ -137,10 +164,9 @@ class MultiScaleUNet(nn.Module):
         kept = [maps[i] for i in self._keep]
         self.feature_channels = [int(m.shape[1]) for m in kept]
         self.feature_reductions = [max(1, round(probe_size / m.shape[2])) for m in kept]
+        decoder_default = decoder_widths is None
         if decoder_widths is None:
-            decoder_widths = [min(c, 256) for c in self.feature_channels[:-1]] or [
-                min(self.feature_channels[0], 256)
-            ]
+            decoder_widths = default_decoder_widths(self.feature_channels)
         widths = [check_int(f"decoder_widths[{i}]", w, 1) for i, w in enumerate(decoder_widths)]
         if len(widths) != max(1, len(kept) - 1):
             raise ValueError(
@@ -156,8 +182,10 @@ class MultiScaleUNet(nn.Module):
             )
             below = widths[level]
         self.full_resolution = self.feature_reductions[0] > 1
-        self.final = DoubleConv(d, below, widths[0], norm, 0.0) if self.full_resolution else nn.Identity()
-        self.head = L.conv(d)(widths[0] if self.full_resolution else below, out_channels, 1)
+        # a stage at full resolution when the finest map is coarser: half as wide again (at least 16)
+        final = min(widths[0], max(16, widths[0] // 2)) if decoder_default else widths[0]
+        self.final = DoubleConv(d, below, final, norm, 0.0) if self.full_resolution else nn.Identity()
+        self.head = L.conv(d)(final if self.full_resolution else below, out_channels, 1)
         self.out_channels = out_channels
 
     # --- where the features come from -----------------------------------------------------
