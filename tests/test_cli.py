@@ -213,7 +213,7 @@ def test_a_pairing_that_cannot_load_is_refused_before_anything_runs(
         "pretrain.batch_size=2",
     ]
     assert main(["pretrain", "--defaults", *args, "--set", f'output="{tmp_path / "c.pt"}"']) == 0
-    assert "a 'conv' encoder will not load into it" in capsys.readouterr().out
+    assert "to fine-tune this 'conv' encoder, set its backbone = 'conv'" in capsys.readouterr().out
 
 
 def test_cli_pretrains_several_tasks_streaming_from_a_scan_folder(tmp_path: Path) -> None:

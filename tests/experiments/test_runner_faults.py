@@ -324,3 +324,46 @@ def test_what_killed_workers_left_beside_finished_runs_is_removed(tmp_path: Path
     assert not list(runs.glob("*.lock")) and not list(checkpoints.iterdir())
     assert any("the lock of a killed worker" in line for line in lines)
     assert any("left by a run that had finished" in line for line in lines)
+
+
+def test_a_method_added_to_a_finished_grid_runs_alone(tmp_path: Path) -> None:
+    images, grades = p3.data.fundus_phantom_batch(24, 32)
+    recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+    config = p3.experiments.DataEfficiencyConfig(
+        fractions=(1.0,),
+        split_seeds=(0,),
+        train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=1, batch_size=4),
+    )
+    folder = tmp_path / "grid"
+    p3.experiments.run_data_efficiency(
+        recipe, images, grades, {"scratch": None}, config, folder, progress=False
+    )
+    scratch = folder / "runs" / "scratch__p0__s0__r0__f1.json"
+    first = scratch.read_text()
+    p3.models.save_encoder(recipe.build(3, None)[1], tmp_path / "enc.pt")
+    lines: list[str] = []
+    methods = {"scratch": None, "other": [str(tmp_path / "enc.pt")]}
+    rows = p3.experiments.run_data_efficiency(
+        recipe, images, grades, methods, config, folder, progress=False, log=lines.append
+    )
+    assert [r["method"] for r in rows] == ["scratch", "other"]
+    assert scratch.read_text() == first  # kept, not run again
+    assert any("adding method(s) other to the grid" in line for line in lines)
+    assert not any(line.startswith("scratch__") for line in lines)  # only the new run ran
+    changed = p3.experiments.DataEfficiencyConfig(
+        fractions=(1.0,),
+        split_seeds=(0,),
+        train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4),
+    )
+    with pytest.raises(
+        ValueError, match=r"changed: config\.train\.steps_per_epoch"
+    ):  # anything else: refused
+        p3.experiments.run_data_efficiency(
+            recipe,
+            images,
+            grades,
+            {**methods, "third": [str(tmp_path / "enc.pt")]},
+            changed,
+            folder,
+            progress=False,
+        )

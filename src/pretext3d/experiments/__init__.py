@@ -8,7 +8,13 @@ figures (``pretext3d reproduce``). Provenance records live in :mod:`pretext3d.pr
 
 from pretext3d.experiments.commands import DataEfficiency, Finetuning, data_efficiency, finetune
 from pretext3d.experiments.pretraining import Pretraining, accuracy_summary, pretrain, pretrain_encoder
-from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
+from pretext3d.experiments.recipes import (
+    GradingRecipe,
+    PooledClassifier,
+    Recipe,
+    SegmentationRecipe,
+    recipe_for,
+)
 from pretext3d.experiments.report import paper_curves, read_runs, summarize, summary_table, write_report
 from pretext3d.experiments.reproduce import (
     Reproduction,
@@ -37,6 +43,7 @@ __all__ = [
     "GradingRecipe",
     "LabelledCases",
     "PairedComparison",
+    "PooledClassifier",
     "Pretraining",
     "Recipe",
     "Reproduction",

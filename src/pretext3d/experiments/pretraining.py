@@ -147,7 +147,8 @@ def pretrain_encoder(
     if family is not None and config.encoder != family and engine.is_main_process():
         log(
             f"note: {recipe_cls.__name__}, which pretext3d data-efficiency uses for these data, "  # type: ignore[union-attr]
-            f"fine-tunes {family!r} encoders; a {config.encoder!r} encoder will not load into it"
+            f"fine-tunes {family!r} encoders by default; to fine-tune this {config.encoder!r} encoder, set "
+            f"its backbone = {config.encoder!r} and backbone_options = the encoder_options"
         )
     if not options and family == config.encoder:
         options = recipe_for(data).encoder_options()

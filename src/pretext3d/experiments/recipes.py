@@ -12,7 +12,7 @@ import abc
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -30,11 +30,20 @@ from pretext3d.finetune.metrics import (
     quadratic_weighted_kappa,
     region_dice,
 )
-from pretext3d.models import DenseNet, UNet, encoder_name, load_encoder_weights
-from pretext3d.registry import RECIPES, register_recipe
+from pretext3d.models import (
+    DenseNet,
+    MultiScaleUNet,
+    UNet,
+    encoder_info,
+    encoder_name,
+    load_encoder,
+    load_encoder_weights,
+)
+from pretext3d.pretext_model import infer_num_features
+from pretext3d.registry import ENCODERS, RECIPES, create_encoder, register_recipe, registered
 from pretext3d.transforms.crops import foreground_crops
 
-__all__ = ["GradingRecipe", "Recipe", "SegmentationRecipe", "recipe_for"]
+__all__ = ["GradingRecipe", "PooledClassifier", "Recipe", "SegmentationRecipe", "recipe_for"]
 
 Path = str | os.PathLike[str]
 
@@ -167,6 +176,10 @@ class Recipe(abc.ABC):
                 f"([{name}] num_classes in a config): the labels must lie in 0..{classes - 1}"
             )
 
+    def encoder_kind(self) -> str:
+        """The encoder this recipe builds and loads: its ``backbone`` if set, else :attr:`encoder`."""
+        return str(getattr(self, "backbone", "") or self.encoder)
+
     def check_encoder(self, in_channels: int, encoder_file: Path) -> None:
         """Raise ``ValueError`` unless ``encoder_file`` holds an encoder of this recipe's family that fits.
 
@@ -174,12 +187,24 @@ class Recipe(abc.ABC):
         load is refused at once rather than after training.
         """
         name = encoder_name(encoder_file)
-        kind = type(self).__name__
-        if name != self.encoder:
+        kind, wanted = type(self).__name__, self.encoder_kind()
+        if name != wanted:
+            table = next((n for n in RECIPES.names() if RECIPES.get(n) is type(self)), "recipe")
             raise ValueError(
                 f"encoder file {str(encoder_file)!r} holds a {name or 'unregistered'!r} encoder, but "
-                f"{kind} fine-tunes {self.encoder!r} encoders; pretrain with encoder = {self.encoder!r}"
+                f"{kind} fine-tunes {wanted!r} encoders; pretrain with encoder = {wanted!r}, or set "
+                f"[{table}] backbone = {name!r} (and its backbone_options) to fine-tune that encoder"
             )
+        backbone_options = getattr(self, "backbone_options", None)
+        if getattr(self, "backbone", "") and backbone_options is not None:
+            saved = dict(encoder_info(encoder_file)["config"] or {})
+            saved.pop("spatial_dims", None), saved.pop("in_channels", None)
+            if saved != dict(backbone_options):
+                raise ValueError(
+                    f"encoder file {str(encoder_file)!r} was built with options {saved}, but the recipe's "
+                    f"backbone_options are {dict(backbone_options)}: the scratch arm must have the same "
+                    "architecture; give the pretraining's encoder_options as backbone_options"
+                )
         try:
             self.build(in_channels, encoder_file)
         except ValueError as err:
@@ -216,6 +241,14 @@ class SegmentationRecipe(Recipe):
             forward pass per whole volume, padded to the U-Net's size rule. A multiple of
             ``2**(len(widths)-1)``.
         inference_overlap: share of a window that the next one overlaps.
+        backbone: ``""``: the library's U-Net of ``widths``; else any encoder name
+            (registered, ``"timm/<model>"`` or ``"monai/<network>"``, see
+            :func:`~pretext3d.registry.create_encoder`) whose feature maps a
+            :class:`~pretext3d.models.MultiScaleUNet` decodes. Pretrained arms load the encoder
+            file (which must hold that encoder with ``backbone_options``); the scratch arm
+            builds it.
+        backbone_options: the backbone's keyword arguments (the pretraining's
+            ``encoder_options``).
 
     Examples:
         >>> recipe = SegmentationRecipe(widths=(8, 16), crop=16)
@@ -243,10 +276,14 @@ class SegmentationRecipe(Recipe):
     class_weights: tuple[float, ...] | None = None
     inference_window: int | None = None
     inference_overlap: float = 0.5
+    backbone: str = ""
+    backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check the values."""
-        factor = 2 ** (len(self.widths) - 1)
+        if self.backbone:
+            registered(self.backbone, ENCODERS)
+        factor = 1 if self.backbone else 2 ** (len(self.widths) - 1)
         for name in ("crop", "inference_window"):
             value = getattr(self, name)
             if value is not None and (value < 1 or value % factor):
@@ -273,11 +310,18 @@ class SegmentationRecipe(Recipe):
     encoder: ClassVar[str] = "unet"
 
     def encoder_options(self) -> dict[str, Any]:
-        """Keyword arguments that make a ``"unet"`` encoder load into this recipe's U-Net."""
-        return {"widths": self.widths}
+        """Keyword arguments that make a ``"unet"`` encoder (or the backbone) load into this model."""
+        return dict(self.backbone_options) if self.backbone else {"widths": self.widths}
 
     def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
-        """A U-Net (and its encoder), with the encoder's weights loaded from ``encoder_file`` if given."""
+        """A U-Net (and its encoder), with the encoder's weights loaded from ``encoder_file`` if given.
+
+        With a :attr:`backbone`: a :class:`~pretext3d.models.MultiScaleUNet` over it.
+        """
+        if self.backbone:
+            encoder = _backbone(self.backbone, self.backbone_options, 3, in_channels, encoder_file)
+            unet = MultiScaleUNet(encoder, self.num_classes, copy_encoder=False, **_stages_of(encoder))
+            return unet, unet.encoder
         model = UNet(3, in_channels, self.num_classes, self.widths)
         if encoder_file is not None:
             load_encoder_weights(model.encoder, encoder_file)
@@ -313,7 +357,7 @@ class SegmentationRecipe(Recipe):
         Each volume is padded with its own minimum, so the result does not depend on ``batch``.
         With :attr:`inference_window`, each volume is predicted by Gaussian-weighted sliding windows.
         """
-        factor = 2 ** (len(self.widths) - 1)
+        factor = 1 if self.backbone else 2 ** (len(self.widths) - 1)
         model.eval()
         if self.inference_window is not None:
             logits = sliding_window_inference(
@@ -381,6 +425,12 @@ class GradingRecipe(Recipe):
         block_config: dense layers per block ((6, 12, 24, 16) for DenseNet-121).
         init_features: stem width (64 for DenseNet-121).
         flip: random horizontal and vertical flips.
+        backbone: ``""``: the library's DenseNet; else any encoder name (registered,
+            ``"timm/<model>"``, ``"monai/<network>"``) whose pooled features a linear classifier
+            reads (:class:`PooledClassifier`). Pretrained arms load the encoder file (which must
+            hold that encoder with ``backbone_options``); the scratch arm builds it.
+        backbone_options: the backbone's keyword arguments (the pretraining's
+            ``encoder_options``).
 
     Examples:
         >>> recipe = GradingRecipe(encoding="ordinal", growth_rate=4, block_config=(1, 1), init_features=8)
@@ -402,16 +452,22 @@ class GradingRecipe(Recipe):
     block_config: tuple[int, ...] = (2, 2, 2)
     init_features: int = 16
     flip: bool = True
+    backbone: str = ""
+    backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check the values."""
         check_choice("encoding", self.encoding, ("ce", "ordinal"))
+        if self.backbone:
+            registered(self.backbone, ENCODERS)
 
     metric = "qwk"
     encoder: ClassVar[str] = "densenet"
 
     def encoder_options(self) -> dict[str, Any]:
-        """Keyword arguments that make a ``"densenet"`` encoder load into this recipe's DenseNet."""
+        """Keyword arguments that make a ``"densenet"`` encoder (or the backbone) load into this model."""
+        if self.backbone:
+            return dict(self.backbone_options)
         return {
             "growth_rate": self.growth_rate,
             "block_config": self.block_config,
@@ -421,6 +477,10 @@ class GradingRecipe(Recipe):
     def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
         """A DenseNet classifier (and its encoder), the encoder loaded from ``encoder_file`` if given."""
         outputs = self.num_classes if self.encoding == "ce" else self.num_classes - 1
+        if self.backbone:
+            encoder = _backbone(self.backbone, self.backbone_options, 2, in_channels, encoder_file)
+            classifier = PooledClassifier(encoder, outputs, spatial_dims=2)
+            return classifier, classifier.encoder
         model = DenseNet(2, in_channels, outputs, self.growth_rate, self.block_config, self.init_features)
         if encoder_file is not None:
             load_encoder_weights(model.encoder, encoder_file)
@@ -477,8 +537,8 @@ class GradingRecipe(Recipe):
         Returns:
             ``True`` (the classifier was replaced).
         """
-        if not isinstance(model, DenseNet):
-            raise TypeError(f"model must be the recipe's DenseNet, got {type(model).__name__}")
+        if not isinstance(model, (DenseNet, PooledClassifier)):
+            raise TypeError(f"model must be the recipe's classifier, got {type(model).__name__}")
         was_training = encoder.training
         chosen = torch.as_tensor(list(indices), dtype=torch.long)
         views = [(), (-1,), (-2,), (-2, -1)] if self.flip else [()]  # the flips training draws from
@@ -537,6 +597,53 @@ class GradingRecipe(Recipe):
             "correct": (pred == labels).double().tolist(),
         }
         return summary, per_case
+
+
+class PooledClassifier(nn.Module):
+    """A linear classifier on an encoder's pooled features (any encoder, for :class:`GradingRecipe`).
+
+    Args:
+        encoder: maps ``(N, C, *spatial)`` to ``(N, F)`` pooled features or ``(N, F, *spatial)``
+            maps (averaged here).
+        num_outputs: logits.
+        spatial_dims: the images' dimension (to find ``F`` on a probe).
+
+    Examples:
+        >>> head = PooledClassifier(p3.models.ConvEncoder(2, 3, widths=(4, 8)), 5, spatial_dims=2)
+        >>> head(torch.randn(2, 3, 32, 32)).shape, head.classifier.in_features
+        (torch.Size([2, 5]), 8)
+    """
+
+    def __init__(self, encoder: nn.Module, num_outputs: int, *, spatial_dims: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = nn.Linear(infer_num_features(encoder, spatial_dims), num_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, num_outputs)``."""
+        features: Tensor = self.encoder(x)
+        if features.dim() > 2:
+            features = features.flatten(2).mean(-1)
+        out: Tensor = self.classifier(features)
+        return out
+
+
+def _backbone(
+    name: str, options: Mapping[str, Any], spatial_dims: int, in_channels: int, encoder_file: Path | None
+) -> nn.Module:
+    """The recipe's backbone: loaded from ``encoder_file`` (its recorded builder), or built from scratch."""
+    if encoder_file is not None:
+        return load_encoder(encoder_file)
+    return create_encoder(name, spatial_dims=spatial_dims, in_channels=in_channels, **options)
+
+
+def _stages_of(encoder: nn.Module) -> dict[str, Any]:
+    """MultiScaleUNet's ``stages`` for a torchvision/MONAI-style ResNet (stem, then layer1-4); else none."""
+    names = dict(encoder.named_children())
+    if all(f"layer{i}" in names for i in range(1, 5)) and not hasattr(encoder, "forward_intermediates"):
+        stem = "act" if "act" in names else "relu" if "relu" in names else None
+        return {"stages": [*([stem] if stem else []), "layer1", "layer2", "layer3", "layer4"]}
+    return {}
 
 
 def recipe_for(data: DataSpec, configured: Mapping[str, Recipe] | None = None) -> Recipe:

@@ -558,11 +558,15 @@ class DataEfficiencyGrid:
         self.settings = json.loads(json.dumps(settings, default=str))
         saved = out / "config.json"
         if saved.exists():
-            check_unchanged(
-                json.loads(saved.read_text()), self.settings, saved,
-                "runs made with other settings, data or software",
-                finished=any((out / "runs").glob("*.json")), log=log,
-            )  # fmt: skip
+            old = json.loads(saved.read_text())
+            added = _added_methods(old, self.settings)
+            if added:  # the other methods' runs are as they were: only the new ones run
+                log(f"adding method(s) {', '.join(added)} to the grid in {out}; the other runs are kept")
+            else:
+                check_unchanged(
+                    old, self.settings, saved, "runs made with other settings, data or software",
+                    finished=any((out / "runs").glob("*.json")), log=log,
+                )  # fmt: skip
         _check_pretraining(
             self.settings["methods"], self.splits, self.cases.ids, self.config.transductive, log
         )
@@ -783,6 +787,23 @@ def check_unchanged(
         raise ValueError(f"{str(saved.parent)!r} holds {what} (changed: {listed}); use another output folder")
     if changed:
         log(f"{saved} held other settings but no finished run; it is replaced")
+
+
+def _added_methods(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The methods ``new`` adds to ``old``'s grid when nothing else differs (else ``[]``)."""
+    before, after = old.get("methods", {}), new.get("methods", {})
+    added = [name for name in after if name not in before]
+    same_rest = engine.changed_settings(
+        {k: v for k, v in old.items() if k not in ("methods", "method_order")},
+        {k: v for k, v in new.items() if k not in ("methods", "method_order")},
+    ) == []  # fmt: skip
+    kept = all(after.get(name) == value for name, value in before.items())
+    order = list(new.get("method_order", []))
+    return (
+        added
+        if added and same_rest and kept and order[: len(before)] == list(old.get("method_order", []))
+        else []
+    )
 
 
 def _check_pretraining(
