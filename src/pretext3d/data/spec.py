@@ -9,10 +9,14 @@ how to read its labelled cases and its unlabelled pool, and which fine-tuning re
 from __future__ import annotations
 
 import difflib
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -20,7 +24,9 @@ from torch.utils.data import Dataset
 from pretext3d._checks import check_int
 from pretext3d.config import ConfigError
 from pretext3d.data.aptos import APTOS
+from pretext3d.data.cache import CaseCache
 from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeFolder
+from pretext3d.data.io import read_volume
 from pretext3d.data.msd import Task07Pancreas
 from pretext3d.data.phantoms import PhantomImages, ct_phantom_batch, fundus_phantom_batch
 from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing
@@ -43,9 +49,12 @@ class DataSpec:
 
     Attributes:
         kind: ``"ct-phantom"`` / ``"fundus-phantom"`` (built-in, SYNTHETIC), ``"task07"``
-            (an MSD Task07 folder) or ``"aptos"`` (an APTOS 2019 folder); for pretraining
-            only, ``"volume-folder"`` (NIfTI/.npy scans), ``"dicom-folder"`` (one DICOM
-            series per sub-folder) or ``"fundus-folder"`` (PNG/JPEG photographs).
+            (an MSD Task07 folder), ``"aptos"`` (an APTOS 2019 folder) or
+            ``"labelled-volume-folder"`` (your scans and label maps: ``images/`` and
+            ``labels/``, or nnU-Net's ``imagesTr/`` and ``labelsTr/``, paired by file name,
+            any label set); for pretraining only, ``"volume-folder"`` (NIfTI/.npy scans),
+            ``"dicom-folder"`` (one DICOM series per sub-folder) or ``"fundus-folder"``
+            (PNG/JPEG photographs).
         path: the folder, for ``task07`` and ``aptos``.
         count: number of phantoms to draw (labelled cases, or pretraining images).
         size: edge of the images (phantoms are drawn at it; real data are resized to it).
@@ -68,6 +77,9 @@ class DataSpec:
             ``spacing`` (three mm or ``"keep"``), ``window`` (two HU or ``"none"``),
             ``normalize``, ``crop`` (``"body"``, ``"none"`` or three sizes), ``resize``
             (``true``: to ``size`` on every axis), ``interpolation``. Recorded with the data.
+        classes: names of the label values 0, 1, ... (background first) of a
+            ``labelled-volume-folder``; default its ``dataset.json``'s ``labels``. The
+            segmentation recipe scores each class by name (``<name>_dice``).
 
     Examples:
         >>> spec = DataSpec(kind="ct-phantom", count=6, size=32)   # SYNTHETIC
@@ -86,6 +98,7 @@ class DataSpec:
     include_labelled: bool = False
     cache_dir: str = ""
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -102,6 +115,23 @@ class DataSpec:
                 )
         if self.info.caches:
             self.volume_preprocessing()  # the table checked before any scan is read
+        if self.classes and self.kind != "labelled-volume-folder":
+            raise ValueError(
+                f"data.classes names the labels of a labelled-volume-folder, not of data.kind = {self.kind!r}"
+            )
+
+    def class_names(self) -> list[str]:
+        """The names of the label values (``classes``, else the folder's ``dataset.json``); ``[]`` if none."""
+        if self.classes or self.kind != "labelled-volume-folder" or not self.path:
+            return list(self.classes)
+        meta = Path(self.path) / "dataset.json"
+        if not meta.exists():
+            return []
+        labels = json.loads(meta.read_text()).get("labels", {})
+        try:
+            return [str(labels[k]) for k in sorted(labels, key=int)]
+        except (TypeError, ValueError):  # nnU-Net v2 writes {"name": value}
+            return [str(k) for k, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
 
     def volume_preprocessing(self) -> CTPreprocessing:
         """The scans' pipeline from :attr:`preprocessing` (see there), for the volume kinds.
@@ -250,6 +280,103 @@ def _folder(spec: DataSpec) -> str:
     return spec.path
 
 
+_IMAGE_FOLDERS = (("images", "labels"), ("imagesTr", "labelsTr"))
+_VOLUME = re.compile(r"(\.nii\.gz|\.nii|\.npy)$", re.IGNORECASE)
+
+
+def _pairs(spec: DataSpec) -> list[tuple[str, Path, Path]]:
+    """``(case id, image, label)`` of a labelled folder, paired by name (nnU-Net's ``_0000`` dropped)."""
+    root = Path(_folder(spec))
+    folders = next(((root / a, root / b) for a, b in _IMAGE_FOLDERS if (root / a).is_dir()), None)
+    if folders is None:
+        raise ConfigError(
+            f"data.path {str(root)!r} holds neither images/ + labels/ nor imagesTr/ + labelsTr/"
+        )
+    images, labels = folders
+    found = {}
+    for image in sorted(images.iterdir()):
+        if not _VOLUME.search(image.name):
+            continue
+        stem = _VOLUME.sub("", image.name)
+        stem = stem[:-5] if stem.endswith("_0000") else stem
+        candidates = [labels / (stem + ext) for ext in (".nii.gz", ".nii", ".npy")]
+        label = next((c for c in candidates if c.exists()), None)
+        if label is None:
+            raise ConfigError(
+                f"image {str(image)!r} has no label map {stem}.nii.gz (.nii, .npy) in {str(labels)!r}"
+            )
+        found[stem] = (image, label)
+    if not found:
+        raise ConfigError(f"no scans (.nii.gz, .nii, .npy) in {str(images)!r}")
+    return [(stem, image, label) for stem, (image, label) in found.items()]
+
+
+def _labelled_volumes(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
+    prep = spec.volume_preprocessing()
+    classes = spec.class_names()
+    cache = CaseCache(spec.cache_dir, prep.key()) if spec.cache_dir else None
+    images, labels, ids = [], [], []
+    for case, image_file, label_file in _pairs(spec):
+        if cache is not None and cache.has(case, label=True):
+            image, label = cache.load(case, label=True)
+            assert label is not None
+            images.append(torch.from_numpy(image.astype(np.float32))[None])
+            labels.append(torch.from_numpy(label.astype(np.int64)))
+            ids.append(case)
+            continue
+        volume, seg = read_volume(image_file), read_volume(label_file)
+        if seg.array.shape != volume.array.shape:
+            raise ValueError(
+                f"label {str(label_file)!r} has shape {seg.array.shape}, its image {volume.array.shape}"
+            )
+        values = np.unique(seg.array)
+        if classes and (values.min() < 0 or values.max() >= len(classes)):
+            raise ValueError(
+                f"label {str(label_file)!r} holds values {values.tolist()}, but the classes name "
+                f"{len(classes)} ({classes})"
+            )
+        image, label = prep(volume.array, volume.spacing, seg.array.astype(np.int16))
+        assert label is not None
+        if cache is not None:
+            cache.store(case, image, label)
+        images.append(torch.from_numpy(image.astype(np.float32))[None])
+        labels.append(torch.from_numpy(label.astype(np.int64)))
+        ids.append(case)
+    shapes = sorted({tuple(i.shape[1:]) for i in images})
+    if len(shapes) > 1:
+        raise ConfigError(
+            f"the labelled scans have {len(shapes)} shapes after preprocessing ({shapes[:3]}...): labelled "
+            "cases are held in one tensor; set data.preprocessing.resize = true (to data.size) or "
+            "crop = [x, y, z]"
+        )
+    return torch.stack(images), torch.stack(labels), ids
+
+
+def _labelled_pool(spec: DataSpec) -> Dataset[Tensor]:
+    """A labelled folder's scans as a pool: only transductively (they are the validation/test cases)."""
+    if not spec.include_labelled:
+        raise ConfigError(
+            "a labelled-volume-folder's scans are the labelled cases: pretrain on other scans "
+            '(pretraining_data = { kind = "volume-folder", ... }), or set include_labelled = true for the '
+            "transductive setting"
+        )
+    images, _, ids = _labelled_volumes(spec)
+    return _Stacked(images, ids)
+
+
+class _Stacked(Dataset[Tensor]):
+    """Images held in one tensor, with their ``case_ids``."""
+
+    def __init__(self, images: Tensor, ids: list[str]) -> None:
+        self.images, self.case_ids = images, ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.images[index]
+
+
 def _fundus(spec: DataSpec) -> FundusPreprocessing:
     return FundusPreprocessing("resize", spec.size)
 
@@ -311,6 +438,9 @@ for _name, _kind in {
         _task07_labelled, "segmentation", caches=True,
     ),
     "aptos": DataKind(2, 3, _aptos_pool, _aptos_labelled, "grading"),
+    "labelled-volume-folder": DataKind(
+        3, 1, lambda spec: _labelled_pool(spec), _labelled_volumes, "segmentation", caches=True
+    ),
     "volume-folder": DataKind(
         3, 1, lambda spec: VolumeFolder(_folder(spec), **_ct(spec)), recipe="segmentation", caches=True
     ),

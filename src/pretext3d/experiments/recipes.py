@@ -9,6 +9,7 @@ the same budget, optimizer and augmentation.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from pretext3d.finetune.inference import sliding_window_inference
 from pretext3d.finetune.losses import DiceCELoss, OrdinalLoss, ordinal_decode
 from pretext3d.finetune.metrics import (
     PANCREAS_REGIONS,
+    dice_per_case,
     pooled_mean_dice,
     quadratic_weighted_kappa,
     region_dice,
@@ -110,8 +112,11 @@ class Recipe(abc.ABC):
         ('qwk', torch.Size([2, 5]))
     """
 
-    #: the metric the runner selects epochs on and reports (higher is better)
-    metric: ClassVar[str]
+    @property
+    def metric(self) -> str:
+        """The metric the runner selects epochs on and reports (higher is better)."""
+        raise NotImplementedError(f"{type(self).__name__} must define metric")
+
     #: the registered encoder family (:data:`pretext3d.registry.ENCODERS`) this recipe loads
     encoder: ClassVar[str]
 
@@ -249,6 +254,11 @@ class SegmentationRecipe(Recipe):
             builds it.
         backbone_options: the backbone's keyword arguments (the pretraining's
             ``encoder_options``).
+        classes: names of the labels 0, 1, ... (background first), for data other than the
+            pancreas: each foreground class is scored by its Dice (``<name>_dice``, per case,
+            NaN where the case has none of it) and the metric is their mean (``mean_dice``);
+            ``num_classes`` follows. Empty: the pancreas metrics (below). The data's
+            ``classes`` fill it in (:func:`recipe_for`).
 
     Examples:
         >>> recipe = SegmentationRecipe(widths=(8, 16), crop=16)
@@ -278,11 +288,18 @@ class SegmentationRecipe(Recipe):
     inference_overlap: float = 0.5
     backbone: str = ""
     backbone_options: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Check the values."""
         if self.backbone:
             registered(self.backbone, ENCODERS)
+        if self.classes:
+            if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+                raise ValueError(
+                    f"classes must name background and at least one class, each once, got {self.classes}"
+                )
+            self.num_classes = len(self.classes)
         factor = 1 if self.backbone else 2 ** (len(self.widths) - 1)
         for name in ("crop", "inference_window"):
             value = getattr(self, name)
@@ -306,8 +323,12 @@ class SegmentationRecipe(Recipe):
             for i, w in enumerate(self.class_weights):
                 check_positive(f"class_weights[{i}]", w, allow_zero=True)
 
-    metric = "pancreas_dice"
     encoder: ClassVar[str] = "unet"
+
+    @property
+    def metric(self) -> str:
+        """``"mean_dice"`` of the named classes, or the pancreas's Dice (``"pancreas_dice"``)."""
+        return "mean_dice" if self.classes else "pancreas_dice"
 
     def encoder_options(self) -> dict[str, Any]:
         """Keyword arguments that make a ``"unet"`` encoder (or the backbone) load into this model."""
@@ -395,6 +416,12 @@ class SegmentationRecipe(Recipe):
             ``tumour_present`` and ``tumour_predicted`` per case, in the order of ``images``.
         """
         pred = self.predict(model, images, device)
+        if self.classes:
+            dice = dice_per_case(pred, labels, self.num_classes)  # (cases, foreground classes)
+            names = [f"{name}_dice" for name in self.classes[1:]]
+            summary = {name: float(dice[:, k].nanmean()) for k, name in enumerate(names)}
+            summary["mean_dice"] = float(torch.tensor([summary[n] for n in names]).nanmean())
+            return summary, {name: dice[:, k].tolist() for k, name in enumerate(names)}
         regions = region_dice(pred, labels, PANCREAS_REGIONS)
         present = (labels == 2).flatten(1).any(1)
         predicted = (pred == 2).flatten(1).any(1)
@@ -672,4 +699,7 @@ def recipe_for(data: DataSpec, configured: Mapping[str, Recipe] | None = None) -
         recipe = RECIPES.get(name)()
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe {name!r} is a {type(recipe).__name__}, not a pretext3d.experiments.Recipe")
+    names = data.class_names()
+    if names and hasattr(recipe, "classes") and not recipe.classes:  # the data's class names
+        recipe = dataclasses.replace(recipe, classes=tuple(names))  # type: ignore[type-var]
     return recipe

@@ -19,7 +19,7 @@ import math
 import os
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,22 @@ def colour(method: str) -> str | None:
 
 
 # The paper's figure for each of our metrics with the same definition, and its metric name.
+#: the data kinds the paper's figures are about (the phantoms stand in for them), and their names
+_PAPER_DATA = {
+    "task07": "MSD Task07",
+    "aptos": "APTOS 2019",
+    "ct-phantom": "CT phantoms",
+    "fundus-phantom": "fundus phantoms",
+}
+
+
+def _data_kind(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The ``data.kind`` the rows were made on, where their provenance records it."""
+    info = ((rows[0].get("provenance") or {}).get("data") or {}).get("info") or {} if rows else {}
+    kind = info.get("kind")
+    return str(kind) if kind else None
+
+
 PAPER_METRICS = {
     "pooled_mean_dice_3class": ("fig3", "pooled_mean_dice_3class_incl_background"),
     "qwk": ("fig4", "quadratic_weighted_kappa"),
@@ -511,7 +527,14 @@ def write_report(
         written.append(out / name)
     write_text(out / "results.json", json.dumps(list(rows), indent=2))
     written.append(out / "results.json")
-    note = "SYNTHETIC phantom data: says nothing about real scans." if synthetic else "Real data."
+    kind = _data_kind(rows)
+    note = (
+        "SYNTHETIC phantom data: says nothing about real scans."
+        if synthetic
+        else f"Real data ({_PAPER_DATA.get(kind, f'data.kind = {kind!r}')})."
+        if kind
+        else "Real data."
+    )
     metrics = [metric] + [m for m in (rows[0]["test"] if rows else {}) if m != metric]
     env = _env(rows[0]) if rows else {}
     splits = sorted({r["split_seed"] for r in rows})
@@ -563,7 +586,11 @@ def _plots(
         from matplotlib.lines import Line2D
     except ImportError:
         return []
-    comparable = next((m for m in PAPER_METRICS if rows and m in rows[0]["test"]), None)
+    kind = _data_kind(rows)
+    comparable = next(
+        (m for m in PAPER_METRICS if rows and m in rows[0]["test"] and (kind is None or kind in _PAPER_DATA)),
+        None,
+    )  # the paper's panel for the paper's data (and its phantoms) only
     panels = 2 + 2 * (comparable is not None)
     width = 5.2 * panels + (2.5 if comparable is not None else 0)  # room for the paper's legend
     fig = Figure(figsize=(width, 4.6))
