@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/pretrain.py
 	$(BIN)/python benchmarks/multiscale.py
+	$(BIN)/python benchmarks/phantoms.py
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/pretext_quality.py
 

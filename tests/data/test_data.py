@@ -502,3 +502,18 @@ def test_a_volume_folder_keeps_what_its_preprocessing_does_not_ask_to_change(tmp
     # the paper's CT pipeline is still Task07's default (and its cache key unchanged)
     task07 = DataSpec(kind="task07", path="data/Task07_Pancreas", size=128)
     assert task07.volume_preprocessing() == CTPreprocessing(resize=(128, 128, 128), dtype="float32")
+
+
+def test_the_phantoms_tube_distance_is_the_plain_formula_bit_for_bit() -> None:
+    from pretext3d.data.phantoms import _tube
+
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(-1, 1, size=(3, 30, 20, 17))  # 10,200 voxels: more than one block
+    curve, radius = rng.uniform(-1, 1, size=(24, 3)), rng.uniform(0.05, 0.2, size=24)
+    flat = coords.reshape(3, -1).T
+    d2 = ((flat[:, None, :] - curve[None, :, :]) ** 2).sum(-1)  # the phantoms' formula before the speed-up
+    nearest = d2.argmin(1)
+    ratio = np.sqrt(d2[np.arange(len(flat)), nearest]) / radius[nearest]
+    got_ratio, got_nearest = _tube(coords, curve, radius)
+    np.testing.assert_array_equal(got_nearest, nearest.reshape(30, 20, 17))
+    np.testing.assert_array_equal(got_ratio, ratio.reshape(30, 20, 17))
