@@ -1,6 +1,6 @@
 """Seconds per built-in phantom (what large unlabelled pools and realistic-size smoke data cost).
 
-    python benchmarks/phantoms.py [--count 3]
+python benchmarks/phantoms.py [--count 3]
 """
 
 from __future__ import annotations
