@@ -271,7 +271,9 @@ def create_encoder(name: str, **options: Any) -> nn.Module:
         >>> encoder = p3.create_encoder("unet", spatial_dims=2, in_channels=3, widths=(8, 16))
         >>> encoder.num_features
         16
-        >>> resnet = p3.create_encoder("monai/resnet10", spatial_dims=3, in_channels=1)  # doctest: +SKIP
+        >>> resnet = p3.create_encoder("monai/resnet10", spatial_dims=3, in_channels=1, widen_factor=0.25)
+        >>> resnet(torch.randn(2, 1, 16, 16, 16)).shape   # MONAI's ResNet-10, pooled features
+        torch.Size([2, 128])
     """
     registered(name, ENCODERS)
     builder = ENCODERS.get(name)

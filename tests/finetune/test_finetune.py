@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,6 +42,19 @@ def _toy_problem(seed: int = 0) -> tuple[nn.Module, nn.Module, object]:
         return x[idx], y[idx]
 
     return model, encoder, sample
+
+
+def _crashing(sample: Any, at: int) -> tuple[Any, dict[str, int]]:
+    """``sample`` that raises KeyboardInterrupt at its ``at``-th call, and the count of its calls."""
+    calls = {"n": 0}
+
+    def crashing(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return sample(gen)  # type: ignore[no-any-return]
+
+    return crashing, calls
 
 
 @given(seed=st.integers(0, 10_000), classes=st.integers(2, 4), cases=st.integers(1, 4))
@@ -153,14 +167,8 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path: Path) -> None:
     Trainer(model, nn.functional.cross_entropy, sample, config, encoder=encoder).fit()  # type: ignore[arg-type]
     reference = {k: v.clone() for k, v in model.state_dict().items()}
 
-    calls = {"n": 0}
     model, encoder, sample = _toy_problem()
-
-    def crashing(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        calls["n"] += 1
-        if calls["n"] == 8:  # in the third epoch
-            raise KeyboardInterrupt
-        return sample(gen)  # type: ignore[operator,no-any-return]
+    crashing, _ = _crashing(sample, at=8)  # in the third epoch
 
     checkpoint = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
@@ -243,14 +251,8 @@ def test_prefetched_batches_are_the_plain_loops_and_a_resume_continues_their_str
     reference = {k: v.clone() for k, v in model.state_dict().items()}
 
     ahead = TrainConfig(**{**config.__dict__, "prefetch": prefetch})
-    calls = {"n": 0}
     model, encoder, sample = _toy_problem()
-
-    def crashing(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        calls["n"] += 1
-        if calls["n"] == 7:  # drawn ahead in the second epoch
-            raise KeyboardInterrupt
-        return sample(gen)  # type: ignore[operator,no-any-return]
+    crashing, calls = _crashing(sample, at=7)  # drawn ahead in the second epoch
 
     checkpoint = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
