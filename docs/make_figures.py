@@ -16,6 +16,7 @@ output (seeded, so a rerun draws the same pictures):
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -64,9 +65,10 @@ def jigsaw(fundus: torch.Tensor) -> None:
     """Shuffled tiles, and the pairwise Hamming distances of two permutation sets."""
     task = p3.tasks.Jigsaw(2, grid=3, num_permutations=100, jitter=2, **RAW)
     fig = p3.viz.plot_views(task, fundus[:2], generator=0)
-    fig.suptitle(
+    _title(
+        fig,
         f"Jigsaw (2D, 3×3 grid): tiles in shuffled slot order, target = permutation; shortcut defences off "
-        f"to show the geometry ({NOTE})"
+        f"to show the geometry ({NOTE})",
     )
     _save(fig, "jigsaw.png")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
@@ -206,8 +208,13 @@ def cpc(fundus: torch.Tensor) -> None:
 def views(name: str, task: p3.tasks.PretextTask, images: torch.Tensor, title: str) -> None:  # type: ignore[type-arg]
     """A task's views of two images."""
     fig = p3.viz.plot_views(task, images, generator=0)
-    fig.suptitle(f"{title} ({NOTE})")
+    _title(fig, f"{title} ({NOTE})")
     _save(fig, f"{name}.png")
+
+
+def _title(fig: plt.Figure, text: str) -> None:
+    """A suptitle wrapped to the figure's width (a narrow figure clipped a long one)."""
+    fig.suptitle(textwrap.fill(text, width=max(30, int(fig.get_figwidth() * 11))), fontsize=10)
 
 
 def main() -> None:

@@ -54,3 +54,24 @@ def test_plot_images_draws_orthogonal_slices_of_volumes() -> None:
     fig = p3.viz.plot_images(torch.rand(3, 1, 8, 8, 8), ["a", "b", "c"], orthogonal=True)
     assert len(fig.axes) == 9 and [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
     plt.close(fig)
+
+
+def test_plot_views_keeps_its_titles_clear_of_the_images_above(spatial_dims: int) -> None:
+    images = (
+        p3.data.ct_phantom_batch(2, size=36)[0]
+        if spatial_dims == 3
+        else p3.data.fundus_phantom_batch(2, 36)[0]
+    )
+    task = p3.tasks.Jigsaw(spatial_dims, grid=3, num_permutations=24, jitter=2)
+    figure = p3.viz.plot_views(task, images, max_views=4)
+    figure.suptitle("a long title set afterwards, as the documentation's figures do\nover two lines")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    first, second = figure.axes[1], figure.axes[6]  # the same column, rows 1 and 2
+    title = second.title.get_window_extent(renderer)
+    assert (
+        title.y0 >= first.get_window_extent(renderer).y1 or title.y1 <= first.get_window_extent(renderer).y0
+    )
+    assert not title.overlaps(first.get_window_extent(renderer))
+    top = figure._suptitle.get_window_extent(renderer)  # type: ignore[union-attr]
+    assert not top.overlaps(first.title.get_window_extent(renderer))  # the suptitle has its room

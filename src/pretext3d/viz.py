@@ -125,7 +125,8 @@ def plot_views(
                 shown = [(v, f"{t} (target {int(targets[j * n + i])})") for j, (v, t) in enumerate(shown)]
         per_image.append(shown)
     cols = 1 + max(len(s) for s in per_image)
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.8 * n), squeeze=False)
+    # constrained layout: titles and a suptitle set later (however long its lines) get their room
+    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.9 * n), squeeze=False, layout="constrained")
     for i in range(n):
         _show(axes[i][0], images[i], "input")
         for j in range(1, cols):
@@ -134,5 +135,4 @@ def plot_views(
             else:
                 axes[i][j].axis("off")
     fig.suptitle(f"{type(task).__name__}: the views of {n} image(s)", fontsize=9)
-    fig.tight_layout()
     return fig
