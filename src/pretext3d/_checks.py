@@ -34,6 +34,13 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_count_or_auto(name: str, value: object) -> int | str:
+    """Return ``value`` if it is an int ``>= 0`` or ``"auto"``, else raise ``ValueError``."""
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f'{name} must be an int >= 0 or "auto", got {value!r}')
+    return value
+
+
 def check_unit_interval(name: str, value: float, *, include_one: bool = True) -> float:
     """Return ``value`` if it lies in ``[0, 1]`` (or ``[0, 1)``), else raise ``ValueError``."""
     high = "1]" if include_one else "1)"

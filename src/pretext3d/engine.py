@@ -18,7 +18,7 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pretext3d._atomic import atomic_path
-from pretext3d._checks import check_device, check_precision
+from pretext3d._checks import check_count_or_auto, check_device, check_precision
 
 __all__ = [
     "Callback",
@@ -203,10 +203,8 @@ def resolve_workers(num_workers: int | str, device: torch.device) -> int:
         >>> resolve_workers("auto", torch.device("cpu")), resolve_workers(3, torch.device("cpu"))
         (0, 3)
     """
-    if num_workers != "auto":
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f'num_workers must be an int >= 0 or "auto", got {num_workers!r}')
-        return num_workers
+    if check_count_or_auto("num_workers", num_workers) != "auto":
+        return int(num_workers)
     if device.type != "cuda":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -352,18 +350,27 @@ def load_checkpoint(
     return state
 
 
-def changed_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
+def changed_settings(old: Any, new: Any, prefix: str = "", *, ignore: Collection[str] = ()) -> list[str]:
     """Dotted keys where two settings (nested dicts, e.g. ``dataclasses.asdict`` of a config) differ.
 
     What every resume check names when it refuses a checkpoint or a results folder.
 
+    Args:
+        old: the saved settings.
+        new: the settings of this run.
+        prefix: the dotted name of ``old`` and ``new`` themselves.
+        ignore: top-level keys that may differ (settings that change how fast a run goes, not
+            what it computes).
+
     Examples:
         >>> changed_settings({"lr": 0.1, "data": {"size": 16}}, {"lr": 0.1, "data": {"size": 24}})
         ['data.size']
+        >>> changed_settings({"lr": 0.1, "workers": 0}, {"lr": 0.1, "workers": 8}, ignore=["workers"])
+        []
     """
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         out = []
-        for key in sorted(set(old) | set(new)):
+        for key in sorted((set(old) | set(new)) - set(ignore)):
             out += changed_settings(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
     return [] if old == new else [prefix or "(all)"]
@@ -443,7 +450,8 @@ class MetricsLog:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.folder / "metrics.jsonl"
         self.csv = self.folder / "metrics.csv"
-        self.writer: Any = None
+        self.writer: Any = None  # made at the first row, once a resume has set the purge step
+        self._summary_writer: Any = None
         self._purge_step: int | None = None  # a resumed run's first step: TensorBoard drops later events
         if tensorboard:
             try:
@@ -481,7 +489,7 @@ class MetricsLog:
                 self.truncate(max((r["step"] for r in self.rows()), default=-1))
         with open(self.jsonl, "a") as handle:
             handle.write(json.dumps(dict(row)) + "\n")
-        if self.writer is None and hasattr(self, "_summary_writer"):  # made at the first row
+        if self.writer is None and self._summary_writer is not None:
             self.writer = self._summary_writer(str(self.folder / "tensorboard"), purge_step=self._purge_step)
         if self.writer is not None:
             for key, value in row.items():

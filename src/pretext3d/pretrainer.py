@@ -345,10 +345,8 @@ class Pretrainer:
         state = engine.load_checkpoint(self.checkpoint, ("step", "models", "optimizer", "config"), "cpu")
         if state is None:
             return
-        old, new = dict(state["config"]), dataclasses.asdict(self.config)
-        for free in _RESUMABLE_WITH_OTHER:  # they do not change the result
-            old.pop(free, None), new.pop(free, None)
-        changed = engine.changed_settings(old, new)
+        config = dataclasses.asdict(self.config)
+        changed = engine.changed_settings(state["config"], config, ignore=_RESUMABLE_WITH_OTHER)
         changed += ["tasks"] if state["tasks"] != self.names else []
         if "identity" in state:  # checkpoints of 0.2 and later: what else must match
             changed += _identity_changes(state["identity"], self._identity())

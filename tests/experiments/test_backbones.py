@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +26,16 @@ def _resnet_file(path: Path, spatial_dims: int, in_channels: int) -> Path:
     return path
 
 
+def _grid(
+    recipe: Any, images: torch.Tensor, labels: torch.Tensor, file: Path, out: Path, batch_size: int
+) -> Any:
+    """One fraction, one split seed, one short epoch: scratch beside the pretrained ``file``."""
+    train = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=batch_size)
+    config = p3.experiments.DataEfficiencyConfig(fractions=(1.0,), split_seeds=(0,), train=train)
+    methods = {"scratch": None, "resnet": [str(file)]}
+    return p3.experiments.run_data_efficiency(recipe, images, labels, methods, config, out, progress=False)
+
+
 def test_a_segmentation_grid_fine_tunes_a_monai_resnet_beside_scratch(tmp_path: Path) -> None:
     recipe = SegmentationRecipe(backbone="monai/resnet10", backbone_options=OPTIONS, crop=16)
     file = _resnet_file(tmp_path / "resnet.pt", 3, 1)
@@ -36,18 +47,7 @@ def test_a_segmentation_grid_fine_tunes_a_monai_resnet_beside_scratch(tmp_path: 
     loaded = p3.models.load_encoder(file).state_dict()
     assert all(torch.equal(v, loaded[k]) for k, v in encoder.state_dict().items())  # the file's weights
     images, labels = p3.data.ct_phantom_batch(12, 16)
-    config = p3.experiments.DataEfficiencyConfig(
-        fractions=(1.0,), split_seeds=(0,), train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2)
-    )
-    rows = p3.experiments.run_data_efficiency(
-        recipe,
-        images,
-        labels,
-        {"scratch": None, "resnet": [str(file)]},
-        config,
-        tmp_path / "g",
-        progress=False,
-    )
+    rows = _grid(recipe, images, labels, file, tmp_path / "g", batch_size=2)
     assert [r["method"] for r in rows] == ["scratch", "resnet"]
     assert all(0 <= r["test"]["pancreas_dice"] <= 1 for r in rows)
 
@@ -59,18 +59,7 @@ def test_a_grading_grid_fits_a_linear_head_on_a_monai_resnets_pooled_features(tm
     assert isinstance(model, PooledClassifier) and model.classifier.in_features == 64
     images, grades = p3.data.fundus_phantom_batch(24, 32)
     assert recipe.fit_head(model, encoder, images, grades, list(range(12)))  # the LP step works on it
-    config = p3.experiments.DataEfficiencyConfig(
-        fractions=(1.0,), split_seeds=(0,), train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=4)
-    )
-    rows = p3.experiments.run_data_efficiency(
-        recipe,
-        images,
-        grades,
-        {"scratch": None, "resnet": [str(file)]},
-        config,
-        tmp_path / "g",
-        progress=False,
-    )
+    rows = _grid(recipe, images, grades, file, tmp_path / "g", batch_size=4)
     assert [(r["method"], r["head_fitted"]) for r in rows] == [("scratch", False), ("resnet", True)]
 
 

@@ -793,10 +793,7 @@ def _added_methods(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """The methods ``new`` adds to ``old``'s grid when nothing else differs (else ``[]``)."""
     before, after = old.get("methods", {}), new.get("methods", {})
     added = [name for name in after if name not in before]
-    same_rest = engine.changed_settings(
-        {k: v for k, v in old.items() if k not in ("methods", "method_order")},
-        {k: v for k, v in new.items() if k not in ("methods", "method_order")},
-    ) == []  # fmt: skip
+    same_rest = not engine.changed_settings(old, new, ignore=("methods", "method_order"))
     kept = all(after.get(name) == value for name, value in before.items())
     order = list(new.get("method_order", []))
     return (

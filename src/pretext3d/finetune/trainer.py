@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d import engine
-from pretext3d._checks import check_choice, check_int, check_positive, check_precision
+from pretext3d._checks import check_choice, check_count_or_auto, check_int, check_positive, check_precision
 from pretext3d.engine import Callback
 from pretext3d.training import Optimization, OptimSettings
 
@@ -118,10 +118,7 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, ("adam", "adamw"))
         check_precision("precision", self.precision)
         engine.resolve_compile(self.compile, torch.device("cpu"), 1)  # a bool or "auto"
-        if self.prefetch != "auto" and (
-            isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0
-        ):
-            raise ValueError(f'prefetch must be an int >= 0 or "auto", got {self.prefetch!r}')
+        check_count_or_auto("prefetch", self.prefetch)
         if not 0 <= self.min_epochs <= self.epochs:
             raise ValueError(f"min_epochs must lie in [0, epochs={self.epochs}], got {self.min_epochs}")
         if self.early_stopping_patience is not None:
@@ -394,10 +391,7 @@ class Trainer:
         state = engine.load_checkpoint(self.checkpoint, required, self.device)
         if state is None:  # unreadable: reported, removed, the run starts over
             return
-        old, new = dict(state["config"]), asdict(self.config)
-        for free in _RESUMABLE_WITH_OTHER:
-            old.pop(free, None), new.pop(free, None)
-        changed = engine.changed_settings(old, new)
+        changed = engine.changed_settings(state["config"], asdict(self.config), ignore=_RESUMABLE_WITH_OTHER)
         if changed:
             raise ValueError(
                 f"checkpoint {str(self.checkpoint)!r} was written with other settings (changed: "
