@@ -99,5 +99,5 @@ def test_what_a_labelled_folder_cannot_hold_is_named(tmp_path: Path) -> None:
                  classes=["background", "liver"]).labelled()  # fmt: skip
     with pytest.raises(ValueError, match="pretrain on other scans"):
         spec.unlabelled()
-    with pytest.raises(ValueError, match=r"data\.classes names the labels of a labelled-volume-folder"):
+    with pytest.raises(ValueError, match=r"data\.classes names the labels of labelled-volume-folder, "):
         DataSpec(kind="ct-phantom", classes=["background", "pancreas"])

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from monai.metrics import DiceMetric
-from sklearn.metrics import cohen_kappa_score
+from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, recall_score
 from torch import nn
 
 from pretext3d.finetune import (
@@ -21,11 +21,13 @@ from pretext3d.finetune import (
     SoftDiceLoss,
     TrainConfig,
     Trainer,
+    balanced_accuracy,
     dice_per_case,
     ordinal_decode,
     ordinal_encode,
     pooled_mean_dice,
     quadratic_weighted_kappa,
+    recall_per_class,
     region_dice,
 )
 
@@ -104,8 +106,33 @@ def test_kappa_by_hand() -> None:
     # two raters swapping 0 and 4 disagree maximally
     assert quadratic_weighted_kappa(torch.tensor([4, 0]), torch.tensor([0, 4]), 5) == pytest.approx(-1.0)
     assert math.isnan(quadratic_weighted_kappa(torch.tensor([2, 2]), torch.tensor([2, 2]), 5))
-    with pytest.raises(TypeError, match="integer grades"):
+    with pytest.raises(TypeError, match="integer classes"):
         quadratic_weighted_kappa(torch.tensor([0.5]), torch.tensor([1.0]), 5)
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 60), classes=st.integers(2, 6))
+def test_recall_and_balanced_accuracy_match_scikit_learn(seed: int, n: int, classes: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randint(classes, (n,), generator=gen)
+    target = torch.randint(classes, (n,), generator=gen)
+    ours = recall_per_class(pred, target, classes)
+    with warnings.catch_warnings():  # scikit-learn warns for a class the target lacks (and gives 0)
+        warnings.simplefilter("ignore")
+        theirs = recall_score(target.numpy(), pred.numpy(), average=None, labels=list(range(classes)))
+        balanced = balanced_accuracy_score(target.numpy(), pred.numpy())
+    present = torch.bincount(target, minlength=classes) > 0
+    assert ours[present].tolist() == pytest.approx(theirs[present.numpy()].tolist(), abs=1e-12)
+    assert bool(ours[~present].isnan().all())  # undefined, not 0
+    assert balanced_accuracy(pred, target, classes) == pytest.approx(balanced, abs=1e-12)
+
+
+def test_balanced_accuracy_by_hand() -> None:
+    target = torch.tensor([0] * 8 + [1] * 2)
+    majority = torch.zeros(10, dtype=torch.long)  # always the larger class: accuracy 0.8, chance balance
+    assert balanced_accuracy(majority, target, 2) == 0.5
+    pred = torch.tensor([0] * 6 + [1] * 2 + [1, 0])  # recall 6/8 and 1/2
+    assert recall_per_class(pred, target, 3).tolist()[:2] == [0.75, 0.5]
+    assert balanced_accuracy(pred, target, 3) == pytest.approx(0.625)  # class 2 is absent: left out
 
 
 def test_soft_dice_by_hand_and_weights() -> None:

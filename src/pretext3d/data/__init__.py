@@ -1,6 +1,6 @@
 """Data: real-format loaders, preprocessing, the built-in synthetic phantoms and toy images.
 
-Loaders: MSD Task07, APTOS 2019, unlabelled scan and fundus folders; :class:`DataSpec`
+Loaders: MSD Task07, APTOS 2019, unlabelled scan and fundus folders, labelled image folders; :class:`DataSpec`
 names one of them (or the phantoms) in a command's config.
 
 The readers' libraries (nibabel, pydicom, pillow) are optional extras, imported only
@@ -19,6 +19,7 @@ from pretext3d.data.io import (
     write_nifti,
     write_png,
 )
+from pretext3d.data.labelled import LabelledImageFolder
 from pretext3d.data.msd import Task07Pancreas, task07_cases
 from pretext3d.data.phantoms import (
     PhantomImages,
@@ -43,6 +44,7 @@ __all__ = [
     "DicomFolder",
     "FundusFolder",
     "FundusPreprocessing",
+    "LabelledImageFolder",
     "PhantomImages",
     "Task07Pancreas",
     "Volume",

@@ -331,7 +331,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an ``(H, W, 3)`` uint8 array as PNG, atomically.
+    """Write an ``(H, W, 3)`` uint8 array as PNG, atomically (its folder is made if need be).
 
     Examples:
         >>> import numpy as np
@@ -341,5 +341,6 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         True
     """
     image_module = require("PIL.Image")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, ".png") as tmp:
         image_module.fromarray(image).save(tmp)

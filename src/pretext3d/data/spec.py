@@ -27,6 +27,7 @@ from pretext3d.data.aptos import APTOS
 from pretext3d.data.cache import CaseCache
 from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeFolder
 from pretext3d.data.io import read_volume
+from pretext3d.data.labelled import LabelledImageFolder
 from pretext3d.data.msd import Task07Pancreas
 from pretext3d.data.phantoms import PhantomImages, ct_phantom_batch, fundus_phantom_batch
 from pretext3d.data.preprocess import CTPreprocessing, FundusPreprocessing
@@ -52,10 +53,13 @@ class DataSpec:
             (an MSD Task07 folder), ``"aptos"`` (an APTOS 2019 folder) or
             ``"labelled-volume-folder"`` (your scans and label maps: ``images/`` and
             ``labels/``, or nnU-Net's ``imagesTr/`` and ``labelsTr/``, paired by file name,
-            any label set); for pretraining only, ``"volume-folder"`` (NIfTI/.npy scans),
-            ``"dicom-folder"`` (one DICOM series per sub-folder) or ``"fundus-folder"``
-            (PNG/JPEG photographs).
-        path: the folder, for ``task07`` and ``aptos``.
+            any label set), ``"labelled-image-folder"`` (your PNG/JPEG images for
+            classification: a ``labels.csv`` of ``image,label`` or one sub-folder per class;
+            :class:`~pretext3d.data.LabelledImageFolder`) or ``"graded-image-folder"`` (the same
+            for ordered grades, scored by quadratic weighted kappa); for pretraining only,
+            ``"volume-folder"`` (NIfTI/.npy scans), ``"dicom-folder"`` (one DICOM series per
+            sub-folder) or ``"fundus-folder"`` (PNG/JPEG photographs).
+        path: the folder, for every kind but the phantoms.
         count: number of phantoms to draw (labelled cases, or pretraining images).
         size: edge of the images (phantoms are drawn at it; real data are resized to it).
         seed: phantom seed: case ``i`` is phantom ``seed * 100003 + i`` (labelled) or
@@ -77,9 +81,10 @@ class DataSpec:
             ``spacing`` (three mm or ``"keep"``), ``window`` (two HU or ``"none"``),
             ``normalize``, ``crop`` (``"body"``, ``"none"`` or three sizes), ``resize``
             (``true``: to ``size`` on every axis), ``interpolation``. Recorded with the data.
-        classes: names of the label values 0, 1, ... (background first) of a
-            ``labelled-volume-folder``; default its ``dataset.json``'s ``labels``. The
-            segmentation recipe scores each class by name (``<name>_dice``).
+        classes: names of the label values 0, 1, ... of a ``labelled-volume-folder``
+            (background first; default its ``dataset.json``'s ``labels``) or of a labelled or
+            graded image folder (grades lowest first; default from the labels). The recipes
+            score each class by name (``<name>_dice``, ``<name>_recall``).
 
     Examples:
         >>> spec = DataSpec(kind="ct-phantom", count=6, size=32)   # SYNTHETIC
@@ -115,23 +120,15 @@ class DataSpec:
                 )
         if self.info.caches:
             self.volume_preprocessing()  # the table checked before any scan is read
-        if self.classes and self.kind != "labelled-volume-folder":
-            raise ValueError(
-                f"data.classes names the labels of a labelled-volume-folder, not of data.kind = {self.kind!r}"
-            )
+        if self.classes and self.info.classes is None:
+            named = ", ".join(n for n in DATA_KINDS.names() if DATA_KINDS.get(n).classes is not None)
+            raise ValueError(f"data.classes names the labels of {named}, not of data.kind = {self.kind!r}")
 
     def class_names(self) -> list[str]:
-        """The names of the label values (``classes``, else the folder's ``dataset.json``); ``[]`` if none."""
-        if self.classes or self.kind != "labelled-volume-folder" or not self.path:
+        """The names of the label values (``classes``, else what the data name); ``[]`` if none."""
+        if self.classes or self.info.classes is None or not self.path:
             return list(self.classes)
-        meta = Path(self.path) / "dataset.json"
-        if not meta.exists():
-            return []
-        labels = json.loads(meta.read_text()).get("labels", {})
-        try:
-            return [str(labels[k]) for k in sorted(labels, key=int)]
-        except (TypeError, ValueError):  # nnU-Net v2 writes {"name": value}
-            return [str(k) for k, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
+        return self.info.classes(self)
 
     def volume_preprocessing(self) -> CTPreprocessing:
         """The scans' pipeline from :attr:`preprocessing` (see there), for the volume kinds.
@@ -241,6 +238,8 @@ class DataKind:
             that recipe's architecture); ``""``: none.
         synthetic: built-in phantoms (every figure made on them says so).
         caches: ``cache_dir`` applies (resampled scans).
+        classes: ``classes(spec) -> names`` of the label values as the data name them
+            (``data.classes`` overrides them); ``None``: the kind's classes are not named.
 
     Examples:
         >>> kind = DataKind(3, 1, unlabelled=lambda spec: p3.data.PhantomImages("ct", spec.count, spec.size))
@@ -256,6 +255,7 @@ class DataKind:
     recipe: str = ""
     synthetic: bool = False
     caches: bool = False
+    classes: Callable[[DataSpec], list[str]] | None = None
 
 
 def _phantom_labelled(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
@@ -309,6 +309,18 @@ def _pairs(spec: DataSpec) -> list[tuple[str, Path, Path]]:
     if not found:
         raise ConfigError(f"no scans (.nii.gz, .nii, .npy) in {str(images)!r}")
     return [(stem, image, label) for stem, (image, label) in found.items()]
+
+
+def _volume_classes(spec: DataSpec) -> list[str]:
+    """A labelled volume folder's class names from its ``dataset.json`` (MSD/nnU-Net v1 or v2), if any."""
+    meta = Path(spec.path) / "dataset.json"
+    if not meta.exists():
+        return []
+    labels = json.loads(meta.read_text()).get("labels", {})
+    try:
+        return [str(labels[k]) for k in sorted(labels, key=int)]
+    except (TypeError, ValueError):  # nnU-Net v2 writes {"name": value}
+        return [str(k) for k, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
 
 
 def _labelled_volumes(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
@@ -381,6 +393,35 @@ def _fundus(spec: DataSpec) -> FundusPreprocessing:
     return FundusPreprocessing("resize", spec.size)
 
 
+def _image_folder(spec: DataSpec, split: str = "labelled") -> LabelledImageFolder:
+    return LabelledImageFolder(
+        _folder(spec), split, classes=spec.classes or None, ordered=spec.recipe == "grading",
+        preprocessing=_fundus(spec),
+    )  # fmt: skip
+
+
+def _labelled_images(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
+    images = _image_folder(spec)
+    items = [images[i] for i in range(len(images))]
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]), images.case_ids
+
+
+def _image_classes(spec: DataSpec) -> list[str]:
+    return _image_folder(spec).classes
+
+
+def _image_pool(spec: DataSpec) -> Dataset[Tensor]:
+    """The images a labelled image folder leaves unlabelled (and the labelled ones transductively)."""
+    pool = _Images(_image_folder(spec, "all" if spec.include_labelled else "unlabelled"))
+    if not len(pool):
+        raise ConfigError(
+            f"{spec.path!r} leaves no image unlabelled (rows of labels.csv with an empty label): pretrain "
+            'on other images (pretraining_data = { kind = "fundus-folder", ... }: any PNG/JPEG), or set '
+            "include_labelled = true for the transductive setting"
+        )
+    return pool
+
+
 def _task07_labelled(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
     task07 = Task07Pancreas(_folder(spec), **_ct(spec))
     cases = [task07[i] for i in range(len(task07))]
@@ -405,8 +446,8 @@ def _aptos_pool(spec: DataSpec) -> Dataset[Tensor]:
 class _Images(Dataset[Tensor]):
     """The images of a labelled data set (its items' first element), keeping ``case_ids``."""
 
-    def __init__(self, data: APTOS) -> None:
-        self.parts: list[APTOS] = [data]
+    def __init__(self, data: APTOS | LabelledImageFolder) -> None:
+        self.parts: list[APTOS | LabelledImageFolder] = [data]
 
     @classmethod
     def concat(cls, parts: list[_Images]) -> _Images:
@@ -439,8 +480,13 @@ for _name, _kind in {
     ),
     "aptos": DataKind(2, 3, _aptos_pool, _aptos_labelled, "grading"),
     "labelled-volume-folder": DataKind(
-        3, 1, lambda spec: _labelled_pool(spec), _labelled_volumes, "segmentation", caches=True
+        3, 1, lambda spec: _labelled_pool(spec), _labelled_volumes, "segmentation", caches=True,
+        classes=_volume_classes,
     ),
+    "labelled-image-folder": DataKind(
+        2, 3, _image_pool, _labelled_images, "classification", classes=_image_classes
+    ),
+    "graded-image-folder": DataKind(2, 3, _image_pool, _labelled_images, "grading", classes=_image_classes),
     "volume-folder": DataKind(
         3, 1, lambda spec: VolumeFolder(_folder(spec), **_ct(spec)), recipe="segmentation", caches=True
     ),

@@ -9,6 +9,7 @@ figures (``pretext3d reproduce``). Provenance records live in :mod:`pretext3d.pr
 from pretext3d.experiments.commands import DataEfficiency, Finetuning, data_efficiency, finetune
 from pretext3d.experiments.pretraining import Pretraining, accuracy_summary, pretrain, pretrain_encoder
 from pretext3d.experiments.recipes import (
+    ClassificationRecipe,
     GradingRecipe,
     PooledClassifier,
     Recipe,
@@ -36,6 +37,7 @@ from pretext3d.experiments.stats import PairedComparison, detectable_difference,
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 
 __all__ = [
+    "ClassificationRecipe",
     "DataEfficiency",
     "DataEfficiencyConfig",
     "DataEfficiencyGrid",

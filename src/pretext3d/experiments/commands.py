@@ -19,7 +19,13 @@ from pretext3d._checks import check_device_name, check_int
 from pretext3d.config import ConfigError
 from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.locks import RunLock
-from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
+from pretext3d.experiments.recipes import (
+    ClassificationRecipe,
+    GradingRecipe,
+    Recipe,
+    SegmentationRecipe,
+    recipe_for,
+)
 from pretext3d.experiments.report import write_report
 from pretext3d.experiments.runner import (
     DataEfficiencyConfig,
@@ -41,12 +47,14 @@ class DataEfficiency:
     claimed by one worker, a killed worker's run is taken over, the report is written once.
 
     Attributes:
-        data: the labelled images (CT: segmentation; fundus: grading; a registered data kind:
-            the recipe it names).
+        data: the labelled images (CT: segmentation; fundus: grading; a
+            ``labelled-image-folder``: classification; a registered data kind: the recipe it
+            names).
         methods: name -> encoder file from ``pretext3d pretrain``, or a list of them (one
             per pretraining seed); ``""`` = from scratch.
         segmentation: the segmentation recipe (CT data).
-        grading: the grading recipe (fundus data).
+        grading: the grading recipe (fundus data, a ``graded-image-folder``).
+        classification: the classification recipe (a ``labelled-image-folder``).
         experiment: fractions, repetitions, splits and the training settings.
         output_dir: where runs, results, summary and plot go.
         device: ``"auto"`` (a GPU if there is one), ``"cpu"`` or ``"cuda[:i]"``; resolved when
@@ -66,6 +74,7 @@ class DataEfficiency:
     methods: dict[str, str | list[str]] = field(default_factory=lambda: {"scratch": ""})
     segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
     grading: GradingRecipe = field(default_factory=GradingRecipe)
+    classification: ClassificationRecipe = field(default_factory=ClassificationRecipe)
     experiment: DataEfficiencyConfig = field(default_factory=DataEfficiencyConfig)
     output_dir: str = "data-efficiency"
     device: str = "auto"
@@ -82,7 +91,8 @@ class DataEfficiency:
     @property
     def recipe(self) -> Recipe:
         """The recipe the data's kind names, with this config's settings for it."""
-        return recipe_for(self.data, {"segmentation": self.segmentation, "grading": self.grading})
+        recipes = {"segmentation": self.segmentation, "grading": self.grading}
+        return recipe_for(self.data, {**recipes, "classification": self.classification})
 
 
 @dataclass
@@ -101,7 +111,8 @@ class Finetuning:
         train: the training settings (a from-scratch run never freezes the encoder).
         transductive: allow an encoder pretrained on validation or test images (recorded).
         segmentation: the segmentation recipe (CT data).
-        grading: the grading recipe (fundus data).
+        grading: the grading recipe (fundus data, a ``graded-image-folder``).
+        classification: the classification recipe (a ``labelled-image-folder``).
         output_dir: where the run, its checkpoint and the results go.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
         plugins: modules to import first.
@@ -126,6 +137,7 @@ class Finetuning:
     transductive: bool = False
     segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
     grading: GradingRecipe = field(default_factory=GradingRecipe)
+    classification: ClassificationRecipe = field(default_factory=ClassificationRecipe)
     output_dir: str = "finetune"
     device: str = "auto"
     plugins: list[str] = field(default_factory=list)
@@ -150,8 +162,8 @@ class Finetuning:
             transductive=self.transductive,
         )
         return DataEfficiency(
-            self.data, {self.name: self.encoder}, self.segmentation, self.grading, experiment,
-            self.output_dir, self.device, self.plugins,
+            self.data, {self.name: self.encoder}, self.segmentation, self.grading, self.classification,
+            experiment, self.output_dir, self.device, self.plugins,
         )  # fmt: skip
 
 

@@ -1,5 +1,8 @@
 """The two downstream experiments of Taleb et al.: pancreas segmentation and DR grading.
 
+Your own labelled data take the same recipes (any label set, any encoder), and unordered
+classes the classification recipe.
+
 A recipe builds the model (from scratch or around a pretrained encoder), samples
 augmented training batches, and evaluates on whole test images. Every method of a
 data-efficiency comparison uses the same recipe, so baseline and pretrained encoders get
@@ -30,6 +33,7 @@ from pretext3d.finetune.metrics import (
     dice_per_case,
     pooled_mean_dice,
     quadratic_weighted_kappa,
+    recall_per_class,
     region_dice,
 )
 from pretext3d.models import (
@@ -45,7 +49,14 @@ from pretext3d.pretext_model import infer_num_features
 from pretext3d.registry import ENCODERS, RECIPES, create_encoder, register_recipe, registered
 from pretext3d.transforms.crops import foreground_crops
 
-__all__ = ["GradingRecipe", "PooledClassifier", "Recipe", "SegmentationRecipe", "recipe_for"]
+__all__ = [
+    "ClassificationRecipe",
+    "GradingRecipe",
+    "PooledClassifier",
+    "Recipe",
+    "SegmentationRecipe",
+    "recipe_for",
+]
 
 Path = str | os.PathLike[str]
 
@@ -257,8 +268,8 @@ class SegmentationRecipe(Recipe):
         classes: names of the labels 0, 1, ... (background first), for data other than the
             pancreas: each foreground class is scored by its Dice (``<name>_dice``, per case,
             NaN where the case has none of it) and the metric is their mean (``mean_dice``);
-            ``num_classes`` follows. Empty: the pancreas metrics (below). The data's
-            ``classes`` fill it in (:func:`recipe_for`).
+            ``num_classes`` follows (another ``num_classes`` is an error). Empty: the pancreas
+            metrics (below). The data's ``classes`` fill it in (:func:`recipe_for`).
 
     Examples:
         >>> recipe = SegmentationRecipe(widths=(8, 16), crop=16)
@@ -295,11 +306,7 @@ class SegmentationRecipe(Recipe):
         if self.backbone:
             registered(self.backbone, ENCODERS)
         if self.classes:
-            if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
-                raise ValueError(
-                    f"classes must name background and at least one class, each once, got {self.classes}"
-                )
-            self.num_classes = len(self.classes)
+            _count_classes(self, "background and at least one class")
         factor = 1 if self.backbone else 2 ** (len(self.widths) - 1)
         for name in ("crop", "inference_window"):
             value = getattr(self, name)
@@ -458,6 +465,10 @@ class GradingRecipe(Recipe):
             hold that encoder with ``backbone_options``); the scratch arm builds it.
         backbone_options: the backbone's keyword arguments (the pretraining's
             ``encoder_options``).
+        classes: names of the grades 0, 1, ... (lowest first), for data other than DR
+            grading: each grade's recall is reported by name (``<name>_recall``);
+            ``num_classes`` follows (another ``num_classes`` is an error). The data's
+            ``classes`` fill it in (:func:`recipe_for`).
 
     Examples:
         >>> recipe = GradingRecipe(encoding="ordinal", growth_rate=4, block_config=(1, 1), init_features=8)
@@ -481,12 +492,16 @@ class GradingRecipe(Recipe):
     flip: bool = True
     backbone: str = ""
     backbone_options: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Check the values."""
         check_choice("encoding", self.encoding, ("ce", "ordinal"))
         if self.backbone:
             registered(self.backbone, ENCODERS)
+        if self.classes:
+            _count_classes(self, "at least two classes")
+        check_int("num_classes", self.num_classes, 2)
 
     metric = "qwk"
     encoder: ClassVar[str] = "densenet"
@@ -609,6 +624,9 @@ class GradingRecipe(Recipe):
     ) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Quadratic weighted kappa and accuracy, with each image's true and predicted grade.
 
+        With :attr:`classes`, also each grade's recall (``<name>_recall``, NaN for a grade the
+        images lack).
+
         Returns:
             ``(summary, per_case)``: ``per_case`` holds ``grade``, ``predicted`` and
             ``correct`` per image, in the order of ``images``.
@@ -618,8 +636,74 @@ class GradingRecipe(Recipe):
             "qwk": quadratic_weighted_kappa(pred, labels, self.num_classes),
             "accuracy": float((pred == labels).float().mean()),
         }
+        if self.classes:
+            recall = recall_per_class(pred, labels, self.num_classes).tolist()
+            summary.update({f"{name}_recall": r for name, r in zip(self.classes, recall, strict=True)})
         per_case = {
             "grade": labels.double().tolist(),
+            "predicted": pred.double().tolist(),
+            "correct": (pred == labels).double().tolist(),
+        }
+        return summary, per_case
+
+
+@dataclass
+@register_recipe("classification")
+class ClassificationRecipe(GradingRecipe):
+    """Classification of 2D images into unordered classes (a ``labelled-image-folder``).
+
+    The grading recipe's network, training and head fitting with a softmax over the classes;
+    the metric is the balanced accuracy (mean recall over the classes, chance ``1 / classes``
+    whatever their shares: plain accuracy rewards predicting the largest class), with the
+    accuracy and each class's recall (``<name>_recall``) beside it. Attributes as for
+    :class:`GradingRecipe`; ``encoding`` must be ``"ce"`` (the ordinal encoding assumes ordered
+    grades).
+
+    Examples:
+        >>> recipe = ClassificationRecipe(classes=("cat", "dog", "owl"), growth_rate=4, block_config=(1, 1),
+        ...                               init_features=8)
+        >>> model, _ = recipe.build(in_channels=3, encoder_file=None)
+        >>> images, labels = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+        >>> recipe.metric, model(images).shape
+        ('balanced_accuracy', torch.Size([6, 3]))
+        >>> sorted(recipe.evaluate(model, images, labels))
+        ['accuracy', 'balanced_accuracy', 'cat_recall', 'dog_recall', 'owl_recall']
+
+    References:
+        - Brodersen et al., "The balanced accuracy and its posterior distribution", ICPR 2010.
+    """
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        if self.encoding != "ce":
+            raise ValueError(
+                f"encoding must be 'ce' for unordered classes, got {self.encoding!r} (the ordinal encoding "
+                "is for grades: use the grading recipe, data.kind = 'graded-image-folder')"
+            )
+        super().__post_init__()
+
+    metric = "balanced_accuracy"
+
+    def score_cases(
+        self, model: nn.Module, images: Tensor, labels: Tensor, device: torch.device | str = "cpu"
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Balanced accuracy, accuracy and each class's recall, with each image's true and predicted class.
+
+        Returns:
+            ``(summary, per_case)``: ``summary`` holds ``balanced_accuracy``, ``accuracy`` and
+            ``<name>_recall`` (``class<k>_recall`` without :attr:`classes`; NaN for a class the
+            images lack); ``per_case`` holds ``label``, ``predicted`` and ``correct`` per image.
+        """
+        pred = self.predict(model, images, device)
+        recall = recall_per_class(pred, labels, self.num_classes)
+        names = self.classes or tuple(f"class{k}" for k in range(self.num_classes))
+        summary = {
+            "balanced_accuracy": float(recall.nanmean()),
+            "accuracy": float((pred == labels).float().mean()),
+            **{f"{name}_recall": r for name, r in zip(names, recall.tolist(), strict=True)},
+        }
+        per_case = {
+            "label": labels.double().tolist(),
             "predicted": pred.double().tolist(),
             "correct": (pred == labels).double().tolist(),
         }
@@ -653,6 +737,20 @@ class PooledClassifier(nn.Module):
             features = features.flatten(2).mean(-1)
         out: Tensor = self.classifier(features)
         return out
+
+
+def _count_classes(recipe: SegmentationRecipe | GradingRecipe, what: str) -> None:
+    """``num_classes`` from ``classes``; a ``num_classes`` set to another count is an error."""
+    classes = recipe.classes
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must name {what}, each once, got {classes}")
+    default = next(f.default for f in dataclasses.fields(recipe) if f.name == "num_classes")
+    if recipe.num_classes not in (default, len(classes)):
+        raise ValueError(
+            f"num_classes = {recipe.num_classes}, but the classes name {len(classes)} "
+            f"({', '.join(classes)}): leave num_classes out (it follows the classes)"
+        )
+    recipe.num_classes = len(classes)
 
 
 def _backbone(

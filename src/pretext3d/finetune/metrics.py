@@ -8,6 +8,9 @@
   cases dominate and background inflates it.
 * :func:`quadratic_weighted_kappa`: identical to scikit-learn's
   ``cohen_kappa_score(weights="quadratic", labels=range(num_classes))``, in torch.
+* :func:`recall_per_class` and :func:`balanced_accuracy`: identical to scikit-learn's
+  ``recall_score(average=None)`` and ``balanced_accuracy_score`` (classes absent from the
+  target are NaN, and left out of the balance).
 
 Empty-case rule (MONAI's ``ignore_empty=True``): where a case's target has no voxel of a
 class (or region), its Dice is NaN, whatever the prediction, and averages should skip
@@ -21,7 +24,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PANCREAS_REGIONS", "dice_per_case", "pooled_mean_dice", "quadratic_weighted_kappa", "region_dice"]
+__all__ = [
+    "PANCREAS_REGIONS",
+    "balanced_accuracy",
+    "dice_per_case",
+    "pooled_mean_dice",
+    "quadratic_weighted_kappa",
+    "recall_per_class",
+    "region_dice",
+]
 
 PANCREAS_REGIONS: dict[str, tuple[int, ...]] = {"pancreas": (1, 2), "tumour": (2,)}
 
@@ -126,6 +137,60 @@ def pooled_mean_dice(pred: Tensor, target: Tensor, num_classes: int) -> float:
     return float(torch.tensor(scores).nanmean())
 
 
+def _check_labels(pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape or pred.dim() != 1:
+        raise ValueError(
+            f"pred and target must be (N,) of equal length, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    if pred.is_floating_point() or target.is_floating_point():
+        raise TypeError("pred and target must be integer classes, not scores; take argmax of logits first")
+
+
+def recall_per_class(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Recall (sensitivity) of each class: the share of its images predicted as it.
+
+    Identical to scikit-learn's ``recall_score(target, pred, average=None,
+    labels=range(num_classes))`` except that a class absent from ``target`` is NaN (its recall
+    is undefined; scikit-learn reports 0 with a warning).
+
+    Args:
+        pred: ``(N,)`` integer classes.
+        target: ``(N,)`` integer classes.
+        num_classes: number of classes.
+
+    Returns:
+        ``(num_classes,)`` float64.
+
+    Examples:
+        >>> recall_per_class(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), num_classes=3)
+        tensor([1.0000, 0.6667,    nan], dtype=torch.float64)
+    """
+    _check_labels(pred, target)
+    k = num_classes
+    confusion = torch.bincount(target.long() * k + pred.long(), minlength=k * k).reshape(k, k).double()
+    return confusion.diagonal() / confusion.sum(1)  # 0 / 0: NaN for a class the target lacks
+
+
+def balanced_accuracy(pred: Tensor, target: Tensor, num_classes: int) -> float:
+    """The mean recall over the classes in ``target``: chance is ``1 / classes``, whatever their shares.
+
+    Identical to scikit-learn's ``balanced_accuracy_score(target, pred)``.
+
+    Args:
+        pred: ``(N,)`` integer classes.
+        target: ``(N,)`` integer classes.
+        num_classes: number of classes.
+
+    Examples:
+        >>> balanced_accuracy(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 0, 1]), num_classes=2)
+        0.5
+
+    References:
+        - Brodersen et al., "The balanced accuracy and its posterior distribution", ICPR 2010.
+    """
+    return float(recall_per_class(pred, target, num_classes).nanmean())
+
+
 def quadratic_weighted_kappa(pred: Tensor, target: Tensor, num_classes: int) -> float:
     """Cohen's kappa with quadratic weights over the labels ``0..num_classes-1``.
 
@@ -147,12 +212,7 @@ def quadratic_weighted_kappa(pred: Tensor, target: Tensor, num_classes: int) -> 
         - Cohen, "Weighted kappa: Nominal scale agreement with provision for scaled disagreement or partial
           credit", Psychological Bulletin 1968.
     """
-    if pred.shape != target.shape or pred.dim() != 1:
-        raise ValueError(
-            f"pred and target must be (N,) of equal length, got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
-    if pred.is_floating_point() or target.is_floating_point():
-        raise TypeError("pred and target must be integer grades")
+    _check_labels(pred, target)
     k = num_classes
     confusion = torch.bincount(target.long() * k + pred.long(), minlength=k * k).reshape(k, k).double()
     expected = torch.outer(confusion.sum(1), confusion.sum(0)) / confusion.sum()
