@@ -82,7 +82,7 @@ def write_scan(folder: Path, i: int, labelled: bool, shape: tuple[int, int, int]
 def write_scans(root: Path, count: int, shape: tuple[int, int, int], log: Any) -> Path:
     """``count`` phantoms in the Task07 layout, half labelled (imagesTr), half unlabelled (imagesTs).
 
-    One process per core writes them (about 4 s per 512 x 512 x 100 scan on one core).
+    One process per core writes them (about 1.4 s per 512 x 512 x 100 scan on one core).
     """
     folder = root / "Task07_Pancreas"
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
