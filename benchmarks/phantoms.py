@@ -40,7 +40,7 @@ def main() -> None:
             start = time.perf_counter()
             for i in range(args.count):
                 draw(i)
-            print(f"| {name} | {(time.perf_counter() - start) / args.count:.3f} |")
+            print(f"| {name} | {(time.perf_counter() - start) / args.count:.4f} |")
 
 
 if __name__ == "__main__":

@@ -335,7 +335,6 @@ def fundus_phantom(
     _draw_disc(canvas, np.exp(-((x - macula[0]) ** 2 + (y - macula[1]) ** 2) / 0.03), (110, 40, 20), 0.45)
     _draw_disc(canvas, np.exp(-((x - macula[0]) ** 2 + (y - macula[1]) ** 2) / 0.002), (80, 25, 15), 0.6)
     disc = np.array([eye * 0.4, rng.uniform(-0.06, 0.0)])
-    disc_d2 = (x - disc[0]) ** 2 + (y - disc[1]) ** 2
 
     beading = true_grade >= 3
     for sign in (-1, 1):  # superior and inferior arcades, temporal and nasal
@@ -352,12 +351,12 @@ def fundus_phantom(
                 bx = px[k] + np.linspace(0, rng.uniform(0.2, 0.35) * np.sign(reach), 15)
                 by = py[k] + sign * np.linspace(0, rng.uniform(0.15, 0.3), 15)
                 _draw_vessel(canvas, x, y, bx, by, np.linspace(width[k] * 0.7, 0.012, 15), rng)
-    _draw_disc(canvas, np.clip(1.3 - disc_d2 / 0.012, 0, 1), (240, 200, 120))
-    _draw_disc(
-        canvas,
-        np.clip(1.3 - ((x - disc[0] - eye * 0.02) ** 2 + (y - disc[1]) ** 2) / 0.003, 0, 1),
-        (255, 235, 170),
-    )
+    for shift, spread, colour in ((0.0, 0.012, (240, 200, 120)), (eye * 0.02, 0.003, (255, 235, 170))):
+        # the disc, then its cup: 0 beyond sqrt(1.3 * spread) of the centre, drawn in that window
+        cx, cy = disc[0] + shift, disc[1]
+        rows, cols = _window(x, y, np.array([cx]), np.array([cy]), 1.2 * np.sqrt(spread))
+        d2 = (x[rows, cols] - disc[0] - shift) ** 2 + (y[rows, cols] - cy) ** 2
+        _draw_disc(canvas[rows, cols], np.clip(1.3 - d2 / spread, 0, 1), colour)
 
     def spots(
         count: int,
@@ -393,14 +392,18 @@ def fundus_phantom(
             py = disc[1] + 0.18 * t * np.sin(angle) + 0.04 * np.cos(t * 13)
             _draw_vessel(canvas, x, y, px, py, np.full(12, 0.012), rng)
         centre = macula + rng.normal(0, 0.25, 2)  # boat-shaped pre-retinal haemorrhage
-        boat = (((x - centre[0]) / 0.2) ** 2 + ((y - centre[1]) / 0.12) ** 2 < 1) & (y > centre[1])
-        _draw_disc(canvas, boat.astype(float), (110, 10, 10))
+        rows, cols = _window(x, y, centre[:1], centre[1:], 0.21)
+        bx, by = x[rows, cols], y[rows, cols]
+        boat = (((bx - centre[0]) / 0.2) ** 2 + ((by - centre[1]) / 0.12) ** 2 < 1) & (by > centre[1])
+        _draw_disc(canvas[rows, cols], boat.astype(float), (110, 10, 10))
         if rng.random() < 0.6:  # laser scars in the periphery
             for angle in rng.uniform(0, 2 * np.pi, 14):
                 rad = rng.uniform(0.65, 0.85)
-                d2 = (x - rad * np.cos(angle)) ** 2 + (y - rad * np.sin(angle)) ** 2
-                _draw_disc(canvas, ((d2 < 0.0016) & (d2 > 0.0005)).astype(float), (60, 40, 20))
-                _draw_disc(canvas, (d2 <= 0.0005).astype(float), (200, 170, 110))
+                cx, cy = rad * np.cos(angle), rad * np.sin(angle)
+                rows, cols = _window(x, y, np.array([cx]), np.array([cy]), 0.045)  # 0 beyond 0.04
+                d2 = (x[rows, cols] - cx) ** 2 + (y[rows, cols] - cy) ** 2
+                _draw_disc(canvas[rows, cols], ((d2 < 0.0016) & (d2 > 0.0005)).astype(float), (60, 40, 20))
+                _draw_disc(canvas[rows, cols], (d2 <= 0.0005).astype(float), (200, 170, 110))
 
     field = r2 < 0.95**2
     if rng.random() < 0.3:  # field of view clipped at top and bottom
@@ -436,9 +439,9 @@ def _window(
 ) -> tuple[slice, slice]:
     """The rows and columns of the grids ``x`` (per column) and ``y`` (per row) near the points.
 
-    Near: within ``reach`` of the bounding box of the points ``(xs, ys)``. A drawing whose mask is 0 beyond ``reach`` of its points is drawn in this window alone: the
-    pixels outside would be blended with weight 0, which leaves them as they are, so the image
-    is the same, bit for bit.
+    Near: within ``reach`` of the bounding box of the points ``(xs, ys)``. A drawing whose mask is
+    0 beyond ``reach`` of its points is drawn in this window alone: the pixels outside would be
+    blended with weight 0, which leaves them as they are, so the image is the same, bit for bit.
     """
     cols = np.flatnonzero((x[0] > xs.min() - reach) & (x[0] < xs.max() + reach))
     rows = np.flatnonzero((y[:, 0] > ys.min() - reach) & (y[:, 0] < ys.max() + reach))
