@@ -96,3 +96,35 @@ def test_the_command_line_fine_tunes_a_monai_encoder(
         "segmentation.backbone_options={widen_factor = 0.125}",
     ]
     assert main([*args, *backbone]) == 0, capsys.readouterr().err
+
+
+def test_decoder_options_name_the_stages_of_an_encoder_whose_maps_are_not_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # the segmentation recipe is 3D (a 2D encoder's stages: tests/models/test_multiscale.py)
+    monkeypatch.setattr(p3.registry.ENCODERS, "_entries", dict(p3.registry.ENCODERS._entries))
+
+    @p3.registry.register_encoder("pooled-stack")
+    def pooled_stack(spatial_dims: int = 3, in_channels: int = 1) -> torch.nn.Module:
+        nn = torch.nn
+        conv, pool = (nn.Conv3d, nn.MaxPool3d) if spatial_dims == 3 else (nn.Conv2d, nn.MaxPool2d)
+        average = nn.AdaptiveAvgPool3d(1) if spatial_dims == 3 else nn.AdaptiveAvgPool2d(1)
+        return nn.Sequential(  # returns pooled features: no maps to find by itself
+            conv(in_channels, 8, 3, padding=1), nn.ReLU(), pool(2),
+            conv(8, 16, 3, padding=1), nn.ReLU(), pool(2),
+            conv(16, 32, 3, padding=1), nn.ReLU(), average, nn.Flatten(),
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"cannot find multi-scale features.*Pass stages=\[\.\.\.\]"):
+        SegmentationRecipe(backbone="pooled-stack", crop=16).build(1, None)
+    recipe = SegmentationRecipe(backbone="pooled-stack", crop=16, decoder_options={"stages": ["1", "4", "7"]})
+    model, _ = recipe.build(1, None)
+    assert isinstance(model, MultiScaleUNet) and model.feature_channels == [8, 16, 32]
+    assert model(torch.randn(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(
+        ValueError, match=r"unknown key 'stage' in \[decoder_options\].*did you mean 'stages'"
+    ):
+        SegmentationRecipe(backbone="pooled-stack", decoder_options={"stage": ["1"]})
+    with pytest.raises(ValueError, match=r"must not set 'out_channels': it follows num_classes"):
+        SegmentationRecipe(backbone="pooled-stack", decoder_options={"out_channels": 4})
+    with pytest.raises(ValueError, match="decoder_options configure the decoder of a backbone: set backbone"):
+        SegmentationRecipe(decoder_options={"stages": ["1"]})

@@ -54,6 +54,47 @@ def test_named_stages_of_any_module_are_hooked(spatial_dims: int) -> None:
     assert unet._captured == [] and unet(x).shape == (1, 2, *[24] * spatial_dims)
 
 
+def test_a_resnets_stages_are_found_by_name() -> None:
+    from monai.networks.nets import resnet10
+
+    encoder = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, widen_factor=0.25)
+    unet = MultiScaleUNet(encoder, out_channels=3)  # before issue 28: "cannot find" without stages
+    assert unet.source == "stages" and unet._stage_names == ["act", "layer1", "layer2", "layer3", "layer4"]
+    assert unet.feature_reductions == [1, 2, 4, 8, 16] and not unet.full_resolution  # MONAI's stem: stride 1
+    assert unet(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_torchvision_style_resnet_is_read_at_its_stem_and_stages(spatial_dims: int) -> None:
+    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+    class TinyResNet(
+        nn.Module
+    ):  # torchvision's layout: conv1, bn1, relu, maxpool, layer1-4, a pooled forward
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.relu = conv(1, 4, 3, stride=2, padding=1), nn.ReLU()
+            self.layer1, self.layer2 = conv(4, 4, 3, padding=1), conv(4, 8, 3, stride=2, padding=1)
+            self.layer3, self.layer4 = (
+                conv(8, 16, 3, stride=2, padding=1),
+                conv(16, 32, 3, stride=2, padding=1),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.relu(self.conv1(x))
+            return self.layer4(self.layer3(self.layer2(self.layer1(x)))).flatten(2).mean(-1)
+
+    unet = MultiScaleUNet(TinyResNet(), out_channels=2)
+    assert unet.source == "stages" and unet._stage_names == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert unet.feature_channels == [4, 8, 16, 32] and unet.feature_reductions == [
+        2,
+        4,
+        8,
+        16,
+    ]  # relu = layer1's size
+    assert unet(torch.randn(1, 1, *[32] * spatial_dims)).shape == (1, 2, *[32] * spatial_dims)
+
+
 def test_a_forward_that_returns_feature_maps_is_used() -> None:
     from monai.networks.nets import ResNetFeatures
 

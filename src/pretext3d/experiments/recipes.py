@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
+from pretext3d.config import check_keywords
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import fit_logistic
 from pretext3d.finetune.inference import sliding_window_inference
@@ -265,6 +266,10 @@ class SegmentationRecipe(Recipe):
             builds it.
         backbone_options: the backbone's keyword arguments (the pretraining's
             ``encoder_options``).
+        decoder_options: with a ``backbone``, keyword arguments of its
+            :class:`~pretext3d.models.MultiScaleUNet`: ``stages`` (the submodules whose outputs
+            are the skips, for an encoder whose feature maps are not found by themselves),
+            ``decoder_widths``, ``norm``, ``probe_size``.
         classes: names of the labels 0, 1, ... (background first), for data other than the
             pancreas: each foreground class is scored by its Dice (``<name>_dice``, per case,
             NaN where the case has none of it) and the metric is their mean (``mean_dice``);
@@ -299,12 +304,20 @@ class SegmentationRecipe(Recipe):
     inference_overlap: float = 0.5
     backbone: str = ""
     backbone_options: dict[str, Any] = field(default_factory=dict)
+    decoder_options: dict[str, Any] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Check the values."""
         if self.backbone:
             registered(self.backbone, ENCODERS)
+        if self.decoder_options:
+            if not self.backbone:
+                raise ValueError("decoder_options configure the decoder of a backbone: set backbone too")
+            reserved = {"out_channels": "it follows num_classes", "copy_encoder": "the recipe sets it"}
+            check_keywords(
+                "MultiScaleUNet", self.decoder_options, MultiScaleUNet, "decoder_options", reserved
+            )
         if self.classes:
             _count_classes(self, "background and at least one class")
         factor = 1 if self.backbone else 2 ** (len(self.widths) - 1)
@@ -348,7 +361,7 @@ class SegmentationRecipe(Recipe):
         """
         if self.backbone:
             encoder = _backbone(self.backbone, self.backbone_options, 3, in_channels, encoder_file)
-            unet = MultiScaleUNet(encoder, self.num_classes, copy_encoder=False, **_stages_of(encoder))
+            unet = MultiScaleUNet(encoder, self.num_classes, copy_encoder=False, **self.decoder_options)
             return unet, unet.encoder
         model = UNet(3, in_channels, self.num_classes, self.widths)
         if encoder_file is not None:
@@ -760,15 +773,6 @@ def _backbone(
     if encoder_file is not None:
         return load_encoder(encoder_file)
     return create_encoder(name, spatial_dims=spatial_dims, in_channels=in_channels, **options)
-
-
-def _stages_of(encoder: nn.Module) -> dict[str, Any]:
-    """MultiScaleUNet's ``stages`` for a torchvision/MONAI-style ResNet (stem, then layer1-4); else none."""
-    names = dict(encoder.named_children())
-    if all(f"layer{i}" in names for i in range(1, 5)) and not hasattr(encoder, "forward_intermediates"):
-        stem = "act" if "act" in names else "relu" if "relu" in names else None
-        return {"stages": [*([stem] if stem else []), "layer1", "layer2", "layer3", "layer4"]}
-    return {}
 
 
 def recipe_for(data: DataSpec, configured: Mapping[str, Recipe] | None = None) -> Recipe:

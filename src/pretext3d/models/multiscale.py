@@ -2,8 +2,8 @@
 
 Fine-tune what you pretrained, whatever it is: a pretext3d encoder, a timm model
 (``features_only=True`` or any model with ``forward_intermediates``), a MONAI encoder
-(``ResNetFeatures``, the encoders of ``FlexibleUNet``, a ``resnet10`` whose stages you name),
-or any ``nn.Module`` whose intermediate outputs you name.
+(``ResNetFeatures``, the encoders of ``FlexibleUNet``, ``resnet10``), a torchvision ResNet, or
+any ``nn.Module`` whose intermediate outputs you name.
 """
 
 from __future__ import annotations
@@ -58,6 +58,15 @@ def default_decoder_widths(feature_channels: Sequence[int]) -> list[int]:
     return widths
 
 
+def _resnet_stages(encoder: nn.Module) -> list[str] | None:
+    """A torchvision/MONAI-style ResNet's stem and stages (``layer1`` ... ``layer4``); else ``None``."""
+    names = dict(encoder.named_children())
+    if all(f"layer{i}" in names for i in range(1, 5)) and not hasattr(encoder, "forward_intermediates"):
+        stem = "act" if "act" in names else "relu" if "relu" in names else None
+        return [*([stem] if stem else []), "layer1", "layer2", "layer3", "layer4"]
+    return None
+
+
 class MultiScaleUNet(nn.Module):
     """A U-Net decoder over the multi-scale features of any (pretrained) encoder.
 
@@ -69,7 +78,10 @@ class MultiScaleUNet(nn.Module):
     2. a pretext3d encoder: its ``forward_intermediates``;
     3. a model with timm's ``forward_intermediates(x, intermediates_only=True)``;
     4. a ``forward`` (or ``forward_features``) that returns a list or tuple of feature maps
-       (timm's ``features_only=True``, MONAI's ``ResNetFeatures`` and ``FlexibleUNet`` encoders).
+       (timm's ``features_only=True``, MONAI's ``ResNetFeatures`` and ``FlexibleUNet`` encoders);
+    5. a torchvision- or MONAI-style ResNet (top-level ``layer1`` ... ``layer4`` after a stem
+       ending in ``act`` or ``relu``): those stages, as in 1 (MONAI's ``resnet10``,
+       torchvision's ``resnet18``, whose ``forward`` pools).
 
     Maps are ordered finest first (at equal resolution the later one is kept). Each decoder
     stage upsamples the coarser result to the skip's exact size (linear interpolation, so
@@ -106,10 +118,9 @@ class MultiScaleUNet(nn.Module):
     Examples:
         >>> from monai.networks.nets import resnet10
         >>> encoder = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False)  # e.g. pretrained
-        >>> stages = ["act", "layer1", "layer2", "layer3", "layer4"]   # after the stem, then each stage
-        >>> unet = MultiScaleUNet(encoder, out_channels=3, stages=stages)
-        >>> unet.feature_channels, unet.feature_reductions
-        ([64, 64, 128, 256, 512], [1, 2, 4, 8, 16])
+        >>> unet = MultiScaleUNet(encoder, out_channels=3)   # a ResNet: its stem, then each stage
+        >>> unet.source, unet.feature_channels, unet.feature_reductions
+        ('stages', [64, 64, 128, 256, 512], [1, 2, 4, 8, 16])
         >>> unet(torch.randn(1, 1, 32, 32, 32)).shape
         torch.Size([1, 3, 32, 32, 32])
 
@@ -247,9 +258,15 @@ class MultiScaleUNet(nn.Module):
             for name, position in (("forward_intermediates", 0), ("forward_features", 1)):
                 if callable(getattr(self.encoder, name, None)):
                     candidates.insert(position, name)
+            if _resnet_stages(self.encoder) is not None:
+                candidates.append("resnet")
         errors = []
         with evaluating(self.encoder):
             for source in candidates:
+                if source == "resnet":  # the last resort: a ResNet's stages by name
+                    self._stage_names = _resnet_stages(self.encoder)
+                    self._hook_stages(self._stage_names or [])
+                    source = "stages"
                 try:
                     maps = self._read(x, source)
                 except Exception as err:  # a candidate that does not apply: try the next
