@@ -314,7 +314,9 @@ class SegmentationRecipe(Recipe):
         if self.decoder_options:
             if not self.backbone:
                 raise ValueError("decoder_options configure the decoder of a backbone: set backbone too")
-            reserved = {"out_channels": "it follows num_classes", "copy_encoder": "the recipe sets it"}
+            data, recipe = "it follows the data", "the recipe sets it"
+            reserved = {"encoder": "it is the backbone", "out_channels": "it follows num_classes",
+                        "copy_encoder": recipe, "spatial_dims": data, "in_channels": data}  # fmt: skip
             check_keywords(
                 "MultiScaleUNet", self.decoder_options, MultiScaleUNet, "decoder_options", reserved
             )
