@@ -135,6 +135,27 @@ def test_monai_networks_are_encoders_by_name_and_their_files_rebuild(tmp_path: P
         p3.create_encoder("monai/resnet1O", spatial_dims=3)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_monai_networks_that_name_their_arguments_otherwise_are_built_or_refused_clearly(
+    spatial_dims: int,
+) -> None:
+    pytest.importorskip("monai")
+    densenet = p3.create_encoder(
+        "monai/DenseNet121", spatial_dims=spatial_dims, in_channels=2, out_channels=4
+    )
+    assert densenet(torch.randn(2, 2, *[32] * spatial_dims)).shape == (2, 4)
+    # Quicknat (2D) calls its input channels num_channels: set in the options, checked against the data
+    message = r"Quicknat reads 1 channel\(s\), but the data have 3: set its channel argument \(num_channels\)"
+    with pytest.raises(ValueError, match=message):
+        p3.create_encoder("monai/Quicknat", spatial_dims=2, in_channels=3)
+    assert p3.create_encoder("monai/Quicknat", spatial_dims=2, in_channels=3, num_channels=3) is not None
+    if spatial_dims == 3:  # HoVerNet takes no spatial_dims: it is 2D
+        with pytest.raises(
+            ValueError, match=r"HoVerNet is a 2D network here, but the data are 3D \(it takes no"
+        ):
+            p3.create_encoder("monai/HoVerNet", spatial_dims=3, in_channels=3)
+
+
 def test_a_foreign_encoder_whose_library_is_missing_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -331,9 +332,25 @@ def _monai(monai: Any, model: str, spatial_dims: int, in_channels: int, options:
             f"MONAI has no network {model!r}"
             + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
         )
+    params = inspect.signature(builder).parameters
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
     if model.lower().startswith("resnet"):  # its feature extractor: pooled features, no classifier
         options = {"n_input_channels": in_channels, "feed_forward": False, **options}
-    else:
+    elif "in_channels" in params or open_ended:  # else a network's own name for them, in options
         options = {"in_channels": in_channels, **options}
-    module: nn.Module = builder(spatial_dims=spatial_dims, **options)
+    if "spatial_dims" in params or open_ended:
+        options = {"spatial_dims": spatial_dims, **options}
+    module: nn.Module = builder(**options)
+    conv = next((m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if conv is not None and conv.weight.dim() - 2 != spatial_dims:
+        raise ValueError(
+            f"MONAI's {model} is a {conv.weight.dim() - 2}D network here, but the data are {spatial_dims}D"
+            + ("" if "spatial_dims" in params or open_ended else " (it takes no spatial_dims)")
+        )
+    if conv is not None and conv.in_channels != in_channels:
+        named = [p for p in params if "chan" in p]
+        raise ValueError(
+            f"MONAI's {model} reads {conv.in_channels} channel(s), but the data have {in_channels}: set its "
+            f"channel argument ({', '.join(named) or 'none found'}) in the encoder's options"
+        )
     return module
