@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pretext3d import engine
 from pretext3d.config import ConfigError, from_mapping, load_toml, merge_override, parse_override
 from pretext3d.experiments import (
     DataEfficiency,
@@ -202,5 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console() -> None:
+    """The ``pretext3d`` command: :func:`main`, then :func:`~pretext3d.engine.exit_process`."""
+    engine.exit_process(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()
