@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -66,6 +66,48 @@ def list_files(root: Path, accept: Callable[[Path], bool]) -> list[Path]:
 def check_on_error(on_error: str) -> OnError:
     """Validate the ``on_error`` argument."""
     return check_choice("on_error", on_error, ("raise", "skip"))  # type: ignore[return-value]
+
+
+def labelled_arrays(
+    case_id: str,
+    image_file: Path,
+    label_file: Path,
+    preprocessing: CTPreprocessing,
+    cache: CaseCache | None,
+    *,
+    allowed: Collection[int] | None,
+    expected: str,
+    same_grid: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled scan's preprocessed ``(image, label)``, from ``cache`` if it holds them (else stored there).
+
+    A label of another shape than its image, off its image's voxel grid (``same_grid``), or
+    holding values outside ``allowed`` (the message ends with ``expected``) is an error naming
+    the files.
+    """
+    if cache is not None and cache.has(case_id, label=True):
+        image, label = cache.load(case_id, label=True)
+        assert label is not None
+        return image, label
+    volume, seg = read_volume(image_file), read_volume(label_file)
+    if seg.array.shape != volume.array.shape:
+        raise ValueError(
+            f"label {str(label_file)!r} has shape {seg.array.shape}, its image {str(image_file)!r} "
+            f"{volume.array.shape}"
+        )
+    if same_grid and not np.allclose(seg.affine, volume.affine, atol=1e-3 * max(volume.spacing)):
+        raise ValueError(
+            f"label {str(label_file)!r} and image {str(image_file)!r} differ in geometry (affine, "
+            f"spacing {seg.spacing} vs {volume.spacing}): a label must lie on its image's voxel grid"
+        )
+    values = np.unique(seg.array)
+    if allowed is not None and not np.isin(values, list(allowed)).all():
+        raise ValueError(f"label {str(label_file)!r} holds values {values.tolist()}, {expected}")
+    image, label = preprocessing(volume.array, volume.spacing, seg.array.astype(np.int16))
+    assert label is not None
+    if cache is not None:
+        cache.store(case_id, image, label)
+    return image, label
 
 
 @dataclass

@@ -24,8 +24,7 @@ from torch.utils.data import Dataset
 
 from pretext3d._checks import check_choice
 from pretext3d.data.cache import CaseCache
-from pretext3d.data.folders import OnError, VolumeDataset, check_on_error, is_junk
-from pretext3d.data.io import read_nifti
+from pretext3d.data.folders import OnError, VolumeDataset, check_on_error, is_junk, labelled_arrays
 from pretext3d.data.preprocess import CTPreprocessing
 
 __all__ = ["Task07Case", "Task07Pancreas", "task07_cases"]
@@ -188,31 +187,11 @@ class Task07Pancreas(Dataset[tuple[Tensor, Tensor]]):
     def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed ``(image, label)`` arrays of case ``index``."""
         case = self.cases[index]
-        if self.cache is not None and self.cache.has(case.case_id, label=True):
-            image, label = self.cache.load(case.case_id, label=True)
-            assert label is not None
-            return image, label
         assert case.label is not None
-        volume, seg = read_nifti(case.image), read_nifti(case.label)
-        if seg.array.shape != volume.array.shape:
-            raise ValueError(
-                f"label {str(case.label)!r} has shape {seg.array.shape}, its image {str(case.image)!r} "
-                f"{volume.array.shape}"
-            )
-        tolerance = 1e-3 * max(volume.spacing)
-        if not np.allclose(seg.affine, volume.affine, atol=tolerance):
-            raise ValueError(
-                f"label {str(case.label)!r} and image {str(case.image)!r} differ in geometry (affine, "
-                f"spacing {seg.spacing} vs {volume.spacing}): a label must lie on its image's voxel grid"
-            )
-        values = np.unique(seg.array)
-        if not np.isin(values, list(LABELS)).all():
-            raise ValueError(f"label {str(case.label)!r} holds values {values.tolist()}, expected 0, 1, 2")
-        image, label = self.preprocessing(volume.array, volume.spacing, seg.array.astype(np.int16))
-        assert label is not None
-        if self.cache is not None:
-            self.cache.store(case.case_id, image, label)
-        return image, label
+        return labelled_arrays(
+            case.case_id, case.image, case.label, self.preprocessing, self.cache,
+            allowed=LABELS, expected="expected 0, 1, 2", same_grid=True,
+        )  # fmt: skip
 
     def prepare(self) -> Task07Pancreas:
         """Preprocess (and cache) every case now; with ``on_error="skip"`` drop the failures."""

@@ -25,8 +25,7 @@ from pretext3d._checks import check_int
 from pretext3d.config import ConfigError
 from pretext3d.data.aptos import APTOS
 from pretext3d.data.cache import CaseCache
-from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeFolder
-from pretext3d.data.io import read_volume
+from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeFolder, labelled_arrays
 from pretext3d.data.labelled import LabelledImageFolder
 from pretext3d.data.msd import Task07Pancreas
 from pretext3d.data.phantoms import PhantomImages, ct_phantom_batch, fundus_phantom_batch
@@ -327,30 +326,13 @@ def _labelled_volumes(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
     prep = spec.volume_preprocessing()
     classes = spec.class_names()
     cache = CaseCache(spec.cache_dir, prep.key()) if spec.cache_dir else None
+    expected = f"but the classes name {len(classes)} ({classes})"
     images, labels, ids = [], [], []
     for case, image_file, label_file in _pairs(spec):
-        if cache is not None and cache.has(case, label=True):
-            image, label = cache.load(case, label=True)
-            assert label is not None
-            images.append(torch.from_numpy(image.astype(np.float32))[None])
-            labels.append(torch.from_numpy(label.astype(np.int64)))
-            ids.append(case)
-            continue
-        volume, seg = read_volume(image_file), read_volume(label_file)
-        if seg.array.shape != volume.array.shape:
-            raise ValueError(
-                f"label {str(label_file)!r} has shape {seg.array.shape}, its image {volume.array.shape}"
-            )
-        values = np.unique(seg.array)
-        if classes and (values.min() < 0 or values.max() >= len(classes)):
-            raise ValueError(
-                f"label {str(label_file)!r} holds values {values.tolist()}, but the classes name "
-                f"{len(classes)} ({classes})"
-            )
-        image, label = prep(volume.array, volume.spacing, seg.array.astype(np.int16))
-        assert label is not None
-        if cache is not None:
-            cache.store(case, image, label)
+        image, label = labelled_arrays(
+            case, image_file, label_file, prep, cache,
+            allowed=range(len(classes)) if classes else None, expected=expected, same_grid=False,
+        )  # fmt: skip
         images.append(torch.from_numpy(image.astype(np.float32))[None])
         labels.append(torch.from_numpy(label.astype(np.int64)))
         ids.append(case)
@@ -480,7 +462,7 @@ for _name, _kind in {
     ),
     "aptos": DataKind(2, 3, _aptos_pool, _aptos_labelled, "grading"),
     "labelled-volume-folder": DataKind(
-        3, 1, lambda spec: _labelled_pool(spec), _labelled_volumes, "segmentation", caches=True,
+        3, 1, _labelled_pool, _labelled_volumes, "segmentation", caches=True,
         classes=_volume_classes,
     ),
     "labelled-image-folder": DataKind(
