@@ -468,7 +468,10 @@ class Pretrainer:
                     losses, accuracies = self._train_step(batches, self.window)
                     self.step += 1
                     if bar is not None:
-                        _smooth(shown, {"loss": sum(losses.values())} | _prefixed("acc_", accuracies))
+                        _smooth(
+                            shown,
+                            {"loss": sum(losses.values())} | {f"acc_{k}": v for k, v in accuracies.items()},
+                        )
                         bar.update(1)
                         bar.set_postfix(
                             {k: f"{v:.3f}" for k, v in shown.items()}, images_s=f"{self.window.rate():.1f}"
@@ -687,10 +690,6 @@ class Pretrainer:
             f"metrics: {self.metrics.jsonl}"
         )
         return record
-
-
-def _prefixed(prefix: str, values: Mapping[str, float]) -> dict[str, float]:
-    return {prefix + k: v for k, v in values.items()}
 
 
 def _smooth(shown: dict[str, float], values: Mapping[str, float]) -> None:

@@ -307,17 +307,22 @@ def _foreign_builder(library: str, model: str) -> Callable[..., nn.Module]:
     return build
 
 
+def _unknown(what: str, model: str, names: list[str]) -> ValueError:
+    """``<what> 'model'; did you mean ...?`` with up to three near names."""
+    close = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
+    return ValueError(
+        f"{what} {model!r}" + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+    )
+
+
 def _timm(timm: Any, model: str, spatial_dims: int, in_channels: int, options: dict[str, Any]) -> nn.Module:
     if spatial_dims != 2:
         raise ValueError(
             f"timm's networks are 2D: encoder 'timm/{model}' needs 2D images, got spatial_dims={spatial_dims}"
         )
-    if model not in timm.list_models():
-        close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
-        raise ValueError(
-            f"timm has no model {model!r}"
-            + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
-        )
+    models = timm.list_models()
+    if model not in models:
+        raise _unknown("timm has no model", model, models)
     module: nn.Module = timm.create_model(model, num_classes=0, in_chans=in_channels, **options)
     return module
 
@@ -327,11 +332,7 @@ def _monai(monai: Any, model: str, spatial_dims: int, in_channels: int, options:
     builder = getattr(nets, model, None)
     if not callable(builder):
         names = [n for n in dir(nets) if not n.startswith("_") and callable(getattr(nets, n))]
-        close = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
-        raise ValueError(
-            f"MONAI has no network {model!r}"
-            + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
-        )
+        raise _unknown("MONAI has no network", model, names)
     params = inspect.signature(builder).parameters
     open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
     if model.lower().startswith("resnet"):  # its feature extractor: pooled features, no classifier

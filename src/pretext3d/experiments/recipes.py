@@ -206,7 +206,7 @@ class Recipe(abc.ABC):
         name = encoder_name(encoder_file)
         kind, wanted = type(self).__name__, self.encoder_kind()
         if name != wanted:
-            table = next((n for n in RECIPES.names() if RECIPES.get(n) is type(self)), "recipe")
+            table = RECIPES.name_of(type(self)) or "recipe"
             raise ValueError(
                 f"encoder file {str(encoder_file)!r} holds a {name or 'unregistered'!r} encoder, but "
                 f"{kind} fine-tunes {wanted!r} encoders; pretrain with encoder = {wanted!r}, or set "

@@ -63,7 +63,6 @@ def colour(method: str) -> str | None:
     return None  # matplotlib's next colour
 
 
-# The paper's figure for each of our metrics with the same definition, and its metric name.
 #: the data kinds the paper's figures are about (the phantoms stand in for them), and their names
 _PAPER_DATA = {
     "task07": "MSD Task07",
@@ -80,6 +79,7 @@ def _data_kind(rows: Sequence[Mapping[str, Any]]) -> str | None:
     return str(kind) if kind else None
 
 
+# The paper's figure for each of our metrics with the same definition, and its metric name.
 PAPER_METRICS = {
     "pooled_mean_dice_3class": ("fig3", "pooled_mean_dice_3class_incl_background"),
     "qwk": ("fig4", "quadratic_weighted_kappa"),
