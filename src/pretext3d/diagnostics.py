@@ -32,6 +32,8 @@ from pretext3d.heads import global_pool
 from pretext3d.models.base import evaluating
 from pretext3d.tasks._grid import GridPatchTask
 from pretext3d.tasks.base import ClassificationTask, EmbeddingTask, PredictiveTask, PretextTask
+from pretext3d.tasks.cpc import CPC
+from pretext3d.tasks.exemplar import Exemplar
 from pretext3d.tasks.rpl import RelativePatchLocation
 
 __all__ = [
@@ -543,13 +545,39 @@ class FeatureProbe:
         return 1.0 if total == 0 else 2 * both / total
 
 
-def chance_level(task: PretextTask[Any, Any]) -> float | None:
-    """The pretext accuracy of guessing, where the task's kind fixes it (classification: ``1 / num_classes``).
+def chance_level(task: PretextTask[Any, Any], batch_size: int | None = None) -> float | None:
+    """The pretext accuracy of guessing: what a held-out accuracy must beat to say the task learned.
+
+    A classification task's is ``1 / num_classes``. The exemplar's and CPC's accuracies pick one
+    candidate among a batch's, so theirs depends on ``batch_size`` (the batch the accuracy was
+    measured on): the exemplar (two views per image) finds the partner among ``2 B - 1`` other
+    views; CPC finds a prediction's target among every target of its step, ``B (g - 1 - k)
+    g^(d-1)`` for step ``k`` on a grid of ``g``, averaged over the steps.
+
+    Args:
+        task: the task.
+        batch_size: the images per measured batch (``None``: only a classification task's).
+
+    Returns:
+        The chance accuracy, or ``None`` where it is not fixed by these.
 
     Examples:
         >>> chance_level(p3.tasks.Rotation(3))
         0.1
+        >>> round(chance_level(p3.tasks.Exemplar(3), batch_size=8), 4)   # 1 / 15
+        0.0667
+        >>> round(chance_level(p3.tasks.CPC(3, grid=4, patch=8, steps=2), batch_size=8), 4)   # 1/384, 1/256
+        0.0033
     """
     if isinstance(task, ClassificationTask):
         return 1.0 / task.num_classes
+    if batch_size is None:
+        return None
+    check_int("batch_size", batch_size, 1)
+    if isinstance(task, Exemplar) and task.protocol == "two_views":
+        return 1.0 / (2 * batch_size - 1) if batch_size > 1 else None
+    if isinstance(task, CPC):
+        g, d, steps = int(task.grid), int(task.spatial_dims), int(task.steps)
+        per_row = g ** (d - 1)
+        return float(sum(1.0 / (batch_size * (g - 1 - k) * per_row) for k in range(steps)) / steps)
     return None

@@ -586,12 +586,20 @@ class Pretrainer:
             f"step {self.step}: frozen-feature probe " + ", ".join(f"{k} {v:.3f}" for k, v in result.items())
         )
 
+    def _held_out_batch(self) -> int:
+        """Images per batch of the held-out evaluation (the chance of some tasks' accuracy depends on it)."""
+        return (
+            min(self.config.batch_size, len(self.held_out))
+            if self.held_out is not None
+            else self.config.batch_size
+        )
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out pretext loss and accuracy per task (fixed crops and views), logged."""
         assert self.held_out is not None
         n = len(self.held_out)
-        batches = max(1, n // min(self.config.batch_size, n))
+        batches = max(1, n // self._held_out_batch())
         loader = self._loader(self.held_out, 0, batches, self.config.seed + 7919, False)
         for model in self.models.values():
             model.eval()
@@ -644,7 +652,10 @@ class Pretrainer:
             # one task: its accuracy; several: none (their chance levels differ), each in pretext_accuracies
             "pretext_accuracy": accuracies.get(self.names[0]) if len(self.names) == 1 else None,
             "pretext_accuracies": accuracies,
-            "chance": {n: chance_level(t) for n, t in zip(self.names, self.core.tasks, strict=True)},
+            "chance": {
+                n: chance_level(t, self._held_out_batch())
+                for n, t in zip(self.names, self.core.tasks, strict=True)
+            },
             "held_out": held,
             "steps": self.steps,
             "config": dataclasses.asdict(self.config),

@@ -243,6 +243,63 @@ def test_a_run_that_never_improves_on_its_first_epoch_trains_to_the_budget() -> 
     assert trainer.best_epoch == 1 and trainer.stopped_by_patience()
 
 
+def _scripted(
+    scores: list[float], config: TrainConfig, **kwargs: object
+) -> tuple[Trainer, list[torch.Tensor]]:
+    """A trainer whose validations return ``scores`` in turn; the weights each validation saw."""
+    model, _encoder, sample = _toy_problem()
+    script, seen = iter(scores), []
+
+    def validate(m: nn.Module) -> float:
+        seen.append(m[3].weight.detach().clone())
+        return next(script)
+
+    trainer = Trainer(model, nn.functional.cross_entropy, sample, config, validate=validate, **kwargs)  # type: ignore[arg-type]
+    return trainer, seen
+
+
+def test_a_validated_start_that_no_epoch_beats_is_kept_and_ends_the_run_by_patience() -> None:
+    # the start (a head fitted to frozen features) scores 0.9; no epoch beats it
+    config = TrainConfig(epochs=10, steps_per_epoch=1, early_stopping_patience=3, min_epochs=2, lr=0.05)
+    trainer, seen = _scripted([0.9, 0.5, 0.6, 0.7, 0.8, 0.85, 0.88], config, validate_start=True)
+    history = trainer.fit()
+    assert trainer.start_score == 0.9 and trainer.best_epoch == -1
+    assert len(history) == 3 and trainer.stopped_by_patience()  # 3 epochs without beating the start
+    assert torch.equal(trainer.model[3].weight, seen[0])  # the starting weights are restored
+    # without a validated start, the same epochs never improve on epoch 0 and would not stop
+    config = TrainConfig(epochs=6, steps_per_epoch=1, early_stopping_patience=3, min_epochs=2)
+    trainer, _ = _scripted([0.5, 0.4, 0.3, 0.2, 0.1, 0.0], config)
+    assert len(trainer.fit()) == 6 and trainer.best_epoch == 0
+    with pytest.raises(ValueError, match="validate_start=True needs validate"):
+        batch = (torch.zeros(1, 2), torch.zeros(1).long())
+        Trainer(nn.Linear(2, 2), nn.functional.cross_entropy, lambda g: batch, config, validate_start=True)
+
+
+def test_an_epoch_within_min_delta_of_the_best_does_not_restart_the_patience() -> None:
+    scores = [0.50, 0.60, 0.605, 0.607, 0.609, 0.70, 0.1, 0.1]
+    plain, _ = _scripted(scores, TrainConfig(epochs=8, steps_per_epoch=1, early_stopping_patience=2))
+    assert len(plain.fit()) == 8  # each creeping step restarts the patience, then 0.70 at epoch 5
+    config = TrainConfig(
+        epochs=8, steps_per_epoch=1, early_stopping_patience=2, early_stopping_min_delta=0.01
+    )
+    delta, seen = _scripted(scores, config)
+    history = delta.fit()
+    assert len(history) == 4  # epoch 1 is the last improvement by more than 0.01; two epochs later it stops
+    assert delta.best_epoch == 3 and torch.equal(delta.model[3].weight, seen[3])  # the best weights, still
+
+
+def test_validation_every_k_epochs_scores_those_and_the_last() -> None:
+    config = TrainConfig(epochs=7, steps_per_epoch=1, validate_every=3, early_stopping_patience=6)
+    trainer, seen = _scripted([0.1, 0.5, 0.3], config)
+    history = trainer.fit()
+    assert [h["epoch"] for h in history if "val" in h] == [0, 3, 6] and len(seen) == 3
+    assert trainer.best_epoch == 3 and torch.equal(trainer.model[3].weight, seen[1])
+    with pytest.raises(ValueError, match="validate_every must be an int >= 1"):
+        TrainConfig(validate_every=0)
+    with pytest.raises(ValueError, match="early_stopping_min_delta"):
+        TrainConfig(early_stopping_min_delta=-0.1)
+
+
 def test_train_config_errors() -> None:
     with pytest.raises(ValueError, match=r"freeze_encoder_epochs must lie in \[0, epochs=2\]"):
         TrainConfig(epochs=2, freeze_encoder_epochs=3)

@@ -21,6 +21,7 @@ from pretext3d.experiments.reproduce import (
     Reproduction,
     held_out_block,
     load_reproduction,
+    methods_of,
     pretraining_curves,
     run_reproduction,
 )
@@ -35,6 +36,7 @@ from pretext3d.experiments.runner import (
 )
 from pretext3d.experiments.stats import PairedComparison, detectable_difference, holm, paired_differences
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
+from pretext3d.experiments.verdict import choose_learning_rates, verdict_rows, verdict_table
 
 __all__ = [
     "ClassificationRecipe",
@@ -55,12 +57,14 @@ __all__ = [
     "Split",
     "accuracy_summary",
     "check_methods",
+    "choose_learning_rates",
     "data_efficiency",
     "detectable_difference",
     "finetune",
     "held_out_block",
     "holm",
     "load_reproduction",
+    "methods_of",
     "nested_subsets",
     "paired_differences",
     "paper_curves",
@@ -76,5 +80,7 @@ __all__ = [
     "split_cases",
     "summarize",
     "summary_table",
+    "verdict_rows",
+    "verdict_table",
     "write_report",
 ]

@@ -87,11 +87,12 @@ class Pretraining:
             raise ValueError("output must name the encoder file to write, got ''")
         for i, spec in enumerate(self.specs()):
             spec.check(f"tasks[{i}].options" if self.tasks else "task_options")
-            if spec.crop is not None:
-                raise ValueError(
-                    f"tasks[{i}].crop applies to a reproduction's tasks; every task of one pretraining "
-                    "run sees the same crops: set pretrain.crop"
-                )
+            for key in ("crop", "steps"):
+                if getattr(spec, key) is not None:
+                    raise ValueError(
+                        f"tasks[{i}].{key} applies to a reproduction's tasks; every task of one pretraining "
+                        f"run shares its {key}: set pretrain.{key}"
+                    )
 
     def specs(self) -> list[TaskSpec]:
         """The tasks to train: ``tasks``, or the one ``task``."""

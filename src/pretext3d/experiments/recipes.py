@@ -406,7 +406,7 @@ class SegmentationRecipe(Recipe):
             logits = sliding_window_inference(
                 model, images, self.inference_window, overlap=self.inference_overlap, device=device
             )
-            return logits.argmax(1)
+            return logits.contiguous().argmax(1)  # channels-last logits: argmax is several times slower
         spatial = images.shape[2:]
         pad = [math.ceil(s / factor) * factor - s for s in spatial]
         out = []
@@ -415,7 +415,7 @@ class SegmentationRecipe(Recipe):
                 [F.pad(v, [p for d in reversed(pad) for p in (0, d)], value=float(v.min())) for v in chunk]
             )
             logits = model(padded.to(device))[:, :, : spatial[0], : spatial[1], : spatial[2]]
-            out.append(logits.argmax(1).cpu())
+            out.append(logits.contiguous().argmax(1).cpu())
         return torch.cat(out)
 
     def score_cases(

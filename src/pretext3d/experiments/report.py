@@ -411,8 +411,7 @@ def _flagged(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
         return ["No run is flagged: every run improved on its first epoch and stopped by patience.\n"]
     lines = [
         f"{len(flagged)} of {len(rows)} runs are flagged (✗ in the figures): `epoch-0`, the best validation "
-        "score is the first epoch's (the run never improved: a failed run, whatever its test score; "
-        "where the head was fitted first, fine-tuning never beat that linear probe); "
+        "score is the first epoch's (the run never improved: a failed run, whatever its test score); "
         "`budget`, still improving when the epochs ran out (not converged). Their scores are in every "
         "table above; read rows that hold many with care.\n",
         "| run | flag | best epoch / epochs run | test |",
@@ -452,6 +451,8 @@ def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
         lr += f", encoder at {factor:g} x lr" if factor != 1.0 else ""
         fitted = sum(bool(r.get("head_fitted")) for r in runs)
         lr += f", head fitted to the frozen features first in {fitted} of {len(runs)} runs" if fitted else ""
+        kept = sum(r.get("best_epoch") == -1 for r in runs)
+        lr += f" ({kept} kept the fitted head: no fine-tuning epoch beat it on validation)" if kept else ""
         lines.append(
             f"- `{method}`: {lr}, encoder frozen for the first "
             f"{train.get('freeze_encoder_epochs')} epochs, at most {budget}, early stopping patience "
@@ -461,13 +462,39 @@ def _protocol(rows: Sequence[dict[str, Any]]) -> list[str]:
                 if known
                 else "convergence not tracked (no patience set)"
             )
-            + (
-                f"; mean held-out pretext accuracy {statistics.fmean(a):.3f}"
-                if (a := [r["pretext_accuracy"] for r in runs if r.get("pretext_accuracy") is not None])
-                else ""
-            )
+            + _pretext_side(runs)
         )
     return lines
+
+
+def _pretext_side(runs: Sequence[dict[str, Any]]) -> str:
+    """A method's pretext-side measures, from its encoders' records: held-out accuracy, the probe.
+
+    Means over the method's distinct encoder files (pretraining seeds).
+    """
+    records = {
+        (r.get("encoder") or {}).get("sha256"): (r.get("encoder") or {}).get("pretraining") or {}
+        for r in runs
+    }
+    records.pop(None, None)
+    parts = []
+    accuracies = [
+        rec["pretext_accuracy"] for rec in records.values() if rec.get("pretext_accuracy") is not None
+    ]
+    if accuracies:
+        chance = [c for rec in records.values() for c in (rec.get("chance") or {}).values() if c is not None]
+        shown = f" (chance {statistics.fmean(chance):.3f})" if chance else ""
+        parts.append(f"mean held-out pretext accuracy {statistics.fmean(accuracies):.3f}{shown}")
+    probes = [rec["probe"] for rec in records.values() if rec.get("probe")]
+    keys = [k for k in (probes[0]["final"] if probes else {}) if k.startswith("probe/")]
+    if keys:
+        key = keys[0]
+        before = statistics.fmean(p["initial"][key] for p in probes)
+        after = statistics.fmean(p["final"][key] for p in probes)
+        parts.append(
+            f"frozen-feature probe ({key.split('/', 1)[1]}) {before:.3f} random → {after:.3f} pretrained"
+        )
+    return "".join(f"; {p}" for p in parts) + f" ({len(records)} encoders)" if parts else ""
 
 
 def write_report(
@@ -591,7 +618,8 @@ def _plots(
         (m for m in PAPER_METRICS if rows and m in rows[0]["test"] and (kind is None or kind in _PAPER_DATA)),
         None,
     )  # the paper's panel for the paper's data (and its phantoms) only
-    panels = 2 + 2 * (comparable is not None)
+    ours = comparable is not None and comparable != metric  # our curve of the paper's metric, if another
+    panels = 2 + (comparable is not None) + ours
     width = 5.2 * panels + (2.5 if comparable is not None else 0)  # room for the paper's legend
     fig = Figure(figsize=(width, 4.6))
     axes = fig.subplots(1, panels, squeeze=False)
@@ -611,13 +639,14 @@ def _plots(
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel(f"paired Δ {metric} vs {baseline}")
     ax.set_title("ours: paired difference, 95 % CI over split seeds", fontsize=9)
-    if comparable is not None:  # ours on the paper's metric, then the paper's numbers on axes of their own
+    if ours and comparable is not None:  # ours on the paper's metric (when it is not the first panel's)
         ax = axes[0][2]
         _curves(ax, rows, comparable)
         _mark_flagged(ax, rows, comparable)
         ax.set_ylabel(f"test {comparable}")
         ax.set_title(f"ours: the paper's metric ({comparable})", fontsize=9)
-        ax = axes[0][3]
+    if comparable is not None:  # the paper's numbers on axes of their own
+        ax = axes[0][-1]
         figure = PAPER_METRICS[comparable][0]
         sources = list(dict.fromkeys(src for (_, src) in paper_curves(figure)))
         for (method, source), curve in paper_curves(figure).items():

@@ -35,6 +35,7 @@ from pretext3d._checks import check_device_name, check_int
 from pretext3d.config import from_mapping, load_toml, merge_override, parse_override
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
+from pretext3d.experiments.cost import estimate_cost
 from pretext3d.experiments.locks import RunLock, remove_stale_locks
 from pretext3d.experiments.pretraining import Pretraining, accuracy_summary, pretrain_encoder
 from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
@@ -45,6 +46,7 @@ from pretext3d.experiments.runner import (
     LabelledCases,
     check_unchanged,
 )
+from pretext3d.experiments.verdict import choose_learning_rates, write_verdict
 from pretext3d.finetune.trainer import Trainer
 from pretext3d.models.io import save_encoder
 from pretext3d.pretrainer import PretrainConfig
@@ -53,13 +55,19 @@ from pretext3d.registry import TASKS
 from pretext3d.training import TaskSpec
 
 __all__ = [
+    "LEARNING_RATES",
     "Reproduction",
     "held_out_block",
     "load_reproduction",
+    "methods_of",
     "pretraining_curves",
     "probe_for",
     "run_reproduction",
 ]
+
+
+#: the file in a reproduction's folder with each method's chosen learning rate (``calibration_seeds``)
+LEARNING_RATES = "learning_rates.json"
 
 
 def _every_task() -> dict[str, TaskSpec]:
@@ -109,6 +117,18 @@ class Reproduction:
             ``"cuda[:i]"``), resolved when the run starts; pretraining runs on ``pretrain.device``.
         threads: torch CPU threads (``None``: torch's default); results on the CPU depend on
             it, and it is recorded with every run.
+        calibration_seeds: split seeds (none of ``experiment.split_seeds``) on which each
+            method's learning rate is chosen *once* from ``experiment.lr_search``, on validation
+            scores (:func:`~pretext3d.experiments.choose_learning_rates`; a grid of its own in
+            ``<output_dir>/calibration``); the grid then runs every method at its chosen rate
+            (written to ``<output_dir>/learning_rates.json`` and printed as the
+            ``[experiment.learning_rates]`` table that freezes it for the held-out block). A
+            method already in ``experiment.learning_rates`` is not searched. Empty: with
+            ``lr_search``, every run searches on its own.
+        development_dir: set by :func:`held_out_block`: the development block's folder; when it
+            holds runs, the held-out block's folder gets ``verdict.md`` and ``verdict.png`` with
+            both blocks' paired differences side by side
+            (:func:`~pretext3d.experiments.verdict.write_verdict`).
         plugins: modules to import first (the CLI does), e.g. ones registering your tasks.
 
     Examples:
@@ -147,10 +167,13 @@ class Reproduction:
     output_dir: str = "runs/reproduction"
     device: str = "auto"
     threads: int | None = None
+    calibration_seeds: tuple[int, ...] = ()
+    development_dir: str = ""
     plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Check what can be checked before any data are read."""
+        self._check_calibration()
         if self.data.spatial_dims != self.pretraining_data.spatial_dims:
             raise ValueError(
                 f"pretraining_data ({self.pretraining_data.kind!r}) must have the same dimensions as data "
@@ -191,6 +214,26 @@ class Reproduction:
                 )
         if not self.output_dir.strip():
             raise ValueError("output_dir must name a folder, got ''")
+
+    def _check_calibration(self) -> None:
+        seeds = self.calibration_seeds
+        if not seeds:
+            return
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in seeds) or len(
+            set(seeds)
+        ) != len(seeds):
+            raise ValueError(f"calibration_seeds must be distinct split seeds >= 0, got {list(seeds)}")
+        if not self.experiment.lr_search:
+            raise ValueError(
+                "calibration_seeds choose each method's learning rate from experiment.lr_search: set "
+                "experiment.lr_search (e.g. [0.0003, 0.001, 0.003]) or remove calibration_seeds"
+            )
+        shared = sorted(set(seeds) & set(self.experiment.split_seeds))
+        if shared:
+            raise ValueError(
+                f"calibration_seeds {shared} are also experiment.split_seeds: choose the learning rates on "
+                "split seeds of their own"
+            )
 
     @property
     def recipe(self) -> Recipe:
@@ -251,11 +294,23 @@ def held_out_block(config: Reproduction, offset: int = 100) -> Reproduction:
     """
     check_int("offset", offset, 1)
     seeds = tuple(s + offset for s in config.experiment.split_seeds)
-    if set(seeds) & set(config.experiment.split_seeds):
+    development = set(config.experiment.split_seeds) | set(config.calibration_seeds)
+    if set(seeds) & development:
         raise ValueError(
-            f"offset={offset} moves split seeds {sorted(config.experiment.split_seeds)} onto some of "
-            "themselves; the held-out block must not share a split seed with development: raise offset"
+            f"offset={offset} moves split seeds {sorted(config.experiment.split_seeds)} onto development "
+            "seeds (split or calibration seeds); the held-out block must not share a split seed with "
+            "development: raise offset"
         )
+    if offset < config.pretraining_seeds:
+        raise ValueError(
+            f"offset={offset} would reuse development pretraining seeds (pretrain.seed + 0..."
+            f"{config.pretraining_seeds - 1}): raise offset to at least pretraining_seeds = "
+            f"{config.pretraining_seeds}"
+        )
+    experiment = dataclasses.replace(config.experiment, split_seeds=seeds)
+    if config.calibration_seeds:  # the learning rates the development block chose, frozen
+        rates = {**_chosen_learning_rates(config), **config.experiment.learning_rates}
+        experiment = dataclasses.replace(experiment, learning_rates=rates, lr_search=())
     pretrain_seed = config.pretrain.seed + offset
     shown = seed_ranges(seeds)
     block = f"held-out verdict block: split seeds {shown}, pretraining seeds from {pretrain_seed}"
@@ -264,8 +319,38 @@ def held_out_block(config: Reproduction, offset: int = 100) -> Reproduction:
         name=f"{config.name} [{block}]",
         output_dir=f"{config.output_dir.rstrip('/')}-verdict",
         pretrain=dataclasses.replace(config.pretrain, seed=pretrain_seed),
-        experiment=dataclasses.replace(config.experiment, split_seeds=seeds),
+        experiment=experiment,
+        calibration_seeds=(),
+        development_dir=config.output_dir,
     )
+
+
+def methods_of(config: Reproduction) -> list[str]:
+    """The methods of a reproduction's grid, in its order: scratch, the tasks, the positive control.
+
+    Examples:
+        >>> methods_of(Reproduction(tasks={"rotation": p3.TaskSpec(), "jigsaw": p3.TaskSpec()}))
+        ['scratch', 'rotation', 'jigsaw']
+    """
+    return ["scratch", *config.tasks, *(["supervised"] if config.positive_control else [])]
+
+
+def _chosen_learning_rates(config: Reproduction) -> dict[str, float]:
+    """Every method's frozen learning rate: the config's, else the development block's choice."""
+    frozen = dict(config.experiment.learning_rates)
+    missing = [m for m in methods_of(config) if m not in frozen]
+    saved = Path(config.output_dir) / LEARNING_RATES
+    if missing and saved.exists():
+        chosen = json.loads(saved.read_text()).get("learning_rates", {})
+        frozen.update({m: float(chosen[m]) for m in missing if m in chosen})
+        missing = [m for m in missing if m not in frozen]
+    if missing:
+        raise ValueError(
+            f"the held-out block runs every method at the learning rate the development block chose, but "
+            f"{missing} have none: run the development block first (it writes {saved}), or freeze them in "
+            "[experiment.learning_rates]"
+        )
+    return frozen
 
 
 def pretraining_curves(encoder_file: str | os.PathLike[str]) -> dict[str, list[tuple[int, float]]]:
@@ -328,7 +413,12 @@ def _machine(device: torch.device) -> dict[str, Any]:
 
 
 def run_reproduction(
-    config: Reproduction, *, progress: bool = True, log: Callable[[str], None] = print
+    config: Reproduction,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    estimate: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Pretrain every task's encoders, run the data-efficiency grid, write the report.
 
@@ -347,6 +437,9 @@ def run_reproduction(
         config: the reproduction.
         progress: show progress bars (needs tqdm).
         log: where progress lines go.
+        estimate: before anything runs, log what is left and about how long it takes
+            (:func:`~pretext3d.experiments.cost.estimate_cost`: a few steps measured here).
+        workers: processes sharing the folder, for the estimate.
 
     Returns:
         The results folder.
@@ -384,7 +477,7 @@ def run_reproduction(
     recipe = config.recipe
     device = engine.resolve_device(config.device)
     out = Path(config.output_dir)
-    fingerprint = json.loads(json.dumps({k: v for k, v in asdict(config).items() if k != "output_dir"}))
+    fingerprint = _fingerprint(config)
     saved = out / "reproduction.json"
     if saved.exists():
         anything_done = any((out / "encoders").glob("*.pt.json")) or any((out / "runs").glob("*.json"))
@@ -409,6 +502,10 @@ def run_reproduction(
         else None
     )
     the_pool = functools.cache(config.pretraining_data.unlabelled)  # made once, for every task and seed
+    labelled = config.data.labelled()
+    if estimate:
+        cost = estimate_cost(config, workers=workers, pool=the_pool, labelled=labelled[:2], log=log)
+        log(f"{config.name}: {cost}{note}")
 
     def pretrain_one(task: str, spec: TaskSpec, k: int, encoder: Path) -> object:
         log(f"pretraining {task} (pretraining seed {k}) -> {encoder}{note}")
@@ -433,23 +530,37 @@ def run_reproduction(
             record = read_pretraining_record(file) or {}
             log(f"{Path(file).name}: held-out pretext accuracy {accuracy_summary(record)}")
     pretrained = time.perf_counter()
-    cases = LabelledCases(*config.data.labelled(), info=asdict(config.data), synthetic=config.data.synthetic)
-    rows = DataEfficiencyGrid(recipe, cases, methods, config.experiment, out, device=device, log=log).run(
+    cases = LabelledCases(*labelled, info=asdict(config.data), synthetic=config.data.synthetic)
+    experiment = config.experiment
+    if config.calibration_seeds:
+        experiment = _calibrate(config, cases, methods, device, progress, log)
+    calibrated = time.perf_counter()
+    rows = DataEfficiencyGrid(recipe, cases, methods, experiment, out, device=device, log=log).run(
         progress=progress
     )
     finished = time.perf_counter()
     written = write_report(rows, out, recipe.metric, synthetic=config.data.synthetic, title=config.name)
     curves = {task: [pretraining_curves(f) for f in files or []] for task, files in methods.items() if files}
-    chance = {task: chance_level(config.tasks[task].build(config.data.spatial_dims))
+    batch = min(config.pretrain.batch_size, config.held_out) or None  # the held-out evaluation's
+    chance = {task: chance_level(config.tasks[task].build(config.data.spatial_dims), batch)
               if task in config.tasks else None
               for task in curves}  # fmt: skip
     figure = plot_pretraining(
         curves, out / "pretraining.png", config.name, synthetic=config.data.synthetic, chance=chance
     )
     written += [figure] if figure is not None else []
+    if config.development_dir:
+        blocks: dict[str, str | os.PathLike[str]] = {
+            f"held-out ({seed_ranges(config.experiment.split_seeds)})": out,
+            "development": config.development_dir,
+        }
+        written += write_verdict(
+            blocks, out, recipe.metric, title=config.name, synthetic=config.data.synthetic
+        )
     info["seconds"] = {
         "pretraining": round(pretrained - start, 1),
-        "fine_tuning_grid": round(finished - pretrained, 1),
+        "calibration": round(calibrated - pretrained, 1),
+        "fine_tuning_grid": round(finished - calibrated, 1),
         "total": round(time.perf_counter() - start, 1),
         "note": "this invocation only: encoders and runs kept from an earlier one took no time here",
     }
@@ -462,6 +573,70 @@ def run_reproduction(
     threads = f"{torch.get_num_threads()} CPU thread" + ("s" if torch.get_num_threads() != 1 else "")
     log(f"results folder: {out}  ({info['seconds']['total']:.0f} s, {threads})")
     return out
+
+
+def _fingerprint(config: Reproduction) -> dict[str, Any]:
+    """What a reproduction's folder must have been made with (``reproduction.json``'s ``config``).
+
+    Not the output folder, and not how the learning rates were come by (``lr_search``,
+    ``calibration_seeds``, ``learning_rates``): the grids check the rates they ran with, so a
+    config that freezes the rates its calibration chose continues the same folder.
+    """
+    values = {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("output_dir", "calibration_seeds", "development_dir")
+    }
+    values["experiment"] = {
+        k: v for k, v in values["experiment"].items() if k not in ("learning_rates", "lr_search")
+    }
+    fingerprint: dict[str, Any] = json.loads(json.dumps(values))
+    return fingerprint
+
+
+def _calibrate(
+    config: Reproduction,
+    cases: LabelledCases,
+    methods: Mapping[str, list[str] | None],
+    device: torch.device,
+    progress: bool,
+    log: Callable[[str], None],
+) -> DataEfficiencyConfig:
+    """Choose each method's learning rate once on the calibration seeds; the grid's settings with them frozen.
+
+    Methods frozen in ``experiment.learning_rates`` are not searched. The choice is written to
+    ``<output_dir>/learning_rates.json`` and logged as the TOML table that freezes it.
+    """
+    experiment, out = config.experiment, Path(config.output_dir)
+    frozen = dict(experiment.learning_rates)
+    searched = {m: files for m, files in methods.items() if m not in frozen}
+    record: dict[str, Any] = {"frozen_in_config": frozen}
+    if searched:
+        calibration = dataclasses.replace(experiment, split_seeds=config.calibration_seeds, learning_rates={})
+        log(
+            f"calibration: each method's learning rate from {list(experiment.lr_search)} on split seeds "
+            f"{seed_ranges(config.calibration_seeds)} (validation scores only) -> {out / 'calibration'}"
+        )
+        rows = DataEfficiencyGrid(
+            config.recipe, cases, searched, calibration, out / "calibration", device=device, log=log
+        ).run(progress=progress)
+        picks = choose_learning_rates(rows)
+        chosen = {m: float(picks[m]["lr"]) for m in searched}
+        record["chosen"] = {
+            "calibration_seeds": list(config.calibration_seeds),
+            "lr_search": list(experiment.lr_search),
+            "mean_val": {m: {f"{lr:g}": v for lr, v in picks[m]["mean_val"].items()} for m in searched},
+            "runs_per_method": {m: picks[m]["runs"] for m in searched},
+        }
+        frozen.update(chosen)
+    record["learning_rates"] = frozen
+    write_text(out / LEARNING_RATES, json.dumps(record, indent=2))
+    table = "\n".join(f"{m} = {lr:g}" for m, lr in frozen.items())
+    log(
+        f"learning rates (in {out / LEARNING_RATES}); to freeze them for the held-out block, in the config:\n"
+        f"[experiment.learning_rates]\n{table}"
+    )
+    return dataclasses.replace(experiment, learning_rates=frozen, lr_search=())
 
 
 _POLL_SECONDS = 5.0  # how often a worker looks again at encoders other workers are making
@@ -544,11 +719,13 @@ def _pretraining(config: Reproduction, spec: TaskSpec, k: int, output: str, prog
         config.pretrain,
         seed=config.pretrain.seed + k,
         crop=config.pretrain.crop if spec.crop is None else spec.crop,
+        steps=config.pretrain.steps if spec.steps is None else spec.steps,
+        epochs=config.pretrain.epochs if spec.steps is None else None,
         progress=config.pretrain.progress and progress,
     )
     recipe = config.recipe
     return Pretraining(
-        tasks=[dataclasses.replace(spec, weight=1.0, crop=None)], encoder=recipe.encoder,
+        tasks=[dataclasses.replace(spec, weight=1.0, crop=None, steps=None)], encoder=recipe.encoder,
         encoder_options=recipe.encoder_options(), data=config.pretraining_data, held_out=config.held_out,
         pretrain=pretrain, output=output,
     )  # fmt: skip

@@ -113,6 +113,14 @@ class DataEfficiencyConfig:
         different_budgets: allow ``baseline_train`` a step budget (``epochs * steps_per_epoch *
             batch_size`` images) other than ``train``'s; default: refuse it, since an arm with
             more images seen wins for that reason alone.
+        learning_rates: method -> the learning rate of every run of that method (frozen, e.g.
+            chosen once on a development block by :func:`choose_learning_rates`); a method named
+            here is not searched (``lr_search`` applies to the others). Recorded in every row.
+        spread_pretraining_seeds: each split seed fine-tunes *one* of a method's pretraining
+            seeds, the ``i``-th split seed of ``split_seeds`` the ``(i mod n)``-th of its ``n``
+            encoder files, instead of every one: the pretraining seed is spread over the paired
+            units (so the verdict is about the method, not one encoder) without multiplying
+            the runs. Default: every pretraining seed at every split seed.
 
     Examples:
         >>> config = DataEfficiencyConfig(
@@ -136,10 +144,15 @@ class DataEfficiencyConfig:
     different_budgets: bool = False
     lr_search: tuple[float, ...] = ()
     fit_head: bool = True
+    learning_rates: dict[str, float] = field(default_factory=dict)
+    spread_pretraining_seeds: bool = False
 
     def __post_init__(self) -> None:
         """Check the values."""
         self._check_lr_search()
+        for method, lr in self.learning_rates.items():
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+                raise ValueError(f"learning_rates[{method!r}] must be a learning rate > 0, got {lr!r}")
         reps = self.repetition_indices
         if not reps or min(reps) < 0 or len(set(reps)) != len(reps):
             raise ValueError(
@@ -195,13 +208,35 @@ class DataEfficiencyConfig:
             return tuple(range(self.repetitions))
         return tuple(self.repetitions)
 
-    def settings_for(self, pretrained: bool) -> TrainConfig:
-        """The fine-tuning settings of a pretrained encoder or of the from-scratch baseline."""
+    def settings_for(self, pretrained: bool, method: str | None = None) -> TrainConfig:
+        """The fine-tuning settings of a pretrained encoder or of the from-scratch baseline.
+
+        With ``method`` named in :attr:`learning_rates`, at that method's learning rate.
+        """
         if pretrained:
-            return self.train
-        if self.baseline_train is not None:
-            return self.baseline_train
-        return dataclasses.replace(self.train, freeze_encoder_epochs=0, encoder_lr_factor=1.0)
+            train = self.train
+        elif self.baseline_train is not None:
+            train = self.baseline_train
+        else:
+            train = dataclasses.replace(self.train, freeze_encoder_epochs=0, encoder_lr_factor=1.0)
+        if method in self.learning_rates:
+            train = dataclasses.replace(train, lr=float(self.learning_rates[method]))
+        return train
+
+    def pretraining_seeds_for(self, split_seed: int, count: int) -> range:
+        """Which of a method's ``count`` encoder files the runs of ``split_seed`` fine-tune.
+
+        Examples:
+            >>> config = DataEfficiencyConfig(split_seeds=(100, 101, 102, 103), spread_pretraining_seeds=True)
+            >>> [list(config.pretraining_seeds_for(s, 3)) for s in config.split_seeds]
+            [[0], [1], [2], [0]]
+            >>> list(DataEfficiencyConfig().pretraining_seeds_for(0, 3))   # every one
+            [0, 1, 2]
+        """
+        if not self.spread_pretraining_seeds or count == 1:
+            return range(count)
+        k = self.split_seeds.index(split_seed) % count
+        return range(k, k + 1)
 
 
 def _score(value: float | None) -> float:
@@ -214,18 +249,23 @@ def _budget(train: TrainConfig) -> int:
     return train.epochs * train.steps_per_epoch * train.batch_size
 
 
-def run_flag(best_epoch: int, converged: bool | None) -> str | None:
+def run_flag(best_epoch: int, converged: bool | None, *, validated_start: bool = False) -> str | None:
     """What is wrong with a run's end, for the summary and the figures (``None``: nothing).
 
     ``"epoch-0"``: its best validation score is its first epoch's (it never improved: a failed
     run, whatever its test score); ``"budget"``: it ran out of epochs while still improving
-    (not converged).
+    (not converged). A run whose starting weights were validated (a head fitted to the frozen
+    features first: ``validated_start``) measures improvement from them: its best epoch ``0``
+    beat the start, and a best of ``-1`` (the fitted head itself, which fine-tuning never beat,
+    kept after patience ran out) is a converged run, not a failed one.
 
     Examples:
         >>> run_flag(0, False), run_flag(7, False), run_flag(7, True), run_flag(3, None)
         ('epoch-0', 'budget', None, None)
+        >>> run_flag(-1, True, validated_start=True), run_flag(0, True, validated_start=True)
+        (None, None)
     """
-    if best_epoch == 0 and converged is not None:
+    if best_epoch == 0 and converged is not None and not validated_start:
         return "epoch-0"
     return "budget" if converged is False else None
 
@@ -490,6 +530,12 @@ class DataEfficiencyGrid:
         self.recipe, self.cases, self.config, self.log = recipe, cases, config, log
         self.device = engine.resolve_device(device)
         self.encoders = check_methods(recipe, cases.images.shape[1], methods)
+        unknown = sorted(set(config.learning_rates) - set(self.encoders))
+        if unknown:
+            raise ValueError(
+                f"experiment.learning_rates names {unknown}, which are not methods of this grid "
+                f"({', '.join(self.encoders)})"
+            )
         self.out = Path(output_dir)
         self.splits = {
             s: split_cases(
@@ -508,7 +554,7 @@ class DataEfficiencyGrid:
             for r in c.repetition_indices
             for f in c.fractions
             for method, files in self.encoders.items()
-            for p in range(len(files))
+            for p in c.pretraining_seeds_for(s, len(files))
         ]
 
     def path(self, cell: RunCell) -> Path:
@@ -631,7 +677,9 @@ class DataEfficiencyGrid:
         pool_strata = [strata[i] for i in split.train] if strata is not None else None
         subsets = nested_subsets(split.train, self.config.fractions, seeds.subset, strata=pool_strata)
         encoder_file = self.encoders[cell.method][cell.pretraining]
-        train = dataclasses.replace(self.config.settings_for(encoder_file is not None), seed=seeds.order)
+        train = dataclasses.replace(
+            self.config.settings_for(encoder_file is not None, cell.method), seed=seeds.order
+        )
 
         def on_epoch(record: Mapping[str, Any]) -> None:  # the bar moves within a run too
             if bar is not None:
@@ -661,10 +709,14 @@ class DataEfficiencyGrid:
         if bar is not None:
             bar.update(1)
         metric = self.recipe.metric
+        best = (
+            "kept its fitted head (no epoch beat it)"
+            if row["best_epoch"] == -1
+            else f"best epoch {row['best_epoch']}"
+        )
         self.log(
             f"{cell.name}: {metric} {row['test'][metric]:.3f} ({row['n_labelled']} labelled, "
-            f"best epoch {row['best_epoch']}/{row['epochs_run']}"
-            f"{_FLAG_NOTES.get(row['flag'], '')}, {row['seconds']:.0f} s)"
+            f"{best}/{row['epochs_run']}{_FLAG_NOTES.get(row['flag'], '')}, {row['seconds']:.0f} s)"
         )
         return row
 
@@ -687,7 +739,7 @@ class DataEfficiencyGrid:
         A finished candidate is kept in ``checkpoints/<run>.lr<lr>.json`` until the run's row is
         written, so an interrupted search repeats none.
         """
-        if not self.config.lr_search:
+        if not self.config.lr_search or cell.method in self.config.learning_rates:
             return finetune(train, self._checkpoint(cell))
         tried: list[tuple[float, dict[str, Any]]] = []
         for lr in self.config.lr_search:
@@ -741,6 +793,7 @@ class DataEfficiencyGrid:
         trainer = Trainer(
             model, recipe.loss(), sample, config, encoder=encoder, validate=validate if val else None,
             checkpoint=checkpoint, device=self.device, callbacks=[on_epoch],
+            validate_start=bool(fitted and val),  # patience counts from the fitted head
         )  # fmt: skip
         history = trainer.fit()
         with trainer.optim.autocast():  # tested in the precision it was validated in
@@ -756,13 +809,15 @@ class DataEfficiencyGrid:
             "test": summary,
             "test_cases": {"case_id": [ids[i] for i in test], **per_case},
             "head_fitted": fitted,
+            # the fitted head's validation score before fine-tuning (None: not validated)
+            "val_start": trainer.start_score,
             "best_val": trainer.best_score if val else None,
             "best_epoch": best_epoch,
             "epochs_run": len(history),
             # converged: stopped because the validation score stopped improving after it had improved
             # on the first epoch, not by the budget (see TrainConfig.early_stopping_patience)
             "converged": converged,
-            "flag": run_flag(best_epoch, converged),
+            "flag": run_flag(best_epoch, converged, validated_start=trainer.start_score is not None),
             "train": asdict(config),
             "history": history,
             "seconds": time.perf_counter() - start,

@@ -77,6 +77,14 @@ class TrainConfig:
         min_epochs: never stop early before this many epochs. A segmentation network often
             predicts only background for its first epochs (validation Dice 0 while the loss
             still falls); counting patience from the start would stop it before it learns.
+        early_stopping_min_delta: an epoch restarts the patience only when its validation
+            score beats the best one before it by more than this (Keras's ``min_delta``): a
+            run creeping up by noise-sized steps stops; the best epoch's weights are still
+            the ones kept. ``0``: any improvement.
+        validate_every: validate after every ``k``-th epoch (epochs ``0, k, 2k, ...`` and the
+            last), for validation sets that cost much beside an epoch's steps; patience and
+            ``min_epochs`` still count epochs, and the best weights are those of the best
+            validated epoch.
         seed: seeds the batch sampling (seed the weight initialisation before building
             the model; the data-efficiency runner does).
 
@@ -104,6 +112,8 @@ class TrainConfig:
     prefetch: int | Literal["auto"] = "auto"
     early_stopping_patience: int | None = None
     min_epochs: int = 0
+    early_stopping_min_delta: float = 0.0
+    validate_every: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,6 +134,8 @@ class TrainConfig:
         if self.early_stopping_patience is not None:
             check_int("early_stopping_patience", self.early_stopping_patience, 1)
         check_int("min_epochs", self.min_epochs, 0)
+        check_positive("early_stopping_min_delta", self.early_stopping_min_delta, allow_zero=True)
+        check_int("validate_every", self.validate_every, 1)
         check_int("freeze_encoder_epochs", self.freeze_encoder_epochs, 0)
         check_int("seed", self.seed, 0)
         if not 0 <= self.freeze_encoder_epochs <= self.epochs:
@@ -156,6 +168,11 @@ class Trainer:
             ``"cuda[:i]"`` or a ``torch.device``.
         callbacks: called with each epoch's record (see :data:`pretext3d.engine.Callback`).
         progress: show a bar over the epochs (needs tqdm) with the loss and validation score.
+        validate_start: validate the model once before it trains (:attr:`start_score`): the
+            starting weights become a candidate for the best, and patience counts from them
+            (for a head fitted to frozen features first, LP-FT: when fine-tuning never beats the
+            fitted head, the run stops by patience and keeps it; :attr:`best_epoch` is then
+            ``-1``). Without it, patience counts from the first improvement on epoch 0.
 
     Examples:
         Fine-tune a classifier on its encoder's pretrained weights, the encoder frozen for the first epoch:
@@ -189,8 +206,11 @@ class Trainer:
         device: torch.device | str = "cpu",
         callbacks: Sequence[Callback] = (),
         progress: bool = False,
+        validate_start: bool = False,
     ) -> None:
         device = engine.resolve_device(device)
+        if validate_start and validate is None:
+            raise ValueError("validate_start=True needs validate (the score to start from)")
         if encoder is not None and not any(m is encoder for m in model.modules()):
             raise ValueError("encoder must be a submodule of model")
         if config.freeze_encoder_epochs and encoder is None:
@@ -215,6 +235,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_score = -math.inf
         self.best_state: dict[str, Tensor] | None = None
+        self.validate_start = bool(validate_start)
+        #: the validation score of the starting weights (``validate_start``), else ``None``
+        self.start_score: float | None = None
         self.epoch = 0
         if self.checkpoint is not None and self.checkpoint.exists():
             self._resume()
@@ -241,6 +264,10 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the history (one dict per epoch)."""
+        if self.validate_start and self.start_score is None and self.epoch == 0:
+            self.start_score = self._validate()
+            self.best_score = self.start_score
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         with engine.progress(self.config.epochs, self.epoch, self.progress, "fine-tuning epochs") as bar:
             while self.epoch < self.config.epochs:
                 if self.stopped_by_patience():
@@ -274,10 +301,9 @@ class Trainer:
             "encoder_frozen": frozen,
             "seconds": time.perf_counter() - start,
         }
-        if self.validate is not None:
-            self.model.eval()
-            with torch.no_grad(), self.optim.autocast():
-                score = float(self.validate(self.model))
+        last = self.epoch == self.config.epochs - 1
+        if self.validate is not None and (self.epoch % self.config.validate_every == 0 or last):
+            score = self._validate()
             record["val"] = score
             if score > self.best_score:
                 self.best_score = score
@@ -287,19 +313,46 @@ class Trainer:
         self._save()
         return record
 
+    def _validate(self) -> float:
+        assert self.validate is not None
+        self.model.eval()
+        with torch.no_grad(), self.optim.autocast():
+            return float(self.validate(self.model))
+
+    def _scored(self) -> list[tuple[int, float]]:
+        """``(epoch, validation score)`` of every validated epoch, the start (epoch ``-1``) first."""
+        start = [(-1, self.start_score)] if self.start_score is not None else []
+        return start + [(int(h["epoch"]), float(h["val"])) for h in self.history if "val" in h]
+
     @property
     def best_epoch(self) -> int | None:
-        """The epoch with the best validation score so far (the earliest on ties); ``None`` before any."""
-        scores = [h["val"] for h in self.history if "val" in h]
-        if not scores:
+        """The epoch with the best validation score so far (the earliest on ties); ``None`` before any.
+
+        ``-1``: the starting weights (``validate_start``), which no epoch beat.
+        """
+        scored = self._scored()
+        if not scored:
             return None
-        return max(range(len(scores)), key=lambda i: (scores[i], -i))
+        return max(scored, key=lambda item: (item[1], -item[0]))[0]
+
+    def _last_improvement(self) -> int | None:
+        """The epoch patience counts from: the last to beat the best before it by more than ``min_delta``."""
+        scored = self._scored()
+        if not scored:
+            return None
+        anchor, best = scored[0]
+        for epoch, value in scored[1:]:
+            if value > best + self.config.early_stopping_min_delta:
+                anchor, best = epoch, value
+        return anchor
 
     def stopped_by_patience(self) -> bool:
         """Whether early stopping ends the run now.
 
         It does past ``min_epochs``, once the run has improved on its first epoch's score and then
-        gone ``early_stopping_patience`` epochs without a better one.
+        gone ``early_stopping_patience`` epochs without beating its best by more than
+        ``early_stopping_min_delta``; with ``validate_start``, counted from the starting weights
+        too (a start that no epoch beats ends the run once the patience has run out).
 
         Examples:
             >>> model = torch.nn.Linear(2, 2)
@@ -312,14 +365,12 @@ class Trainer:
             (4, 0, False)
         """
         patience = self.config.early_stopping_patience
-        best = self.best_epoch
-        if patience is None or best is None or best == 0 or self.epoch < self.config.min_epochs:
+        anchor = self._last_improvement()
+        if patience is None or anchor is None or self.epoch < self.config.min_epochs:
             return False
-        return self._epochs_since_best() >= patience
-
-    def _epochs_since_best(self) -> int:
-        best = self.best_epoch
-        return 0 if best is None else len(self.history) - 1 - best
+        if anchor == 0 and self.start_score is None:  # never improved on its first epoch
+            return False
+        return self.epoch - 1 - anchor >= patience
 
     def _set_frozen(self, frozen: bool) -> None:
         self.model.train()
@@ -381,6 +432,7 @@ class Trainer:
                 "history": self.history,
                 "best_score": self.best_score,
                 "best_state": self.best_state,
+                "start_score": self.start_score,
                 "generator": self.generator.get_state(),
             },
         )
@@ -401,4 +453,5 @@ class Trainer:
         self.optim.load_state_dict(state)
         self.epoch, self.history = state["epoch"], state["history"]
         self.best_score, self.best_state = state["best_score"], state["best_state"]
+        self.start_score = state.get("start_score")
         self.generator.set_state(state["generator"])

@@ -51,6 +51,8 @@ class TaskSpec:
             object: its class name in lower case).
         crop: reproductions only: the edge of the random crop each image gets before this
             task (``None``: the pretraining config's ``crop``).
+        steps: reproductions only: the optimizer steps of this task's pretraining (``None``:
+            the pretraining config's ``steps``), e.g. more for a cheap task still learning.
 
     Examples:
         >>> specs = [TaskSpec("rotation"), TaskSpec("jigsaw", 0.5, {"grid": 2, "num_permutations": 24}),
@@ -69,6 +71,7 @@ class TaskSpec:
     options: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     crop: int | None = None
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         """Check what is given (a reproduction's table gets its name from its key later)."""
@@ -86,6 +89,8 @@ class TaskSpec:
         check_positive(f"weight of {self.label or 'a task'}", self.weight, allow_zero=True)
         if self.crop is not None:
             check_int("crop", self.crop, 0)
+        if self.steps is not None:
+            check_int("steps", self.steps, 1)
 
     @property
     def label(self) -> str:
