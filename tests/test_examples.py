@@ -61,26 +61,34 @@ def test_every_mode_is_a_fair_reproduction_of_every_task(experiment: str, mode: 
     assert not config.pretraining_data.include_labelled and not grid.transductive
     assert mode in config.name and mode in config.output_dir
     assert len(grid.split_seeds) >= (3 if mode == "quick" else 5)
-    assert {0.05, 0.25, 1.0} <= set(grid.fractions)  # the fractions that carry the claim
+    assert {0.05, 0.25} <= set(grid.fractions)  # the fractions that carry the claim (and 100 % but in demo)
+    assert mode == "demo" or 1.0 in grid.fractions
     if mode == "paper":
         assert grid.fractions == PAPER_FRACTIONS
     assert config.data.synthetic == (mode != "paper") == config.pretraining_data.synthetic
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_demo_mode_is_built_to_see_an_effect_and_has_a_held_out_block(experiment: str) -> None:
+def test_demo_mode_is_the_verdict_protocol_and_has_a_held_out_block(experiment: str) -> None:
     config = _config(experiment, "demo")
     grid = config.experiment
-    assert grid.split_seeds == tuple(range(20)) and config.pretraining_seeds >= 3
-    assert len(grid.lr_search) >= 2 and grid.fit_head and config.positive_control > 0
+    assert grid.split_seeds == tuple(range(20)) and set(grid.fractions) == {0.05, 0.25}
+    assert config.pretraining_seeds >= 3 and grid.spread_pretraining_seeds  # over the split seeds
+    assert grid.fit_head and config.positive_control > 0 and config.probe_images > 0
     split = split_cases(config.data.count, grid.val_fraction, grid.test_fraction, 0)
     assert config.pretraining_data.count >= 10 * len(split.train)  # the paper's premise: 10x unlabelled
-    assert config.pretrain.steps >= 2000
+    # each method's learning rate: chosen once on calibration seeds of their own, then frozen
+    assert len(grid.lr_search) >= 2 and config.calibration_seeds
+    assert not set(config.calibration_seeds) & set(grid.split_seeds)
+    assert set(grid.learning_rates) == {"scratch", "supervised", *config.tasks}
+    assert set(grid.learning_rates.values()) <= set(grid.lr_search)
     verdict = held_out_block(config)
-    assert verdict.experiment.split_seeds == tuple(range(100, 120))
-    assert not set(verdict.experiment.split_seeds) & set(grid.split_seeds)
+    assert verdict.experiment.split_seeds == tuple(range(100, 120)) and verdict.calibration_seeds == ()
+    assert not set(verdict.experiment.split_seeds) & (set(grid.split_seeds) | set(config.calibration_seeds))
     assert verdict.pretrain.seed == config.pretrain.seed + 100
+    assert verdict.experiment.learning_rates == grid.learning_rates and verdict.experiment.lr_search == ()
     assert verdict.output_dir == config.output_dir + "-verdict" and "held-out verdict block" in verdict.name
+    assert verdict.development_dir == config.output_dir
     with pytest.raises(ValueError, match="must not share a split seed with development"):
         held_out_block(_config(experiment, "demo", ["experiment.split_seeds=[0,100]"]))
 

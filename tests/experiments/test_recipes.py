@@ -170,3 +170,14 @@ def test_batch_norm_adaptation_takes_the_statistics_of_the_batches(spatial_dims:
     torch.testing.assert_close(norm.running_mean, expected_mean)
     torch.testing.assert_close(norm.running_var, expected_var)
     assert norm.momentum == 0.3 and not net.training  # settings and mode restored
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_label_maps_are_the_argmax_over_classes_in_either_memory_format(spatial_dims: int) -> None:
+    from pretext3d.experiments.recipes import _label_map
+
+    logits = torch.randn(3, 4, *(6,) * spatial_dims, generator=torch.Generator().manual_seed(0))
+    logits[:, 2] = logits[:, 1]  # ties go to the first class, as argmax's
+    layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    for x in (logits, logits.to(memory_format=layout)):
+        assert torch.equal(_label_map(x), logits.argmax(1))

@@ -10,6 +10,8 @@ before anything runs (``--estimate``: only that).
 from __future__ import annotations
 
 import dataclasses
+import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ class CostEstimate:
         epochs: a run's epochs: ``(fewest, likely, most)``: ``min_epochs``, ``min_epochs`` plus the
             patience (the budget's, if less), the budget.
         workers: processes sharing the folder.
+        run_seconds: the mean seconds of the runs already finished in the folder or in the
+            development block's (``development_dir``), which then stand for the likely run.
+        measured_runs: how many finished runs that mean is of.
 
     Examples:
         >>> cost = CostEstimate(encoders=15, pretraining_seconds=1500.0, calibration_runs=0, grid_runs=280,
@@ -66,6 +71,8 @@ class CostEstimate:
     epoch_seconds: float
     epochs: tuple[int, int, int]
     workers: int = 1
+    run_seconds: float | None = None
+    measured_runs: int = 0
 
     def seconds(self, case: str = "likely") -> float:
         """Wall-clock seconds of what is left with :attr:`workers` workers.
@@ -74,21 +81,28 @@ class CostEstimate:
             case: the epochs per run: ``"fewest"``, ``"likely"`` or ``"most"`` (see :attr:`epochs`).
         """
         epochs = self.epochs[("fewest", "likely", "most").index(case)]
+        per_run = epochs * self.epoch_seconds
+        if case == "likely" and self.run_seconds is not None:
+            per_run = self.run_seconds
         runs = self.calibration_runs + self.grid_runs
-        return (self.pretraining_seconds + runs * epochs * self.epoch_seconds) / self.workers
+        return (self.pretraining_seconds + runs * per_run) / self.workers
 
     def __str__(self) -> str:
         """One paragraph for the log."""
         per_run = [e * self.epoch_seconds for e in self.epochs]
         calibration = f", {self.calibration_runs} learning-rate candidates" if self.calibration_runs else ""
         workers = f" with {self.workers} workers" if self.workers > 1 else ""
+        likely = (
+            f"likely {self.run_seconds:.0f} s: the mean of {self.measured_runs} finished runs"
+            if self.run_seconds is not None
+            else f"likely {per_run[1]:.0f} s: {self.epochs[1]} epochs of {self.epoch_seconds:.2f} s measured"
+        )
         return (
             f"to do: {self.encoders} encoder(s) to pretrain (about {self.pretraining_seconds / 60:.0f} min "
             f"of steps measured here){calibration}, {self.grid_runs} fine-tuning runs "
-            f"({self.done_runs} done) "
-            f"of {per_run[0]:.0f}-{per_run[2]:.0f} s (likely {per_run[1]:.0f} s: {self.epochs[1]} epochs of "
-            f"{self.epoch_seconds:.2f} s measured here): about {self.seconds() / 60:.0f} min{workers} "
-            f"(between {self.seconds('fewest') / 60:.0f} and {self.seconds('most') / 60:.0f})"
+            f"({self.done_runs} done) of {per_run[0]:.0f}-{per_run[2]:.0f} s ({likely}): about "
+            f"{self.seconds() / 60:.0f} min{workers} (between {self.seconds('fewest') / 60:.0f} and "
+            f"{self.seconds('most') / 60:.0f})"
         )
 
 
@@ -96,7 +110,7 @@ def _step_seconds(config: Any, spec: TaskSpec, pool: Any, repeats: int = 2) -> f
     """Seconds of one pretraining step of ``spec`` on this machine (after one to warm up)."""
     d, recipe = config.data.spatial_dims, config.recipe
     torch.manual_seed(0)
-    encoder = ENCODERS.get(recipe.encoder)(spatial_dims=d, in_channels=config.data.in_channels,
+    encoder = ENCODERS.get(recipe.encoder_kind())(spatial_dims=d, in_channels=config.data.in_channels,
                                            **recipe.encoder_options())  # fmt: skip
     step = PretextStep(encoder, [dataclasses.replace(spec, crop=None)], spatial_dims=d)
     optimizer = torch.optim.Adam(step.net.parameters(), lr=1e-4)
@@ -142,6 +156,18 @@ def _epoch_seconds(config: Any, images: torch.Tensor, labels: torch.Tensor, devi
     seconds: float = (
         time.perf_counter() - start
     ) / train.epochs  # with the first epoch's warm-up: on the high side
+    return seconds
+
+
+def _finished_seconds(folders: list[Path]) -> list[float]:
+    """The seconds of every finished run in these grids' folders."""
+    seconds = []
+    for folder in folders:
+        for path in sorted((folder / "runs").glob("*.json")):
+            try:
+                seconds.append(float(json.loads(path.read_text())["seconds"]))
+            except (OSError, ValueError, KeyError, TypeError):  # a run being written, or another file
+                continue
     return seconds
 
 
@@ -243,6 +269,12 @@ def estimate_cost(
     )  # fmt: skip
     epoch = _epoch_seconds(config, images, labels, engine.resolve_device(config.device))
     seconds += control * train.epochs * epoch
+    development = getattr(config, "development_dir", "")
+    folders = [out, *([Path(development)] if development else [])]
+    finished = _finished_seconds(folders)
+    run_seconds = statistics.fmean(finished) * per_run if len(finished) >= 5 else None
+    measured = len(finished) if run_seconds is not None else 0
+    encoders = sum(tasks.values()) + control
     return CostEstimate(
-        sum(tasks.values()) + control, seconds, calibration, left, done, epoch, epochs, workers
+        encoders, seconds, calibration, left, done, epoch, epochs, workers, run_seconds, measured
     )

@@ -106,6 +106,7 @@ def pretrain_encoder(
     pool: Dataset[Any] | None = None,
     log: Callable[[str], None] = print,
     probe: FeatureProbe | None = None,
+    recipe_note: bool = True,
 ) -> dict[str, Any]:
     """Pretrain (or resume, or keep a finished) encoder and write it with its record.
 
@@ -116,6 +117,8 @@ def pretrain_encoder(
             are drawn once per data set object); default: made here.
         log: where progress lines go.
         probe: a frozen-feature probe for the :class:`~pretext3d.pretrainer.Pretrainer`.
+        recipe_note: say when the data's fine-tuning recipe loads another encoder family by
+            default (a reproduction, whose recipe names the encoder, does not).
 
     Returns:
         The pretraining record.
@@ -145,7 +148,7 @@ def pretrain_encoder(
     options = config.encoder_options
     recipe_cls = RECIPES.get(data.recipe) if data.recipe else None
     family = getattr(recipe_cls, "encoder", None)
-    if family is not None and config.encoder != family and engine.is_main_process():
+    if recipe_note and family is not None and config.encoder != family and engine.is_main_process():
         log(
             f"note: {recipe_cls.__name__}, which pretext3d data-efficiency uses for these data, "  # type: ignore[union-attr]
             f"fine-tunes {family!r} encoders by default; to fine-tune this {config.encoder!r} encoder, set "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -77,6 +78,15 @@ def _flip(
             if y is not None:
                 y[flip] = y[flip].flip(1 + axis)
     return x, y
+
+
+def _label_map(logits: Tensor) -> Tensor:
+    """``logits.argmax(1)`` of ``(N, classes, *spatial)`` logits, taken on a channels-last copy.
+
+    The same labels (ties: the first class); the argmax over the channel axis of a contiguous
+    ``(N, 3, 32, 32, 32)`` tensor takes about 9x as long on the CPU (measured: 52 ms against 6 ms).
+    """
+    return logits.movedim(1, -1).contiguous().argmax(-1)
 
 
 def _adapt_batch_norm(module: nn.Module, batches: Sequence[Tensor], device: torch.device | str) -> None:
@@ -214,13 +224,13 @@ class Recipe(abc.ABC):
             )
         backbone_options = getattr(self, "backbone_options", None)
         if getattr(self, "backbone", "") and backbone_options is not None:
-            saved = dict(encoder_info(encoder_file)["config"] or {})
-            saved.pop("spatial_dims", None), saved.pop("in_channels", None)
-            if saved != dict(backbone_options):
+            recorded = dict(encoder_info(encoder_file)["config"] or {})
+            saved, built = _same_options(recorded, self.encoder_kind(), backbone_options, in_channels)
+            if saved != built:
                 raise ValueError(
                     f"encoder file {str(encoder_file)!r} was built with options {saved}, but the recipe's "
-                    f"backbone_options are {dict(backbone_options)}: the scratch arm must have the same "
-                    "architecture; give the pretraining's encoder_options as backbone_options"
+                    f"backbone_options {dict(backbone_options)} build {built}: the scratch arm must have "
+                    "the same architecture; give the pretraining's encoder_options as backbone_options"
                 )
         try:
             self.build(in_channels, encoder_file)
@@ -406,7 +416,7 @@ class SegmentationRecipe(Recipe):
             logits = sliding_window_inference(
                 model, images, self.inference_window, overlap=self.inference_overlap, device=device
             )
-            return logits.contiguous().argmax(1)  # channels-last logits: argmax is several times slower
+            return _label_map(logits)
         spatial = images.shape[2:]
         pad = [math.ceil(s / factor) * factor - s for s in spatial]
         out = []
@@ -415,7 +425,7 @@ class SegmentationRecipe(Recipe):
                 [F.pad(v, [p for d in reversed(pad) for p in (0, d)], value=float(v.min())) for v in chunk]
             )
             logits = model(padded.to(device))[:, :, : spatial[0], : spatial[1], : spatial[2]]
-            out.append(logits.contiguous().argmax(1).cpu())
+            out.append(_label_map(logits).cpu())
         return torch.cat(out)
 
     def score_cases(
@@ -766,6 +776,33 @@ def _count_classes(recipe: SegmentationRecipe | GradingRecipe, what: str) -> Non
             f"({', '.join(classes)}): leave num_classes out (it follows the classes)"
         )
     recipe.num_classes = len(classes)
+
+
+def _same_options(
+    recorded: Mapping[str, Any], name: str, options: Mapping[str, Any], in_channels: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An encoder file's recorded options and those ``options`` build, comparable (defaults filled in).
+
+    The scratch arm's encoder is built from ``options``; where it records its constructor
+    arguments (the library's encoders, ``create_encoder``'s), those are compared, so that
+    defaults and tuples against lists make no difference; else only the keys given.
+    """
+
+    def plain(values: Mapping[str, Any]) -> dict[str, Any]:
+        out = json.loads(json.dumps(dict(values), default=str))
+        return {k: v for k, v in out.items() if k not in ("spatial_dims", "in_channels")}
+
+    saved = plain(recorded)
+    spatial_dims = int(recorded.get("spatial_dims", 3))
+    try:
+        fresh = create_encoder(name, spatial_dims=spatial_dims, in_channels=in_channels, **options)
+    except (TypeError, ValueError, ImportError):
+        return saved, plain(options)
+    built = getattr(fresh, "_pretext3d_build", None)
+    config = built["config"] if isinstance(built, Mapping) else getattr(fresh, "config", None)
+    if not isinstance(config, Mapping):
+        return {k: v for k, v in saved.items() if k in options}, plain(options)
+    return saved, plain(config)
 
 
 def _backbone(

@@ -38,7 +38,13 @@ from pretext3d.diagnostics import FeatureProbe, chance_level
 from pretext3d.experiments.cost import estimate_cost
 from pretext3d.experiments.locks import RunLock, remove_stale_locks
 from pretext3d.experiments.pretraining import Pretraining, accuracy_summary, pretrain_encoder
-from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe, recipe_for
+from pretext3d.experiments.recipes import (
+    ClassificationRecipe,
+    GradingRecipe,
+    Recipe,
+    SegmentationRecipe,
+    recipe_for,
+)
 from pretext3d.experiments.report import colour, seed_ranges, summary_table, write_report
 from pretext3d.experiments.runner import (
     DataEfficiencyConfig,
@@ -109,7 +115,8 @@ class Reproduction:
             method of the grid.
         segmentation: the segmentation recipe (CT data); its encoder architecture is the one
             pretrained.
-        grading: the grading recipe (fundus data).
+        grading: the grading recipe (fundus data, graded image folders).
+        classification: the classification recipe (labelled image folders).
         experiment: fractions, split seeds, repetitions and the fine-tuning settings of both
             arms (the baseline's own in ``experiment.baseline_train``).
         output_dir: the results folder.
@@ -163,6 +170,7 @@ class Reproduction:
     tasks: dict[str, TaskSpec] = field(default_factory=_every_task)
     segmentation: SegmentationRecipe = field(default_factory=SegmentationRecipe)
     grading: GradingRecipe = field(default_factory=GradingRecipe)
+    classification: ClassificationRecipe = field(default_factory=ClassificationRecipe)
     experiment: DataEfficiencyConfig = field(default_factory=DataEfficiencyConfig)
     output_dir: str = "runs/reproduction"
     device: str = "auto"
@@ -238,7 +246,8 @@ class Reproduction:
     @property
     def recipe(self) -> Recipe:
         """The fine-tuning recipe the data's kind names (segmentation for CT, grading for fundus images)."""
-        return recipe_for(self.data, {"segmentation": self.segmentation, "grading": self.grading})
+        recipes = {"segmentation": self.segmentation, "grading": self.grading}
+        return recipe_for(self.data, {**recipes, "classification": self.classification})
 
 
 def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Reproduction:
@@ -511,7 +520,7 @@ def run_reproduction(
         log(f"pretraining {task} (pretraining seed {k}) -> {encoder}{note}")
         return pretrain_encoder(
             _pretraining(config, spec, k, str(encoder), progress),
-            record={"reproduction": config.name}, pool=the_pool(), log=log, probe=probe,
+            record={"reproduction": config.name}, pool=the_pool(), log=log, probe=probe, recipe_note=False,
         )  # fmt: skip
 
     jobs: list[tuple[Path, Callable[[], object]]] = []
@@ -610,7 +619,7 @@ def _calibrate(
     experiment, out = config.experiment, Path(config.output_dir)
     frozen = dict(experiment.learning_rates)
     searched = {m: files for m, files in methods.items() if m not in frozen}
-    record: dict[str, Any] = {"frozen_in_config": frozen}
+    record: dict[str, Any] = {"frozen_in_config": dict(frozen)}
     if searched:
         calibration = dataclasses.replace(experiment, split_seeds=config.calibration_seeds, learning_rates={})
         log(
@@ -725,7 +734,7 @@ def _pretraining(config: Reproduction, spec: TaskSpec, k: int, output: str, prog
     )
     recipe = config.recipe
     return Pretraining(
-        tasks=[dataclasses.replace(spec, weight=1.0, crop=None, steps=None)], encoder=recipe.encoder,
+        tasks=[dataclasses.replace(spec, weight=1.0, crop=None, steps=None)], encoder=recipe.encoder_kind(),
         encoder_options=recipe.encoder_options(), data=config.pretraining_data, held_out=config.held_out,
         pretrain=pretrain, output=output,
     )  # fmt: skip
