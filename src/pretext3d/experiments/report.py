@@ -58,6 +58,8 @@ def colour(method: str) -> str | None:
     """A method's colour in the figures: black for the baseline, a fixed colour per registered task."""
     if method in ("scratch", "baseline"):
         return _BASELINE_COLOUR
+    if method == "supervised":  # the positive control: a colour no task takes
+        return _PALETTE[-1]
     if method in TASKS:
         return _PALETTE[TASKS.names().index(method) % len(_PALETTE)]
     return None  # matplotlib's next colour
