@@ -23,7 +23,7 @@ def clean_registries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_built_ins_are_registered_under_their_names() -> None:
-    assert TASKS.names() == ["cpc", "exemplar", "jigsaw", "rotation", "rpl"]
+    assert TASKS.names() == ["cpc", "exemplar", "genesis", "jigsaw", "mim", "rotation", "rpl"]
     assert TASKS.get("rpl") is p3.tasks.RelativePatchLocation
     assert ENCODERS.names() == ["conv", "densenet", "unet"]
     assert ENCODERS.get("unet") is p3.models.UNetEncoder

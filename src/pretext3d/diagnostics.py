@@ -31,7 +31,7 @@ from pretext3d._checks import check_choice, check_int, check_positive, check_uni
 from pretext3d.heads import global_pool
 from pretext3d.models.base import evaluating
 from pretext3d.tasks._grid import GridPatchTask
-from pretext3d.tasks.base import ClassificationTask, EmbeddingTask, PredictiveTask, PretextTask
+from pretext3d.tasks.base import ClassificationTask, DenseTask, EmbeddingTask, PredictiveTask, PretextTask, weighted_mse
 from pretext3d.tasks.cpc import CPC
 from pretext3d.tasks.exemplar import Exemplar
 from pretext3d.tasks.rpl import RelativePatchLocation
@@ -231,6 +231,14 @@ def shortcut_score(
       ``k`` rows further down, fitted on the first half of the images; on the other half, the
       candidate nearest to its prediction among every target of a batch of ``batch_size``
       images (the task's accuracy); chance ``1 / candidates``.
+    * dense (Models Genesis, masked image modelling): a reconstruction has a shortcut when a
+      trivial predictor already restores the target from the views, so that the encoder need
+      not learn anything to lower the loss. The trivial predictor is the task's own baseline
+      (:class:`~pretext3d.tasks.Reconstruction`: the corrupted view itself for Models Genesis,
+      the neighbouring visible patches' mean or each patch's own mean for masked modelling);
+      the score is the share of the target's variance (where the loss counts) that it
+      restores, ``1 - error / variance``; "chance" is a perfect restoration, 1, and the score
+      is flagged above ``0.9`` whatever ``threshold`` says (the views give the target away).
 
     Args:
         task: the task, as configured for training.
@@ -285,8 +293,11 @@ def shortcut_score(
             score, chance, count, method = _predictive_shortcut(
                 task, images, gen, repeats, blocks, batch_size
             )
+        elif isinstance(task, DenseTask):
+            score, chance, count, method = _dense_shortcut(task, images, gen, repeats, batch_size)
+            threshold = DENSE_SHORTCUT
         else:
-            raise TypeError(f"{type(task).__name__} is none of the three kinds of task; no shortcut score")
+            raise TypeError(f"{type(task).__name__} is none of the four kinds of task; no shortcut score")
     finally:
         task.load_state_dict(state)
         task.train(was_training)
@@ -344,6 +355,33 @@ def _embedding_shortcut(
             chances.append(1.0 / (len(ids) - 1))
             count += len(ids)
     return float(sum(scores) / len(scores)), float(sum(chances) / len(chances)), count, "nearest view"
+
+
+#: a dense task's trivial predictor that restores more of the target's variance than this is flagged
+DENSE_SHORTCUT = 0.9
+
+
+def _dense_shortcut(
+    task: DenseTask[Any], images: Tensor, gen: torch.Generator, repeats: int, batch: int
+) -> tuple[float, float, int, str]:
+    trivial, spread, count = 0.0, 0.0, 0
+    for _ in range(repeats):
+        for start in range(0, images.shape[0], batch):
+            _, targets = task(images[start : start + batch], gen)
+            weight = targets.weight
+            dims = tuple(range(1, targets.target.dim()))
+            if weight is None:
+                mean = targets.target.float().mean(dim=dims, keepdim=True)
+            else:
+                w = weight.float()
+                mean = (targets.target.float() * w).sum(dims, keepdim=True) / (
+                    w.sum(dims, keepdim=True) * targets.target.shape[1]
+                ).clamp_min(1e-12)
+            trivial += float(weighted_mse(targets.baseline, targets.target, weight)) * len(targets)
+            spread += float(weighted_mse(mean.expand_as(targets.target), targets.target, weight)) * len(targets)
+            count += len(targets)
+    method = f"the task's trivial predictor ({task.baseline}), share of variance restored"
+    return 1 - trivial / max(spread, 1e-12), 1.0, count, method
 
 
 def _predictive_shortcut(
@@ -548,7 +586,8 @@ class FeatureProbe:
 def chance_level(task: PretextTask[Any, Any], batch_size: int | None = None) -> float | None:
     """The pretext accuracy of guessing: what a held-out accuracy must beat to say the task learned.
 
-    A classification task's is ``1 / num_classes``. The exemplar's and CPC's accuracies pick one
+    A classification task's is ``1 / num_classes``; a dense task's score is the reconstruction
+    skill against its trivial predictor, whose own is 0. The exemplar's and CPC's accuracies pick one
     candidate among a batch's, so theirs depends on ``batch_size`` (the batch the accuracy was
     measured on): the exemplar (two views per image) finds the partner among ``2 B - 1`` other
     views; CPC finds a prediction's target among every target of its step, ``B (g - 1 - k)
@@ -571,6 +610,8 @@ def chance_level(task: PretextTask[Any, Any], batch_size: int | None = None) -> 
     """
     if isinstance(task, ClassificationTask):
         return 1.0 / task.num_classes
+    if isinstance(task, DenseTask):  # its score is a skill against its trivial predictor
+        return 0.0
     if batch_size is None:
         return None
     check_int("batch_size", batch_size, 1)

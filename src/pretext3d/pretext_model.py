@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from pretext3d.models.base import evaluating
-from pretext3d.tasks.base import PretextTask
+from pretext3d.tasks.base import DenseTask, PretextTask
 
 __all__ = ["PretextModel", "infer_num_features"]
 
@@ -28,13 +28,16 @@ class PretextModel(nn.Module):
     ``(N, F, *spatial)`` (the contract of the library's encoders, see
     :mod:`pretext3d.models`, and of timm models with ``num_classes=0``). For patch tasks
     (``task.num_patches`` set) all ``B * P`` patches go through the one shared encoder in
-    a single batch. After pretraining, ``model.encoder`` is the module to fine-tune.
+    a single batch. For dense tasks (:class:`~pretext3d.tasks.DenseTask`) the head is a
+    :class:`~pretext3d.models.DenseHead` built on the encoder itself: it runs the encoder, reads
+    its multi-scale feature maps and restores the views' full resolution. After pretraining,
+    ``model.encoder`` is the module to fine-tune (and ``model.head`` a dense task's decoder).
 
     Args:
         encoder: the network to pretrain. If it declares ``spatial_dims``, it must be the
             task's.
         task: the pretext task; it chooses the head (``task.make_head``).
-        num_features: the encoder's feature width ``F``. If ``None`` it is read from
+        num_features: the encoder's feature width ``F`` (not used by a dense task's head). If ``None`` it is read from
             ``encoder.num_features`` or ``encoder.out_channels``, else probed once by
             running the encoder on zeros (see :func:`infer_num_features`). Every forward
             checks the features against it and names the source if they differ.
@@ -47,7 +50,7 @@ class PretextModel(nn.Module):
     Shapes:
         ``forward(views)``: ``(B, C, *spatial)`` or ``(B, P, C, *patch)``, as the task
         makes them -> what the task's loss reads (logits ``(B, num_classes)``, embeddings
-        ``(N, D)`` or the CPC head's tensor).
+        ``(N, D)``, the CPC head's tensor, or a dense task's restored image ``(B, C, *spatial)``).
 
     Examples:
         >>> task = p3.tasks.Rotation(spatial_dims=3)
@@ -83,7 +86,10 @@ class PretextModel(nn.Module):
         self.task = task
         self.num_features: int | None = None
         self._width_source = ""
-        if head is None:
+        self.dense = isinstance(task, DenseTask)
+        if head is None and isinstance(task, DenseTask):
+            head = task.make_dense_head(encoder)
+        elif head is None:
             if num_features is not None:
                 self.num_features, self._width_source = num_features, "the num_features argument"
             else:
@@ -104,6 +110,14 @@ class PretextModel(nn.Module):
                     f"got {tuple(views.shape)}"
                 )
             views = rearrange(views, "b p c ... -> (b p) c ...")
+        if self.dense:  # the head runs the encoder and decodes its feature maps
+            try:
+                restored: Tensor = self.head(views)
+            except RuntimeError as err:
+                if not _SIZE_ERROR.search(str(err)):
+                    raise
+                raise ValueError(self._too_small(views, err)) from err
+            return restored
         try:
             encoded = self.encoder(views)
         except RuntimeError as err:

@@ -47,7 +47,7 @@ from pretext3d._checks import (
 from pretext3d.diagnostics import FeatureProbe, chance_level, shortcut_score
 from pretext3d.models.io import save_encoder
 from pretext3d.provenance import environment, write_pretraining_record
-from pretext3d.tasks.base import PretextTask
+from pretext3d.tasks.base import DenseTask, PretextTask
 from pretext3d.training import (
     Optimization,
     OptimSettings,
@@ -205,7 +205,8 @@ class Pretrainer:
         config: the settings.
         output: the encoder file to write (:func:`~pretext3d.models.save_encoder`), with its
             pretraining record beside it; the run folder ``<output>.run/`` holds the
-            checkpoint and the metrics (``metrics.jsonl``, ``metrics.csv``).
+            checkpoint and the metrics (``metrics.jsonl``, ``metrics.csv``). With a dense task the
+            file keeps its decoder too (for :func:`~pretext3d.models.load_decoder`).
         held_out: images for the held-out pretext loss and accuracy.
         record: more fields for the pretraining record (e.g. a command's settings).
         log: where summary lines go.
@@ -685,8 +686,12 @@ class Pretrainer:
             if self._started_group:
                 engine.end_process_group()
             return dict(box[0])
-        save_encoder(self.encoder, self.output)
+        dense = [n for n, t in zip(self.names, self.core.tasks, strict=True) if isinstance(t, DenseTask)]
+        # a dense task's decoder is kept beside the encoder (the first one's, with several)
+        save_encoder(self.encoder, self.output, decoder=self.models[dense[0]].head if dense else None)
         record = self._record(held)
+        if dense:
+            record["decoder"] = dense[0]
         write_pretraining_record(
             self.output, case_ids=case_ids(self.data) + record["held_out_cases"], **record
         )
@@ -772,7 +777,8 @@ def pretext_warning(task: PretextTask[Any, Any], accuracy: float, count: int | N
     """A warning when a held-out pretext accuracy says the task teaches little.
 
     At chance (classification: below 1.5 x chance, and the accuracy's 95 % Wilson interval
-    reaches chance) the encoder learns nothing from it; at 0.99 or more (and the interval's
+    reaches chance; a dense task: a reconstruction skill of 0 or less, no better than its
+    trivial predictor) the encoder learns nothing from it; at 0.99 or more (and the interval's
     lower end at 0.9 or more) the task is solved outright, often from a shortcut (see
     docs/tasks/rotation.md). With ``count`` held-out images below :data:`MIN_HELD_OUT` no
     warning is given: 8 images cannot tell 0.875 from 1.0 or 0 from chance.
@@ -791,6 +797,13 @@ def pretext_warning(task: PretextTask[Any, Any], accuracy: float, count: int | N
         True
     """
     if count is not None and count < MIN_HELD_OUT:
+        return None
+    if isinstance(task, DenseTask):  # a skill, not a proportion: no interval
+        if accuracy <= 0:
+            return (
+                f"is no better than its trivial predictor (held-out reconstruction skill {accuracy:.3f}; "
+                "0 is the trivial predictor's)"
+            )
         return None
     interval = wilson_interval(accuracy, count) if count is not None else None
     on = f" on {count} images, 95 % interval {interval[0]:.3f}-{interval[1]:.3f}" if interval else ""

@@ -47,11 +47,11 @@ def test_named_stages_of_any_module_are_hooked(spatial_dims: int) -> None:
     assert unet.full_resolution  # the finest map is at 1/2: a last stage at full resolution
     x = torch.randn(1, 1, *[24] * spatial_dims)  # not a power of two: skips are matched by size
     assert unet(x).shape == (1, 2, *[24] * spatial_dims)
-    assert unet._captured == []  # nothing kept between calls
+    assert unet._reader.captured == []  # nothing kept between calls
     shared = _stack(spatial_dims)
     unet = MultiScaleUNet(shared, out_channels=2, stages=["1", "4", "7"], copy_encoder=False)
     shared(x)  # the shared encoder used elsewhere: its hooks keep nothing
-    assert unet._captured == [] and unet(x).shape == (1, 2, *[24] * spatial_dims)
+    assert unet._reader.captured == [] and unet(x).shape == (1, 2, *[24] * spatial_dims)
 
 
 def test_a_resnets_stages_are_found_by_name() -> None:
@@ -59,7 +59,7 @@ def test_a_resnets_stages_are_found_by_name() -> None:
 
     encoder = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, widen_factor=0.25)
     unet = MultiScaleUNet(encoder, out_channels=3)  # before issue 28: "cannot find" without stages
-    assert unet.source == "stages" and unet._stage_names == ["act", "layer1", "layer2", "layer3", "layer4"]
+    assert unet.source == "stages" and unet._reader.stage_names == ["act", "layer1", "layer2", "layer3", "layer4"]
     assert unet.feature_reductions == [1, 2, 4, 8, 16] and not unet.full_resolution  # MONAI's stem: stride 1
     assert unet(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
 
@@ -85,7 +85,7 @@ def test_a_torchvision_style_resnet_is_read_at_its_stem_and_stages(spatial_dims:
             return self.layer4(self.layer3(self.layer2(self.layer1(x)))).flatten(2).mean(-1)
 
     unet = MultiScaleUNet(TinyResNet(), out_channels=2)
-    assert unet.source == "stages" and unet._stage_names == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert unet.source == "stages" and unet._reader.stage_names == ["relu", "layer1", "layer2", "layer3", "layer4"]
     assert unet.feature_channels == [4, 8, 16, 32] and unet.feature_reductions == [
         2,
         4,
@@ -107,7 +107,7 @@ def test_a_forward_that_returns_feature_maps_is_used() -> None:
 
 def test_maps_of_equal_resolution_keep_the_deeper_one() -> None:
     unet = MultiScaleUNet(_stack(2), out_channels=2, stages=["0", "1", "4"])  # conv and its ReLU: same size
-    assert unet.feature_channels == [8, 16] and unet._keep == [1, 2]
+    assert unet.feature_channels == [8, 16] and unet._reader.keep == [1, 2]
 
 
 def test_what_cannot_work_is_refused_with_what_to_do() -> None:

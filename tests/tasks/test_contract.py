@@ -1,4 +1,4 @@
-"""The one task contract, for all five tasks in 2D and 3D on every device.
+"""The one task contract, for every registered task in 2D and 3D on every device.
 
 Every task: ``views, targets = task(x, generator)`` keeps dtype and device; targets are
 what its kind says; the same generator state gives the same step; ``apply_params``
@@ -21,11 +21,15 @@ from pretext3d.objectives import RandomNegativeMiner
 from pretext3d.tasks import (
     CPC,
     ClassificationTask,
+    DenseTask,
     EmbeddingTask,
     Exemplar,
     Jigsaw,
+    MaskedImageModeling,
+    ModelsGenesis,
     PredictiveTask,
     PretextTask,
+    Reconstruction,
     RelativePatchLocation,
     Rotation,
 )
@@ -49,6 +53,8 @@ TASKS: dict[str, tuple[Callable[[int], Task], dict[int, int]]] = {
         {2: 16, 3: 12},
     ),
     "cpc": (lambda d: CPC(d, grid=3, patch=6, overlap=0.0, steps=1, code_dim=16), {2: 24, 3: 18}),
+    "genesis": (lambda d: ModelsGenesis(d), {2: 32, 3: 16}),
+    "mim": (lambda d: MaskedImageModeling(d, patch=4), {2: 32, 3: 16}),
 }
 NAMES = list(TASKS)
 
@@ -66,6 +72,8 @@ def gen(seed: int = 0) -> torch.Generator:
 def same(a: object, b: object) -> bool:
     if a is None or b is None:
         return a is b
+    if isinstance(a, Reconstruction) and isinstance(b, Reconstruction):
+        return same(a.target, b.target) and same(a.weight, b.weight) and same(a.baseline, b.baseline)
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
     return a.shape == b.shape and bool(torch.equal(a, b))
 
@@ -95,13 +103,19 @@ def test_shapes_dtype_device_and_targets_by_kind(
         assert targets.shape == (len(views),) and targets.dtype == torch.long and targets.device == x.device
         # every image's views share one id, and images have distinct ids
         assert targets.unique().numel() == b
+    elif isinstance(task, DenseTask):
+        assert isinstance(targets, Reconstruction) and targets.target.shape == x.shape
+        assert targets.baseline.shape == x.shape and targets.target.device == x.device
+        assert targets.weight is None or targets.weight.shape == (b, 1, *x.shape[2:])
     else:
         assert isinstance(task, PredictiveTask) and targets is None
     out = p3.PretextModel(p3.models.ConvEncoder(spatial_dims, widths=(4,)), task).to(device, dtype)(views)
     loss = task.loss(out, targets, generator=gen())
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.device == x.device
     accuracy = task.accuracy(out, targets)
-    assert accuracy.dim() == 0 and 0.0 <= float(accuracy) <= 1.0
+    # an accuracy in [0, 1]; a dense task's skill at most 1 (below 0: worse than its trivial predictor)
+    assert accuracy.dim() == 0 and float(accuracy) <= 1.0
+    assert isinstance(task, DenseTask) or 0.0 <= float(accuracy)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -171,6 +185,10 @@ def test_single_sample_rule(name: str, spatial_dims: int, device: torch.device) 
         task(x[0], gen())
     if isinstance(task, EmbeddingTask):
         with pytest.raises(ValueError, match=r"needs a batch \(B, C, \*spatial\)"):
+            task.single(x[0], gen())
+        return
+    if isinstance(task, DenseTask):
+        with pytest.raises(ValueError, match=r"call the task on a batch"):
             task.single(x[0], gen())
         return
     with pytest.raises(ValueError, match=r"single\(\) takes one sample"):

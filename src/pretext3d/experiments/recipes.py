@@ -42,8 +42,10 @@ from pretext3d.models import (
     DenseNet,
     MultiScaleUNet,
     UNet,
+    UNetEncoder,
     encoder_info,
     encoder_name,
+    load_decoder,
     load_encoder,
     load_encoder_weights,
 )
@@ -276,10 +278,15 @@ class SegmentationRecipe(Recipe):
             builds it.
         backbone_options: the backbone's keyword arguments (the pretraining's
             ``encoder_options``).
-        decoder_options: with a ``backbone``, keyword arguments of its
+        decoder_options: with a ``backbone`` (or ``load_decoder``), keyword arguments of its
             :class:`~pretext3d.models.MultiScaleUNet`: ``stages`` (the submodules whose outputs
             are the skips, for an encoder whose feature maps are not found by themselves),
             ``decoder_widths``, ``norm``, ``probe_size``.
+        load_decoder: start a pretrained arm's decoder from the one its encoder file keeps (a
+            dense task's, :func:`~pretext3d.models.load_decoder`; arms whose file keeps none
+            start it anew). Every arm, scratch included, is then a
+            :class:`~pretext3d.models.MultiScaleUNet` over the encoder (the dense head's
+            layout), so that the arms differ only in their starting weights.
         classes: names of the labels 0, 1, ... (background first), for data other than the
             pancreas: each foreground class is scored by its Dice (``<name>_dice``, per case,
             NaN where the case has none of it) and the metric is their mean (``mean_dice``);
@@ -316,14 +323,20 @@ class SegmentationRecipe(Recipe):
     backbone_options: dict[str, Any] = field(default_factory=dict)
     decoder_options: dict[str, Any] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
+    load_decoder: bool = False
 
     def __post_init__(self) -> None:
         """Check the values."""
         if self.backbone:
             registered(self.backbone, ENCODERS)
+        if not isinstance(self.load_decoder, bool):
+            raise TypeError(f"load_decoder must be true or false, got {self.load_decoder!r}")
         if self.decoder_options:
-            if not self.backbone:
-                raise ValueError("decoder_options configure the decoder of a backbone: set backbone too")
+            if not (self.backbone or self.load_decoder):
+                raise ValueError(
+                    "decoder_options configure the MultiScaleUNet decoder of a backbone or of load_decoder: "
+                    "set backbone or load_decoder too"
+                )
             data, recipe = "it follows the data", "the recipe sets it"
             reserved = {"encoder": "it is the backbone", "out_channels": "it follows num_classes",
                         "copy_encoder": recipe, "spatial_dims": data, "in_channels": data}  # fmt: skip
@@ -369,11 +382,19 @@ class SegmentationRecipe(Recipe):
     def build(self, in_channels: int, encoder_file: Path | None) -> tuple[nn.Module, nn.Module]:
         """A U-Net (and its encoder), with the encoder's weights loaded from ``encoder_file`` if given.
 
-        With a :attr:`backbone`: a :class:`~pretext3d.models.MultiScaleUNet` over it.
+        With a :attr:`backbone` or :attr:`load_decoder`: a :class:`~pretext3d.models.MultiScaleUNet`
+        over the encoder, its decoder loaded too where :attr:`load_decoder` and the file keeps one.
         """
-        if self.backbone:
-            encoder = _backbone(self.backbone, self.backbone_options, 3, in_channels, encoder_file)
+        if self.backbone or self.load_decoder:
+            if self.backbone:
+                encoder = _backbone(self.backbone, self.backbone_options, 3, in_channels, encoder_file)
+            else:
+                encoder = UNetEncoder(3, in_channels, self.widths)
+                if encoder_file is not None:
+                    load_encoder_weights(encoder, encoder_file)
             unet = MultiScaleUNet(encoder, self.num_classes, copy_encoder=False, **self.decoder_options)
+            if self.load_decoder and encoder_file is not None and encoder_info(encoder_file)["decoder"]:
+                load_decoder(unet, encoder_file)
             return unet, unet.encoder
         model = UNet(3, in_channels, self.num_classes, self.widths)
         if encoder_file is not None:

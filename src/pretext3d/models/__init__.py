@@ -10,12 +10,20 @@ Every encoder here keeps the contract of :class:`Encoder` (timm's ``forward_feat
 from pretext3d.models.base import Encoder, evaluating
 from pretext3d.models.conv import ConvEncoder
 from pretext3d.models.densenet import DenseNet, DenseNet121, DenseNetEncoder
-from pretext3d.models.io import encoder_info, encoder_name, load_encoder, load_encoder_weights, save_encoder
-from pretext3d.models.multiscale import MultiScaleUNet, default_decoder_widths
+from pretext3d.models.io import (
+    encoder_info,
+    encoder_name,
+    load_decoder,
+    load_encoder,
+    load_encoder_weights,
+    save_encoder,
+)
+from pretext3d.models.multiscale import DenseHead, MultiScaleUNet, default_decoder_widths
 from pretext3d.models.unet import UNet, UNetEncoder
 
 __all__ = [
     "ConvEncoder",
+    "DenseHead",
     "DenseNet",
     "DenseNet121",
     "DenseNetEncoder",
@@ -27,6 +35,7 @@ __all__ = [
     "encoder_info",
     "encoder_name",
     "evaluating",
+    "load_decoder",
     "load_encoder",
     "load_encoder_weights",
     "save_encoder",

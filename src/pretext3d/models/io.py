@@ -14,7 +14,14 @@ from pretext3d._atomic import atomic_path
 from pretext3d._version import __version__
 from pretext3d.registry import ENCODERS
 
-__all__ = ["encoder_info", "encoder_name", "load_encoder", "load_encoder_weights", "save_encoder"]
+__all__ = [
+    "encoder_info",
+    "encoder_name",
+    "load_decoder",
+    "load_encoder",
+    "load_encoder_weights",
+    "save_encoder",
+]
 
 _FORMAT = "pretext3d-encoder-v1"
 # constructor arguments renamed since 0.1, so that older files still load
@@ -23,7 +30,7 @@ _RENAMED = {"drop_rate": "dropout"}
 _PREFIXES = ("encoder.", "features.", "module.encoder.")
 
 
-def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
+def save_encoder(encoder: nn.Module, path: str | PathLike[str], *, decoder: nn.Module | None = None) -> None:
     """Write an encoder's weights (and, for the library's encoders, its config) to ``path``.
 
     Args:
@@ -33,6 +40,8 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
             :func:`~pretext3d.registry.create_encoder` (``"timm/resnet18"``, ``"monai/resnet10"``),
             the file also records its name and config, so :func:`load_encoder` can rebuild it.
         path: file to write (``torch.save`` format), atomically.
+        decoder: a pretrained :class:`~pretext3d.models.DenseHead` on this encoder (a dense
+            task's head), kept beside it for :func:`load_decoder`.
 
     Examples:
         >>> save_encoder(p3.models.UNetEncoder(3, widths=(8, 16)), "encoder.pt")
@@ -52,6 +61,12 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str]) -> None:
         "config": dict(config) if isinstance(config, Mapping) else None,
         "state_dict": encoder.state_dict(),
     }
+    if decoder is not None:
+        payload["decoder"] = {
+            "class": type(decoder).__name__,
+            "options": dict(getattr(decoder, "options", {})),
+            "state_dict": decoder.state_dict(),
+        }
     # serialised in memory first: torch names the archive's folder after the file it writes,
     # so saving to the temporary name directly would make equal weights give unequal files
     # (and unequal SHA-256 in the data-efficiency provenance)
@@ -68,7 +83,8 @@ def encoder_info(path: str | PathLike[str]) -> dict[str, Any]:
         ``format`` (``"pretext3d-encoder-v1"``), ``pretext3d_version`` (the library that wrote
         it; ``None`` for files of 0.1), ``encoder`` (the registered name, ``None`` if
         unregistered), ``class``, ``config`` (its constructor arguments, ``None`` if it has
-        none) and ``parameters`` (the number of values in its state dict).
+        none), ``parameters`` (the number of values in its state dict) and ``decoder`` (``None``,
+        or the pretrained decoder's ``class``, ``options`` and ``parameters``).
 
     Examples:
         >>> save_encoder(p3.models.UNetEncoder(3, widths=(8, 16)), "encoder.pt")
@@ -84,6 +100,13 @@ def encoder_info(path: str | PathLike[str]) -> dict[str, Any]:
         "class": payload.get("class"),
         "config": payload.get("config"),
         "parameters": sum(v.numel() for v in payload["state_dict"].values()),
+        "decoder": None
+        if payload.get("decoder") is None
+        else {
+            "class": payload["decoder"]["class"],
+            "options": payload["decoder"]["options"],
+            "parameters": sum(v.numel() for v in payload["decoder"]["state_dict"].values()),
+        },
     }
 
 
@@ -187,6 +210,64 @@ def load_encoder_weights(
             "widths it was pretrained with"
         )
     encoder.load_state_dict(state, strict=strict)
+
+
+def load_decoder(network: nn.Module, path: str | PathLike[str]) -> list[str]:
+    """Start a network's decoder from the pretrained decoder an encoder file keeps.
+
+    A dense task's head (:class:`~pretext3d.models.DenseHead`) is the decoder of a
+    :class:`~pretext3d.models.MultiScaleUNet` on the same encoder: its stages load into the
+    network's; the 1x1 output convolution does not (it restored intensities, the network
+    predicts classes) and starts anew. Load the encoder first (:func:`load_encoder_weights`).
+
+    Args:
+        network: a :class:`~pretext3d.models.MultiScaleUNet` (or :class:`~pretext3d.models.DenseHead`)
+            built on the encoder the file holds, with the decoder options it was pretrained with.
+        path: a :func:`save_encoder` file written with ``decoder=``.
+
+    Returns:
+        The names of the tensors loaded.
+
+    Raises:
+        ValueError: the file holds no decoder, or its layout differs from the network's
+            (naming the tensors and their shapes).
+
+    Examples:
+        >>> encoder = p3.models.UNetEncoder(3, widths=(8, 16))
+        >>> save_encoder(encoder, "encoder.pt", decoder=p3.models.DenseHead(encoder))
+        >>> unet = p3.models.MultiScaleUNet(load_encoder("encoder.pt"), out_channels=3)
+        >>> sorted({name.split(".")[0] for name in load_decoder(unet, "encoder.pt")})
+        ['stages']
+    """
+    from pretext3d.models.multiscale import MultiScaleDecoder
+
+    payload = _read(path)
+    saved = payload.get("decoder")
+    if saved is None:
+        raise ValueError(
+            f"{str(path)!r} holds no pretrained decoder (only a dense task's pretraining, e.g. genesis or mim, "
+            "writes one); fine-tune without load_decoder"
+        )
+    if not isinstance(network, MultiScaleDecoder):
+        raise TypeError(
+            f"load_decoder takes a MultiScaleUNet (or DenseHead), got {type(network).__name__}: build "
+            "pretext3d.models.MultiScaleUNet(encoder, out_channels) to start from a pretrained decoder"
+        )
+    own = {k: v for k, v in network.state_dict().items() if not k.startswith(("encoder.", "head."))}
+    state = {k: v for k, v in saved["state_dict"].items() if not k.startswith("head.")}
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape
+    ]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or unexpected:
+        raise ValueError(
+            f"the decoder in {str(path)!r} (options {saved['options']}) does not fit {type(network).__name__}'s: "
+            f"{len(wrong)} tensors differ in shape (saved vs network){', e.g. ' + '; '.join(wrong[:2]) if wrong else ''}, "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}: build it on the same encoder with the "
+            "decoder options the file records"
+        )
+    network.load_state_dict(state, strict=False)
+    return sorted(state)
 
 
 def _read(path: str | PathLike[str]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pretext3d.models import _layers as L
 from pretext3d.models.base import Encoder, evaluating
 from pretext3d.models.unet import DoubleConv
 
-__all__ = ["MultiScaleUNet", "default_decoder_widths"]
+__all__ = ["DenseHead", "MultiScaleDecoder", "MultiScaleUNet", "default_decoder_widths"]
 
 
 def _first_conv(module: nn.Module) -> nn.Conv2d | nn.Conv3d | None:
@@ -67,7 +67,212 @@ def _resnet_stages(encoder: nn.Module) -> list[str] | None:
     return None
 
 
-class MultiScaleUNet(nn.Module):
+class _Capture:
+    """A forward hook that keeps a stage's output while its reader runs the encoder.
+
+    An object, not a closure, so that a deep copy of the network hooks the copy's reader.
+    """
+
+    def __init__(self, reader: _FeatureReader) -> None:
+        self.reader = reader
+
+    def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        # only while this reader runs the encoder (a shared encoder runs elsewhere too)
+        if self.reader.capturing and isinstance(output, Tensor):
+            self.reader.captured.append(output)
+
+
+class _FeatureReader:
+    """Finds an encoder's multi-scale feature maps once (on a probe) and reads them on every call.
+
+    A plain object holding the encoder, so that a module keeping one does not register the
+    encoder a second time (a :class:`DenseHead` shares its :class:`~pretext3d.PretextModel`'s).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        stages: Sequence[str] | None,
+        spatial_dims: int | None,
+        in_channels: int | None,
+        probe_size: int,
+    ) -> None:
+        self.encoder = encoder
+        conv = _first_conv(encoder)
+        if spatial_dims is None:
+            spatial_dims = getattr(encoder, "spatial_dims", None) or (
+                3 if isinstance(conv, nn.Conv3d) else 2 if conv is not None else None
+            )
+            if spatial_dims is None:
+                raise ValueError(
+                    "the encoder has no convolution to read spatial_dims from; pass spatial_dims"
+                )
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        if in_channels is None:
+            in_channels = getattr(encoder, "in_channels", None) or (conv.in_channels if conv else None)
+            if in_channels is None:
+                raise ValueError("the encoder has no convolution to read in_channels from; pass in_channels")
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.captured: list[Tensor] = []
+        self.capturing = False
+        self.stage_names = list(stages) if stages is not None else None
+        if self.stage_names is not None:
+            self._hook_stages(self.stage_names)
+        maps, self.source = self._probe(probe_size)
+        shapes = [tuple(m.shape[2:]) for m in maps]
+        self.keep = _finest_first(shapes)
+        kept = [maps[i] for i in self.keep]
+        self.channels = [int(m.shape[1]) for m in kept]
+        self.reductions = [max(1, round(probe_size / m.shape[2])) for m in kept]
+
+    def _hook_stages(self, names: list[str]) -> None:
+        modules = dict(self.encoder.named_modules())
+        unknown = [n for n in names if n not in modules]
+        if unknown or not names:
+            children = [n for n, _ in self.encoder.named_children()]
+            raise ValueError(
+                f"stages must name submodules of the encoder, got {unknown or names}; its top-level "
+                f"modules are {children} (any name of encoder.named_modules() works)"
+            )
+        for name in names:
+            modules[name].register_forward_hook(_Capture(self))
+
+    def read(self, x: Tensor, source: str | None = None) -> list[Tensor]:
+        """The encoder's maps of ``x`` as ``source`` gives them (all of them, in its order)."""
+        source = source or self.source
+        if source == "stages":
+            self.captured, self.capturing = [], True
+            try:
+                self.encoder(x)
+                return self.captured
+            finally:
+                self.captured, self.capturing = [], False
+        if source == "forward_intermediates":
+            method: Callable[..., Any] = getattr(self.encoder, source)
+            out = method(x) if isinstance(self.encoder, Encoder) else method(x, intermediates_only=True)
+        elif source == "forward_features":
+            out = getattr(self.encoder, source)(x)
+        else:
+            out = self.encoder(x)
+        maps = _maps(out)
+        if maps is None:
+            raise ValueError(f"encoder.{source} returned {type(out).__name__}, not a list of feature maps")
+        return maps
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        """The maps used, finest first."""
+        maps = self.read(x)
+        return [maps[i] for i in self.keep]
+
+    def _probe(self, size: int) -> tuple[list[Tensor], str]:
+        conv = _first_conv(self.encoder)
+        if conv is not None:
+            dims = len(conv.kernel_size)
+            if dims != self.spatial_dims or conv.in_channels != self.in_channels:
+                raise ValueError(
+                    f"the encoder's first convolution is a Conv{dims}d taking {conv.in_channels} channel(s), "
+                    f"but spatial_dims={self.spatial_dims} and in_channels={self.in_channels} were given: "
+                    f"pass spatial_dims={dims}, in_channels={conv.in_channels}"
+                )
+        device = conv.weight.device if conv is not None else torch.device("cpu")
+        x = torch.zeros(1, self.in_channels, *[size] * self.spatial_dims, device=device)
+        if self.stage_names is not None:
+            candidates = ["stages"]
+        else:
+            candidates = ["forward"]
+            for name, position in (("forward_intermediates", 0), ("forward_features", 1)):
+                if callable(getattr(self.encoder, name, None)):
+                    candidates.insert(position, name)
+            if _resnet_stages(self.encoder) is not None:
+                candidates.append("resnet")
+        errors = []
+        with evaluating(self.encoder):
+            for source in candidates:
+                if source == "resnet":  # the last resort: a ResNet's stages by name
+                    self.stage_names = _resnet_stages(self.encoder)
+                    self._hook_stages(self.stage_names or [])
+                    source = "stages"
+                try:
+                    maps = self.read(x, source)
+                except Exception as err:  # a candidate that does not apply: try the next
+                    errors.append(f"{source}: {type(err).__name__}: {str(err)[:120]}")
+                    continue
+                if source == "stages" and len(maps) != len(self.stage_names or []):
+                    errors.append(f"stages gave {len(maps)} outputs for {len(self.stage_names or [])} names")
+                    continue
+                if all(m.dim() == 2 + self.spatial_dims for m in maps):
+                    return maps, source
+                errors.append(f"{source}: not maps of {self.spatial_dims} spatial axes")
+        children = [n for n, _ in self.encoder.named_children()]
+        raise ValueError(
+            f"cannot find multi-scale features of {type(self.encoder).__name__} on a probe of size {size} "
+            f"({'; '.join(errors)}). Pass stages=[...] naming the submodules whose outputs are the skip "
+            f"features (its top-level modules: {children}), or a larger probe_size"
+        )
+
+
+def _finest_first(shapes: list[tuple[int, ...]]) -> list[int]:
+    """Indices of the maps to use, finest first; at equal resolution the later (deeper) one."""
+    by_size: dict[tuple[int, ...], int] = {}
+    for i, shape in enumerate(shapes):
+        by_size[shape] = i
+    return sorted(by_size.values(), key=lambda i: -torch.tensor(shapes[i]).prod().item())
+
+
+class MultiScaleDecoder(nn.Module):
+    """The decoder of :class:`MultiScaleUNet` and :class:`DenseHead`: skip stages, a last full-resolution stage, a 1x1 output.
+
+    Built from what a :class:`_FeatureReader` found (``reader.channels``, ``reader.reductions``);
+    :meth:`decode` takes the maps and the input's spatial size.
+    """
+
+    def _build_decoder(
+        self,
+        reader: _FeatureReader,
+        out_channels: int,
+        decoder_widths: Sequence[int] | None,
+        norm: str,
+    ) -> None:
+        self.spatial_dims, self.in_channels = reader.spatial_dims, reader.in_channels
+        self.source = reader.source
+        self.feature_channels, self.feature_reductions = reader.channels, reader.reductions
+        decoder_default = decoder_widths is None
+        if decoder_widths is None:
+            decoder_widths = default_decoder_widths(self.feature_channels)
+        widths = [check_int(f"decoder_widths[{i}]", w, 1) for i, w in enumerate(decoder_widths)]
+        levels = len(self.feature_channels)
+        if len(widths) != max(1, levels - 1):
+            raise ValueError(
+                f"decoder_widths must give {max(1, levels - 1)} widths (one per feature map but the "
+                f"deepest, finest first), got {len(widths)}"
+            )
+        d = self.spatial_dims
+        self.stages = nn.ModuleList()
+        below = self.feature_channels[-1]
+        for level in range(levels - 2, -1, -1):  # from the second-deepest map up to the finest
+            self.stages.insert(0, DoubleConv(d, below + self.feature_channels[level], widths[level], norm, 0.0))
+            below = widths[level]
+        self.full_resolution = self.feature_reductions[0] > 1
+        # a stage at full resolution when the finest map is coarser: half as wide again (at least 16)
+        final = min(widths[0], max(16, widths[0] // 2)) if decoder_default else widths[0]
+        self.final = DoubleConv(d, below, final, norm, 0.0) if self.full_resolution else nn.Identity()
+        self.head = L.conv(d)(final if self.full_resolution else below, out_channels, 1)
+        self.out_channels = out_channels
+
+    def decode(self, maps: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+        """Output ``(N, out_channels, *size)`` from the maps (finest first) of an input of spatial ``size``."""
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        y = maps[-1]
+        for stage, skip in zip(reversed(self.stages), maps[-2::-1], strict=True):
+            y = F.interpolate(y, size=skip.shape[2:], mode=mode, align_corners=False)
+            y = stage(torch.cat([y, skip], dim=1))
+        if self.full_resolution:
+            y = self.final(F.interpolate(y, size=tuple(size), mode=mode, align_corners=False))
+        out: Tensor = self.head(y)
+        return out
+
+
+class MultiScaleUNet(MultiScaleDecoder):
     """A U-Net decoder over the multi-scale features of any (pretrained) encoder.
 
     The encoder's feature maps are found once, on a probe input of zeros, in this order:
@@ -149,163 +354,78 @@ class MultiScaleUNet(nn.Module):
         check_choice("norm", norm, ("batch", "instance", "group"))
         check_int("probe_size", probe_size, 1)
         self.encoder = copy.deepcopy(encoder) if copy_encoder else encoder
-        conv = _first_conv(self.encoder)
-        if spatial_dims is None:
-            spatial_dims = getattr(self.encoder, "spatial_dims", None) or (
-                3 if isinstance(conv, nn.Conv3d) else 2 if conv is not None else None
-            )
-            if spatial_dims is None:
-                raise ValueError(
-                    "the encoder has no convolution to read spatial_dims from; pass spatial_dims"
-                )
-        self.spatial_dims = check_spatial_dims(spatial_dims)
-        if in_channels is None:
-            in_channels = getattr(self.encoder, "in_channels", None) or (conv.in_channels if conv else None)
-            if in_channels is None:
-                raise ValueError("the encoder has no convolution to read in_channels from; pass in_channels")
-        self.in_channels = check_int("in_channels", in_channels, 1)
-        self._captured: list[Tensor] = []
-        self._capturing = False
-        self._stage_names = list(stages) if stages is not None else None
-        if self._stage_names is not None:
-            self._hook_stages(self._stage_names)
-        maps, self.source = self._probe(probe_size)
-        shapes = [tuple(m.shape[2:]) for m in maps]
-        self._keep = self._finest_first(shapes)
-        kept = [maps[i] for i in self._keep]
-        self.feature_channels = [int(m.shape[1]) for m in kept]
-        self.feature_reductions = [max(1, round(probe_size / m.shape[2])) for m in kept]
-        decoder_default = decoder_widths is None
-        if decoder_widths is None:
-            decoder_widths = default_decoder_widths(self.feature_channels)
-        widths = [check_int(f"decoder_widths[{i}]", w, 1) for i, w in enumerate(decoder_widths)]
-        if len(widths) != max(1, len(kept) - 1):
-            raise ValueError(
-                f"decoder_widths must give {max(1, len(kept) - 1)} widths (one per feature map but the "
-                f"deepest, finest first), got {len(widths)}"
-            )
-        d = self.spatial_dims
-        self.stages = nn.ModuleList()
-        below = self.feature_channels[-1]
-        for level in range(len(kept) - 2, -1, -1):  # from the second-deepest map up to the finest
-            self.stages.insert(
-                0, DoubleConv(d, below + self.feature_channels[level], widths[level], norm, 0.0)
-            )
-            below = widths[level]
-        self.full_resolution = self.feature_reductions[0] > 1
-        # a stage at full resolution when the finest map is coarser: half as wide again (at least 16)
-        final = min(widths[0], max(16, widths[0] // 2)) if decoder_default else widths[0]
-        self.final = DoubleConv(d, below, final, norm, 0.0) if self.full_resolution else nn.Identity()
-        self.head = L.conv(d)(final if self.full_resolution else below, out_channels, 1)
-        self.out_channels = out_channels
-
-    # --- where the features come from -----------------------------------------------------
-
-    def _hook_stages(self, names: list[str]) -> None:
-        modules = dict(self.encoder.named_modules())
-        unknown = [n for n in names if n not in modules]
-        if unknown or not names:
-            children = [n for n, _ in self.encoder.named_children()]
-            raise ValueError(
-                f"stages must name submodules of the encoder, got {unknown or names}; its top-level "
-                f"modules are {children} (any name of encoder.named_modules() works)"
-            )
-
-        def capture(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            # only while this decoder runs the encoder (a shared encoder runs elsewhere too)
-            if self._capturing and isinstance(output, Tensor):
-                self._captured.append(output)
-
-        for name in names:
-            modules[name].register_forward_hook(capture)
-
-    def _read(self, x: Tensor, source: str) -> list[Tensor]:
-        if source == "stages":
-            self._captured, self._capturing = [], True
-            try:
-                self.encoder(x)
-                return self._captured
-            finally:
-                self._captured, self._capturing = [], False
-        if source == "forward_intermediates":
-            method: Callable[..., Any] = getattr(self.encoder, source)
-            out = method(x) if isinstance(self.encoder, Encoder) else method(x, intermediates_only=True)
-        elif source == "forward_features":
-            out = getattr(self.encoder, source)(x)
-        else:
-            out = self.encoder(x)
-        maps = _maps(out)
-        if maps is None:
-            raise ValueError(f"encoder.{source} returned {type(out).__name__}, not a list of feature maps")
-        return maps
-
-    def _probe(self, size: int) -> tuple[list[Tensor], str]:
-        conv = _first_conv(self.encoder)
-        if conv is not None:
-            dims = len(conv.kernel_size)
-            if dims != self.spatial_dims or conv.in_channels != self.in_channels:
-                raise ValueError(
-                    f"the encoder's first convolution is a Conv{dims}d taking {conv.in_channels} channel(s), "
-                    f"but spatial_dims={self.spatial_dims} and in_channels={self.in_channels} were given: "
-                    f"pass spatial_dims={dims}, in_channels={conv.in_channels}"
-                )
-        device = conv.weight.device if conv is not None else torch.device("cpu")
-        x = torch.zeros(1, self.in_channels, *[size] * self.spatial_dims, device=device)
-        if self._stage_names is not None:
-            candidates = ["stages"]
-        else:
-            candidates = ["forward"]
-            for name, position in (("forward_intermediates", 0), ("forward_features", 1)):
-                if callable(getattr(self.encoder, name, None)):
-                    candidates.insert(position, name)
-            if _resnet_stages(self.encoder) is not None:
-                candidates.append("resnet")
-        errors = []
-        with evaluating(self.encoder):
-            for source in candidates:
-                if source == "resnet":  # the last resort: a ResNet's stages by name
-                    self._stage_names = _resnet_stages(self.encoder)
-                    self._hook_stages(self._stage_names or [])
-                    source = "stages"
-                try:
-                    maps = self._read(x, source)
-                except Exception as err:  # a candidate that does not apply: try the next
-                    errors.append(f"{source}: {type(err).__name__}: {str(err)[:120]}")
-                    continue
-                if source == "stages" and len(maps) != len(self._stage_names or []):
-                    errors.append(f"stages gave {len(maps)} outputs for {len(self._stage_names or [])} names")
-                    continue
-                if all(m.dim() == 2 + self.spatial_dims for m in maps):
-                    return maps, source
-                errors.append(f"{source}: not maps of {self.spatial_dims} spatial axes")
-        children = [n for n, _ in self.encoder.named_children()]
-        raise ValueError(
-            f"cannot find multi-scale features of {type(self.encoder).__name__} on a probe of size {size} "
-            f"({'; '.join(errors)}). Pass stages=[...] naming the submodules whose outputs are the skip "
-            f"features (its top-level modules: {children}), or a larger probe_size"
-        )
-
-    @staticmethod
-    def _finest_first(shapes: list[tuple[int, ...]]) -> list[int]:
-        """Indices of the maps to use, finest first; at equal resolution the later (deeper) one."""
-        by_size: dict[tuple[int, ...], int] = {}
-        for i, shape in enumerate(shapes):
-            by_size[shape] = i
-        return sorted(by_size.values(), key=lambda i: -torch.tensor(shapes[i]).prod().item())
-
-    # --- forward ---------------------------------------------------------------------------
+        self._reader = _FeatureReader(self.encoder, stages, spatial_dims, in_channels, probe_size)
+        self._build_decoder(self._reader, out_channels, decoder_widths, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, out_channels, *spatial)``."""
         L.check_input(x, self.spatial_dims, self.in_channels, 1, "any size the encoder takes")
-        maps = self._read(x, self.source)
-        maps = [maps[i] for i in self._keep]
-        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
-        y = maps[-1]
-        for stage, skip in zip(reversed(self.stages), maps[-2::-1], strict=True):
-            y = F.interpolate(y, size=skip.shape[2:], mode=mode, align_corners=False)
-            y = stage(torch.cat([y, skip], dim=1))
-        if self.full_resolution:
-            y = self.final(F.interpolate(y, size=x.shape[2:], mode=mode, align_corners=False))
-        out: Tensor = self.head(y)
-        return out
+        return self.decode(self._reader(x), x.shape[2:])
+
+
+class DenseHead(MultiScaleDecoder):
+    """A decoder that restores full resolution from a shared encoder's multi-scale features.
+
+    The head of the dense pretext tasks (:class:`~pretext3d.tasks.ModelsGenesis`,
+    :class:`~pretext3d.tasks.MaskedImageModeling`): :class:`MultiScaleUNet`'s decoder and
+    feature detection (so it works on the library's U-Net encoder, the DenseNet, timm and MONAI
+    ResNets alike), with a 1x1 output convolution to the image's channels. Unlike
+    :class:`MultiScaleUNet` it does not own the encoder: it runs the one it was built on (the
+    :class:`~pretext3d.PretextModel`'s, shared with the other tasks' heads), and its
+    ``state_dict`` holds the decoder alone, which the encoder file keeps beside the encoder
+    (:func:`~pretext3d.models.save_encoder` with ``decoder=``) and
+    :func:`~pretext3d.models.load_decoder` loads into a :class:`MultiScaleUNet` for
+    fine-tuning.
+
+    Args:
+        encoder: the encoder whose features it decodes (not copied, not registered).
+        out_channels: output channels; default the encoder's input channels.
+        stages: as for :class:`MultiScaleUNet`.
+        decoder_widths: as for :class:`MultiScaleUNet`.
+        norm: as for :class:`MultiScaleUNet`.
+        probe_size: as for :class:`MultiScaleUNet`.
+
+    Attributes:
+        options: the arguments that rebuild this decoder's layout (``stages``,
+            ``decoder_widths``, ``norm``, ``probe_size``), saved with its weights.
+
+    Shapes:
+        ``(N, C, *spatial)`` -> ``(N, out_channels, *spatial)``.
+
+    Examples:
+        >>> encoder = p3.models.UNetEncoder(3, widths=(8, 16, 32))
+        >>> head = DenseHead(encoder)
+        >>> head(torch.randn(2, 1, 16, 16, 16)).shape   # the image's size and channels
+        torch.Size([2, 1, 16, 16, 16])
+        >>> any(k.startswith("encoder") for k in head.state_dict())   # the decoder alone
+        False
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        out_channels: int | None = None,
+        *,
+        stages: Sequence[str] | None = None,
+        decoder_widths: Sequence[int] | None = None,
+        norm: L.Norm = "batch",
+        probe_size: int = 64,
+    ) -> None:
+        super().__init__()
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
+        check_choice("norm", norm, ("batch", "instance", "group"))
+        check_int("probe_size", probe_size, 1)
+        self._reader = _FeatureReader(encoder, stages, None, None, probe_size)
+        channels = self._reader.in_channels if out_channels is None else check_int("out_channels", out_channels, 1)
+        self._build_decoder(self._reader, channels, decoder_widths, norm)
+        self.options: dict[str, Any] = {
+            "stages": None if stages is None else list(stages),
+            "decoder_widths": None if decoder_widths is None else list(decoder_widths),
+            "norm": norm,
+            "probe_size": probe_size,
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The restored image ``(N, out_channels, *spatial)`` of ``x`` ``(N, C, *spatial)``."""
+        return self.decode(self._reader(x), x.shape[2:])

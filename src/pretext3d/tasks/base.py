@@ -17,7 +17,10 @@ The kind of task says what ``targets`` are:
 * :class:`EmbeddingTask` (exemplar): instance ids ``LongTensor (N,)``, equal for the
   views of one image;
 * :class:`PredictiveTask` (CPC): ``None``, since the head predicts codes it also computes
-  from the image itself; there is nothing else to compare with.
+  from the image itself; there is nothing else to compare with;
+* :class:`DenseTask` (Models Genesis, masked image modelling): a :class:`Reconstruction`,
+  the image ``(B, C, *spatial)`` the head's full-resolution output should restore, where the
+  loss counts, and a trivial predictor's output that the task's score is measured against.
 
 ``.train()`` / ``.eval()`` mean the same for every task: eval mode switches off the
 randomness that is *not* the task (patch jitter, CPC's flips and crops) and freezes the
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +47,11 @@ from pretext3d.objectives import check_embeddings
 
 __all__ = [
     "ClassificationTask",
+    "DenseTask",
     "EmbeddingTask",
     "PredictiveTask",
     "PretextTask",
+    "Reconstruction",
     "TaskParams",
     "check_classes",
 ]
@@ -197,7 +202,7 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
 
     @abc.abstractmethod
     def accuracy(self, output: Tensor, targets: T) -> Tensor:
-        """A pretext accuracy to log, in ``[0, 1]`` (a 0-dim tensor)."""
+        """A pretext score to log, at most 1 (a 0-dim tensor): an accuracy in ``[0, 1]``, or a dense task's skill."""
 
     @abc.abstractmethod
     def make_head(self, num_features: int) -> nn.Module:
@@ -326,6 +331,121 @@ class PredictiveTask(PretextTask[P, None]):
         >>> views.shape, targets   # no external targets
         (torch.Size([2, 16, 1, 8, 8]), None)
     """
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """The targets of a :class:`DenseTask`: what the head's full-resolution output should restore.
+
+    Attributes:
+        target: ``(B, C, *spatial)``: the image (or its normalised patches) to restore.
+        weight: ``(B, 1, *spatial)`` weights of the loss (1 where it counts, 0 elsewhere), or
+            ``None``: every voxel counts.
+        baseline: ``(B, C, *spatial)``: a trivial predictor's output (e.g. the corrupted
+            input itself); the task's score is the share of its error that the head removes.
+
+    Examples:
+        >>> x = torch.zeros(1, 1, 4, 4)
+        >>> r = Reconstruction(x, None, x + 1)
+        >>> float(weighted_mse(r.baseline, r.target, r.weight))
+        1.0
+    """
+
+    target: Tensor
+    weight: Tensor | None
+    baseline: Tensor
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+def weighted_mse(output: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean squared error over the voxels that ``weight`` ``(B, 1, *spatial)`` selects (all if ``None``).
+
+    ``sum(weight * (output - target)**2) / (C * sum(weight))``: unselected voxels of ``output``
+    do not change it. 0 when ``weight`` selects nothing.
+
+    Examples:
+        >>> out, target = torch.tensor([[[1.0, 5.0]]]), torch.zeros(1, 1, 2)
+        >>> float(weighted_mse(out, target)), float(weighted_mse(out, target, torch.tensor([[[1.0, 0.0]]])))
+        (13.0, 1.0)
+    """
+    squared = (output.float() - target.float()) ** 2
+    if weight is None:
+        return squared.mean()
+    weight = weight.float()
+    return (squared * weight).sum() / (weight.sum() * output.shape[1]).clamp_min(1e-12)
+
+
+class DenseTask(PretextTask[P, Reconstruction]):
+    """A task whose head restores a full-resolution image: Models Genesis, masked image modelling.
+
+    The views are images ``(B, C, *spatial)`` (corrupted, or partly masked); the head is a
+    :class:`~pretext3d.models.DenseHead` that decodes the encoder's multi-scale feature maps
+    back to the views' size and channels (a :class:`~pretext3d.PretextModel` builds it from the
+    encoder, not from a feature width); targets are a :class:`Reconstruction`. The loss is the
+    mean squared error where ``weight`` selects; the score (:meth:`accuracy`, logged beside
+    the other tasks' accuracies) is the *reconstruction skill* ``1 - error / baseline error``:
+    1 for a perfect restoration, 0 for no better than the trivial predictor the task names
+    (its "chance"), below 0 for worse.
+
+    Examples:
+        >>> task = p3.tasks.ModelsGenesis(spatial_dims=2)
+        >>> x = torch.rand(2, 1, 32, 32)
+        >>> views, targets = task(x, generator=0)
+        >>> float(task.accuracy(targets.target, targets)), float(task.accuracy(targets.baseline, targets))
+        (1.0, 0.0)
+    """
+
+    @property
+    def baseline(self) -> str:
+        """The trivial predictor the score is measured against, in words."""
+        return "the task's trivial predictor"
+
+    def loss(
+        self, output: Tensor, targets: Reconstruction, *, generator: torch.Generator | int | None = None
+    ) -> Tensor:
+        """Mean squared error of the restored image ``(B, C, *spatial)`` where ``targets.weight`` counts."""
+        self._check_output(output, targets)
+        return weighted_mse(output, targets.target, targets.weight)
+
+    def accuracy(self, output: Tensor, targets: Reconstruction) -> Tensor:
+        """Reconstruction skill ``1 - error / baseline error`` (0-dim; 0: the trivial predictor's)."""
+        self._check_output(output, targets)
+        error = weighted_mse(output.detach(), targets.target, targets.weight)
+        baseline = weighted_mse(targets.baseline, targets.target, targets.weight)
+        return 1 - error / baseline.clamp_min(1e-12)
+
+    def _check_output(self, output: object, targets: object) -> None:
+        if not isinstance(targets, Reconstruction):
+            raise TypeError(f"targets must be the task's Reconstruction, got {type(targets).__name__}")
+        if not isinstance(output, Tensor) or output.shape != targets.target.shape:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"{type(self).__name__} scores a restored image of the views' shape "
+                f"{tuple(targets.target.shape)} (a DenseHead's output), got {shape}"
+            )
+
+    def make_head(self, num_features: int) -> nn.Module:
+        """Refused: a dense head decodes the encoder's feature maps (use :meth:`make_dense_head`)."""
+        raise TypeError(
+            f"{type(self).__name__} needs a head that decodes the encoder's multi-scale feature maps, not "
+            "pooled features of a width: build it with task.make_dense_head(encoder) "
+            "(PretextModel does so)"
+        )
+
+    def make_dense_head(self, encoder: nn.Module) -> nn.Module:
+        """A :class:`~pretext3d.models.DenseHead` on ``encoder`` with the encoder's input channels."""
+        from pretext3d.models.multiscale import DenseHead
+
+        return DenseHead(encoder)
+
+    def single(self, x: Tensor, generator: torch.Generator | int | None = None) -> tuple[Tensor, Any]:
+        """Refused: a dense task's targets are a :class:`Reconstruction` of the batch."""
+        raise ValueError(
+            f"{type(self).__name__} makes views on the batch (its targets hold the image and a weight map); "
+            "call the task on a batch (B, C, *spatial), as the Pretrainer does"
+        )
 
 
 def check_classes(classes: object, batch: int, num_classes: int, name: str) -> Tensor:
