@@ -65,6 +65,8 @@ def tasks(size: int) -> dict[str, p3.tasks.PretextTask]:  # type: ignore[type-ar
         "rpl": p3.tasks.RelativePatchLocation(3, grid=3, jitter=1 if size < 96 else 3),
         "exemplar": p3.tasks.Exemplar(3),
         "cpc": p3.tasks.CPC(3, grid=4, patch=size // 4, steps=2),
+        "genesis": p3.tasks.ModelsGenesis(3),
+        "mim": p3.tasks.MaskedImageModeling(3, patch=max(4, size // 8)),
     }
 
 

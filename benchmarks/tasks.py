@@ -1,4 +1,4 @@
-"""Throughput of the grid tasks against the copy limit, and permutation-set quality.
+"""Throughput of the tasks that rebuild whole volumes against the copy limit, and permutation-set quality.
 
 Prints volumes/s for each task on a ``(batch, 1, size, size, size)`` float32 batch on
 the CPU next to a plain ``clone()`` of the same batch (the cost of touching every voxel
@@ -68,6 +68,8 @@ def main() -> None:
         "RelativePatchLocation, defences off": p3.tasks.RelativePatchLocation(
             3, jitter=3, **p3.tasks.NO_DEFENCES
         ),
+        "ModelsGenesis (defaults)": p3.tasks.ModelsGenesis(3),
+        "MaskedImageModeling (patch 16)": p3.tasks.MaskedImageModeling(3, patch=16),
     }
     for name, task in tasks.items():
         for check in (True, False):

@@ -9,6 +9,10 @@ output (seeded, so a rerun draws the same pictures):
 - ``rpl.png``: the 3×3 grid with the centre and query cells framed, and the two patches;
 - ``exemplar.png``: two augmented views of each image;
 - ``cpc.png``: the 4×4 patch grid, the context rows and the rows they predict;
+- ``genesis.png``: Models Genesis's four transformations, each alone and all composed, on a CT
+  phantom's central slice (3D) and a fundus phantom (2D);
+- ``mim.png``: masked image modelling's masked input, the scored patches and the normalised
+  target, on the same two phantoms;
 - ``preprocessing.png``: a CT and a fundus phantom before and after their preprocessing.
 
     python docs/make_figures.py
@@ -205,6 +209,54 @@ def cpc(fundus: torch.Tensor) -> None:
     _save(fig, "cpc.png")
 
 
+def _show(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
+    """One image: a 2D ``(C, H, W)`` (RGB if 3 channels) or a 3D ``(1, D, H, W)``'s central slice."""
+    if image.dim() == 4:
+        image = image[:, image.shape[1] // 2]
+    shown = image.permute(1, 2, 0) if image.shape[0] == 3 else image[0]
+    low, high = float(shown.min()), float(shown.max())
+    ax.imshow(((shown - low) / max(high - low, 1e-6)).numpy(), cmap="gray")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def genesis(ct: torch.Tensor, fundus: torch.Tensor) -> None:
+    """Models Genesis's transformations, one by one and together, in 3D and 2D."""
+    alone = {
+        "local shuffling": {"local_p": 1.0, "nonlinear_p": 0.0, "paint_p": 0.0},
+        "intensity curve": {"local_p": 0.0, "nonlinear_p": 1.0, "paint_p": 0.0},
+        "in-painting": {"local_p": 0.0, "nonlinear_p": 0.0, "paint_p": 1.0, "outpaint_p": 0.0},
+        "out-painting": {"local_p": 0.0, "nonlinear_p": 0.0, "paint_p": 1.0, "outpaint_p": 1.0},
+        "all (the paper's probabilities)": {"local_p": 1.0, "nonlinear_p": 1.0, "paint_p": 1.0},
+    }
+    fig, axes = plt.subplots(2, 1 + len(alone), figsize=(2.1 * (1 + len(alone)), 4.6))
+    for row, image in enumerate((ct[:1], fundus[:1])):
+        d = image.dim() - 2
+        _show(axes[row, 0], image[0], f"original ({d}D)")
+        for col, (what, options) in enumerate(alone.items(), start=1):
+            views, _ = p3.tasks.ModelsGenesis(d, **options)(image, generator=1)
+            _show(axes[row, col], views[0], what)
+    _title(fig, f"Models Genesis: the views (the target is the original) ({NOTE})")
+    fig.tight_layout()
+    _save(fig, "genesis.png")
+
+
+def mim(ct: torch.Tensor, fundus: torch.Tensor) -> None:
+    """Masked image modelling's input, scored patches and normalised target, in 3D and 2D."""
+    fig, axes = plt.subplots(2, 4, figsize=(8.4, 4.6))
+    for row, image in enumerate((ct[:1], fundus[:1])):
+        d = image.dim() - 2
+        task = p3.tasks.MaskedImageModeling(d, patch=8 if d == 3 else 12)
+        views, targets = task(image, generator=0)
+        _show(axes[row, 0], image[0], f"original ({d}D)")
+        _show(axes[row, 1], views[0], f"input: 60 % of {task.patch}-voxel patches masked")
+        _show(axes[row, 2], targets.weight[0], "where the loss counts")
+        _show(axes[row, 3], targets.target[0] * targets.weight[0], "target: each patch normalised")
+    _title(fig, f"Masked image modelling ({NOTE})")
+    fig.tight_layout()
+    _save(fig, "mim.png")
+
+
 def views(name: str, task: p3.tasks.PretextTask, images: torch.Tensor, title: str) -> None:  # type: ignore[type-arg]
     """A task's views of two images."""
     fig = p3.viz.plot_views(task, images, generator=0)
@@ -229,6 +281,8 @@ def main() -> None:
     views("exemplar", p3.tasks.Exemplar(2), fundus,
           "Exemplar (2D): two augmented views of each image, target = its instance id")  # fmt: skip
     cpc(fundus)
+    genesis(ct, fundus)
+    mim(ct, fundus)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ SMALL = {
     "jigsaw": {"grid": 2, "num_permutations": 4, "jitter": 1},
     "rpl": {"grid": 3, "jitter": 1},
     "cpc": {"grid": 3, "patch": 8},
+    "mim": {"patch": 4},
 }
 
 
@@ -28,6 +29,8 @@ def test_plot_views_shows_the_input_and_every_view(name: str, spatial_dims: int)
     views, _ = task(images, 0)
     task.load_state_dict(state)
     per_image = views.shape[1] if views.ndim == images.ndim + 1 else len(views) // 2
+    if isinstance(task, p3.tasks.DenseTask):
+        per_image = 2  # the view and the target it restores
     fig = p3.viz.plot_views(task, images, generator=0, max_views=9)
     rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
     assert (rows, cols) == (2, 1 + min(per_image, 9))
@@ -35,6 +38,8 @@ def test_plot_views_shows_the_input_and_every_view(name: str, spatial_dims: int)
     assert all(torch.equal(v, state[k]) for k, v in task.state_dict().items())  # the task is unchanged
     if name in ("rotation", "jigsaw", "rpl"):  # a class target is shown with the first view
         assert "target" in fig.axes[1].get_title()
+    if isinstance(task, p3.tasks.DenseTask):
+        assert fig.axes[1].get_title() == "view" and fig.axes[2].get_title().startswith("target")
     plt.close(fig)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pretext3d.tasks.base import PretextTask
+from pretext3d.tasks.base import PretextTask, Reconstruction
 
 __all__ = ["image_slice", "plot_images", "plot_views"]
 
@@ -87,8 +87,9 @@ def plot_views(
 ) -> Any:
     """What ``task`` makes of ``images``: one row per image, the input first, then its views.
 
-    Whole-image views (rotation, exemplar) are shown with their target; patch views (jigsaw,
-    RPL, CPC) slot by slot, up to ``max_views`` of them (3D patches by their central slice).
+    Whole-image views (rotation, exemplar) are shown with their target; a dense task's view
+    (Models Genesis, masked modelling) beside the target it restores (where it is scored); patch
+    views (jigsaw, RPL, CPC) slot by slot, up to ``max_views`` of them (3D patches by their central slice).
     The task's state (the exemplar counter and memory) is left as it was.
 
     Args:
@@ -118,6 +119,9 @@ def plot_views(
             shown = [(patch, f"slot {p}") for p, patch in enumerate(views[i][:max_views])]
             if targets is not None:
                 shown[0] = (shown[0][0], f"slot 0 (target {int(targets[i])})")
+        elif isinstance(targets, Reconstruction):  # a dense task: the view and what it restores
+            target = targets.target[i] if targets.weight is None else targets.target[i] * targets.weight[i]
+            shown = [(views[i], "view"), (target, "target" if targets.weight is None else "target (scored)")]
         else:  # whole images: B views, or k views per image stacked as (kB, ...)
             k = len(views) // n
             shown = [(views[j * n + i], f"view {j}") for j in range(k)]

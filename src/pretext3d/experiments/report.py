@@ -52,6 +52,9 @@ _PALETTE = (
     "tab:pink",
     "tab:olive",
 )
+# the built-in tasks keep their colours whatever else is registered (the classic five's as before)
+_TASK_COLOURS = dict(zip(["cpc", "exemplar", "jigsaw", "rotation", "rpl", "genesis", "mim"], _PALETTE, strict=False))
+_SPARE = ("tab:cyan", "tab:gray")
 
 
 def colour(method: str) -> str | None:
@@ -60,8 +63,11 @@ def colour(method: str) -> str | None:
         return _BASELINE_COLOUR
     if method == "supervised":  # the positive control: a colour no task takes
         return _PALETTE[-1]
-    if method in TASKS:
-        return _PALETTE[TASKS.names().index(method) % len(_PALETTE)]
+    if method in _TASK_COLOURS:
+        return _TASK_COLOURS[method]
+    if method in TASKS:  # a registered plugin task: one of the colours left
+        others = [n for n in TASKS.names() if n not in _TASK_COLOURS]
+        return _SPARE[others.index(method) % len(_SPARE)]
     return None  # matplotlib's next colour
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pretext3d.tasks.base import EmbeddingTask, PretextTask
+from pretext3d.tasks.base import DenseTask, EmbeddingTask, PretextTask
 
 __all__ = ["PretextViewsd"]
 
@@ -18,11 +18,13 @@ class PretextViewsd:
 
     Use it as the last step of a ``monai.transforms.Compose`` when views should be made in
     the data loader's workers instead of on the GPU (the library's default: the tasks are
-    batched and run on the device, see :class:`~pretext3d.pretrainer.Pretrainer`). Each call
+    batched and run on the device, see :class:`~pretext3d.pretrainer.Pretrainer`); the
+    classification and predictive tasks only. Each call
     takes one sample ``(C, *spatial)`` (a ``MetaTensor`` becomes a plain tensor) and adds
     ``views_key`` (the views without a batch axis) and ``targets_key`` (a 0-dim class, or
     ``None`` for CPC); the default collate then stacks a batch as the task itself would
-    return it. The exemplar task relates samples to each other and cannot run per sample.
+    return it. The exemplar task relates samples to each other and the dense tasks return
+    targets of the whole batch: neither runs per sample.
 
     Randomness: with ``seed`` the draws come from a generator of this transform (reproducible
     in one process); without it from torch's global generator, which the ``DataLoader`` seeds
@@ -57,10 +59,13 @@ class PretextViewsd:
     ) -> None:
         if not isinstance(task, PretextTask):
             raise TypeError(f"task must be a pretext3d task, got {type(task).__name__}")
-        if isinstance(task, EmbeddingTask):
+        if isinstance(task, (EmbeddingTask, DenseTask)):
+            why = "relates the samples of a batch to each other" if isinstance(task, EmbeddingTask) else (
+                "returns targets of the batch (the image and its weight map)"
+            )
             raise ValueError(
-                f"{type(task).__name__} relates the samples of a batch to each other and cannot make views "
-                "per sample; call it on the batch (on the device), as the Pretrainer does"
+                f"{type(task).__name__} {why} and cannot make views per sample; call it on the batch "
+                "(on the device), as the Pretrainer does"
             )
         self.task, self.key, self.views_key, self.targets_key = task, key, views_key, targets_key
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
