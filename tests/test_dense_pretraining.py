@@ -45,7 +45,9 @@ def test_a_dense_task_beside_a_classifier_pretrains_and_keeps_its_decoder(tmp_pa
             assert torch.equal(value, pretrained[key]), key
     assert model.head.out_channels == 3  # the output convolution starts anew: classes, not intensities
     # without load_decoder the same file fine-tunes the library's U-Net, decoder anew
-    plain, _ = SegmentationRecipe(widths=(4, 8, 16), crop=16).build(in_channels=1, encoder_file=tmp_path / "enc.pt")
+    plain, _ = SegmentationRecipe(widths=(4, 8, 16), crop=16).build(
+        in_channels=1, encoder_file=tmp_path / "enc.pt"
+    )
     assert isinstance(plain, p3.models.UNet)
 
 

@@ -31,7 +31,14 @@ from pretext3d._checks import check_choice, check_int, check_positive, check_uni
 from pretext3d.heads import global_pool
 from pretext3d.models.base import evaluating
 from pretext3d.tasks._grid import GridPatchTask
-from pretext3d.tasks.base import ClassificationTask, DenseTask, EmbeddingTask, PredictiveTask, PretextTask, weighted_mse
+from pretext3d.tasks.base import (
+    ClassificationTask,
+    DenseTask,
+    EmbeddingTask,
+    PredictiveTask,
+    PretextTask,
+    weighted_mse,
+)
 from pretext3d.tasks.cpc import CPC
 from pretext3d.tasks.exemplar import Exemplar
 from pretext3d.tasks.rpl import RelativePatchLocation
@@ -378,7 +385,9 @@ def _dense_shortcut(
                     w.sum(dims, keepdim=True) * targets.target.shape[1]
                 ).clamp_min(1e-12)
             trivial += float(weighted_mse(targets.baseline, targets.target, weight)) * len(targets)
-            spread += float(weighted_mse(mean.expand_as(targets.target), targets.target, weight)) * len(targets)
+            spread += float(weighted_mse(mean.expand_as(targets.target), targets.target, weight)) * len(
+                targets
+            )
             count += len(targets)
     method = f"the task's trivial predictor ({task.baseline}), share of variance restored"
     return 1 - trivial / max(spread, 1e-12), 1.0, count, method

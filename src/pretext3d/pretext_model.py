@@ -37,7 +37,8 @@ class PretextModel(nn.Module):
         encoder: the network to pretrain. If it declares ``spatial_dims``, it must be the
             task's.
         task: the pretext task; it chooses the head (``task.make_head``).
-        num_features: the encoder's feature width ``F`` (not used by a dense task's head). If ``None`` it is read from
+        num_features: the encoder's feature width ``F`` (a dense task's head needs none). If
+            ``None`` it is read from
             ``encoder.num_features`` or ``encoder.out_channels``, else probed once by
             running the encoder on zeros (see :func:`infer_num_features`). Every forward
             checks the features against it and names the source if they differ.

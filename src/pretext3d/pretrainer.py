@@ -688,7 +688,8 @@ class Pretrainer:
             return dict(box[0])
         dense = [n for n, t in zip(self.names, self.core.tasks, strict=True) if isinstance(t, DenseTask)]
         # a dense task's decoder is kept beside the encoder (the first one's, with several)
-        save_encoder(self.encoder, self.output, decoder=self.models[dense[0]].head if dense else None)
+        decoder = self.models[dense[0]].head if dense else None
+        save_encoder(self.encoder, self.output, decoder=decoder if isinstance(decoder, nn.Module) else None)
         record = self._record(held)
         if dense:
             record["decoder"] = dense[0]

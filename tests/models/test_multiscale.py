@@ -59,7 +59,13 @@ def test_a_resnets_stages_are_found_by_name() -> None:
 
     encoder = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, widen_factor=0.25)
     unet = MultiScaleUNet(encoder, out_channels=3)  # before issue 28: "cannot find" without stages
-    assert unet.source == "stages" and unet._reader.stage_names == ["act", "layer1", "layer2", "layer3", "layer4"]
+    assert unet.source == "stages" and unet._reader.stage_names == [
+        "act",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
     assert unet.feature_reductions == [1, 2, 4, 8, 16] and not unet.full_resolution  # MONAI's stem: stride 1
     assert unet(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
 
@@ -85,7 +91,13 @@ def test_a_torchvision_style_resnet_is_read_at_its_stem_and_stages(spatial_dims:
             return self.layer4(self.layer3(self.layer2(self.layer1(x)))).flatten(2).mean(-1)
 
     unet = MultiScaleUNet(TinyResNet(), out_channels=2)
-    assert unet.source == "stages" and unet._reader.stage_names == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert unet.source == "stages" and unet._reader.stage_names == [
+        "relu",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
     assert unet.feature_channels == [4, 8, 16, 32] and unet.feature_reductions == [
         2,
         4,

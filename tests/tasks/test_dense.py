@@ -56,7 +56,10 @@ def test_the_intensity_curve_alone_is_monotonic_per_image(spatial_dims: int) -> 
         else:
             assert bool((steps >= -1e-5).all())
         # the image's range is kept (scaled to [0, 1] and back)
-        assert float(mapped.min()) >= float(x[i].min()) - 1e-5 and float(mapped.max()) <= float(x[i].max()) + 1e-5
+        assert (
+            float(mapped.min()) >= float(x[i].min()) - 1e-5
+            and float(mapped.max()) <= float(x[i].max()) + 1e-5
+        )
 
 
 @pytest.mark.parametrize("spatial_dims", DIMS)
@@ -68,8 +71,12 @@ def test_local_shuffle_keeps_each_blocks_voxels_and_moves_nothing_else(spatial_d
     edges, counts = _cells(x.shape[2:])
     inside = torch.zeros(x.shape, dtype=torch.bool)
     for b in range(len(x)):
-        for cell, index in enumerate(torch.cartesian_prod(*[torch.arange(n) for n in counts]).reshape(-1, spatial_dims)):
-            lo = [int(index[a]) * edges[a] + int(params.block_corners[b, cell, a]) for a in range(spatial_dims)]
+        for cell, index in enumerate(
+            torch.cartesian_prod(*[torch.arange(n) for n in counts]).reshape(-1, spatial_dims)
+        ):
+            lo = [
+                int(index[a]) * edges[a] + int(params.block_corners[b, cell, a]) for a in range(spatial_dims)
+            ]
             hi = [lo[a] + int(params.block_sizes[b, cell, a]) for a in range(spatial_dims)]
             block = (b, slice(None), *[slice(lo[a], hi[a]) for a in range(spatial_dims)])
             inside[block] = True
@@ -189,7 +196,9 @@ def test_patch_mask_repeats_each_patch_over_its_voxels() -> None:
     masked = torch.tensor([[[True, False], [False, True]]])
     voxels = patch_mask(masked, 2, (5, 4))[0, 0]
     assert voxels.shape == (5, 4)
-    assert voxels[:2, :2].all() and voxels[2:4, 2:4].all() and not voxels[:2, 2:].any() and not voxels[4].any()
+    assert (
+        voxels[:2, :2].all() and voxels[2:4, 2:4].all() and not voxels[:2, 2:].any() and not voxels[4].any()
+    )
 
 
 # --- both -------------------------------------------------------------------------------------
@@ -219,7 +228,9 @@ def test_the_score_is_one_for_the_target_and_zero_for_the_baseline(spatial_dims:
     assert float(task.accuracy(targets.target, targets)) == pytest.approx(1.0)
     assert float(task.accuracy(targets.baseline, targets)) == pytest.approx(0.0, abs=1e-6)
     assert float(task.loss(targets.target, targets)) == pytest.approx(0.0, abs=1e-10)
-    assert torch.allclose(task.loss(targets.baseline, targets), weighted_mse(targets.baseline, targets.target, targets.weight))
+    assert torch.allclose(
+        task.loss(targets.baseline, targets), weighted_mse(targets.baseline, targets.target, targets.weight)
+    )
 
 
 @pytest.mark.parametrize("spatial_dims", DIMS)
@@ -280,7 +291,7 @@ def test_bad_arguments_name_themselves() -> None:
         ModelsGenesis(2)(torch.rand(2, 1, 6, 6))
     task = MaskedImageModeling(2, patch=4)
     x = torch.rand(2, 1, 16, 16)
-    with pytest.raises(ValueError, match="params.masked"):
+    with pytest.raises(ValueError, match=r"params\.masked"):
         task.apply_params(x, p3.tasks.MaskedImageModelingParams(torch.ones(2, 3, 3, dtype=torch.bool)))
     genesis = ModelsGenesis(2)
     params = genesis.randomize(x, generator=0)

@@ -53,7 +53,9 @@ _PALETTE = (
     "tab:olive",
 )
 # the built-in tasks keep their colours whatever else is registered (the classic five's as before)
-_TASK_COLOURS = dict(zip(["cpc", "exemplar", "jigsaw", "rotation", "rpl", "genesis", "mim"], _PALETTE, strict=False))
+_TASK_COLOURS = dict(
+    zip(["cpc", "exemplar", "jigsaw", "rotation", "rpl", "genesis", "mim"], _PALETTE, strict=False)
+)
 _SPARE = ("tab:cyan", "tab:gray")
 
 

@@ -245,7 +245,8 @@ def load_decoder(network: nn.Module, path: str | PathLike[str]) -> list[str]:
     saved = payload.get("decoder")
     if saved is None:
         raise ValueError(
-            f"{str(path)!r} holds no pretrained decoder (only a dense task's pretraining, e.g. genesis or mim, "
+            f"{str(path)!r} holds no pretrained decoder (only a dense task's pretraining, e.g. genesis "
+            "or mim, "
             "writes one); fine-tune without load_decoder"
         )
     if not isinstance(network, MultiScaleDecoder):
@@ -256,13 +257,16 @@ def load_decoder(network: nn.Module, path: str | PathLike[str]) -> list[str]:
     own = {k: v for k, v in network.state_dict().items() if not k.startswith(("encoder.", "head."))}
     state = {k: v for k, v in saved["state_dict"].items() if not k.startswith("head.")}
     wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
     ]
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if wrong or missing or unexpected:
         raise ValueError(
-            f"the decoder in {str(path)!r} (options {saved['options']}) does not fit {type(network).__name__}'s: "
-            f"{len(wrong)} tensors differ in shape (saved vs network){', e.g. ' + '; '.join(wrong[:2]) if wrong else ''}, "
+            f"the decoder in {str(path)!r} (options {saved['options']}) does not fit "
+            f"{type(network).__name__}'s: {len(wrong)} tensors differ in shape (saved vs network)"
+            f"{', e.g. ' + '; '.join(wrong[:2]) if wrong else ''}, "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}: build it on the same encoder with the "
             "decoder options the file records"
         )

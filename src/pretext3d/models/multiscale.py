@@ -220,7 +220,9 @@ def _finest_first(shapes: list[tuple[int, ...]]) -> list[int]:
 
 
 class MultiScaleDecoder(nn.Module):
-    """The decoder of :class:`MultiScaleUNet` and :class:`DenseHead`: skip stages, a last full-resolution stage, a 1x1 output.
+    """The decoder of :class:`MultiScaleUNet` and :class:`DenseHead`.
+
+    Skip stages, a last full-resolution stage where needed, a 1x1 output convolution.
 
     Built from what a :class:`_FeatureReader` found (``reader.channels``, ``reader.reductions``);
     :meth:`decode` takes the maps and the input's spatial size.
@@ -250,7 +252,9 @@ class MultiScaleDecoder(nn.Module):
         self.stages = nn.ModuleList()
         below = self.feature_channels[-1]
         for level in range(levels - 2, -1, -1):  # from the second-deepest map up to the finest
-            self.stages.insert(0, DoubleConv(d, below + self.feature_channels[level], widths[level], norm, 0.0))
+            self.stages.insert(
+                0, DoubleConv(d, below + self.feature_channels[level], widths[level], norm, 0.0)
+            )
             below = widths[level]
         self.full_resolution = self.feature_reductions[0] > 1
         # a stage at full resolution when the finest map is coarser: half as wide again (at least 16)
@@ -260,7 +264,7 @@ class MultiScaleDecoder(nn.Module):
         self.out_channels = out_channels
 
     def decode(self, maps: Sequence[Tensor], size: Sequence[int]) -> Tensor:
-        """Output ``(N, out_channels, *size)`` from the maps (finest first) of an input of spatial ``size``."""
+        """Output ``(N, out_channels, *size)`` from the maps (finest first) of an input of ``size``."""
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         y = maps[-1]
         for stage, skip in zip(reversed(self.stages), maps[-2::-1], strict=True):
@@ -417,7 +421,9 @@ class DenseHead(MultiScaleDecoder):
         check_choice("norm", norm, ("batch", "instance", "group"))
         check_int("probe_size", probe_size, 1)
         self._reader = _FeatureReader(encoder, stages, None, None, probe_size)
-        channels = self._reader.in_channels if out_channels is None else check_int("out_channels", out_channels, 1)
+        channels = (
+            self._reader.in_channels if out_channels is None else check_int("out_channels", out_channels, 1)
+        )
         self._build_decoder(self._reader, channels, decoder_widths, norm)
         self.options: dict[str, Any] = {
             "stages": None if stages is None else list(stages),

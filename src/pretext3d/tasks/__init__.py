@@ -2,7 +2,8 @@
 
 Four kinds (see :mod:`pretext3d.tasks.base`): classification (:class:`Rotation`,
 :class:`Jigsaw`, :class:`RelativePatchLocation`), embedding (:class:`Exemplar`),
-predictive (:class:`CPC`) and dense (:class:`ModelsGenesis`, :class:`MaskedImageModeling`). Each draws its parameters with ``randomize`` and builds its
+predictive (:class:`CPC`) and dense (:class:`ModelsGenesis`, :class:`MaskedImageModeling`).
+Each draws its parameters with ``randomize`` and builds its
 views with ``apply_params``; its parameter type is exported beside it.
 :class:`PretextViewsd` runs a task inside a MONAI dictionary pipeline.
 """
@@ -46,9 +47,9 @@ __all__ = [
     "PredictiveTask",
     "PretextTask",
     "PretextViewsd",
+    "Reconstruction",
     "RelativePatchLocation",
     "RelativePatchLocationParams",
-    "Reconstruction",
     "Rotation",
     "RotationParams",
     "TaskParams",

@@ -202,7 +202,7 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
 
     @abc.abstractmethod
     def accuracy(self, output: Tensor, targets: T) -> Tensor:
-        """A pretext score to log, at most 1 (a 0-dim tensor): an accuracy in ``[0, 1]``, or a dense task's skill."""
+        """A pretext score to log, at most 1 (0-dim): an accuracy in ``[0, 1]``, or a dense task's skill."""
 
     @abc.abstractmethod
     def make_head(self, num_features: int) -> nn.Module:

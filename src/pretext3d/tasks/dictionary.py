@@ -60,8 +60,10 @@ class PretextViewsd:
         if not isinstance(task, PretextTask):
             raise TypeError(f"task must be a pretext3d task, got {type(task).__name__}")
         if isinstance(task, (EmbeddingTask, DenseTask)):
-            why = "relates the samples of a batch to each other" if isinstance(task, EmbeddingTask) else (
-                "returns targets of the batch (the image and its weight map)"
+            why = (
+                "relates the samples of a batch to each other"
+                if isinstance(task, EmbeddingTask)
+                else ("returns targets of the batch (the image and its weight map)")
             )
             raise ValueError(
                 f"{type(task).__name__} {why} and cannot make views per sample; call it on the batch "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pretext3d._checks import check_int, check_unit_interval
+from pretext3d._checks import check_unit_interval
 from pretext3d._random import rand, randint
 from pretext3d.registry import register_task
 from pretext3d.tasks.base import DenseTask, Reconstruction, TaskParams
@@ -120,8 +120,11 @@ def local_shuffle(x: Tensor, sizes: Tensor, corners: Tensor, seeds: Tensor) -> T
     d = x.dim() - 2
     edges, counts = _cells(x.shape[2:])
     region = [e * n for e, n in zip(edges, counts, strict=True)]
-    inner = x[(slice(None), slice(None), *[slice(0, r) for r in region])]
-    split = inner.reshape(x.shape[0], x.shape[1], *[v for pair in zip(counts, edges, strict=True) for v in pair])
+    within = (slice(None), slice(None), *[slice(0, r) for r in region])
+    inner = x[within]
+    split = inner.reshape(
+        x.shape[0], x.shape[1], *[v for pair in zip(counts, edges, strict=True) for v in pair]
+    )
     # (B, C, n1, e1, n2, e2, ...) -> (B, n1, n2, ..., C, e1, e2, ...)
     order = [0, *[2 + 2 * a for a in range(d)], 1, *[3 + 2 * a for a in range(d)]]
     cells = split.permute(order).reshape(x.shape[0], -1, x.shape[1], int(torch.tensor(edges).prod()))
@@ -135,13 +138,15 @@ def local_shuffle(x: Tensor, sizes: Tensor, corners: Tensor, seeds: Tensor) -> T
     ).to(x.device)
     keys = keys.masked_fill(~inside, 2.0)  # outside the block: after every inside voxel, in order
     source = keys.argsort(dim=-1, stable=True)  # the block's voxels in random order, then the rest
-    slots = (~inside).to(torch.uint8).argsort(dim=-1, stable=True)  # the block's voxels in order, then the rest
+    slots = (
+        (~inside).to(torch.uint8).argsort(dim=-1, stable=True)
+    )  # the block's voxels in order, then the rest
     take = torch.empty_like(source).scatter_(-1, slots, source)
     shuffled = cells.gather(-1, take[:, :, None, :].expand_as(cells))
     back = [0, d + 1, *[v for a in range(d) for v in (1 + a, d + 2 + a)]]
     restored = shuffled.reshape(x.shape[0], *counts, x.shape[1], *edges).permute(back).reshape(inner.shape)
     out = x.clone()
-    out[(slice(None), slice(None), *[slice(0, r) for r in region])] = restored
+    out[within] = restored
     return out
 
 
@@ -221,6 +226,7 @@ class ModelsGenesis(DenseTask[GenesisParams]):
     """
 
     params_type = GenesisParams
+
     @property
     def baseline(self) -> str:
         """The trivial predictor the score is measured against: the identity."""
@@ -256,7 +262,9 @@ class ModelsGenesis(DenseTask[GenesisParams]):
         cells = int(torch.tensor(counts).prod())
         edge = torch.tensor(edges, device=dev)
         low = (edge + 1) // 2
-        block_sizes = low + (rand((b, cells, d), generator, dev) * (edge - low + 1)).long().clamp(max=edge - low)
+        block_sizes = low + (rand((b, cells, d), generator, dev) * (edge - low + 1)).long().clamp(
+            max=edge - low
+        )
         block_corners = (rand((b, cells, d), generator, dev) * (edge - block_sizes + 1)).long()
         local = rand((b,), generator, dev) < self.local_p
         nonlinear = rand((b,), generator, dev) < self.nonlinear_p
@@ -279,7 +287,17 @@ class ModelsGenesis(DenseTask[GenesisParams]):
         box_on[:, 0] |= paints & (paint == 2)  # out-painting always keeps one box
         seed = randint(2**62, (b,), generator, dev)
         return GenesisParams(
-            local, block_sizes, block_corners, nonlinear, control, flipped, paint, box_corners, box_sizes, box_on, seed
+            local,
+            block_sizes,
+            block_corners,
+            nonlinear,
+            control,
+            flipped,
+            paint,
+            box_corners,
+            box_sizes,
+            box_on,
+            seed,
         )
 
     def _check_params(self, x: Tensor, params: GenesisParams) -> None:
@@ -288,10 +306,13 @@ class ModelsGenesis(DenseTask[GenesisParams]):
         if params.block_sizes.shape != cells or params.block_corners.shape != cells:
             raise ValueError(
                 f"params.block_sizes and block_corners must have shape {cells} for spatial size "
-                f"{tuple(x.shape[2:])}, got {tuple(params.block_sizes.shape)} and {tuple(params.block_corners.shape)}"
+                f"{tuple(x.shape[2:])}, got {tuple(params.block_sizes.shape)} and "
+                f"{tuple(params.block_corners.shape)}"
             )
         edge = torch.tensor(edges, device=x.device)
-        if bool((params.block_sizes < 1).any()) or bool((params.block_corners + params.block_sizes > edge).any()):
+        if bool((params.block_sizes < 1).any()) or bool(
+            (params.block_corners + params.block_sizes > edge).any()
+        ):
             raise ValueError(f"params' blocks must lie inside their cells of {edges}")
 
     def _make_views(self, x: Tensor, params: GenesisParams) -> tuple[Tensor, Reconstruction]:

@@ -1,4 +1,4 @@
-"""Masked image modelling for any CNN encoder (SimMIM, Xie et al., CVPR 2022; SparK, Tian et al., ICLR 2023)."""
+"""Masked image modelling for any CNN encoder (SimMIM, CVPR 2022; SparK, ICLR 2023)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class MaskedImageModelingParams(TaskParams):
 
 
 def patch_mask(masked: Tensor, patch: int, shape: tuple[int, ...]) -> Tensor:
-    """The voxel mask ``(B, 1, *shape)`` of a patch mask ``(B, *grid)``: voxels beyond the grid are never masked.
+    """The voxel mask ``(B, 1, *shape)`` of a patch mask ``(B, *grid)``; voxels beyond the grid: never.
 
     Examples:
         >>> patch_mask(torch.tensor([[[True, False]]]), 2, (2, 5))[0, 0].int().tolist()
@@ -134,7 +134,8 @@ class MaskedImageModeling(DenseTask[MaskedImageModelingParams]):
         grid = self._grid(x)
         if min(grid) < 1 or round(self.mask_ratio * int(torch.tensor(grid).prod())) < 1:
             raise ValueError(
-                f"MaskedImageModeling(patch={self.patch}, mask_ratio={self.mask_ratio}) masks no patch of spatial "
+                f"MaskedImageModeling(patch={self.patch}, mask_ratio={self.mask_ratio}) masks no patch of "
+                "spatial "
                 f"size {tuple(x.shape[2:])} (a grid of {grid}): use a smaller patch or larger images"
             )
 
@@ -150,7 +151,8 @@ class MaskedImageModeling(DenseTask[MaskedImageModelingParams]):
         grid = self._grid(x)
         if params.masked.dtype != torch.bool or tuple(params.masked.shape) != (x.shape[0], *grid):
             raise ValueError(
-                f"params.masked must be a BoolTensor of shape {(x.shape[0], *grid)} (patches of {self.patch}), got "
+                f"params.masked must be a BoolTensor of shape {(x.shape[0], *grid)} (patches of "
+                f"{self.patch}), got "
                 f"{params.masked.dtype} {tuple(params.masked.shape)}"
             )
 
