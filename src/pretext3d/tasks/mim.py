@@ -207,7 +207,7 @@ def _unpatch(patches: Tensor, patch: int) -> Tensor:
 
 
 def _neighbour_means(x: Tensor, masked: Tensor, patch: int, mean: Tensor) -> Tensor:
-    """Each masked patch filled with the mean of the visible patches around it (the image's mean if none)."""
+    """``x`` with each masked patch filled by the mean of the visible patches around it (else the mean)."""
     d = x.dim() - 2
     grid = masked.shape[1:]
     region = (slice(None), slice(None), *[slice(0, g * patch) for g in grid])
@@ -217,7 +217,7 @@ def _neighbour_means(x: Tensor, masked: Tensor, patch: int, mean: Tensor) -> Ten
     total = pool(means * visible, 3, stride=1, padding=1, count_include_pad=False)
     count = pool(visible, 3, stride=1, padding=1, count_include_pad=False)
     around = torch.where(count > 0, total / count.clamp_min(1e-12), mean)
-    filled = torch.where(masked[:, None], around, means)
     out = x.clone()
-    out[region] = _unpatch(filled[..., None].expand(*filled.shape, patch**d), patch)
+    filled = _unpatch(around[..., None].expand(*around.shape, patch**d), patch)
+    out[region] = torch.where(patch_mask(masked, patch, tuple(filled.shape[2:])), filled, x[region])
     return out
