@@ -227,9 +227,9 @@ def genesis(ct: torch.Tensor, fundus: torch.Tensor) -> None:
         "intensity curve": {"local_p": 0.0, "nonlinear_p": 1.0, "paint_p": 0.0},
         "in-painting": {"local_p": 0.0, "nonlinear_p": 0.0, "paint_p": 1.0, "outpaint_p": 0.0},
         "out-painting": {"local_p": 0.0, "nonlinear_p": 0.0, "paint_p": 1.0, "outpaint_p": 1.0},
-        "all (the paper's probabilities)": {"local_p": 1.0, "nonlinear_p": 1.0, "paint_p": 1.0},
+        "all together": {"local_p": 1.0, "nonlinear_p": 1.0, "paint_p": 1.0},
     }
-    fig, axes = plt.subplots(2, 1 + len(alone), figsize=(2.1 * (1 + len(alone)), 4.6))
+    fig, axes = plt.subplots(2, 1 + len(alone), figsize=(2.1 * (1 + len(alone)), 5.0), layout="constrained")
     for row, image in enumerate((ct[:1], fundus[:1])):
         d = image.dim() - 2
         _show(axes[row, 0], image[0], f"original ({d}D)")
@@ -237,23 +237,21 @@ def genesis(ct: torch.Tensor, fundus: torch.Tensor) -> None:
             views, _ = p3.tasks.ModelsGenesis(d, **options)(image, generator=1)
             _show(axes[row, col], views[0], what)
     _title(fig, f"Models Genesis: the views (the target is the original) ({NOTE})")
-    fig.tight_layout()
     _save(fig, "genesis.png")
 
 
 def mim(ct: torch.Tensor, fundus: torch.Tensor) -> None:
     """Masked image modelling's input, scored patches and normalised target, in 3D and 2D."""
-    fig, axes = plt.subplots(2, 4, figsize=(8.4, 4.6))
+    fig, axes = plt.subplots(2, 4, figsize=(9.6, 5.2), layout="constrained")
     for row, image in enumerate((ct[:1], fundus[:1])):
         d = image.dim() - 2
         task = p3.tasks.MaskedImageModeling(d, patch=8 if d == 3 else 12)
         views, targets = task(image, generator=0)
         _show(axes[row, 0], image[0], f"original ({d}D)")
-        _show(axes[row, 1], views[0], f"input: 60 % of {task.patch}-voxel patches masked")
+        _show(axes[row, 1], views[0], f"input: 60 % of {task.patch}-px patches masked")
         _show(axes[row, 2], targets.weight[0], "where the loss counts")
         _show(axes[row, 3], targets.target[0] * targets.weight[0], "target: each patch normalised")
     _title(fig, f"Masked image modelling ({NOTE})")
-    fig.tight_layout()
     _save(fig, "mim.png")
 
 
