@@ -126,5 +126,8 @@ def test_decoder_options_name_the_stages_of_an_encoder_whose_maps_are_not_found(
         SegmentationRecipe(backbone="pooled-stack", decoder_options={"stage": ["1"]})
     with pytest.raises(ValueError, match=r"must not set 'out_channels': it follows num_classes"):
         SegmentationRecipe(backbone="pooled-stack", decoder_options={"out_channels": 4})
-    with pytest.raises(ValueError, match="decoder_options configure the decoder of a backbone: set backbone"):
+    with pytest.raises(
+        ValueError,
+        match="decoder_options configure the MultiScaleUNet decoder of a backbone or of load_decoder",
+    ):
         SegmentationRecipe(decoder_options={"stages": ["1"]})
