@@ -10,6 +10,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from pretext3d.models.base import evaluating
+from pretext3d.models.multiscale import DenseHead
 from pretext3d.tasks.base import DenseTask, PretextTask
 
 __all__ = ["PretextModel", "infer_num_features"]
@@ -89,7 +90,7 @@ class PretextModel(nn.Module):
         self._width_source = ""
         self.dense = isinstance(task, DenseTask)
         if head is None and isinstance(task, DenseTask):
-            head = task.make_dense_head(encoder)
+            head = DenseHead(encoder)
         elif head is None:
             if num_features is not None:
                 self.num_features, self._width_source = num_features, "the num_features argument"

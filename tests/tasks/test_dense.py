@@ -271,7 +271,7 @@ def test_a_pretext_model_restores_the_views_size_and_trains(spatial_dims: int, m
 @pytest.mark.parametrize("make", TASKS)
 def test_a_dense_task_refuses_a_width_head_and_single_samples(make: object) -> None:
     task: DenseTask = make(2)  # type: ignore[operator]
-    with pytest.raises(TypeError, match="make_dense_head"):
+    with pytest.raises(TypeError, match="DenseHead"):
         task.make_head(32)
     with pytest.raises(ValueError, match="on a batch"):
         task.single(torch.rand(1, 32, 32))

@@ -427,18 +427,11 @@ class DenseTask(PretextTask[P, Reconstruction]):
             )
 
     def make_head(self, num_features: int) -> nn.Module:
-        """Refused: a dense head decodes the encoder's feature maps (use :meth:`make_dense_head`)."""
+        """Refused: a dense head (a :class:`~pretext3d.models.DenseHead`) decodes feature maps."""
         raise TypeError(
             f"{type(self).__name__} needs a head that decodes the encoder's multi-scale feature maps, not "
-            "pooled features of a width: build it with task.make_dense_head(encoder) "
-            "(PretextModel does so)"
+            "pooled features of a width: pretext3d.models.DenseHead(encoder) (PretextModel builds it)"
         )
-
-    def make_dense_head(self, encoder: nn.Module) -> nn.Module:
-        """A :class:`~pretext3d.models.DenseHead` on ``encoder`` with the encoder's input channels."""
-        from pretext3d.models.multiscale import DenseHead
-
-        return DenseHead(encoder)
 
     def single(self, x: Tensor, generator: torch.Generator | int | None = None) -> tuple[Tensor, Any]:
         """Refused: a dense task's targets are a :class:`Reconstruction` of the batch."""
