@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -323,7 +323,12 @@ class SegmentationRecipe(Recipe):
     backbone_options: dict[str, Any] = field(default_factory=dict)
     decoder_options: dict[str, Any] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
-    load_decoder: bool = False
+    load_decoder: bool = field(default=False, repr=False)  # shown when set (below)
+
+    def __repr__(self) -> str:
+        """The dataclass's, with ``load_decoder`` only when set: grids made before it existed continue."""
+        shown = [f for f in fields(self) if f.repr or getattr(self, f.name) != f.default]
+        return f"{type(self).__name__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in shown)})"
 
     def __post_init__(self) -> None:
         """Check the values."""

@@ -52,7 +52,12 @@ from pretext3d.experiments.runner import (
     LabelledCases,
     check_unchanged,
 )
-from pretext3d.experiments.verdict import choose_learning_rates, write_verdict
+from pretext3d.experiments.verdict import (
+    LEARNING_RATES,
+    calibration_folder,
+    choose_learning_rates,
+    write_verdict,
+)
 from pretext3d.finetune.trainer import Trainer
 from pretext3d.models.io import save_encoder
 from pretext3d.pretrainer import PretrainConfig
@@ -70,10 +75,6 @@ __all__ = [
     "probe_for",
     "run_reproduction",
 ]
-
-
-#: the file in a reproduction's folder with each method's chosen learning rate (``calibration_seeds``)
-LEARNING_RATES = "learning_rates.json"
 
 
 def _every_task() -> dict[str, TaskSpec]:
@@ -488,19 +489,27 @@ def run_reproduction(
     out = Path(config.output_dir)
     fingerprint = _fingerprint(config)
     saved = out / "reproduction.json"
+    added: list[str] = []
     if saved.exists():
         anything_done = any((out / "encoders").glob("*.pt.json")) or any((out / "runs").glob("*.json"))
-        old = json.loads(saved.read_text()).get("config")
-        check_unchanged(
-            old, fingerprint, saved, "a reproduction with other settings", finished=anything_done, log=log
-        )
-    (out / "encoders").mkdir(parents=True, exist_ok=True)
+        earlier = json.loads(saved.read_text())
+        added = _added_tasks(earlier.get("config"), fingerprint)
+        if added:  # the other tasks' encoders and runs are kept: only the added ones are made and run
+            log(f"adding task(s) {', '.join(added)} to the reproduction in {out}; the rest is kept")
+        else:
+            check_unchanged(
+                earlier.get("config"), fingerprint, saved, "a reproduction with other settings",
+                finished=anything_done, log=log,
+            )  # fmt: skip
     info: dict[str, Any] = {
         "config": fingerprint,
         "environment": environment(device),
         "machine": _machine(device),
         "seconds": {},
     }
+    if saved.exists() and added:
+        info["before_tasks_were_added"] = {k: v for k, v in earlier.items() if k != "config"}
+    (out / "encoders").mkdir(parents=True, exist_ok=True)
     write_text(out / "reproduction.json", json.dumps(info, indent=2))
     note = "  [SYNTHETIC phantom data]" if config.data.synthetic else ""
     start = time.perf_counter()
@@ -603,6 +612,25 @@ def _fingerprint(config: Reproduction) -> dict[str, Any]:
     return fingerprint
 
 
+def _added_tasks(old: Any, new: Mapping[str, Any]) -> list[str]:
+    """The tasks ``new`` (a fingerprint) adds to ``old``'s when nothing else differs (else ``[]``).
+
+    Examples:
+        >>> old = {"tasks": {"rotation": {"crop": 24}}, "steps": 10}
+        >>> _added_tasks(old, {"tasks": {"rotation": {"crop": 24}, "mim": {"crop": 32}}, "steps": 10})
+        ['mim']
+        >>> _added_tasks(old, {"tasks": {"rotation": {"crop": 16}, "mim": {"crop": 32}}, "steps": 10})
+        []
+    """
+    if not isinstance(old, Mapping):
+        return []
+    before, after = dict(old.get("tasks", {})), dict(new.get("tasks", {}))
+    added = [name for name in after if name not in before]
+    kept = {name: after.get(name) for name in before}
+    same = not engine.changed_settings({**old, "tasks": before}, {**new, "tasks": kept})
+    return added if added and same else []
+
+
 def _calibrate(
     config: Reproduction,
     cases: LabelledCases,
@@ -622,12 +650,13 @@ def _calibrate(
     record: dict[str, Any] = {"frozen_in_config": dict(frozen)}
     if searched:
         calibration = dataclasses.replace(experiment, split_seeds=config.calibration_seeds, learning_rates={})
+        folder = calibration_folder(out, searched, frozen)
         log(
             f"calibration: each method's learning rate from {list(experiment.lr_search)} on split seeds "
-            f"{seed_ranges(config.calibration_seeds)} (validation scores only) -> {out / 'calibration'}"
+            f"{seed_ranges(config.calibration_seeds)} (validation scores only) -> {folder}"
         )
         rows = DataEfficiencyGrid(
-            config.recipe, cases, searched, calibration, out / "calibration", device=device, log=log
+            config.recipe, cases, searched, calibration, folder, device=device, log=log
         ).run(progress=progress)
         picks = choose_learning_rates(rows)
         chosen = {m: float(picks[m]["lr"]) for m in searched}
@@ -639,6 +668,10 @@ def _calibrate(
         }
         frozen.update(chosen)
     record["learning_rates"] = frozen
+    if (out / LEARNING_RATES).exists():  # an earlier calibration's record (e.g. before methods were added)
+        earlier = json.loads((out / LEARNING_RATES).read_text())
+        if earlier.get("learning_rates") != frozen:
+            record["earlier"] = earlier
     write_text(out / LEARNING_RATES, json.dumps(record, indent=2))
     table = "\n".join(f"{m} = {lr:g}" for m, lr in frozen.items())
     log(

@@ -845,17 +845,41 @@ def check_unchanged(
 
 
 def _added_methods(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """The methods ``new`` adds to ``old``'s grid when nothing else differs (else ``[]``)."""
+    """The methods ``new`` adds to ``old``'s grid when nothing else differs (else ``[]``).
+
+    The added methods may bring their own learning rates and may run at another commit of the
+    library (each run records its environment); the old methods keep their order.
+
+    Examples:
+        >>> old = {"methods": {"scratch": [None]}, "method_order": ["scratch", "supervised"],
+        ...        "config": {"learning_rates": {"scratch": 0.001}}, "environment": {"git_commit": "a"}}
+        >>> new = {"methods": {"scratch": [None], "mim": [None]},
+        ...        "method_order": ["scratch", "mim", "supervised"],
+        ...        "config": {"learning_rates": {"scratch": 0.001, "mim": 0.003}},
+        ...        "environment": {"git_commit": "b"}}
+        >>> _added_methods(old, new)
+        ['mim']
+        >>> _added_methods(old, {**new, "config": {"learning_rates": {"scratch": 0.003, "mim": 0.003}}})
+        []
+    """
     before, after = old.get("methods", {}), new.get("methods", {})
     added = [name for name in after if name not in before]
-    same_rest = not engine.changed_settings(old, new, ignore=("methods", "method_order"))
-    kept = all(after.get(name) == value for name, value in before.items())
-    order = list(new.get("method_order", []))
-    return (
-        added
-        if added and same_rest and kept and order[: len(before)] == list(old.get("method_order", []))
-        else []
-    )
+    if not added or any(after.get(name) != value for name, value in before.items()):
+        return []
+    order = [name for name in new.get("method_order", []) if name not in added]
+    if order != list(old.get("method_order", [])):
+        return []
+
+    def without_added(settings: Mapping[str, Any]) -> dict[str, Any]:
+        config = dict(settings.get("config", {}))
+        rates = config.get("learning_rates")
+        if isinstance(rates, Mapping):
+            config["learning_rates"] = {k: v for k, v in rates.items() if k not in added}
+        environment = {k: v for k, v in dict(settings.get("environment", {})).items() if k != "git_commit"}
+        return {**settings, "config": config, "environment": environment}
+
+    ignore = ("methods", "method_order")
+    return added if not engine.changed_settings(without_added(old), without_added(new), ignore=ignore) else []
 
 
 def _check_pretraining(

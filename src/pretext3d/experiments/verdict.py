@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,25 @@ from pretext3d.experiments.report import colour, read_runs
 from pretext3d.experiments.stats import PairedComparison, detectable_difference, holm, paired_differences
 
 __all__ = ["choose_learning_rates", "plot_verdict", "verdict_rows", "verdict_table", "write_verdict"]
+
+
+#: the file in a reproduction's folder with each method's chosen learning rate (``calibration_seeds``)
+LEARNING_RATES = "learning_rates.json"
+
+
+def calibration_folder(out: Path, searched: Collection[str], frozen: Collection[str]) -> Path:
+    """Where the calibration grid of the ``searched`` methods runs.
+
+    ``<out>/calibration`` when every method is searched; methods searched beside rates frozen
+    in the config (e.g. methods added to a finished block) get a folder of their own.
+
+    Examples:
+        >>> calibration_folder(Path("runs"), ["scratch", "mim"], []).as_posix()
+        'runs/calibration'
+        >>> calibration_folder(Path("runs"), ["genesis", "mim"], ["scratch"]).as_posix()
+        'runs/calibration-genesis-mim'
+    """
+    return out / ("calibration" if not frozen else "calibration-" + "-".join(searched))
 
 
 def choose_learning_rates(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
