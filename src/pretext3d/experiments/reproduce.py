@@ -493,7 +493,7 @@ def run_reproduction(
     if saved.exists():
         anything_done = any((out / "encoders").glob("*.pt.json")) or any((out / "runs").glob("*.json"))
         earlier = json.loads(saved.read_text())
-        added = _added_tasks(earlier.get("config"), fingerprint)
+        added = _added_tasks(earlier.get("config"), fingerprint, _fingerprint(Reproduction()))
         if added:  # the other tasks' encoders and runs are kept: only the added ones are made and run
             log(f"adding task(s) {', '.join(added)} to the reproduction in {out}; the rest is kept")
         else:
@@ -612,8 +612,12 @@ def _fingerprint(config: Reproduction) -> dict[str, Any]:
     return fingerprint
 
 
-def _added_tasks(old: Any, new: Mapping[str, Any]) -> list[str]:
+def _added_tasks(old: Any, new: Mapping[str, Any], default: Mapping[str, Any] | None = None) -> list[str]:
     """The tasks ``new`` (a fingerprint) adds to ``old``'s when nothing else differs (else ``[]``).
+
+    Settings the library gained after ``old`` was written count as unchanged where ``new`` holds
+    their value in ``default`` (the fingerprint of a default :class:`Reproduction`): what a
+    folder computes does not change when an option it never used appears at its default.
 
     Examples:
         >>> old = {"tasks": {"rotation": {"crop": 24}}, "steps": 10}
@@ -621,14 +625,32 @@ def _added_tasks(old: Any, new: Mapping[str, Any]) -> list[str]:
         ['mim']
         >>> _added_tasks(old, {"tasks": {"rotation": {"crop": 16}, "mim": {"crop": 32}}, "steps": 10})
         []
+        >>> _added_tasks(old, {"tasks": {"rotation": {"crop": 24}, "mim": {}}, "steps": 10, "new": 1},
+        ...              default={"new": 1})
+        ['mim']
     """
     if not isinstance(old, Mapping):
         return []
     before, after = dict(old.get("tasks", {})), dict(new.get("tasks", {}))
     added = [name for name in after if name not in before]
     kept = {name: after.get(name) for name in before}
-    same = not engine.changed_settings({**old, "tasks": before}, {**new, "tasks": kept})
-    return added if added and same else []
+    changed = engine.changed_settings({**old, "tasks": before}, {**new, "tasks": kept})
+    gained = [
+        key for key in changed if _lookup(old, key) is _MISSING and _lookup(new, key) == _lookup(default, key)
+    ]
+    return added if added and set(changed) <= set(gained) else []
+
+
+_MISSING = object()
+
+
+def _lookup(settings: Any, dotted: str) -> Any:
+    """The value at a dotted key of nested mappings, ``_MISSING`` where there is none."""
+    for key in dotted.split("."):
+        if not isinstance(settings, Mapping) or key not in settings:
+            return _MISSING
+        settings = settings[key]
+    return settings
 
 
 def _calibrate(
