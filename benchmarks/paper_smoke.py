@@ -3,7 +3,7 @@
 Writes SYNTHETIC CT phantoms in the MSD Task07 layout at a realistic size (by default 40 scans
 of 512 x 512 x 80-120 voxels in HU, 0.8 x 0.6 x 2.5 mm), then runs
 ``examples/pancreas/paper.toml`` on them with every phase shortened: the preprocessing and its
-cache, each of the five tasks' pretraining for ``--steps`` steps, and one fraction x one split
+cache, each task's pretraining for ``--steps`` steps, and one fraction x one split
 seed of the data-efficiency grid fine-tuned for ``--epochs`` epochs with sliding-window
 validation. It prints seconds and peak memory per phase (CUDA's ``max_memory_allocated``, reset
 per phase; on the CPU the process's peak resident memory so far) and the full run's time

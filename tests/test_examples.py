@@ -3,6 +3,7 @@ settings train, paper mode runs on files in the real formats, and both notebooks
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -243,3 +244,39 @@ def test_notebook_executes(experiment: str, tmp_path: Path, monkeypatch: pytest.
     assert images >= 2 + len(TASKS.names())  # the data, every task's views, the curves
     assert {r["method"] for r in read_runs(out)} == {"scratch", *TASKS.names()}
     assert (out / "pretraining.png").is_file() and (out / "data_efficiency.png").is_file()
+
+
+def test_the_decoder_choice_compares_kept_and_new_decoders_on_validation_only(tmp_path: Path) -> None:
+    """examples/pancreas/decoder.py: both dense tasks' encoders, their decoder kept or new, paired."""
+    spec = importlib.util.spec_from_file_location("decoder", EXAMPLES / "pancreas" / "decoder.py")
+    assert spec is not None and spec.loader is not None
+    decoder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decoder)
+    out = tmp_path / "dev"
+    overrides = [f"output_dir={str(out)!r}", "calibration_seeds=[20, 21]", "experiment.lr_search=[0.001]"]
+    config = _config("pancreas", "quick", overrides + TINY_GRID)
+    (out / "encoders").mkdir(parents=True)
+    rates = {"genesis": 0.001, "mim": 0.003}
+    (out / "learning_rates.json").write_text(json.dumps({"learning_rates": rates}))
+    for task in ("genesis", "mim"):
+        torch.manual_seed(0)
+        model = p3.PretextModel(p3.models.UNetEncoder(3, 1, widths=(8, 16, 32)), TASKS[task](3))
+        p3.models.save_encoder(model.encoder, out / "encoders" / f"{task}_p0.pt", decoder=model.head)
+
+    decoder.main(
+        [
+            "--config",
+            str(EXAMPLES / "pancreas" / "quick.toml"),
+            *[f"--set={o}" for o in overrides + TINY_GRID],
+        ]
+    )
+
+    folder = tmp_path / "dev-decoder"
+    kept = read_runs(folder / "kept")
+    new = read_runs(folder / "new")
+    # every task x fraction x calibration seed, at the task's calibrated rate, in both variants
+    assert len(kept) == len(new) == 2 * len(config.experiment.fractions) * 2
+    assert {(r["method"], r["train"]["lr"]) for r in kept} == set(rates.items())
+    assert {r["split_seed"] for r in kept} == {20, 21}
+    text = (folder / "decoder.md").read_text()
+    assert "kept - new" in text and "load_decoder = " in text

@@ -27,7 +27,7 @@ def test_the_paper_smoke_times_every_phase_and_projects_the_full_run(
     spec.loader.exec_module(smoke)
     result = smoke.main(["--tiny", "--device", "cpu", "--output", str(tmp_path)])
 
-    tasks = ["rotation", "jigsaw", "rpl", "exemplar", "cpc"]
+    tasks = ["rotation", "jigsaw", "rpl", "exemplar", "cpc", "genesis", "mim"]
     assert [r["phase"] for r in result["phases"]] == [
         "writing phantoms", "preprocessing + cache (every scan)", *[f"pretraining {t}" for t in tasks],
         "fine-tuning (1 fraction x 1 split seed, every method)",

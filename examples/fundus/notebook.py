@@ -16,8 +16,9 @@
 #
 # A reproduction of Figure 4 of Taleb et al., "3D Self-Supervised Methods for Medical Imaging"
 # (NeurIPS 2020), the 2D experiment: a DenseNet's encoder is pretrained on unlabelled fundus
-# photographs by each of five pretext tasks (rotation, jigsaw, relative patch location, exemplar,
-# CPC), then the whole network is fine-tuned to grade diabetic retinopathy (0-4) on 5-100 % of the
+# photographs by each of the paper's five pretext tasks (rotation, jigsaw, relative patch location,
+# exemplar, CPC) and two modern baselines (Models Genesis's restoration, masked image modelling),
+# then the whole network is fine-tuned to grade diabetic retinopathy (0-4) on 5-100 % of the
 # labelled images, against the same DenseNet trained from scratch.
 #
 # **In its `quick` and `demo` modes this notebook runs on the library's SYNTHETIC fundus

@@ -15,8 +15,9 @@
 # # Pancreas tumour segmentation: does pretext pretraining help when labels are scarce?
 #
 # A reproduction of Figure 3 of Taleb et al., "3D Self-Supervised Methods for Medical Imaging"
-# (NeurIPS 2020): a 3D U-Net's encoder is pretrained on unlabelled CT by each of five pretext tasks
-# (rotation, jigsaw, relative patch location, exemplar, CPC), then the whole U-Net is fine-tuned
+# (NeurIPS 2020): a 3D U-Net's encoder is pretrained on unlabelled CT by each of the paper's five
+# pretext tasks (rotation, jigsaw, relative patch location, exemplar, CPC) and two modern baselines
+# (Models Genesis's restoration, masked image modelling), then the whole U-Net is fine-tuned
 # to segment the pancreas and its tumour on 5-100 % of the labelled cases, against the same U-Net
 # trained from scratch.
 #

@@ -2,7 +2,8 @@
 
 Five tasks after Taleb et al., "3D Self-Supervised Methods for Medical Imaging", NeurIPS
 2020: rotation prediction, jigsaw puzzles, relative patch location, exemplar networks
-with a triplet loss, and contrastive predictive coding (:mod:`pretext3d.tasks`).
+with a triplet loss, and contrastive predictive coding, and two modern baselines beside
+them: Models Genesis's restoration and masked image modelling (:mod:`pretext3d.tasks`).
 Around them: heads (:mod:`~pretext3d.heads`) and :class:`PretextModel` to put one on any
 encoder, losses and miners (:mod:`~pretext3d.objectives`), transforms, reference
 encoders (:mod:`~pretext3d.models`), the :class:`Pretrainer` (under torchrun too) on the

@@ -198,6 +198,17 @@ class ShortcutReport:
             if self.flagged
             else f"within {self.threshold:g} x chance"
         )
+        if _RESTORED in self.method:  # a dense task: "chance" is a perfect restoration
+            verdict = (
+                f"ABOVE {self.threshold:g}: the views give the target away "
+                "(see docs/tasks/index.md#shortcuts)"
+                if self.flagged
+                else f"at most {self.threshold:g}: no shortcut"
+            )
+            return (
+                f"shortcut score of {self.task}: {self.method.replace(_RESTORED, '')}restores "
+                f"{self.score:.3f} of the target's variance (1: all; {self.samples} views){own}: {verdict}"
+            )
         return (
             f"shortcut score of {self.task}: {self.score:.3f} from trivial statistics ({self.method}, "
             f"{self.samples} views) vs chance {self.chance:.3f} ({self.ratio:.1f} x){own}: {verdict}"
@@ -364,6 +375,8 @@ def _embedding_shortcut(
     return float(sum(scores) / len(scores)), float(sum(chances) / len(chances)), count, "nearest view"
 
 
+_RESTORED = "(share of variance restored)"
+
 #: a dense task's trivial predictor that restores more of the target's variance than this is flagged
 DENSE_SHORTCUT = 0.9
 
@@ -389,7 +402,7 @@ def _dense_shortcut(
                 targets
             )
             count += len(targets)
-    method = f"the task's trivial predictor ({task.baseline}), share of variance restored"
+    method = f"the task's trivial predictor ({task.baseline}) {_RESTORED}"
     return 1 - trivial / max(spread, 1e-12), 1.0, count, method
 
 

@@ -56,6 +56,27 @@ def test_several_tasks_train_one_shared_encoder_and_log_both() -> None:
     assert 0.0 <= float(trainer.logged_metrics["held_out_accuracy/rotation"]) <= 1.0
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_dense_tasks_train_their_decoder_and_log_the_reconstruction_skill(spatial_dims: int) -> None:
+    torch.manual_seed(0)
+    encoder = p3.models.UNetEncoder(spatial_dims, 1 if spatial_dims == 3 else 3, widths=(8, 16))
+    tasks = [p3.tasks.ModelsGenesis(spatial_dims), p3.tasks.MaskedImageModeling(spatial_dims, patch=8)]
+    module = PretextLightningModule(encoder, tasks, lr=3e-3, crop=16, seed=1)
+    decoders = {
+        name: {k: v.clone() for k, v in m.head.state_dict().items()} for name, m in module.models.items()
+    }
+    trainer = pl.Trainer(max_steps=2, **QUIET)
+    loader = _loader(spatial_dims)
+    trainer.fit(module, loader, loader)
+    for name in ("genesis", "mim"):
+        head = module.models[name].head
+        assert isinstance(head, p3.models.DenseHead)  # on the shared encoder, not a copy of it
+        assert {id(p) for p in head.parameters()}.isdisjoint(id(p) for p in module.encoder.parameters())
+        assert any(not torch.equal(v, decoders[name][k]) for k, v in head.state_dict().items())
+        skill = float(trainer.logged_metrics[f"held_out_accuracy/{name}"])  # 1 - error / the baseline's
+        assert skill <= 1.0 and torch.isfinite(torch.tensor(skill))
+
+
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
     straight = _module()
     _fit(straight, 4)

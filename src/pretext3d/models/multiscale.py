@@ -226,6 +226,11 @@ class MultiScaleDecoder(nn.Module):
 
     Built from what a :class:`_FeatureReader` found (``reader.channels``, ``reader.reductions``);
     :meth:`decode` takes the maps and the input's spatial size.
+
+    Examples:
+        >>> head = DenseHead(p3.models.UNetEncoder(2, 1, widths=(8, 16)), out_channels=1)
+        >>> isinstance(head, MultiScaleDecoder), len(head.stages)   # one skip stage, a 1x1 output
+        (True, 1)
     """
 
     def _build_decoder(

@@ -38,6 +38,12 @@ class GenesisParams(TaskParams):
         box_on: ``BoolTensor (B, 5)``: which boxes are drawn (the first always, when painting).
         seed: ``LongTensor (B,)``: seeds of the voxel-level draws (each block's shuffle order, the
             painting noise), drawn on the CPU from these seeds wherever the data live.
+
+    Examples:
+        >>> x, generator = torch.rand(2, 1, 20, 20, 20), torch.Generator().manual_seed(0)
+        >>> params = ModelsGenesis(3).randomize(x, generator)
+        >>> params.block_sizes.shape, params.control.shape   # 10^3 cells of 2^3 voxels
+        (torch.Size([2, 1000, 3]), torch.Size([2, 2, 2]))
     """
 
     local: Tensor
@@ -116,6 +122,15 @@ def local_shuffle(x: Tensor, sizes: Tensor, corners: Tensor, seeds: Tensor) -> T
 
     Returns:
         The shuffled copy of ``x``.
+
+    Examples:
+        >>> x = torch.arange(400.0).reshape(1, 1, 20, 20)   # cells of 2 x 2, 100 of them
+        >>> y = local_shuffle(x, torch.full((1, 100, 2), 2), torch.zeros(1, 100, 2, dtype=torch.long),
+        ...                   torch.tensor([0]))
+        >>> y[0, 0, :2, :2].tolist()   # the first cell's four voxels, reordered
+        [[20.0, 21.0], [0.0, 1.0]]
+        >>> torch.equal(y.flatten().sort().values, x.flatten())
+        True
     """
     d = x.dim() - 2
     edges, counts = _cells(x.shape[2:])

@@ -23,6 +23,12 @@ class MaskedImageModelingParams(TaskParams):
 
     Attributes:
         masked: ``BoolTensor (B, *patch_grid)``: the masked patches (the same count in every sample).
+
+    Examples:
+        >>> task = MaskedImageModeling(2, patch=4)   # masks 60 % of the patches
+        >>> params = task.randomize(torch.rand(2, 1, 16, 16), torch.Generator().manual_seed(0))
+        >>> params.masked.shape, params.masked.sum(dim=(1, 2)).tolist()   # 10 of 16 patches each
+        (torch.Size([2, 4, 4]), [10, 10])
     """
 
     masked: Tensor
