@@ -253,14 +253,18 @@ def test_the_decoder_choice_compares_kept_and_new_decoders_on_validation_only(tm
     decoder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(decoder)
     out = tmp_path / "dev"
-    overrides = [f"output_dir={str(out)!r}", "calibration_seeds=[20, 21]", "experiment.lr_search=[0.001]"]
-    config = _config("pancreas", "quick", overrides + TINY_GRID)
+    overrides = [
+        f"output_dir={str(out)!r}", "calibration_seeds=[20]", "experiment.lr_search=[0.001]",
+        "experiment.fractions=[0.25, 1.0]",
+    ]  # fmt: skip
     (out / "encoders").mkdir(parents=True)
     rates = {"genesis": 0.001, "mim": 0.003}
     (out / "learning_rates.json").write_text(json.dumps({"learning_rates": rates}))
     for task in ("genesis", "mim"):
         torch.manual_seed(0)
-        model = p3.PretextModel(p3.models.UNetEncoder(3, 1, widths=(8, 16, 32)), TASKS[task](3))
+        model = p3.PretextModel(
+            p3.models.UNetEncoder(3, 1, widths=(8, 16, 32)), p3.create_task(task, spatial_dims=3)
+        )
         p3.models.save_encoder(model.encoder, out / "encoders" / f"{task}_p0.pt", decoder=model.head)
 
     decoder.main(
@@ -275,8 +279,8 @@ def test_the_decoder_choice_compares_kept_and_new_decoders_on_validation_only(tm
     kept = read_runs(folder / "kept")
     new = read_runs(folder / "new")
     # every task x fraction x calibration seed, at the task's calibrated rate, in both variants
-    assert len(kept) == len(new) == 2 * len(config.experiment.fractions) * 2
+    assert len(kept) == len(new) == 2 * 2
     assert {(r["method"], r["train"]["lr"]) for r in kept} == set(rates.items())
-    assert {r["split_seed"] for r in kept} == {20, 21}
+    assert {r["split_seed"] for r in kept} == {20}
     text = (folder / "decoder.md").read_text()
     assert "kept - new" in text and "load_decoder = " in text
