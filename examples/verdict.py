@@ -69,7 +69,10 @@ def report(block: str, overrides: list[str], seconds: float | None, workers: int
             continue
         metric = development.recipe.metric
         panels.append((development.name, metric, blocks))
-        lines += [f"## {development.name}\n", verdict_table(blocks, metric) + "\n"]
+        lines += [
+            f"## {development.name}\n",
+            verdict_table(blocks, metric, families=development.holm_families) + "\n",
+        ]
     if seconds is not None:
         lines.append(f"The {block} block took {seconds / 60:.1f} min with {workers} workers here.\n")
     (out / "verdict.md").write_text("\n".join(lines))

@@ -26,6 +26,7 @@ from pretext3d.experiments import (
     paired_differences,
     read_runs,
     run_reproduction,
+    verdict_rows,
     verdict_table,
 )
 from pretext3d.experiments.cost import estimate_cost
@@ -110,6 +111,16 @@ def test_the_verdict_table_holds_each_blocks_paired_differences_holm_and_detecta
     assert len(table) == 2 + 4  # two methods x two fractions
     only_held = verdict_table({"held-out": held, "development": held[:0]}, "qwk")
     assert "not run" in only_held
+    # arms added later as a family of their own: Holm within each family, the first left as it was
+    exemplar = [c for c in comparisons if c.method == "exemplar"]
+    apart = {(c.method, c.fraction): p for c, p, _ in verdict_rows(held, "qwk", families=[["exemplar"]])}
+    for c, p in zip(exemplar, holm([c.p_value for c in exemplar]), strict=True):
+        assert apart[(c.method, c.fraction)] == pytest.approx(p)
+    rotation = [c for c in comparisons if c.method == "rotation"]
+    for c, p in zip(rotation, holm([c.p_value for c in rotation]), strict=True):
+        assert apart[(c.method, c.fraction)] == pytest.approx(p)
+    with pytest.raises(ValueError, match=r"holm_families\[0\] must list methods"):
+        _tiny(Path("unused"), holm_families=(("mim",),)).__post_init__()
 
 
 def test_spread_pretraining_seeds_give_split_seed_i_the_encoder_i_mod_n() -> None:

@@ -137,6 +137,10 @@ class Reproduction:
             holds runs, the held-out block's folder gets ``verdict.md`` and ``verdict.png`` with
             both blocks' paired differences side by side
             (:func:`~pretext3d.experiments.verdict.write_verdict`).
+        holm_families: methods whose comparisons with scratch Holm adjusts among themselves in
+            the verdict, e.g. ``[["genesis", "mim"]]`` for arms added to a finished block (a
+            family of hypotheses of their own, leaving the block's first family as it was); the
+            other methods form one family. Reporting only: not part of the folder's settings.
         plugins: modules to import first (the CLI does), e.g. ones registering your tasks.
 
     Examples:
@@ -178,11 +182,20 @@ class Reproduction:
     threads: int | None = None
     calibration_seeds: tuple[int, ...] = ()
     development_dir: str = ""
+    holm_families: tuple[tuple[str, ...], ...] = ()
     plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Check what can be checked before any data are read."""
         self._check_calibration()
+        methods = methods_of(self)
+        for k, family in enumerate(self.holm_families):
+            unknown = [m for m in family if m not in methods or m == "scratch"]
+            if not family or unknown:
+                raise ValueError(
+                    f"holm_families[{k}] must list methods of this reproduction other than scratch "
+                    f"({', '.join(methods[1:])}), got {list(family)}"
+                )
         if self.data.spatial_dims != self.pretraining_data.spatial_dims:
             raise ValueError(
                 f"pretraining_data ({self.pretraining_data.kind!r}) must have the same dimensions as data "
@@ -573,8 +586,9 @@ def run_reproduction(
             "development": config.development_dir,
         }
         written += write_verdict(
-            blocks, out, recipe.metric, title=config.name, synthetic=config.data.synthetic
-        )
+            blocks, out, recipe.metric, title=config.name, synthetic=config.data.synthetic,
+            families=config.holm_families,
+        )  # fmt: skip
     info["seconds"] = {
         "pretraining": round(pretrained - start, 1),
         "calibration": round(calibrated - pretrained, 1),
@@ -603,7 +617,7 @@ def _fingerprint(config: Reproduction) -> dict[str, Any]:
     values = {
         k: v
         for k, v in asdict(config).items()
-        if k not in ("output_dir", "calibration_seeds", "development_dir")
+        if k not in ("output_dir", "calibration_seeds", "development_dir", "holm_families")
     }
     values["experiment"] = {
         k: v for k, v in values["experiment"].items() if k not in ("learning_rates", "lr_search")

@@ -93,11 +93,16 @@ def choose_learning_rates(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[s
 
 
 def verdict_rows(
-    rows: Sequence[Mapping[str, Any]], metric: str, baseline: str = "scratch"
+    rows: Sequence[Mapping[str, Any]],
+    metric: str,
+    baseline: str = "scratch",
+    families: Sequence[Collection[str]] = (),
 ) -> list[tuple[PairedComparison, float, float]]:
     """A block's paired differences with their Holm-adjusted p-values and detectable differences.
 
-    Holm adjusts over every row of the block (every method and fraction against ``baseline``).
+    Holm adjusts over every row of a family (every method and fraction against ``baseline``):
+    the methods of each of ``families`` form one (e.g. arms added to a finished block, tested
+    as hypotheses of their own), every other method the first.
 
     Returns:
         ``(comparison, holm_p, detectable_delta)`` per (method, fraction), as
@@ -112,11 +117,14 @@ def verdict_rows(
         [('rotation', 3, 0.094, 0.076)]
     """
     comparisons = paired_differences([dict(r) for r in rows], metric, baseline)
-    adjusted = holm([c.p_value for c in comparisons])
-    return [
-        (c, p, detectable_difference(c, tests=len(comparisons)))
-        for c, p in zip(comparisons, adjusted, strict=True)
-    ]
+    family = [next((k + 1 for k, f in enumerate(families) if c.method in f), 0) for c in comparisons]
+    out: dict[int, tuple[PairedComparison, float, float]] = {}
+    for label in sorted(set(family)):
+        members = [i for i, f in enumerate(family) if f == label]
+        adjusted = holm([comparisons[i].p_value for i in members])
+        for i, p in zip(members, adjusted, strict=True):
+            out[i] = (comparisons[i], p, detectable_difference(comparisons[i], tests=len(members)))
+    return [out[i] for i in range(len(comparisons))]
 
 
 def _cell(row: tuple[PairedComparison, float, float] | None) -> str:
@@ -130,7 +138,10 @@ def _cell(row: tuple[PairedComparison, float, float] | None) -> str:
 
 
 def verdict_table(
-    blocks: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, baseline: str = "scratch"
+    blocks: Mapping[str, Sequence[Mapping[str, Any]]],
+    metric: str,
+    baseline: str = "scratch",
+    families: Sequence[Collection[str]] = (),
 ) -> str:
     """A Markdown table of every block's paired differences against ``baseline``, side by side.
 
@@ -143,6 +154,7 @@ def verdict_table(
         blocks: block name -> its runs (e.g. ``{"held-out (100-119)": ..., "development (0-19)": ...}``).
         metric: the test metric.
         baseline: the method the others are compared against.
+        families: methods Holm adjusts among themselves (:func:`verdict_rows`).
 
     Examples:
         >>> rows = [{"method": m, "fraction": 0.05, "split_seed": s, "repetition": 0, "pretraining_seed": 0,
@@ -155,7 +167,9 @@ def verdict_table(
         | rotation | 5% | +0.053 [-0.023, +0.129] | 3/3 | 0.094 | ±0.076 |
     """
     per_block = {
-        name: {(c.method, c.fraction): (c, p, d) for c, p, d in verdict_rows(rows, metric, baseline)}
+        name: {
+            (c.method, c.fraction): (c, p, d) for c, p, d in verdict_rows(rows, metric, baseline, families)
+        }
         for name, rows in blocks.items()
     }
     keys = list(dict.fromkeys(key for table in per_block.values() for key in table))
@@ -167,6 +181,11 @@ def verdict_table(
         cells = " | ".join(_cell(table.get((method, fraction))) for table in per_block.values())
         lines.append(f"| {method} | {fraction:.0%} | {cells} |")
     return "\n".join(lines)
+
+
+def _families_note(families: Sequence[Collection[str]]) -> str:
+    listed = "; ".join(", ".join(f) for f in families)
+    return f" (separately within each family of arms added later: {listed})" if families else ""
 
 
 def plot_verdict(
@@ -248,6 +267,7 @@ def write_verdict(
     title: str,
     synthetic: bool,
     baseline: str = "scratch",
+    families: Sequence[Collection[str]] = (),
 ) -> list[Path]:
     """``verdict.md`` and ``verdict.png``: the blocks' paired differences side by side, the first leading.
 
@@ -259,6 +279,7 @@ def write_verdict(
         title: the page's title.
         synthetic: the data are the built-in phantoms (said on both files).
         baseline: the method the others are compared against.
+        families: methods Holm adjusts among themselves (:func:`verdict_rows`).
 
     Returns:
         The files written (none when no block has runs).
@@ -288,9 +309,10 @@ def write_verdict(
         f"{note}\n",
         f"Paired differences against `{baseline}` (`{metric}`), per split seed the mean over its runs; 95 % "
         "Student-t interval over split seeds; *ahead*: split seeds on which the arm beats the baseline; Holm "
-        "over every row of a block; *detectable Δ*: the smallest mean difference the block could have called "
-        "significant after Holm. The first block is the one the verdict comes from.\n",
-        verdict_table(runs, metric, baseline) + "\n",
+        f"over every row of a block{_families_note(families)}; *detectable Δ*: the smallest mean difference "
+        "the block could have called significant after Holm. The first block is the one the verdict comes "
+        "from.\n",
+        verdict_table(runs, metric, baseline, families) + "\n",
     ]
     for name, rows in runs.items():
         splits = sorted({int(r["split_seed"]) for r in rows})
