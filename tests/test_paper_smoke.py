@@ -47,8 +47,8 @@ def test_the_paper_smoke_times_every_phase_and_projects_the_full_run(
     assert [k for k in projected if k.startswith("pretraining")] == [f"pretraining {t}" for t in tasks]
     epochs = [h["seconds"] for f in (tmp_path / "run" / "runs").glob("*.json")
               for h in json.loads(f.read_text())["history"]]  # fmt: skip
-    # 6 methods x 5 fractions x 5 split seeds, 100 epochs of 50 steps (2 in the smoke)
-    expected = statistics.median(epochs) * 25 * 100 * 150
+    # 8 methods x 5 fractions x 5 split seeds, 100 epochs of 50 steps (2 in the smoke)
+    expected = statistics.median(epochs) * 8 * 25 * 100 * 25
     assert projected["fine-tuning (budget, no early stop)"] == pytest.approx(expected)
     assert result["projected_total_hours"] == pytest.approx(sum(projected.values()) / 3600)
     assert json.loads((tmp_path / "smoke.json").read_text())["scans"] == 12
