@@ -23,7 +23,7 @@ import torch
 from pretext3d import engine
 from pretext3d._checks import check_int
 from pretext3d.experiments.subsets import split_cases
-from pretext3d.experiments.verdict import LEARNING_RATES, calibration_folder
+from pretext3d.experiments.verdict import calibration_folder, chosen_learning_rates
 from pretext3d.finetune.trainer import Trainer
 from pretext3d.provenance import read_pretraining_record
 from pretext3d.registry import ENCODERS
@@ -242,9 +242,8 @@ def estimate_cost(
     candidates = max(1, len(experiment.lr_search))
     calibration = 0
     searched = [m for m in methods if m not in experiment.learning_rates]
-    chosen = out / LEARNING_RATES
-    if chosen.exists():
-        searched = [m for m in searched if m not in json.loads(chosen.read_text()).get("learning_rates", {})]
+    chosen = chosen_learning_rates(out)
+    searched = [m for m in searched if m not in chosen]
     if config.calibration_seeds and searched:
         folder = calibration_folder(out, searched, experiment.learning_rates)
         calibration = _runs_left(folder, names(config.calibration_seeds, searched), candidates)[0]

@@ -56,6 +56,7 @@ from pretext3d.experiments.verdict import (
     LEARNING_RATES,
     calibration_folder,
     choose_learning_rates,
+    chosen_learning_rates,
     write_verdict,
 )
 from pretext3d.finetune.trainer import Trainer
@@ -363,9 +364,9 @@ def _chosen_learning_rates(config: Reproduction) -> dict[str, float]:
     frozen = dict(config.experiment.learning_rates)
     missing = [m for m in methods_of(config) if m not in frozen]
     saved = Path(config.output_dir) / LEARNING_RATES
-    if missing and saved.exists():
-        chosen = json.loads(saved.read_text()).get("learning_rates", {})
-        frozen.update({m: float(chosen[m]) for m in missing if m in chosen})
+    if missing:
+        chosen = chosen_learning_rates(config.output_dir)
+        frozen.update({m: chosen[m] for m in missing if m in chosen})
         missing = [m for m in missing if m not in frozen]
     if missing:
         raise ValueError(

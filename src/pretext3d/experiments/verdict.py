@@ -10,6 +10,7 @@ block's.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -26,6 +27,19 @@ __all__ = ["choose_learning_rates", "plot_verdict", "verdict_rows", "verdict_tab
 
 #: the file in a reproduction's folder with each method's chosen learning rate (``calibration_seeds``)
 LEARNING_RATES = "learning_rates.json"
+
+
+def chosen_learning_rates(folder: str | os.PathLike[str]) -> dict[str, float]:
+    """The learning rates a reproduction's calibration chose (its ``learning_rates.json``).
+
+    Examples:
+        >>> chosen_learning_rates("a-folder-without-a-calibration")   # none before it ran
+        {}
+    """
+    saved = Path(folder) / LEARNING_RATES
+    if not saved.exists():
+        return {}
+    return {m: float(lr) for m, lr in json.loads(saved.read_text()).get("learning_rates", {}).items()}
 
 
 def calibration_folder(out: Path, searched: Collection[str], frozen: Collection[str]) -> Path:
