@@ -14,11 +14,13 @@ repeated. docs/results.md has the published run.
     python examples/verdict.py --block development   # first, once: develop, choose the learning rates
     python examples/verdict.py                        # then, once: the held-out block
     python examples/verdict.py --estimate             # only what is left and how long it takes
+    python examples/verdict.py --only genesis,mim     # added arms beside scratch, in folders of their own
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -35,30 +37,57 @@ HERE = Path(__file__).parent
 EXPERIMENTS = ("pancreas", "fundus")
 
 
-def configs(block: str, overrides: list[str]) -> dict[str, Reproduction]:
-    """Each experiment's demo config for ``block``."""
+def configs(block: str, overrides: list[str], only: list[str] | None = None) -> dict[str, Reproduction]:
+    """Each experiment's demo config for ``block``; ``only``: just these tasks beside scratch."""
     out = {}
     for name in EXPERIMENTS:
         config = load_reproduction(HERE / name / "demo.toml", overrides)
+        if only:
+            config = only_tasks(config, only)
         out[name] = held_out_block(config) if block == "held-out" else config
     return out
 
 
-def work(block: str, overrides: list[str], worker: int) -> None:
+def only_tasks(config: Reproduction, tasks: list[str]) -> Reproduction:
+    """``config`` with only ``tasks`` beside scratch (no positive control), in a folder of its own.
+
+    For arms added to a block whose folders are gone (they are not committed, only their report):
+    scratch runs again beside them, on the same seeds, so its rows can be checked against the
+    published ones.
+    """
+    unknown = [t for t in tasks if t not in config.tasks]
+    if unknown:
+        raise SystemExit(
+            f"verdict.py: --only {','.join(unknown)}: not a task of {config.name} ({list(config.tasks)})"
+        )
+    families = tuple(kept for f in config.holm_families if (kept := tuple(m for m in f if m in tasks)))
+    return dataclasses.replace(
+        config,
+        name=f"{config.name} [only {', '.join(tasks)} beside scratch]",
+        output_dir=f"{config.output_dir.rstrip('/')}-{'-'.join(tasks)}",
+        tasks={t: config.tasks[t] for t in tasks},
+        positive_control=0,
+        holm_families=families,
+    )
+
+
+def work(block: str, overrides: list[str], worker: int, only: list[str] | None = None) -> None:
     """One worker: both experiments, starting with experiment ``worker mod 2``."""
     torch.set_num_threads(1)
-    todo = configs(block, overrides)
+    todo = configs(block, overrides, only)
     order = [*EXPERIMENTS[worker % 2 :], *EXPERIMENTS[: worker % 2]]
     for name in order:
         run_reproduction(todo[name], progress=False, estimate=False)
 
 
-def report(block: str, overrides: list[str], seconds: float | None, workers: int) -> None:
-    """Both experiments' blocks side by side: ``runs/verdict/verdict.md`` and ``verdict.png``."""
-    out = Path("runs/verdict")
+def report(
+    block: str, overrides: list[str], seconds: float | None, workers: int, only: list[str] | None = None
+) -> None:
+    """Both experiments' blocks side by side: ``runs/verdict[-<only>]/verdict.md`` and ``verdict.png``."""
+    out = Path("runs/verdict" + ("-" + "-".join(only) if only else ""))
     out.mkdir(parents=True, exist_ok=True)
     panels, lines = [], ["# The verdict on the SYNTHETIC phantoms (examples/verdict.py)\n"]
-    for development in configs("development", overrides).values():
+    for development in configs("development", overrides, only).values():
         held = held_out_block(development)
         blocks = {}
         for label, config in (("held-out", held), ("development", development)):
@@ -93,17 +122,25 @@ def main() -> None:
         "--report", action="store_true", help="only write runs/verdict/ from the finished folders"
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=None,
+        metavar="TASK,...",
+        help="only these tasks beside scratch, no positive control, into <output_dir>-<tasks>[-verdict] "
+        "(arms added to a block whose folders are gone)",
+    )
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        work(args.block, args.set, args.worker)
+        work(args.block, args.set, args.worker, args.only)
         return
     if args.report:
-        report(args.block, args.set, None, args.workers)
+        report(args.block, args.set, None, args.workers, args.only)
         return
     torch.set_num_threads(1)
     total = 0.0
-    for name, config in configs(args.block, args.set).items():
+    for name, config in configs(args.block, args.set, args.only).items():
         cost = estimate_cost(config, workers=args.workers, log=print)
         total += cost.seconds()
         print(f"{name} ({config.output_dir}): {cost}")
@@ -114,18 +151,19 @@ def main() -> None:
     if args.estimate:
         return
     start = time.perf_counter()
-    flags = [f"--set={item}" for item in args.set]
+    flags = [f"--set={item}" for item in args.set] + ([f"--only={','.join(args.only)}"] if args.only else [])
     commands = [
         [sys.executable, __file__, "--block", args.block, "--worker", str(k), *flags]
         for k in range(args.workers)
     ]
-    logs = [Path("runs") / f"verdict-{args.block}-worker{k}.log" for k in range(args.workers)]
+    suffix = "-" + "-".join(args.only) if args.only else ""
+    logs = [Path("runs") / f"verdict-{args.block}{suffix}-worker{k}.log" for k in range(args.workers)]
     code = run_workers(commands, logs)
     if code:
         sys.exit(f"verdict.py: a worker failed (exit code {code}); see {', '.join(map(str, logs))}")
     seconds = time.perf_counter() - start
     print(f"{args.block} block: {seconds / 60:.1f} min with {args.workers} workers")
-    report(args.block, args.set, seconds, args.workers)
+    report(args.block, args.set, seconds, args.workers, args.only)
 
 
 if __name__ == "__main__":
