@@ -67,6 +67,12 @@ def only_tasks(config: Reproduction, tasks: list[str]) -> Reproduction:
         output_dir=f"{config.output_dir.rstrip('/')}-{'-'.join(tasks)}",
         tasks={t: config.tasks[t] for t in tasks},
         positive_control=0,
+        experiment=dataclasses.replace(
+            config.experiment,
+            learning_rates={
+                m: lr for m, lr in config.experiment.learning_rates.items() if m in ("scratch", *tasks)
+            },
+        ),
         holm_families=families,
     )
 
