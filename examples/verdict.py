@@ -63,7 +63,7 @@ def only_tasks(config: Reproduction, tasks: list[str]) -> Reproduction:
     families = tuple(kept for f in config.holm_families if (kept := tuple(m for m in f if m in tasks)))
     return dataclasses.replace(
         config,
-        name=f"{config.name} [only {', '.join(tasks)} beside scratch]",
+        name=f"{config.name} (only {', '.join(tasks)} beside scratch)",
         output_dir=f"{config.output_dir.rstrip('/')}-{'-'.join(tasks)}",
         tasks={t: config.tasks[t] for t in tasks},
         positive_control=0,

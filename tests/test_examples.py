@@ -284,3 +284,23 @@ def test_the_decoder_choice_compares_kept_and_new_decoders_on_validation_only(tm
     assert {r["split_seed"] for r in kept} == {20}
     text = (folder / "decoder.md").read_text()
     assert "kept - new" in text and "load_decoder = " in text
+
+
+def test_verdict_only_runs_the_named_arms_beside_scratch_in_folders_of_their_own() -> None:
+    """examples/verdict.py --only genesis,mim: those arms, scratch, their frozen rates, another folder."""
+    spec = importlib.util.spec_from_file_location("verdict_script", EXAMPLES / "verdict.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for name, config in script.configs("held-out", [], ["genesis", "mim"]).items():
+        full = held_out_block(load_reproduction(EXAMPLES / name / "demo.toml"))
+        assert list(config.tasks) == ["genesis", "mim"] and config.positive_control == 0
+        assert config.experiment.learning_rates == {
+            m: full.experiment.learning_rates[m] for m in ("scratch", "genesis", "mim")
+        }
+        assert config.output_dir == f"runs/{name}-demo-genesis-mim-verdict" != full.output_dir
+        assert config.experiment.split_seeds == full.experiment.split_seeds and config.holm_families == (
+            ("genesis", "mim"),
+        )
+    with pytest.raises(SystemExit, match="--only nope: not a task"):
+        script.configs("held-out", [], ["nope"])
