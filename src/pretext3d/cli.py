@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pretext3d import engine
+from pretext3d._checks import check_device_name
 from pretext3d.config import ConfigError, from_mapping, load_toml, merge_override, parse_override
 from pretext3d.experiments import (
     DataEfficiency,
@@ -32,6 +33,7 @@ from pretext3d.experiments import (
     data_efficiency,
     finetune,
     held_out_block,
+    predict,
     pretrain,
     run_reproduction,
 )
@@ -190,7 +192,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help="N processes of one CPU thread share the folder (about N times sooner; logs beside it)",
             )
             p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers N
+    p = sub.add_parser(
+        "predict",
+        help="apply a fine-tuned model to new scans or images",
+        description="Apply a model written by pretext3d finetune (or data-efficiency with save_models) to "
+        "new scans or images, prepared as its training cases were. Segmentation: a label map per scan "
+        "(<name>.nii.gz) on the scan's own grid, with its affine; grading and classification: "
+        "predictions.csv (the class and each class's probability per image).",
+    )
+    p.add_argument("--model", required=True, type=Path, help="the model file (<output_dir>/models/<run>.pt)")
+    p.add_argument("--input", required=True, nargs="+", help="scans or images, or folders of them")
+    p.add_argument("--output", required=True, type=Path, help="folder for the predictions")
+    p.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda[:i]"')
+    p.add_argument(
+        "--window", type=int, help="segmentation: sliding windows of this edge (default: see docs)"
+    )
+    p.add_argument("--plugin", action="append", default=[], help="a module to import first (repeatable)")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        return _predict(args)
     cls, run = COMMANDS[args.command]
     if args.config is None and not args.defaults:
         print(
@@ -225,6 +246,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pretext3d {args.command}: error: {type(err).__name__}: {err} (--debug for the traceback)",
               file=sys.stderr)  # fmt: skip
         return 1
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """``pretext3d predict --model M --input ... --output DIR``."""
+    try:
+        _import_plugins(args.plugin)
+        check_device_name("--device", args.device)
+        written = predict(args.model, args.input, args.output, device=args.device, window=args.window)
+    except (ConfigError, ValueError, TypeError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"pretext3d predict: error: {err} (--debug for the traceback)", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} prediction file(s) into {args.output}")
     return 0
 
 

@@ -32,6 +32,7 @@ from pretext3d._checks import check_choice, check_int
 __all__ = [
     "CTPreprocessing",
     "FundusPreprocessing",
+    "Geometry",
     "ben_graham",
     "crop_or_pad",
     "crop_to_body",
@@ -160,6 +161,36 @@ def crop_or_pad(array: np.ndarray, shape: tuple[int, ...], fill: float = 0.0) ->
 
 
 @dataclass(frozen=True)
+class Geometry:
+    """What :meth:`CTPreprocessing.transform` did to a scan's voxel grid, step by step.
+
+    Attributes:
+        steps: ``("resize", shape before)``, ``("box", (shape before, ((start, stop), ...)))``
+            (the body crop) or ``("crop_or_pad", shape before)``, in the order applied.
+    """
+
+    steps: tuple[tuple[str, Any], ...] = ()
+
+    def restore(self, label: np.ndarray) -> np.ndarray:
+        """A label map of the preprocessed grid put back on the scan's (background 0 outside the crop).
+
+        The steps undone in reverse: resizes by nearest neighbour (no new label values), a
+        crop placed back into zeros, a centre crop or pad reversed.
+        """
+        for step, value in reversed(self.steps):
+            if step == "resize":
+                label = resize_volume(label, tuple(value), label=True)
+            elif step == "box":
+                shape, box = value
+                out = np.zeros(tuple(shape), dtype=label.dtype)
+                out[tuple(slice(a, b) for a, b in box)] = label
+                label = out
+            else:
+                label = crop_or_pad(label, tuple(value))
+        return label
+
+
+@dataclass(frozen=True)
 class CTPreprocessing:
     """The CT pipeline's arguments; call it on an image (and label) to apply them.
 
@@ -255,6 +286,23 @@ class CTPreprocessing:
         Returns:
             ``(image, label)``: the image normalised, in ``dtype``; the label as int16.
         """
+        image, label, _ = self.transform(image, spacing, label)
+        return image, label
+
+    def transform(
+        self, image: np.ndarray, spacing: tuple[float, ...], label: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+        """As calling it, with the :class:`Geometry` that puts a label map back on the scan's grid.
+
+        Examples:
+            >>> import numpy as np
+            >>> scan = np.full((20, 20, 10), -1000.0)   # air around a box of soft tissue
+            >>> scan[4:16, 5:15, 2:8] = 40.0
+            >>> pipeline = CTPreprocessing(spacing=(2.0, 2.0, 2.0), resize=(8, 8, 8), dtype="float32")
+            >>> image, _, geometry = pipeline.transform(scan, (1.0, 1.0, 1.0))
+            >>> image.shape, geometry.restore(np.ones((8, 8, 8), np.int16)).shape   # back on the scan's grid
+            ((8, 8, 8), (20, 20, 10))
+        """
         if label is not None and label.shape != image.shape:
             raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
         if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
@@ -265,6 +313,7 @@ class CTPreprocessing:
                 f"image holds {int((~np.isfinite(image)).sum())} NaN or infinite values; one would make "
                 "the whole normalised volume NaN"
             )
+        steps: list[tuple[str, Any]] = []
         if self.spacing is not None:
             shape = _target_shape(image.shape, spacing, self.spacing)
             if min(shape) < _MIN_RESAMPLED:
@@ -273,20 +322,24 @@ class CTPreprocessing:
                     f"voxels to {self.spacing} mm leaves {shape} voxels: the header's voxel size is "
                     "implausible for a scan (check its pixdim / PixelSpacing), or set spacing=None"
                 )
+            steps.append(("resize", image.shape))
             image = self._resize_image(image, shape)
             label = None if label is None else resize_volume(label, shape, label=True)
         if self.crop == "body":
             box = crop_to_body(image)
+            steps.append(("box", (image.shape, tuple((b.start, b.stop) for b in box))))
             image = image[box]
             label = None if label is None else label[box]
         elif self.crop is not None:
+            steps.append(("crop_or_pad", image.shape))
             image = crop_or_pad(image, self.crop, fill=float(image.min()))
             label = None if label is None else crop_or_pad(label, self.crop)
         if self.resize is not None:
+            steps.append(("resize", image.shape))
             image = self._resize_image(image, self.resize)
             label = None if label is None else resize_volume(label, self.resize, label=True)
         image = self._normalize(image).astype(self.dtype)
-        return image, None if label is None else label.astype(np.int16)
+        return image, None if label is None else label.astype(np.int16), Geometry(tuple(steps))
 
     def _normalize(self, image: np.ndarray) -> np.ndarray:
         if self.window is not None and self.normalize in ("zscore", "minmax"):

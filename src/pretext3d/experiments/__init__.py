@@ -7,6 +7,7 @@ figures (``pretext3d reproduce``). Provenance records live in :mod:`pretext3d.pr
 """
 
 from pretext3d.experiments.commands import DataEfficiency, Finetuning, data_efficiency, finetune
+from pretext3d.experiments.fitted import FineTunedModel, load_model, predict, save_model
 from pretext3d.experiments.pretraining import Pretraining, accuracy_summary, pretrain, pretrain_encoder
 from pretext3d.experiments.recipes import (
     ClassificationRecipe,
@@ -43,6 +44,7 @@ __all__ = [
     "DataEfficiency",
     "DataEfficiencyConfig",
     "DataEfficiencyGrid",
+    "FineTunedModel",
     "Finetuning",
     "GradingRecipe",
     "LabelledCases",
@@ -63,11 +65,13 @@ __all__ = [
     "finetune",
     "held_out_block",
     "holm",
+    "load_model",
     "load_reproduction",
     "methods_of",
     "nested_subsets",
     "paired_differences",
     "paper_curves",
+    "predict",
     "pretrain",
     "pretrain_encoder",
     "pretraining_curves",
@@ -77,6 +81,7 @@ __all__ = [
     "run_name",
     "run_reproduction",
     "run_seeds",
+    "save_model",
     "split_cases",
     "summarize",
     "summary_table",

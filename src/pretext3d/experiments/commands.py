@@ -32,6 +32,7 @@ from pretext3d.experiments.runner import (
     DataEfficiencyGrid,
     LabelledCases,
     check_methods,
+    run_name,
 )
 from pretext3d.finetune.trainer import TrainConfig
 
@@ -59,6 +60,8 @@ class DataEfficiency:
         output_dir: where runs, results, summary and plot go.
         device: ``"auto"`` (a GPU if there is one), ``"cpu"`` or ``"cuda[:i]"``; resolved when
             the grid starts.
+        save_models: also write each run's model (the epoch selected on validation) to
+            ``<output_dir>/models/<run>.pt``, for ``pretext3d predict``.
         plugins: modules to import first.
 
     Examples:
@@ -78,6 +81,7 @@ class DataEfficiency:
     experiment: DataEfficiencyConfig = field(default_factory=DataEfficiencyConfig)
     output_dir: str = "data-efficiency"
     device: str = "auto"
+    save_models: bool = False
     plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -113,7 +117,9 @@ class Finetuning:
         segmentation: the segmentation recipe (CT data).
         grading: the grading recipe (fundus data, a ``graded-image-folder``).
         classification: the classification recipe (a ``labelled-image-folder``).
-        output_dir: where the run, its checkpoint and the results go.
+        output_dir: where the run, its checkpoint and the results go; the model (the epoch
+            selected on validation) goes to ``<output_dir>/models/<run>.pt``, for ``pretext3d
+            predict``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
         plugins: modules to import first.
 
@@ -163,7 +169,7 @@ class Finetuning:
         )
         return DataEfficiency(
             self.data, {self.name: self.encoder}, self.segmentation, self.grading, self.classification,
-            experiment, self.output_dir, self.device, self.plugins,
+            experiment, self.output_dir, self.device, save_models=True, plugins=self.plugins,
         )  # fmt: skip
 
 
@@ -205,8 +211,9 @@ def data_efficiency(config: DataEfficiency) -> list[dict[str, Any]]:
             images, labels, case_ids, dataclasses.asdict(config.data), config.data.synthetic
         )
         grid = DataEfficiencyGrid(
-            recipe, cases, methods, config.experiment, config.output_dir, device=config.device
-        )
+            recipe, cases, methods, config.experiment, config.output_dir, device=config.device,
+            save_models=config.save_models,
+        )  # fmt: skip
         rows = grid.run()
     except ValueError as err:
         raise ConfigError(str(err)) from err
@@ -215,7 +222,10 @@ def data_efficiency(config: DataEfficiency) -> list[dict[str, Any]]:
 
 
 def finetune(config: Finetuning) -> list[dict[str, Any]]:
-    """One fine-tuning run: the one-cell grid of ``config`` (:meth:`Finetuning.grid`).
+    """One fine-tuning run: the one-cell grid of ``config`` (:meth:`Finetuning.grid`), and its model.
+
+    The model the run selected on validation is written to ``<output_dir>/models/<run>.pt``
+    (:func:`~pretext3d.experiments.load_model`, ``pretext3d predict``).
 
     Examples:
         >>> config = Finetuning(
@@ -226,8 +236,18 @@ def finetune(config: Finetuning) -> list[dict[str, Any]]:
         data efficiency: 1 runs, 0 already done; ...
         >>> rows[0]["fraction"], rows[0]["method"]
         (0.5, 'run')
+        >>> p3.experiments.load_model("one-run/models/run__p0__s0__r0__f0.5.pt").record["fraction"]
+        0.5
     """
-    return data_efficiency(config.grid())
+    rows = data_efficiency(config.grid())
+    row = rows[0]
+    name = run_name(
+        row["method"], row["split_seed"], row["repetition"], row["fraction"], row["pretraining_seed"]
+    )
+    model = Path(config.output_dir) / "models" / f"{name}.pt"
+    if model.exists():
+        print(f"model (selected on validation {row['best_val']}): {model}; apply it with pretext3d predict")
+    return rows
 
 
 def write_report_once(

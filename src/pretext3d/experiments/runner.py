@@ -49,6 +49,8 @@ from torch import Tensor, nn
 from pretext3d import engine
 from pretext3d._atomic import remove_stale_temporaries, write_text
 from pretext3d._checks import check_device_name
+from pretext3d.data.spec import DataSpec
+from pretext3d.experiments.fitted import save_model
 from pretext3d.experiments.locks import RunLock, remove_stale_locks
 from pretext3d.experiments.recipes import Recipe
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
@@ -496,6 +498,10 @@ class DataEfficiencyGrid:
         device: where to fine-tune (``"auto"``, ``"cpu"``, ``"cuda[:i]"``; under torchrun
             ``"cuda"`` is the worker's own GPU), resolved here.
         log: where progress lines go.
+        save_models: write each run's model, as selected on validation, to
+            ``models/<run>.pt`` (:func:`~pretext3d.experiments.save_model`; apply it with
+            :func:`~pretext3d.experiments.predict`). Needs ``cases.info`` to be the data's
+            :class:`~pretext3d.data.DataSpec` settings (the commands' are).
 
     Examples:
         >>> cases = LabelledCases(*p3.data.fundus_phantom_batch(24, size=32), synthetic=True)
@@ -521,9 +527,19 @@ class DataEfficiencyGrid:
         *,
         device: torch.device | str = "auto",
         log: Callable[[str], None] = print,
+        save_models: bool = False,
     ) -> None:
         if not str(output_dir).strip():
             raise ValueError("output_dir must name a folder, got ''")
+        self.data: DataSpec | None = None
+        if save_models:
+            try:
+                self.data = DataSpec(**cases.info)
+            except TypeError as err:
+                raise ValueError(
+                    "save_models needs cases.info to hold the data's DataSpec settings (dataclasses.asdict "
+                    f"of it) to record how inputs are prepared; got {sorted(cases.info)}"
+                ) from err
         if isinstance(device, str):
             check_device_name("device", device)
         recipe.check_labels(cases.labels)
@@ -560,6 +576,10 @@ class DataEfficiencyGrid:
     def path(self, cell: RunCell) -> Path:
         """The finished run's result file."""
         return self.out / "runs" / f"{cell.name}.json"
+
+    def model_path(self, cell: RunCell) -> Path:
+        """The run's model file (written with ``save_models``)."""
+        return self.out / "models" / f"{cell.name}.pt"
 
     def done(self, cell: RunCell) -> bool:
         """Whether the run has finished (its result file exists)."""
@@ -627,6 +647,14 @@ class DataEfficiencyGrid:
         self.prepare()
         plan = self.plan()
         pending = [cell for cell in plan if not self.done(cell)]
+        unsaved = [
+            c.name for c in plan if self.data is not None and self.done(c) and not self.model_path(c).exists()
+        ]
+        if unsaved:
+            self.log(
+                f"{len(unsaved)} run(s) finished before models were saved and have none ({unsaved[0]}, ...): "
+                "delete their runs/<run>.json to train them again with their model"
+            )
         first = self.splits[self.config.split_seeds[0]]
         self.log(
             f"data efficiency: {len(plan)} runs, {len(plan) - len(pending)} already done; per split "
@@ -686,8 +714,17 @@ class DataEfficiencyGrid:
                 val = f", val {record['val']:.3f}" if "val" in record else ""
                 bar.set_postfix_str(f"{cell.name}: epoch {record['epoch'] + 1}/{train.epochs}{val}")
 
-        row = self._search(cell, train, lambda trial, path: self._finetune(
-            encoder_file, subsets[cell.fraction], split, trial, seeds, path, on_epoch
+        record = {
+            "run": cell.name,
+            "method": cell.method,
+            "fraction": cell.fraction,
+            "split_seed": cell.split_seed,
+            "repetition": cell.repetition,
+            "encoder": encoder_file,
+        }
+        row = self._search(cell, train, lambda trial, path, model: self._finetune(
+            encoder_file, subsets[cell.fraction], split, trial, seeds, path, on_epoch,
+            (model, record) if self.data is not None else None,
         ))  # fmt: skip
         info = self.settings["methods"][cell.method][cell.pretraining]
         row.update(
@@ -728,30 +765,44 @@ class DataEfficiencyGrid:
     def _leftovers(self, cell: RunCell) -> list[Path]:
         """The files a run keeps while it runs: its checkpoint, its learning-rate candidates'."""
         return [self._checkpoint(cell)] + [
-            self._checkpoint(cell, lr, ext) for lr in self.config.lr_search for ext in (".pt", ".json")
+            self._checkpoint(cell, lr, ext)
+            for lr in self.config.lr_search
+            for ext in (".pt", ".json", ".model.pt")
         ]
 
     def _search(
-        self, cell: RunCell, train: TrainConfig, finetune: Callable[[TrainConfig, Path], dict[str, Any]]
+        self,
+        cell: RunCell,
+        train: TrainConfig,
+        finetune: Callable[[TrainConfig, Path, Path], dict[str, Any]],
     ) -> dict[str, Any]:
         """The run with ``train`` as given, or the best on validation of ``config.lr_search``.
 
-        A finished candidate is kept in ``checkpoints/<run>.lr<lr>.json`` until the run's row is
-        written, so an interrupted search repeats none.
+        ``finetune(settings, checkpoint, model file)``. A finished candidate is kept in
+        ``checkpoints/<run>.lr<lr>.json`` (its model in ``.lr<lr>.model.pt``) until the run's
+        row is written, so an interrupted search repeats none.
         """
         if not self.config.lr_search or cell.method in self.config.learning_rates:
-            return finetune(train, self._checkpoint(cell))
+            return finetune(train, self._checkpoint(cell), self.model_path(cell))
         tried: list[tuple[float, dict[str, Any]]] = []
         for lr in self.config.lr_search:
             done = self._checkpoint(cell, lr, ".json")
             if done.exists():
                 row = json.loads(done.read_text())
             else:
-                row = finetune(dataclasses.replace(train, lr=lr), self._checkpoint(cell, lr))
+                row = finetune(
+                    dataclasses.replace(train, lr=lr),
+                    self._checkpoint(cell, lr),
+                    self._checkpoint(cell, lr, ".model.pt"),
+                )
                 write_text(done, json.dumps(row, sort_keys=True))
             tried.append((lr, row))
         order = {lr: i for i, (lr, _) in enumerate(tried)}  # ties: the first candidate listed
         best_lr, best = max(tried, key=lambda t: (_score(t[1]["best_val"]), -order[t[0]]))
+        chosen = self._checkpoint(cell, best_lr, ".model.pt")
+        if chosen.exists():  # the chosen candidate's model is the run's
+            self.model_path(cell).parent.mkdir(exist_ok=True)
+            os.replace(chosen, self.model_path(cell))
         best = dict(best)
         best["lr_search"] = [
             {"lr": lr, "best_val": r["best_val"], "best_epoch": r["best_epoch"], "chosen": lr == best_lr}
@@ -768,8 +819,12 @@ class DataEfficiencyGrid:
         seeds: RunSeeds,
         checkpoint: Path,
         on_epoch: engine.Callback,
+        save: tuple[Path, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Train one model from ``encoder_file`` (or scratch) on ``subset``; its result row."""
+        """Train one model from ``encoder_file`` (or scratch) on ``subset``; its result row.
+
+        ``save``: the model file to write, with what to record in it beside the selection.
+        """
         start = time.perf_counter()
         recipe, images, labels, ids = self.recipe, self.cases.images, self.cases.labels, self.cases.ids
         val, test = split.val, split.test
@@ -799,6 +854,12 @@ class DataEfficiencyGrid:
         with trainer.optim.autocast():  # tested in the precision it was validated in
             summary, per_case = recipe.score_cases(trainer.model, images[test], labels[test], self.device)
         best_epoch = trainer.best_epoch if trainer.best_epoch is not None else len(history) - 1
+        if save is not None and self.data is not None:
+            file, record = save
+            selection = {"metric": recipe.metric, "best_val": trainer.best_score if val else None,
+                         "best_epoch": best_epoch, "test": summary, "n_labelled": len(subset)}  # fmt: skip
+            file.parent.mkdir(parents=True, exist_ok=True)
+            save_model(file, model, recipe, self.data, images.shape[1], {**record, **selection})
         patience = config.early_stopping_patience
         converged = None if patience is None or not val else trainer.stopped_by_patience()
         return {
