@@ -207,3 +207,68 @@ def test_plugins_beside_the_config_import_without_pythonpath(
     )
     assert main(["pretrain", "--config", str(folder / "pretrain.toml")]) == 0, capsys.readouterr().err
     assert "tiny-from-the-config-folder" in ENCODERS and (tmp_path / "enc.pt").exists()
+
+
+class Plain(nn.Module):
+    """A user's encoder that keeps no config dict: its options are recorded by create_encoder."""
+
+    def __init__(self, spatial_dims: int = 3, in_channels: int = 1, width: int = 4, **extra: float) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        self.net = conv(in_channels, width, 3, padding=1)
+        self.num_features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_plugin_encoder_s_options_round_trip_and_refusals_agree(
+    tmp_path: Path, clean_registries: None, spatial_dims: int
+) -> None:
+    p3.registry.register_encoder("plain")(Plain)
+    made = p3.create_encoder("plain", spatial_dims=spatial_dims, in_channels=2, width=8, gain=0.5)
+    p3.models.save_encoder(made, tmp_path / "made.pt")
+    config = p3.models.encoder_info(tmp_path / "made.pt")["config"]
+    assert config == {"spatial_dims": spatial_dims, "in_channels": 2, "width": 8, "gain": 0.5}  # defaults too
+    rebuilt = p3.models.load_encoder(tmp_path / "made.pt")
+    assert rebuilt.num_features == 8 and torch.equal(rebuilt.net.weight, made.net.weight)
+    recipe = p3.experiments.GradingRecipe(backbone="plain", backbone_options={"width": 4, "gain": 0.5})
+    with pytest.raises(
+        ValueError, match=r"built with options \{.*'width': 8.*\}, but the recipe's backbone_options"
+    ):
+        recipe.check_encoder(2, tmp_path / "made.pt")  # what was recorded beside what was asked
+    # built directly: nothing recorded, and every path says so in the same words
+    p3.models.save_encoder(Plain(spatial_dims, 2, 8), tmp_path / "direct.pt")
+    for call in (lambda: p3.models.load_encoder(tmp_path / "direct.pt"),
+                 lambda: recipe.check_encoder(2, tmp_path / "direct.pt")):  # fmt: skip
+        with pytest.raises(
+            ValueError, match="holds a 'plain' encoder whose constructor options were not recorded"
+        ):
+            call()
+
+
+def test_the_library_s_own_encoder_saved_by_hand_fine_tunes_as_a_backbone(tmp_path: Path) -> None:
+    p3.models.save_encoder(p3.models.ConvEncoder(3, 1, (8, 16, 32)), tmp_path / "conv.pt")
+    for options in ({"widths": [8, 16, 32]}, {}):
+        recipe = p3.experiments.SegmentationRecipe(backbone="conv", backbone_options=options, crop=None)
+        recipe.check_encoder(1, tmp_path / "conv.pt")  # the same architecture: accepted
+    recipe = p3.experiments.SegmentationRecipe(
+        backbone="conv", backbone_options={"widths": [8, 16]}, crop=None
+    )
+    with pytest.raises(ValueError, match=r"built with options .*'widths': \[8, 16, 32\]"):
+        recipe.check_encoder(1, tmp_path / "conv.pt")
+
+
+@pytest.mark.parametrize(("kind", "family"), [("fundus-phantom", "densenet"), ("ct-phantom", "unet")])
+def test_the_default_encoder_follows_the_data_s_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, family: str
+) -> None:
+    """A pretraining config that names no encoder pretrains what the data's recipe fine-tunes."""
+    status = main([
+        "pretrain", "--defaults", "--set", f"output={tmp_path / 'enc.pt'}", "--set", "held_out=2",
+        "--set", f'data={{kind="{kind}", count=6, size=32}}',
+        "--set", "pretrain={steps=1, batch_size=2, device='cpu', progress=false}",
+    ])  # fmt: skip
+    assert status == 0
+    assert p3.models.encoder_name(tmp_path / "enc.pt") == family and "note:" not in capsys.readouterr().out

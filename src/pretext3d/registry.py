@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from torch import nn
@@ -259,6 +259,9 @@ def create_task(name: str, **options: Any) -> Any:
 def create_encoder(name: str, **options: Any) -> nn.Module:
     """The registered encoder ``name`` built with ``options`` (``spatial_dims``, ``in_channels``, ...).
 
+    The module records its name and every argument (defaults included), so that
+    :func:`~pretext3d.models.save_encoder` writes them and
+    :func:`~pretext3d.models.load_encoder` rebuilds it, for a plugin's encoder too.
     ``"timm/<model>"`` builds ``timm.create_model(model, num_classes=0, in_chans=in_channels,
     **options)`` (2D only; pooled features), ``"monai/<network>"`` builds
     ``monai.networks.nets.<network>`` with ``spatial_dims`` and the input channels (a MONAI
@@ -282,6 +285,25 @@ def create_encoder(name: str, **options: Any) -> nn.Module:
     module = builder(**options)
     if not isinstance(module, nn.Module):
         raise TypeError(f"encoder {name!r} built a {type(module).__name__}, not an nn.Module")
+    if not isinstance(getattr(module, "config", None), Mapping) and not hasattr(module, "_pretext3d_build"):
+        # what save_encoder records, so that load_encoder and the recipes rebuild it: every argument
+        # the builder took, its defaults included (a class that keeps a config dict records that)
+        arguments = dict(options)
+        try:
+            signature = inspect.signature(builder)
+        except (TypeError, ValueError):  # no signature to read: the options as given
+            signature = None
+        if signature is not None:
+            bound = signature.bind(**options)
+            bound.apply_defaults()
+            arguments = {}
+            for key, value in bound.arguments.items():
+                kind = signature.parameters[key].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(value)
+                elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                    arguments[key] = value
+        module._pretext3d_build = {"encoder": name, "config": arguments}  # type: ignore[assignment]
     return module
 
 

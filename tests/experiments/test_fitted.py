@@ -62,7 +62,9 @@ def test_a_label_map_comes_back_on_the_inputs_grid_and_orientation(
     image, truth = _scan()
     affine = ORIENTATIONS[orientation]
     p3.data.io.write_nifti(tmp_path / "new" / "scan.nii.gz", image, affine)
-    data = DataSpec(kind="labelled-volume-folder", path="unused", size=16, preprocessing=PREPARATIONS[preparation])
+    data = DataSpec(
+        kind="labelled-volume-folder", path="unused", size=16, preprocessing=PREPARATIONS[preparation]
+    )
     model = FineTunedModel(Threshold(), SegmentationRecipe(widths=(4, 8), crop=None), data, 1, {})
     written = predict(model, tmp_path / "new", tmp_path / "out", device="cpu", window=window)
     assert written == [tmp_path / "out" / "scan.nii.gz"]
@@ -104,17 +106,19 @@ def test_scans_from_finetune_to_predict_on_the_command_line(tmp_path: Path) -> N
     for i in range(6):
         image, label = _scan(seed=i)
         p3.data.io.write_nifti(tmp_path / "data" / "imagesTr" / f"case{i}_0000.nii.gz", image, affine)
-        p3.data.io.write_nifti(tmp_path / "data" / "labelsTr" / f"case{i}.nii.gz", label.astype(np.uint8), affine)
+        p3.data.io.write_nifti(
+            tmp_path / "data" / "labelsTr" / f"case{i}.nii.gz", label.astype(np.uint8), affine
+        )
     new, _ = _scan((22, 16, 10), seed=9)  # another shape
     p3.data.io.write_nifti(tmp_path / "new" / "other_0000.nii.gz", new, ORIENTATIONS["permuted"])
-    (tmp_path / "finetune.toml").write_text(f'''output_dir = "{tmp_path / 'ft'}"
+    (tmp_path / "finetune.toml").write_text(f'''output_dir = "{tmp_path / "ft"}"
 device = "cpu"
 fraction = 1.0
 train = {{ epochs = 1, steps_per_epoch = 2, batch_size = 2 }}
 segmentation = {{ widths = [4, 8], crop = 8 }}
 [data]
 kind = "labelled-volume-folder"
-path = "{tmp_path / 'data'}"
+path = "{tmp_path / "data"}"
 size = 16
 classes = ["background", "box"]
 preprocessing = {{ modality = "mr", spacing = [2.0, 2.0, 2.0], resize = true }}
@@ -145,7 +149,9 @@ def test_images_from_finetune_to_predict_on_the_command_line(tmp_path: Path) -> 
         rows.append(f"img{i}.png,{names[i % 2]}")
     (tmp_path / "data" / "labels.csv").write_text("\n".join(rows) + "\n")
     for i in range(3):
-        p3.data.io.write_png(tmp_path / "new" / f"n{i}.PNG", rng.integers(0, 255, (30, 30, 3)).astype(np.uint8))
+        p3.data.io.write_png(
+            tmp_path / "new" / f"n{i}.PNG", rng.integers(0, 255, (30, 30, 3)).astype(np.uint8)
+        )
     status, text = _run([
         "finetune", "--defaults", "--set", f"output_dir={tmp_path / 'ft'}", "--set", "device=cpu",
         "--set", f'data={{kind="labelled-image-folder", path="{tmp_path / "data"}", size=16}}',

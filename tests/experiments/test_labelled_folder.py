@@ -101,3 +101,16 @@ def test_what_a_labelled_folder_cannot_hold_is_named(tmp_path: Path) -> None:
         spec.unlabelled()
     with pytest.raises(ValueError, match=r"data\.classes names the labels of labelled-volume-folder, "):
         DataSpec(kind="ct-phantom", classes=["background", "pancreas"])
+
+
+def test_a_volume_folder_at_an_nnunet_root_refuses_its_label_maps(tmp_path: Path) -> None:
+    """Pointed at a dataset root, a volume-folder would pretrain on labelsTr/ as images: refused, by name."""
+    root = _folder(tmp_path / "Dataset001", nnunet=True)
+    write_nifti(root / "imagesTs" / "new_0000.nii.gz", np.zeros((20, 20, 12), np.float32), np.eye(4))
+    spec = DataSpec(kind="volume-folder", path=str(root), preprocessing={"modality": "mr"})
+    with pytest.raises(ValueError, match=r"holds label maps \(8 files under labelsTr/\).*imagesTs/"):
+        spec.unlabelled()
+    pool = DataSpec(
+        kind="volume-folder", path=str(root / "imagesTs"), preprocessing={"modality": "mr"}
+    ).unlabelled()
+    assert len(pool) == 1  # the unlabelled scans, as the message says

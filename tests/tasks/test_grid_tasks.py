@@ -204,12 +204,22 @@ def test_bad_construction(make: object, error: type[Exception], match: str) -> N
         make()  # type: ignore[operator]
 
 
+@pytest.mark.parametrize(("grid", "count"), [(2, 24), (3, 100)])
+def test_jigsaw_s_default_set_fits_its_grid(spatial_dims: int, grid: int, count: int) -> None:
+    """Left out, the permutation set is 100, or every permutation a smaller grid has (2D grid 2: 4! = 24)."""
+    task = Jigsaw(spatial_dims, grid=grid)
+    expected = count if spatial_dims == 2 else 100  # 8! and 27! permutations: 100 of them
+    assert task.num_classes == expected and len(torch.unique(task.permutations, dim=0)) == expected
+
+
 @pytest.mark.parametrize("task_cls", [Jigsaw, RelativePatchLocation])
 def test_too_small_volume(spatial_dims: int, task_cls: type) -> None:
     task = task_cls(spatial_dims, grid=3, jitter=3, gap=0)
+    assert task.smallest_size() == 12  # 3 * (3 + 0 + 1)
     with pytest.raises(
-        ValueError, match=r"too small for grid=3, jitter=3 and gap=0: every axis needs at least .* = 12"
+        ValueError, match=r"too small for grid=3, jitter=3 and gap=0: .*needs at least 12 voxels"
     ):
         task(torch.randn(2, 1, *[11] * spatial_dims))
+    task(torch.randn(2, 1, *[12] * spatial_dims))  # the size it names works
     with pytest.raises(TypeError, match="floating-point"):
         task(torch.ones(2, 1, *[12] * spatial_dims, dtype=torch.uint8))

@@ -27,6 +27,10 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+#: the folders label maps lie in (labels/, labelsTr/, labelsTs/ of MSD and nnU-Net datasets)
+_LABELS = re.compile(r"^labels(Tr|Ts)?$", re.IGNORECASE)
+
+
 def is_junk(path: Path) -> bool:
     """MacOS resource forks (``._name``) and other hidden files."""
     return path.name.startswith(".")
@@ -204,7 +208,9 @@ class VolumeDataset(Dataset[Tensor]):
 class VolumeFolder(VolumeDataset):
     """Every NIfTI (``.nii``, ``.nii.gz``) and ``.npy`` volume under a folder (recursively).
 
-    Hidden files and macOS ``._*`` junk are skipped. Keyword arguments as for
+    Hidden files and macOS ``._*`` junk are skipped. Label maps are refused: a folder holding a
+    ``labels*`` sub-folder (``labelsTr/`` of an nnU-Net or MSD dataset) is an error that says
+    which folder to name instead. Keyword arguments as for
     :class:`VolumeDataset`.
 
     Examples:
@@ -224,6 +230,15 @@ class VolumeFolder(VolumeDataset):
         files = list_files(root, lambda p: p.name.endswith(VOLUME_SUFFIXES))
         if not files:
             raise ValueError(f"no .nii, .nii.gz or .npy files under {str(root)!r}")
+        labels = sorted({q for p in files for q in p.relative_to(root).parent.parts if _LABELS.match(q)})
+        if labels:
+            count = sum(any(_LABELS.match(q) for q in p.relative_to(root).parent.parts) for p in files)
+            raise ValueError(
+                f"volume folder {str(root)!r} holds label maps ({count} files under {', '.join(labels)}/), "
+                "which are not images: a volume-folder pretrains on every scan under it. For an nnU-Net or "
+                "MSD dataset point data.path at its unlabelled scans (imagesTs/); its labelled cases are a "
+                'kind = "labelled-volume-folder" (pretraining on them too: include_labelled = true)'
+            )
         names = [str(p.relative_to(root)).replace(os.sep, "__") for p in files]
         super().__init__(list(zip(names, files, strict=True)), **kwargs)  # type: ignore[arg-type]
 

@@ -22,7 +22,7 @@ from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe
 from pretext3d.experiments.recipes import recipe_for
 from pretext3d.pretrainer import PretrainConfig, Pretrainer
-from pretext3d.registry import ENCODERS, RECIPES, TASKS, registered
+from pretext3d.registry import ENCODERS, RECIPES, TASKS, create_encoder, registered
 from pretext3d.training import TaskSpec
 
 __all__ = ["Pretraining", "accuracy_summary", "pretrain", "pretrain_encoder"]
@@ -42,11 +42,14 @@ class Pretraining:
         task_options: keyword arguments of the task (e.g. ``grid``, ``jitter``).
         tasks: several tasks on one encoder: ``[[tasks]]`` tables with ``task`` (or ``name``),
             ``weight`` and ``options`` (:class:`~pretext3d.training.TaskSpec`).
-        encoder: a registered encoder: ``unet``, ``densenet``, ``conv`` or a plugin's.
+        encoder: a registered encoder: ``unet``, ``densenet``, ``conv``, ``timm/<model>``,
+            ``monai/<network>`` or a plugin's. ``""`` (the default): the family the data's
+            fine-tuning recipe loads (:meth:`encoder_name`): ``unet`` for scans (segmentation),
+            ``densenet`` for images (grading and classification).
         encoder_options: keyword arguments of the encoder; empty means, for the encoder
-            family the data's fine-tuning recipe loads (``unet`` for CT, ``densenet`` for
-            fundus), the recipe's default architecture (U-Net widths 8/16/32; DenseNet
-            growth 12, blocks 2/2/2, stem 16), so the weights fit it.
+            family the data's fine-tuning recipe loads, the recipe's default architecture
+            (U-Net widths 8/16/32; DenseNet growth 12, blocks 2/2/2, stem 16), so the weights
+            fit it.
         data: the images (``volume-folder``, ``dicom-folder``, ``fundus-folder``,
             ``task07``, ``aptos``, the phantoms, or a registered data kind).
         held_out: images of the pool kept aside to measure the pretext loss and accuracy.
@@ -70,7 +73,7 @@ class Pretraining:
     task: str = "rotation"
     task_options: dict[str, Any] = field(default_factory=dict)
     tasks: list[TaskSpec] = field(default_factory=list)
-    encoder: str = "unet"
+    encoder: str = ""
     encoder_options: dict[str, Any] = field(default_factory=dict)
     data: DataSpec = field(default_factory=DataSpec)
     held_out: int = 16
@@ -81,7 +84,8 @@ class Pretraining:
     def __post_init__(self) -> None:
         """Check the names against the registries, and the numbers."""
         registered(self.task, TASKS)
-        registered(self.encoder, ENCODERS)
+        if self.encoder:
+            registered(self.encoder, ENCODERS)
         check_int("held_out", self.held_out, 0)
         if not self.output.strip():
             raise ValueError("output must name the encoder file to write, got ''")
@@ -93,6 +97,20 @@ class Pretraining:
                         f"tasks[{i}].{key} applies to a reproduction's tasks; every task of one pretraining "
                         f"run shares its {key}: set pretrain.{key}"
                     )
+
+    def encoder_name(self) -> str:
+        """The encoder to pretrain: :attr:`encoder`, else the one the data's recipe fine-tunes.
+
+        Examples:
+            >>> Pretraining(data=p3.data.DataSpec(kind="fundus-phantom")).encoder_name()   # grading
+            'densenet'
+            >>> Pretraining(encoder="conv").encoder_name()
+            'conv'
+        """
+        if self.encoder:
+            return self.encoder
+        recipe = RECIPES.get(self.data.recipe) if self.data.recipe else None
+        return str(getattr(recipe, "encoder", "") or "unet")
 
     def specs(self) -> list[TaskSpec]:
         """The tasks to train: ``tasks``, or the one ``task``."""
@@ -139,22 +157,23 @@ def pretrain_encoder(
     """
     data, d = config.data, config.data.spatial_dims
     from_data = "pretext3d sets it from the data (data.kind)"
-    encoder_cls = ENCODERS.get(config.encoder)
+    name = config.encoder_name()
+    encoder_cls = ENCODERS.get(name)
     specs = config.specs()
     check_keywords(
-        getattr(encoder_cls, "__name__", config.encoder), config.encoder_options, encoder_cls,
+        getattr(encoder_cls, "__name__", name), config.encoder_options, encoder_cls,
         "encoder_options", {"spatial_dims": from_data, "in_channels": from_data},
     )  # fmt: skip
     options = config.encoder_options
     recipe_cls = RECIPES.get(data.recipe) if data.recipe else None
     family = getattr(recipe_cls, "encoder", None)
-    if recipe_note and family is not None and config.encoder != family and engine.is_main_process():
+    if recipe_note and family is not None and name != family and engine.is_main_process():
         log(
             f"note: {recipe_cls.__name__}, which pretext3d data-efficiency uses for these data, "  # type: ignore[union-attr]
-            f"fine-tunes {family!r} encoders by default; to fine-tune this {config.encoder!r} encoder, set "
-            f"its backbone = {config.encoder!r} and backbone_options = the encoder_options"
+            f"fine-tunes {family!r} encoders by default; to fine-tune this {name!r} encoder, set "
+            f"its backbone = {name!r} and backbone_options = the encoder_options"
         )
-    if not options and family == config.encoder:
+    if not options and family == name:
         options = recipe_for(data).encoder_options()
     pool = data.unlabelled() if pool is None else pool
     size = len(pool)  # type: ignore[arg-type]
@@ -164,7 +183,7 @@ def pretrain_encoder(
         # the tasks are built before the encoder is seeded, as a user's script would
         tasks = [TaskSpec(s.build(d), s.weight, name=s.label) for s in specs]
         torch.manual_seed(config.pretrain.seed)  # the encoder's initialisation follows the run's seed
-        model = encoder_cls(spatial_dims=d, in_channels=data.in_channels, **options)
+        model = create_encoder(name, spatial_dims=d, in_channels=data.in_channels, **options)
         held = config.held_out
         trainer = Pretrainer(
             model,

@@ -49,6 +49,7 @@ from pretext3d.models import (
     load_encoder,
     load_encoder_weights,
 )
+from pretext3d.models.io import unrecorded_options
 from pretext3d.pretext_model import infer_num_features
 from pretext3d.registry import ENCODERS, RECIPES, create_encoder, register_recipe, registered
 from pretext3d.transforms.crops import foreground_crops
@@ -226,7 +227,10 @@ class Recipe(abc.ABC):
             )
         backbone_options = getattr(self, "backbone_options", None)
         if getattr(self, "backbone", "") and backbone_options is not None:
-            recorded = dict(encoder_info(encoder_file)["config"] or {})
+            config = encoder_info(encoder_file)["config"]
+            if config is None:
+                raise ValueError(unrecorded_options(encoder_file, wanted))
+            recorded = dict(config)
             saved, built = _same_options(recorded, self.encoder_kind(), backbone_options, in_channels)
             if saved != built:
                 raise ValueError(

@@ -148,16 +148,28 @@ def load_encoder(path: str | PathLike[str]) -> nn.Module:
     """
     payload = _read(path)
     name = _registered_name(payload)
-    if name is None or name not in ENCODERS or payload.get("config") is None:
+    if name is None or name not in ENCODERS:
         raise ValueError(
-            f"{str(path)!r} holds a {payload.get('class')} encoder without a registered name and config "
-            f"that pretext3d can rebuild (registered: {ENCODERS.names()}); build the module yourself "
-            "and call load_encoder_weights(module, path)"
+            f"{str(path)!r} holds a {payload.get('class')} encoder that is not registered here "
+            f"(registered: {ENCODERS.names()}): import the plugin that registers it, or build the module "
+            "yourself and call load_encoder_weights(module, path)"
         )
+    if payload.get("config") is None:
+        raise ValueError(unrecorded_options(path, name))
     config = {_RENAMED.get(k, k): v for k, v in payload["config"].items()}
     encoder: nn.Module = ENCODERS.get(name)(**config)
     encoder.load_state_dict(payload["state_dict"])
     return encoder
+
+
+def unrecorded_options(path: str | PathLike[str], name: str) -> str:
+    """The refusal of an encoder file that names its encoder but not the options it was built with."""
+    return (
+        f"encoder file {str(path)!r} holds a {name!r} encoder whose constructor options were not recorded "
+        "(it was built directly, not by create_encoder or pretext3d pretrain, and its class keeps no "
+        f"`config` dict), so it cannot be rebuilt: save an encoder made by p3.create_encoder({name!r}, ...), "
+        "or build the module yourself and call load_encoder_weights(module, path)"
+    )
 
 
 def load_encoder_weights(

@@ -158,15 +158,27 @@ class GridPatchTask(ClassificationTask[P]):
         cell = tuple(size // self.grid for size in spatial_shape)
         return cell, tuple(c - jitter - gap for c in cell)
 
+    def smallest_size(self) -> int:
+        """The smallest image edge whose patches are at least 1 voxel wide with these settings.
+
+        Examples:
+            >>> p3.tasks.Jigsaw(2, grid=3, jitter=2, gap=1).smallest_size()   # 3 * (2 + 1 + 1)
+            12
+        """
+        size = self.grid
+        while min(self.geometry((size,))[1]) < 1:
+            size += 1
+        return size
+
     def _check_input(self, x: Tensor) -> None:
         spatial = tuple(x.shape[2:])
-        jitter, gap = self.pixels(spatial)
-        need = self.grid * (jitter + gap + 1)
-        if min(spatial) < need:
+        _, patch = self.geometry(spatial)
+        if min(patch) < 1:
             raise ValueError(
                 f"x's spatial shape {spatial} is too small for grid={self.grid}, jitter={self.jitter} and "
-                f"gap={self.gap}: every axis needs at least grid * (jitter + gap + 1) = {need} voxels so "
-                "that patches are at least 1 voxel wide"
+                f"gap={self.gap}: patches would be {patch} voxels (patch = size // grid - jitter - gap); "
+                f"every axis needs at least {self.smallest_size()} voxels with these settings, or lower "
+                "grid, jitter or gap"
             )
 
     def _draw_grid_params(

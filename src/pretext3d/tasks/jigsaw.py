@@ -71,7 +71,9 @@ class Jigsaw(GridPatchTask[JigsawParams]):
     Args:
         spatial_dims: 2 or 3.
         grid: cells per axis (``grid**spatial_dims`` cells in all).
-        num_permutations: size of the permutation set, i.e. ``num_classes``.
+        num_permutations: size of the permutation set, i.e. ``num_classes``; ``None`` (the
+            default): 100, or every permutation where the grid has fewer (``4! = 24`` for a
+            2D grid of 2).
         jitter: how far a patch moves inside its cell: voxels (int) or a fraction of the
             cell (float); in training a random offset in ``[0, jitter]`` per patch (so
             borders cannot be matched), in eval mode the centre.
@@ -126,7 +128,7 @@ class Jigsaw(GridPatchTask[JigsawParams]):
         self,
         spatial_dims: int,
         grid: int = 3,
-        num_permutations: int = 100,
+        num_permutations: int | None = None,
         jitter: int | float = 0.1,
         seed: int = 0,
         *,
@@ -142,6 +144,8 @@ class Jigsaw(GridPatchTask[JigsawParams]):
             spatial_dims, check_int("grid", grid, 2), jitter, gap=gap, crop_scale=crop_scale,
             normalize_tiles=normalize_tiles, tile_flip=tile_flip, color=color, check_finite=check_finite,
         )  # fmt: skip
+        if num_permutations is None:  # 100, or all there are
+            num_permutations = 100 if self.num_cells > 4 else math.factorial(self.num_cells)
         check_int("num_permutations", num_permutations, 2)  # one permutation: a one-class task
         if self.num_cells <= 20 and num_permutations > math.factorial(self.num_cells):
             raise ValueError(
