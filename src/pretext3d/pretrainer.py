@@ -298,8 +298,10 @@ class Pretrainer:
         """Optimizer steps of the run (``config.steps``, or its epochs over this rank's batches)."""
         cfg = self.config
         if self.size < cfg.batch_size * self.world:
+            held = 0 if self.held_out is None else len(self.held_out)
+            kept = f" (after the {held} held-out images: lower held_out)" if held else ""
             raise ValueError(
-                f"data holds {self.size} images, fewer than batch_size={cfg.batch_size} x "
+                f"data holds {self.size} training images{kept}, fewer than batch_size={cfg.batch_size} x "
                 f"{self.world} processes"
             )
         if cfg.steps is not None:

@@ -127,6 +127,7 @@ preprocessing = {{ modality = "mr", spacing = [2.0, 2.0, 2.0], resize = true }}
     assert status == 0, text
     models = list((tmp_path / "ft" / "models").glob("*.pt"))
     assert len(models) == 1 and "apply it with pretext3d predict" in text
+    assert (tmp_path / "ft" / "model.pt").read_bytes() == models[0].read_bytes()
     model = load_model(models[0])
     assert model.classes == ["background", "box"] and model.record["metric"] == "mean_dice"
     assert model.record["best_epoch"] == 0 and "mean_dice" in model.record["test"]

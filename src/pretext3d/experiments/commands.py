@@ -11,10 +11,12 @@ several workers share the folder.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pretext3d._atomic import atomic_path
 from pretext3d._checks import check_device_name, check_int
 from pretext3d.config import ConfigError
 from pretext3d.data.spec import DataSpec
@@ -118,8 +120,7 @@ class Finetuning:
         grading: the grading recipe (fundus data, a ``graded-image-folder``).
         classification: the classification recipe (a ``labelled-image-folder``).
         output_dir: where the run, its checkpoint and the results go; the model (the epoch
-            selected on validation) goes to ``<output_dir>/models/<run>.pt``, for ``pretext3d
-            predict``.
+            selected on validation) goes to ``<output_dir>/model.pt``, for ``pretext3d predict``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
         plugins: modules to import first.
 
@@ -224,8 +225,9 @@ def data_efficiency(config: DataEfficiency) -> list[dict[str, Any]]:
 def finetune(config: Finetuning) -> list[dict[str, Any]]:
     """One fine-tuning run: the one-cell grid of ``config`` (:meth:`Finetuning.grid`), and its model.
 
-    The model the run selected on validation is written to ``<output_dir>/models/<run>.pt``
-    (:func:`~pretext3d.experiments.load_model`, ``pretext3d predict``).
+    The model the run selected on validation is written to ``<output_dir>/model.pt`` (and
+    ``models/<run>.pt``, as the grid names it): :func:`~pretext3d.experiments.load_model`,
+    ``pretext3d predict``.
 
     Examples:
         >>> config = Finetuning(
@@ -236,7 +238,7 @@ def finetune(config: Finetuning) -> list[dict[str, Any]]:
         data efficiency: 1 runs, 0 already done; ...
         >>> rows[0]["fraction"], rows[0]["method"]
         (0.5, 'run')
-        >>> p3.experiments.load_model("one-run/models/run__p0__s0__r0__f0.5.pt").record["fraction"]
+        >>> p3.experiments.load_model("one-run/model.pt").record["fraction"]
         0.5
     """
     rows = data_efficiency(config.grid())
@@ -245,8 +247,12 @@ def finetune(config: Finetuning) -> list[dict[str, Any]]:
         row["method"], row["split_seed"], row["repetition"], row["fraction"], row["pretraining_seed"]
     )
     model = Path(config.output_dir) / "models" / f"{name}.pt"
-    if model.exists():
-        print(f"model (selected on validation {row['best_val']}): {model}; apply it with pretext3d predict")
+    if model.exists():  # a resumed run that finished before models were saved has none
+        target = Path(config.output_dir) / "model.pt"
+        with atomic_path(target) as tmp:
+            shutil.copyfile(model, tmp)
+        best = "n/a" if row["best_val"] is None else f"{config.grid().recipe.metric} {row['best_val']:.4f}"
+        print(f"wrote {target} (validation {best}); apply it with pretext3d predict")
     return rows
 
 
