@@ -452,3 +452,19 @@ def test_a_resumed_run_tells_tensorboard_to_drop_the_steps_it_logs_again(
     resumed.truncate(2)  # the checkpoint was at step 2; step 3 is logged again
     resumed.log({"step": 3, "loss": 0.5})
     assert [(w["purge_step"], w["steps"]) for w in writers] == [(None, [1, 2, 3]), (3, [3])]
+
+
+def test_a_rotation_shortcut_is_a_note_and_other_tasks_flags_stay_warnings(tmp_path: Path) -> None:
+    """Rotation's flagged score is expected (said once, as what it is); a flagged jigsaw still warns."""
+    lines: list[str] = []
+    data = PhantomImages("ct", 24, 24, seed=3)
+    config = PretrainConfig(**{**RUN, "steps": 1, "crop": 0, "shortcut_check": 24})
+    undefended = p3.tasks.Jigsaw(3, grid=2, jitter=1, **p3.tasks.NO_DEFENCES)
+    for name, task in (("rotation", Rotation(3)), ("jigsaw", undefended)):
+        torch.manual_seed(0)
+        Pretrainer(ConvEncoder(3, widths=(4, 8)), task, data, config, tmp_path / name / "enc.pt",
+                   log=lines.append).fit()  # fmt: skip
+    rotation = next(line for line in lines if "shortcut score of Rotation" in line)
+    jigsaw = next(line for line in lines if "shortcut score of Jigsaw" in line)
+    assert "ABOVE" in rotation and rotation.startswith("note: ") and "expected for rotation" in rotation
+    assert "ABOVE" in jigsaw and jigsaw.startswith("warning: ")

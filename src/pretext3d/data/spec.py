@@ -351,8 +351,8 @@ def _labelled_pool(spec: DataSpec) -> Dataset[Tensor]:
     if not spec.include_labelled:
         raise ConfigError(
             "a labelled-volume-folder's scans are the labelled cases: pretrain on other scans "
-            '(pretraining_data = { kind = "volume-folder", ... }), or set include_labelled = true for the '
-            "transductive setting"
+            '(data = { kind = "volume-folder", ... } in pretext3d pretrain; pretraining_data in a '
+            "reproduction), or set include_labelled = true for the transductive setting"
         )
     images, _, ids = _labelled_volumes(spec)
     return _Stacked(images, ids)
@@ -398,8 +398,9 @@ def _image_pool(spec: DataSpec) -> Dataset[Tensor]:
     if not len(pool):
         raise ConfigError(
             f"{spec.path!r} leaves no image unlabelled (rows of labels.csv with an empty label): pretrain "
-            'on other images (pretraining_data = { kind = "fundus-folder", ... }: any PNG/JPEG), or set '
-            "include_labelled = true for the transductive setting"
+            'on other images (data = { kind = "fundus-folder", ... } in pretext3d pretrain, '
+            "pretraining_data in a reproduction: any PNG/JPEG), or set include_labelled = true for the "
+            "transductive setting"
         )
     return pool
 
