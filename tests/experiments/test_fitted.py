@@ -161,6 +161,9 @@ def test_images_from_finetune_to_predict_on_the_command_line(tmp_path: Path) -> 
     ])  # fmt: skip
     assert status == 0, text
     (model,) = (tmp_path / "ft" / "models").glob("*.pt")
+    summary = (tmp_path / "ft" / "summary.md").read_text()
+    assert summary.startswith("# Fine-tuning run 'run': 100% of the labelled pool")  # not "Data efficiency"
+    assert "stopped by patience" not in summary  # no patience was set: nothing stopped by it
     status, text = _run(["predict", "--model", str(model), "--input", str(tmp_path / "new"),
                          "--output", str(tmp_path / "pred")])  # fmt: skip
     assert status == 0, text
@@ -211,3 +214,18 @@ def test_a_model_file_is_refused_clearly(tmp_path: Path) -> None:
         predict(tmp_path / "seg.pt", tmp_path / "pictures", tmp_path / "out")
     with pytest.raises(ValueError, match="window must be"):
         predict(tmp_path / "seg.pt", tmp_path / "pictures", tmp_path / "out", window=0)
+
+
+def test_a_fraction_that_leaves_classes_unlabelled_is_said_once(tmp_path: Path) -> None:
+    """5 % of 24 fundus images labels one image: 1 of 5 grades, said once for the fraction."""
+    lines: list[str] = []
+    images, grades = p3.data.fundus_phantom_batch(40, size=32)  # SYNTHETIC
+    cases = p3.experiments.LabelledCases(images, grades, synthetic=True)
+    recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+    config = p3.experiments.DataEfficiencyConfig(
+        fractions=(0.05, 1.0), split_seeds=(0,), repetitions=(0, 1),
+        train=p3.finetune.TrainConfig(epochs=1, steps_per_epoch=1))  # fmt: skip
+    p3.experiments.DataEfficiencyGrid(recipe, cases, {"scratch": None}, config, tmp_path, device="cpu",
+                                      log=lines.append).run(progress=False)  # fmt: skip
+    warned = [line for line in lines if line.startswith("warning: at fraction")]
+    assert len(warned) == 1 and "at fraction 0.05" in warned[0] and "of the 5 classes" in warned[0]

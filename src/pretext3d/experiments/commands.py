@@ -174,8 +174,10 @@ class Finetuning:
         )  # fmt: skip
 
 
-def data_efficiency(config: DataEfficiency) -> list[dict[str, Any]]:
+def data_efficiency(config: DataEfficiency, *, title: str = "Data efficiency") -> list[dict[str, Any]]:
     """Run (or resume, or join as one more worker) the grid of ``config``; write the report once.
+
+    ``title``: the summary's and the figures'.
 
     Raises:
         ConfigError: ``data.include_labelled`` (a pretraining setting), an encoder the recipe
@@ -218,7 +220,7 @@ def data_efficiency(config: DataEfficiency) -> list[dict[str, Any]]:
         rows = grid.run()
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    write_report_once(rows, config.output_dir, recipe.metric, synthetic=config.data.synthetic)
+    write_report_once(rows, config.output_dir, recipe.metric, synthetic=config.data.synthetic, title=title)
     return rows
 
 
@@ -241,7 +243,8 @@ def finetune(config: Finetuning) -> list[dict[str, Any]]:
         >>> p3.experiments.load_model("one-run/model.pt").record["fraction"]
         0.5
     """
-    rows = data_efficiency(config.grid())
+    title = f"Fine-tuning run {config.name!r}: {config.fraction:.0%} of the labelled pool"
+    rows = data_efficiency(config.grid(), title=title)
     row = rows[0]
     name = run_name(
         row["method"], row["split_seed"], row["repetition"], row["fraction"], row["pretraining_seed"]
@@ -257,7 +260,12 @@ def finetune(config: Finetuning) -> list[dict[str, Any]]:
 
 
 def write_report_once(
-    rows: list[dict[str, Any]], output_dir: str | Path, metric: str, *, synthetic: bool
+    rows: list[dict[str, Any]],
+    output_dir: str | Path,
+    metric: str,
+    *,
+    synthetic: bool,
+    title: str = "Data efficiency",
 ) -> None:
     """Write the report unless another worker is writing it or it is newer than every run.
 
@@ -278,5 +286,5 @@ def write_report_once(
         summary = out / "summary.md"
         newest = max(p.stat().st_mtime for p in (out / "runs").glob("*.json"))
         if claimed and (not summary.exists() or summary.stat().st_mtime < newest):
-            for path in write_report(rows, output_dir, metric, synthetic=synthetic):
+            for path in write_report(rows, output_dir, metric, synthetic=synthetic, title=title):
                 print(f"wrote {path}")

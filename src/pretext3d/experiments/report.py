@@ -418,7 +418,12 @@ def _flagged(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
     """The summary's list of runs that failed to learn or ran out of budget."""
     flagged = [r for r in rows if r.get("flag")]
     if not flagged:
-        return ["No run is flagged: every run improved on its first epoch and stopped by patience.\n"]
+        stopped = (
+            "and stopped by patience"
+            if all(r.get("converged") is not None for r in rows)
+            else "(convergence is tracked only where an early-stopping patience is set)"
+        )
+        return [f"No run is flagged: every run improved on its first epoch {stopped}.\n"]
     lines = [
         f"{len(flagged)} of {len(rows)} runs are flagged (✗ in the figures): `epoch-0`, the best validation "
         "score is the first epoch's (the run never improved: a failed run, whatever its test score); "

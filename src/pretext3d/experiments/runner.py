@@ -560,6 +560,7 @@ class DataEfficiencyGrid:
             for s in config.split_seeds
         }
         self.settings: dict[str, Any] = {}
+        self._warned: set[float] = set()  # fractions whose missing classes were reported
 
     def plan(self) -> list[RunCell]:
         """Every run, in the order they are run and reported."""
@@ -704,6 +705,7 @@ class DataEfficiencyGrid:
         strata = self.cases.strata
         pool_strata = [strata[i] for i in split.train] if strata is not None else None
         subsets = nested_subsets(split.train, self.config.fractions, seeds.subset, strata=pool_strata)
+        self._warn_missing_classes(cell, subsets[cell.fraction])
         encoder_file = self.encoders[cell.method][cell.pretraining]
         train = dataclasses.replace(
             self.config.settings_for(encoder_file is not None, cell.method), seed=seeds.order
@@ -756,6 +758,21 @@ class DataEfficiencyGrid:
             f"{best}/{row['epochs_run']}{_FLAG_NOTES.get(row['flag'], '')}, {row['seconds']:.0f} s)"
         )
         return row
+
+    def _warn_missing_classes(self, cell: RunCell, subset: list[int]) -> None:
+        """Say once per fraction when a classification subset lacks classes (a fraction too small)."""
+        classes = getattr(self.recipe, "num_classes", None)
+        labels = self.cases.labels
+        if classes is None or labels.dim() != 1 or cell.fraction in self._warned:
+            return
+        present = len(torch.unique(labels[subset]))
+        if present < classes:
+            self._warned.add(cell.fraction)
+            self.log(
+                f"warning: at fraction {cell.fraction:g} the labelled subset ({cell.name}) holds "
+                f"{len(subset)} image(s) of {present} of the {classes} classes: the model never sees the "
+                "others; raise the fraction or label more images"
+            )
 
     def _checkpoint(self, cell: RunCell, lr: float | None = None, ext: str = ".pt") -> Path:
         """A run's checkpoint, or a learning-rate candidate's checkpoint (``.pt``) or result (``.json``)."""
