@@ -8,7 +8,13 @@ figures (``pretext3d reproduce``). Provenance records live in :mod:`pretext3d.pr
 
 from pretext3d.experiments.commands import DataEfficiency, Finetuning, data_efficiency, finetune
 from pretext3d.experiments.fitted import FineTunedModel, load_model, predict, save_model
-from pretext3d.experiments.pretraining import Pretraining, accuracy_summary, pretrain, pretrain_encoder
+from pretext3d.experiments.pretraining import (
+    Pretraining,
+    accuracy_summary,
+    pretrain,
+    pretrain_encoder,
+    pretraining_curves,
+)
 from pretext3d.experiments.recipes import (
     ClassificationRecipe,
     GradingRecipe,
@@ -23,7 +29,6 @@ from pretext3d.experiments.reproduce import (
     held_out_block,
     load_reproduction,
     methods_of,
-    pretraining_curves,
     run_reproduction,
 )
 from pretext3d.experiments.runner import (

@@ -8,8 +8,10 @@ encoder's initialisation seeded by ``pretrain.seed``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ from pretext3d.config import ConfigError, check_keywords
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe
 from pretext3d.experiments.recipes import recipe_for
+from pretext3d.experiments.report import colour
 from pretext3d.pretrainer import PretrainConfig, Pretrainer
 from pretext3d.registry import ENCODERS, RECIPES, TASKS, create_encoder, registered
 from pretext3d.training import TaskSpec
@@ -209,6 +212,9 @@ def pretrain_encoder(
 def pretrain(config: Pretraining) -> dict[str, Any]:
     """``pretext3d pretrain``: :func:`pretrain_encoder` with the config in the record, and a summary line.
 
+    The pretext curves (held-out accuracy, loss, the probe where one ran) are drawn into
+    ``<output>.run/pretraining.png`` (with matplotlib).
+
     Examples:
         >>> record = pretrain(Pretraining(
         ...     task="rotation", encoder="conv", encoder_options={"widths": [4, 8]},
@@ -216,12 +222,18 @@ def pretrain(config: Pretraining) -> dict[str, Any]:
         ...     pretrain=PretrainConfig(steps=1, batch_size=2, device="cpu", progress=False),
         ...     output="enc.pt"))
         note: ...
-        held-out pretext accuracy ...; encoder written to enc.pt  [SYNTHETIC phantom data]
+        held-out pretext accuracy ...; encoder written to enc.pt, its curves to ...  [SYNTHETIC phantom data]
     """
     record = pretrain_encoder(config, record={"command": asdict(config)})
     if engine.is_main_process():  # under torchrun, rank 0 speaks
+        figure = plot_pretraining(
+            {name: [pretraining_curves(config.output)] for name in record.get("tasks", [])},
+            Path(f"{config.output}.run") / "pretraining.png", Path(config.output).name,
+            synthetic=config.data.synthetic, chance=record.get("chance"),
+        )  # fmt: skip
         print(
             f"held-out pretext accuracy {accuracy_summary(record)}; encoder written to {config.output}"
+            + (f", its curves to {figure}" if figure is not None else "")
             + ("  [SYNTHETIC phantom data]" if config.data.synthetic else "")
         )
     return record
@@ -247,3 +259,100 @@ def accuracy_summary(record: Mapping[str, Any]) -> str:
         f"{name} {value:.3f}" + (f" (chance {chance[name]:.3f})" if chance.get(name) is not None else "")
         for name, value in accuracies.items()
     )
+
+
+def pretraining_curves(encoder_file: str | os.PathLike[str]) -> dict[str, list[tuple[int, float]]]:
+    """An encoder's pretext curves from its run's metrics log.
+
+    Returns:
+        ``{"held_out_accuracy/<task>": [(step, value), ...], "loss/<task>": [...], ...}``;
+        empty when there is no log.
+
+    Examples:
+        >>> _ = pretrain_encoder(p3.experiments.Pretraining(
+        ...     task="rotation", encoder="densenet",
+        ...     encoder_options={"growth_rate": 4, "block_config": [1, 1], "init_features": 8},
+        ...     data=p3.data.DataSpec(kind="fundus-phantom", count=8, size=32), held_out=4,
+        ...     pretrain=p3.pretrainer.PretrainConfig(steps=2, batch_size=2, device="cpu", progress=False,
+        ...                                           eval_every=1),
+        ...     output="curves.pt"), log=lambda line: None)
+        >>> curves = pretraining_curves("curves.pt")
+        >>> sorted(curves), [step for step, _ in curves["held_out_accuracy/rotation"]]
+        (['accuracy/rotation', 'held_out_accuracy/rotation', 'held_out_loss/rotation', 'loss/rotation'],
+         [1, 2])
+    """
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in engine.read_metrics(Path(f"{encoder_file}.run") / "metrics.jsonl"):
+        for key, value in row.items():
+            if "/" in key and isinstance(value, (int, float)):
+                curves.setdefault(key, []).append((int(row["step"]), float(value)))
+    return curves
+
+
+def plot_pretraining(
+    curves: Mapping[str, Sequence[Mapping[str, list[tuple[int, float]]]]],
+    path: Path,
+    title: str,
+    *,
+    synthetic: bool,
+    chance: Mapping[str, float | None] | None = None,
+) -> Path | None:
+    """Held-out pretext accuracy (with its chance level) and training loss per step, one colour per task.
+
+    When the runs logged a frozen-feature probe (``probe/<metric>``, see
+    :class:`~pretext3d.diagnostics.FeatureProbe`), a third panel draws it, from the randomly
+    initialised encoder at step 0 on.
+
+    Args:
+        curves: task -> one :func:`pretraining_curves` per pretraining seed.
+        path: the PNG to write.
+        title: the figure's title.
+        synthetic: say on the figure that the data are the built-in phantoms.
+        chance: task -> the pretext accuracy of guessing (dashed), where the kind of task fixes it.
+
+    Returns:
+        ``path``, or ``None`` without matplotlib.
+    """
+    try:
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay untouched
+    except ImportError:
+        return None
+    probes = sorted(
+        {key for seeds in curves.values() for c in seeds for key in c if key.startswith("probe/")}
+    )
+    fig = Figure(figsize=(15 if probes else 10, 3.8))
+    axes = fig.subplots(1, 3 if probes else 2)
+    for task, seeds in curves.items():
+        for k, seed_curves in enumerate(seeds):
+            keys = [f"held_out_accuracy/{task}", f"loss/{task}", *probes[:1]]
+            for ax, key in zip(axes, keys, strict=False):
+                points = seed_curves.get(key, [])
+                if points:
+                    steps, values = zip(*points, strict=True)
+                    marker = "." if not key.startswith("loss") else None
+                    ax.plot(steps, values, color=colour(task), alpha=0.9 if k == 0 else 0.4, marker=marker,
+                            label=task if k == 0 else None)  # fmt: skip
+        level = (chance or {}).get(task)
+        if level is not None:
+            axes[0].axhline(level, color=colour(task), linestyle="--", linewidth=0.8, alpha=0.7)
+    axes[0].set_ylabel("held-out pretext accuracy (dashed: chance)")
+    axes[1].set_ylabel("training loss")
+    axes[1].set_yscale("log")
+    if probes:
+        axes[2].set_ylabel(f"frozen-feature probe: {probes[0].split('/', 1)[1]}")
+        axes[2].set_title("step 0: the randomly initialised encoder", fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("pretraining step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    note = "SYNTHETIC phantom data" if synthetic else "real data"
+    fig.suptitle(
+        f"{title}: pretext tasks while pretraining ({note})\n"
+        "held-out accuracy of rotation, jigsaw and RPL: of the class; of exemplar and CPC: top-1 among a "
+        "batch's candidates",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
