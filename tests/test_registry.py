@@ -271,4 +271,10 @@ def test_the_default_encoder_follows_the_data_s_recipe(
         "--set", "pretrain={steps=1, batch_size=2, device='cpu', progress=false}",
     ])  # fmt: skip
     assert status == 0
-    assert p3.models.encoder_name(tmp_path / "enc.pt") == family and "note:" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (
+        p3.models.encoder_name(tmp_path / "enc.pt") == family and "encoders by default" not in out
+    )  # no recipe note
+    assert (
+        tmp_path / "enc.pt.run" / "pretraining.png"
+    ).exists() and "its curves to" in out  # drawn, like reproduce

@@ -178,7 +178,8 @@ def test_images_from_finetune_to_predict_on_the_command_line(tmp_path: Path) -> 
 def test_the_chosen_learning_rate_s_model_is_the_run_s(tmp_path: Path) -> None:
     """With a learning-rate search the run keeps the chosen candidate's model, and only it."""
     config = p3.experiments.DataEfficiency(
-        data=DataSpec(kind="fundus-phantom", count=24, size=32), output_dir=str(tmp_path / "grid"), device="cpu",
+        data=DataSpec(kind="fundus-phantom", count=24, size=32), output_dir=str(tmp_path / "grid"),
+        device="cpu",
         grading=p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8),
         experiment=p3.experiments.DataEfficiencyConfig(
             fractions=(1.0,), split_seeds=(0,), lr_search=(1e-4, 1e-2),
@@ -191,9 +192,8 @@ def test_the_chosen_learning_rate_s_model_is_the_run_s(tmp_path: Path) -> None:
     model = load_model(file)
     assert model.record["best_val"] == row["best_val"] and model.record["test"] == row["test"]
     assert row["train"]["lr"] == chosen and not list((tmp_path / "grid" / "checkpoints").iterdir())
-    images, labels, _ = config.data.labelled()
+    images, _, ids = config.data.labelled()
     test = row["test_cases"]["case_id"]
-    ids = [f"fundus-phantom-{i}" for i in range(24)]
     picked = torch.tensor([ids.index(c) for c in test])
     grades = model.predict_tensor(images[picked]).argmax(1)  # the saved model scores as the run did
     assert grades.tolist() == [int(g) for g in row["test_cases"]["predicted"]]
