@@ -172,7 +172,12 @@ def write_pretraining_record(
     if isinstance(case_ids, str):
         raise TypeError("case_ids must be a sequence of ids, got one string")
     path = _record_path(encoder_file)
-    write_text(path, json.dumps({**info, "pretraining_cases": list(case_ids)}, indent=2, default=str))
+    note = (
+        "every image pretraining read, the held-out ones (never trained on) included: the data-efficiency "
+        "grid refuses an encoder that saw a validation or test case"
+    )
+    record = {**info, "pretraining_cases_note": note, "pretraining_cases": list(case_ids)}
+    write_text(path, json.dumps(record, indent=2, default=str))
     return path
 
 
