@@ -18,6 +18,7 @@ import json
 import math
 import os
 import statistics
+import textwrap
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -615,6 +616,24 @@ def write_report(
     return written
 
 
+def chance_of(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
+    """The score of guessing, where the metric fixes it: kappa 0, balanced accuracy 1 / classes.
+
+    Examples:
+        >>> chance_of([{"test": {"balanced_accuracy": 0.7, "cat_recall": 0.6, "dog_recall": 0.8}}],
+        ...           "balanced_accuracy")
+        0.5
+        >>> chance_of([{"test": {"qwk": 0.4}}], "qwk"), chance_of([{"test": {"mean_dice": 0.5}}], "mean_dice")
+        (0.0, None)
+    """
+    if metric == "qwk":
+        return 0.0
+    if metric == "balanced_accuracy" and rows:
+        classes = [k for k in rows[0]["test"] if k.endswith("_recall")]
+        return 1 / len(classes) if classes else None
+    return None
+
+
 def _plots(
     rows: Sequence[dict[str, Any]],
     comparisons: Sequence[PairedComparison],
@@ -641,6 +660,9 @@ def _plots(
     ax = axes[0][0]
     _curves(ax, rows, metric)
     _mark_flagged(ax, rows, metric)
+    level = chance_of(rows, metric)
+    if level is not None:
+        ax.axhline(level, color="grey", linestyle="--", lw=0.9, label=f"chance ({level:.2f})")
     ax.set_ylabel(f"test {metric}")
     ax.set_title("ours: mean ± sd over split seeds", fontsize=9)
     ax = axes[0][1]
@@ -681,9 +703,15 @@ def _plots(
         ax.set_title(
             "the paper's numbers (real data), not ours\n" + _PAPER_NOTES[comparable] + caveat, fontsize=7
         )
-    for ax in axes[0]:
+    fractions = sorted({r["fraction"] for r in rows})
+    ticks = [100 * f for f in fractions]
+    for k, ax in enumerate(axes[0]):
         ax.set_xscale("log")
-        ax.set_xticks([5, 10, 25, 50, 100], labels=["5", "10", "25", "50", "100"])
+        shown = [5, 10, 25, 50, 100] if k == len(axes[0]) - 1 and comparable is not None else ticks
+        ax.set_xticks(
+            shown, labels=[f"{t:g}" for t in shown]
+        )  # the fractions that ran (the paper's: its own)
+        ax.minorticks_off()
         ax.set_xlabel("% of labelled training cases")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0] and ax.get_legend() is None:
@@ -692,17 +720,17 @@ def _plots(
     fig.tight_layout()
     fig.savefig(out / "data_efficiency.png", dpi=110)
 
-    fractions = sorted({r["fraction"] for r in rows})
-    fig = Figure(figsize=(3.2 * len(fractions), 3.2))
+    fig = Figure(figsize=(max(6.4, 3.2 * len(fractions)), 3.6))
     axes = fig.subplots(1, len(fractions), squeeze=False, sharey=True)
     for ax, fraction in zip(axes[0], fractions, strict=True):
-        for r in rows:
-            if r["fraction"] == fraction:
-                scores = [h.get("val") for h in r.get("history", [])]
-                style = "--" if r.get("flag") else "-"  # flagged runs dashed
-                ax.plot(
-                    range(1, len(scores) + 1), scores, style, color=colour(r["method"]), alpha=0.35, lw=0.8
-                )
+        runs = [r for r in rows if r["fraction"] == fraction]
+        alpha = min(0.9, max(0.35, 8 / max(1, len(runs))))  # few runs: solid lines
+        for r in runs:
+            scores = [h.get("val") for h in r.get("history", [])]
+            style = "--" if r.get("flag") else "-"  # flagged runs dashed
+            ax.plot(range(1, len(scores) + 1), scores, style, color=colour(r["method"]), alpha=alpha, lw=1.1)
+        if level is not None:
+            ax.axhline(level, color="grey", linestyle="--", lw=0.9)
         ax.set_title(f"{fraction:.0%} labelled", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -710,7 +738,10 @@ def _plots(
     methods = dict.fromkeys(r["method"] for r in rows)
     handles = [Line2D([], [], color=colour(m), label=m) for m in methods]
     axes[0][-1].legend(handles=handles, fontsize=6)
-    fig.suptitle(f"Validation score per epoch, every run (flagged runs dashed). {note}", fontsize=10)
+    grey = "; grey: chance" if level is not None else ""
+    text = f"Validation score per epoch, every run (flagged runs dashed{grey}). {note}"
+    lines = textwrap.wrap(text.replace("\n", " "), width=int(16 * fig.get_figwidth()))
+    fig.suptitle("\n".join(lines), fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=100)
     return [out / "data_efficiency.png", out / "learning_curves.png"]
