@@ -204,3 +204,29 @@ def test_the_command_line_fine_tunes_a_labelled_image_folder(
         and f"(`{metric}`)" in summary
         and "APTOS" not in summary
     )
+
+
+def test_grey_images_are_read_with_one_channel_end_to_end(tmp_path: Path) -> None:
+    """data.channels = 1: grey images, a 1-channel encoder, a model whose predictions read grey files."""
+    root = _table(tmp_path / "data")
+    spec = DataSpec(kind="labelled-image-folder", path=str(root), size=16, channels=1)
+    images, _, _ = spec.labelled()
+    rgb, _, _ = DataSpec(kind="labelled-image-folder", path=str(root), size=16).labelled()
+    assert images.shape == (18, 1, 16, 16) and spec.in_channels == 1
+    assert torch.allclose(images[:, 0], rgb.mean(1), atol=1e-6)  # the mean of R, G and B
+    assert (
+        "channels" not in DataSpec(kind="labelled-image-folder", path=str(root)).settings()
+    )  # old folders continue
+    with pytest.raises(ValueError, match=r"data\.channels applies to images read from files"):
+        DataSpec(kind="ct-phantom", channels=1)
+    with pytest.raises(ValueError, match=r"data\.channels must be 0"):
+        DataSpec(kind="aptos", path="a", channels=2)
+    out = tmp_path / "ft"
+    small = "classification={growth_rate=4, block_config=[1, 1], init_features=8}"
+    assert main(["finetune", "--defaults", "--set", f"output_dir={out}", "--set", "device=cpu",
+                 "--set", f'data={{kind="labelled-image-folder", path="{root}", size=16, channels=1}}',
+                 "--set", "train={epochs=1, steps_per_epoch=1, batch_size=4}",
+                 "--set", small]) == 0  # fmt: skip
+    assert main(["predict", "--model", str(out / "model.pt"), "--input", str(root / "images"),
+                 "--output", str(tmp_path / "pred")]) == 0  # fmt: skip
+    assert len((tmp_path / "pred" / "predictions.csv").read_text().splitlines()) == 1 + 21

@@ -434,6 +434,7 @@ class FundusPreprocessing:
     Args:
         method: ``"ben_graham"``, or ``"resize"`` (the paper: plain resize).
         size: output edge (224 in the paper).
+        channels: 3 (RGB) or 1 (grey: the mean of R, G and B).
 
     Examples:
         >>> image, _ = p3.data.fundus_phantom(0, size=128)   # SYNTHETIC
@@ -447,13 +448,18 @@ class FundusPreprocessing:
 
     method: Literal["ben_graham", "resize"] = "resize"
     size: int = 224
+    channels: Literal[1, 3] = 3
 
     def __post_init__(self) -> None:
         """Check the arguments."""
         check_choice("method", self.method, ("ben_graham", "resize"))
         check_int("size", self.size, 8)
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` uint8 -> ``(3, size, size)`` float32 in ``[0, 1]``."""
+        """``(H, W, 3)`` uint8 -> ``(channels, size, size)`` float32 in ``[0, 1]``."""
         out = ben_graham(image, self.size) if self.method == "ben_graham" else resize_image(image, self.size)
+        if self.channels == 1:
+            out = out.mean(axis=2, keepdims=True)
         return np.ascontiguousarray(out.transpose(2, 0, 1) / 255.0, dtype=np.float32)

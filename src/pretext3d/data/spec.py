@@ -12,7 +12,7 @@ import difflib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,9 @@ class DataSpec:
             (background first; default its ``dataset.json``'s ``labels``) or of a labelled or
             graded image folder (grades lowest first; default from the labels). The recipes
             score each class by name (``<name>_dice``, ``<name>_recall``).
+        channels: images read from PNG/JPEG files (``labelled-image-folder``,
+            ``graded-image-folder``, ``fundus-folder``, ``aptos``): ``1`` reads them grey (the
+            mean of R, G and B), ``3`` as RGB; ``0`` (the default): the kind's (3 for images).
 
     Examples:
         >>> spec = DataSpec(kind="ct-phantom", count=6, size=32)   # SYNTHETIC
@@ -103,6 +106,7 @@ class DataSpec:
     cache_dir: str = ""
     preprocessing: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
+    channels: int = 0
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -119,6 +123,15 @@ class DataSpec:
                 )
         if self.info.caches:
             self.volume_preprocessing()  # the table checked before any scan is read
+        if isinstance(self.channels, bool) or self.channels not in (0, 1, 3):
+            raise ValueError(
+                f"data.channels must be 0 (the kind's), 1 (grey) or 3 (RGB), got {self.channels!r}"
+            )
+        if self.channels and self.kind not in IMAGE_FILES:
+            raise ValueError(
+                f"data.channels applies to images read from files ({', '.join(IMAGE_FILES)}), not to "
+                f"data.kind = {self.kind!r}; remove it"
+            )
         if self.classes and self.info.classes is None:
             named = ", ".join(n for n in DATA_KINDS.names() if DATA_KINDS.get(n).classes is not None)
             raise ValueError(f"data.classes names the labels of {named}, not of data.kind = {self.kind!r}")
@@ -184,8 +197,21 @@ class DataSpec:
 
     @property
     def in_channels(self) -> int:
-        """The kind's channels (1 for CT, 3 (RGB) for fundus images)."""
-        return self.info.in_channels
+        """The images' channels: :attr:`channels` if set, else the kind's (1 for CT, 3 (RGB) for images)."""
+        return self.channels or self.info.in_channels
+
+    def settings(self) -> dict[str, Any]:
+        """The fields as a dict for records, ``channels`` only when set (folders made before it continue).
+
+        Examples:
+            >>> grey = DataSpec(kind="aptos", path="aptos", channels=1)
+            >>> "channels" in DataSpec().settings(), grey.settings()["channels"], grey.in_channels
+            (False, 1, 1)
+        """
+        values = asdict(self)
+        if not self.channels:
+            del values["channels"]
+        return values
 
     @property
     def synthetic(self) -> bool:
@@ -280,6 +306,8 @@ def _folder(spec: DataSpec) -> str:
 
 
 _IMAGE_FOLDERS = (("images", "labels"), ("imagesTr", "labelsTr"))
+#: the kinds that read images from PNG/JPEG files (data.channels applies to them)
+IMAGE_FILES = ("labelled-image-folder", "graded-image-folder", "fundus-folder", "aptos")
 _VOLUME = re.compile(r"(\.nii\.gz|\.nii|\.npy)$", re.IGNORECASE)
 
 
@@ -372,7 +400,7 @@ class _Stacked(Dataset[Tensor]):
 
 
 def _fundus(spec: DataSpec) -> FundusPreprocessing:
-    return FundusPreprocessing("resize", spec.size)
+    return FundusPreprocessing("resize", spec.size, channels=1 if spec.channels == 1 else 3)
 
 
 def _image_folder(spec: DataSpec, split: str = "labelled") -> LabelledImageFolder:

@@ -10,7 +10,6 @@ several workers share the folder.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,9 +209,7 @@ def data_efficiency(config: DataEfficiency, *, title: str = "Data efficiency") -
         raise ConfigError(str(err)) from err
     images, labels, case_ids = config.data.labelled()
     try:
-        cases = LabelledCases(
-            images, labels, case_ids, dataclasses.asdict(config.data), config.data.synthetic
-        )
+        cases = LabelledCases(images, labels, case_ids, config.data.settings(), config.data.synthetic)
         grid = DataEfficiencyGrid(
             recipe, cases, methods, config.experiment, config.output_dir, device=config.device,
             save_models=config.save_models,

@@ -249,7 +249,7 @@ def predict(
     target = resolve_device(device)
     if model.spatial_dims == 3:
         return [_predict_scan(model, file, out, target, window) for file in files]
-    prep = FundusPreprocessing("resize", model.data.size)
+    prep = FundusPreprocessing("resize", model.data.size, channels=1 if model.in_channels == 1 else 3)
     rows = []
     for file in files:
         image = torch.from_numpy(prep(read_rgb(file)))[None]

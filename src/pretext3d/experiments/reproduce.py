@@ -487,10 +487,10 @@ def run_reproduction(
         added = _added_tasks(earlier.get("config"), fingerprint, _fingerprint(Reproduction()))
         if added:  # the other tasks' encoders and runs are kept: only the added ones are made and run
             log(f"adding task(s) {', '.join(added)} to the reproduction in {out}; the rest is kept")
-        else:
+        else:  # settings the library gained since the folder was made count at their defaults
             check_unchanged(
-                earlier.get("config"), fingerprint, saved, "a reproduction with other settings",
-                finished=anything_done, log=log,
+                _with_defaults(earlier.get("config"), _fingerprint(Reproduction())), fingerprint, saved,
+                "a reproduction with other settings", finished=anything_done, log=log,
             )  # fmt: skip
     info: dict[str, Any] = {
         "config": fingerprint,
@@ -539,7 +539,7 @@ def run_reproduction(
             record = read_pretraining_record(file) or {}
             log(f"{Path(file).name}: held-out pretext accuracy {accuracy_summary(record)}")
     pretrained = time.perf_counter()
-    cases = LabelledCases(*labelled, info=asdict(config.data), synthetic=config.data.synthetic)
+    cases = LabelledCases(*labelled, info=config.data.settings(), synthetic=config.data.synthetic)
     experiment = config.experiment
     if config.calibration_seeds:
         experiment = _calibrate(config, cases, methods, device, progress, log)
@@ -634,6 +634,28 @@ def _added_tasks(old: Any, new: Mapping[str, Any], default: Mapping[str, Any] | 
 
 
 _MISSING = object()
+
+
+def _with_defaults(old: Any, default: Mapping[str, Any]) -> Any:
+    """``old`` (a saved fingerprint) with the settings it lacks filled in from ``default``.
+
+    The tasks are a table of the folder's own, not settings: they are never filled in.
+
+    Examples:
+        >>> _with_defaults({"data": {"size": 32}}, {"data": {"size": 16, "channels": 0}, "threads": None})
+        {'data': {'size': 32, 'channels': 0}, 'threads': None}
+    """
+    if not isinstance(old, Mapping):
+        return old
+    filled = dict(old)
+    for key, value in default.items():
+        if key == "tasks":
+            continue
+        if key not in filled:
+            filled[key] = value
+        elif isinstance(value, Mapping) and isinstance(filled[key], Mapping):
+            filled[key] = _with_defaults(filled[key], value)
+    return filled
 
 
 def _lookup(settings: Any, dotted: str) -> Any:
