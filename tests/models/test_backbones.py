@@ -133,7 +133,7 @@ def test_encoder_weights_round_trip(tmp_path: Path) -> None:
     assert isinstance(rebuilt_conv, ConvEncoder) and torch.equal(rebuilt_conv(x), conv(x))
     save_encoder(nn.Sequential(nn.Conv3d(1, 2, 3)), tmp_path / "plain.pt")
     assert p3.models.encoder_name(tmp_path / "plain.pt") is None
-    with pytest.raises(ValueError, match="without a registered name and config"):
+    with pytest.raises(ValueError, match="that is not registered here"):
         load_encoder(tmp_path / "plain.pt")
 
 

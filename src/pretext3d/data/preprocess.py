@@ -167,6 +167,15 @@ class Geometry:
     Attributes:
         steps: ``("resize", shape before)``, ``("box", (shape before, ((start, stop), ...)))``
             (the body crop) or ``("crop_or_pad", shape before)``, in the order applied.
+
+    Examples:
+        >>> import numpy as np
+        >>> label = np.zeros((10, 12, 8), np.int16)
+        >>> label[2:6, 3:9, 1:5] = 1
+        >>> pipeline = CTPreprocessing.preset("mr", crop=(8, 8, 8), dtype="float32")
+        >>> _, cropped, geometry = pipeline.transform(label.astype(np.float32), (1.0, 1.0, 1.0), label)
+        >>> geometry.steps, bool((geometry.restore(cropped) == label).all())   # a crop undone exactly
+        ((('crop_or_pad', (10, 12, 8)),), True)
     """
 
     steps: tuple[tuple[str, Any], ...] = ()

@@ -58,6 +58,16 @@ class FineTunedModel:
         record: how it was selected: ``metric``, ``best_val`` (its validation score),
             ``best_epoch``, ``test`` (the run's test metrics), ``method``, ``fraction``,
             ``n_labelled``, ``split_seed``, ``run``, ``encoder`` and ``pretext3d_version``.
+
+    Examples:
+        A fine-tuning run writes one (``pretext3d finetune``: ``<output_dir>/model.pt``); here one
+        of an untrained U-Net, applied to prepared volumes:
+
+        >>> recipe = p3.experiments.SegmentationRecipe(widths=(4, 8), crop=None)
+        >>> network, _ = recipe.build(in_channels=1, encoder_file=None)
+        >>> model = FineTunedModel(network, recipe, p3.data.DataSpec(kind="ct-phantom", size=16), 1, {})
+        >>> model.classes, model.predict_tensor(torch.randn(2, 1, 16, 16, 16)).shape   # label maps
+        (['class0', 'class1', 'class2'], torch.Size([2, 16, 16, 16]))
     """
 
     network: nn.Module
@@ -157,7 +167,16 @@ def load_model(path: str | os.PathLike[str]) -> FineTunedModel:
             registered here (import the plugin that registers it first).
 
     Examples:
-        See :func:`save_model`.
+        >>> recipe = p3.experiments.GradingRecipe(growth_rate=4, block_config=(1, 1), init_features=8)
+        >>> network, _ = recipe.build(in_channels=3, encoder_file=None)
+        >>> save_model("graded.pt", network, recipe, p3.data.DataSpec(kind="fundus-phantom", size=32), 3,
+        ...            {"metric": "qwk", "best_val": 0.8})
+        >>> model = load_model("graded.pt")
+        >>> type(model.recipe).__name__, model.in_channels, model.record["best_val"]
+        ('GradingRecipe', 3, 0.8)
+        >>> load_model("missing.pt")
+        Traceback (most recent call last):
+        ValueError: model file 'missing.pt' does not exist
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
