@@ -484,14 +484,15 @@ def run_reproduction(
     if saved.exists():
         anything_done = any((out / "encoders").glob("*.pt.json")) or any((out / "runs").glob("*.json"))
         earlier = json.loads(saved.read_text())
-        added = _added_tasks(earlier.get("config"), fingerprint, _fingerprint(Reproduction()))
+        # settings the library gained since the folder was made count at their defaults
+        old = _with_defaults(earlier.get("config"), _fingerprint(Reproduction()))
+        added = _added_tasks(old, fingerprint)
         if added:  # the other tasks' encoders and runs are kept: only the added ones are made and run
             log(f"adding task(s) {', '.join(added)} to the reproduction in {out}; the rest is kept")
-        else:  # settings the library gained since the folder was made count at their defaults
+        else:
             check_unchanged(
-                _with_defaults(earlier.get("config"), _fingerprint(Reproduction())), fingerprint, saved,
-                "a reproduction with other settings", finished=anything_done, log=log,
-            )  # fmt: skip
+                old, fingerprint, saved, "a reproduction with other settings", finished=anything_done, log=log
+            )
     info: dict[str, Any] = {
         "config": fingerprint,
         "environment": environment(device),
@@ -604,12 +605,11 @@ def _fingerprint(config: Reproduction) -> dict[str, Any]:
     return fingerprint
 
 
-def _added_tasks(old: Any, new: Mapping[str, Any], default: Mapping[str, Any] | None = None) -> list[str]:
+def _added_tasks(old: Any, new: Mapping[str, Any]) -> list[str]:
     """The tasks ``new`` (a fingerprint) adds to ``old``'s when nothing else differs (else ``[]``).
 
-    Settings the library gained after ``old`` was written count as unchanged where ``new`` holds
-    their value in ``default`` (the fingerprint of a default :class:`Reproduction`): what a
-    folder computes does not change when an option it never used appears at its default.
+    Settings the library gained after ``old`` was written are compared at their defaults when
+    ``old`` comes through :func:`_with_defaults` first, as :func:`run_reproduction` passes it.
 
     Examples:
         >>> old = {"tasks": {"rotation": {"crop": 24}}, "steps": 10}
@@ -617,9 +617,9 @@ def _added_tasks(old: Any, new: Mapping[str, Any], default: Mapping[str, Any] | 
         ['mim']
         >>> _added_tasks(old, {"tasks": {"rotation": {"crop": 16}, "mim": {"crop": 32}}, "steps": 10})
         []
-        >>> _added_tasks(old, {"tasks": {"rotation": {"crop": 24}, "mim": {}}, "steps": 10, "new": 1},
-        ...              default={"new": 1})
-        ['mim']
+        >>> gained = {"tasks": {"rotation": {"crop": 24}, "mim": {}}, "steps": 10, "new": 1}
+        >>> _added_tasks(old, gained), _added_tasks(_with_defaults(old, {"new": 1}), gained)
+        ([], ['mim'])
     """
     if not isinstance(old, Mapping):
         return []
@@ -627,13 +627,7 @@ def _added_tasks(old: Any, new: Mapping[str, Any], default: Mapping[str, Any] | 
     added = [name for name in after if name not in before]
     kept = {name: after.get(name) for name in before}
     changed = engine.changed_settings({**old, "tasks": before}, {**new, "tasks": kept})
-    gained = [
-        key for key in changed if _lookup(old, key) is _MISSING and _lookup(new, key) == _lookup(default, key)
-    ]
-    return added if added and set(changed) <= set(gained) else []
-
-
-_MISSING = object()
+    return added if added and not changed else []
 
 
 def _with_defaults(old: Any, default: Mapping[str, Any]) -> Any:
@@ -656,15 +650,6 @@ def _with_defaults(old: Any, default: Mapping[str, Any]) -> Any:
         elif isinstance(value, Mapping) and isinstance(filled[key], Mapping):
             filled[key] = _with_defaults(filled[key], value)
     return filled
-
-
-def _lookup(settings: Any, dotted: str) -> Any:
-    """The value at a dotted key of nested mappings, ``_MISSING`` where there is none."""
-    for key in dotted.split("."):
-        if not isinstance(settings, Mapping) or key not in settings:
-            return _MISSING
-        settings = settings[key]
-    return settings
 
 
 def _calibrate(
