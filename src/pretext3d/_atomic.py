@@ -1,12 +1,19 @@
-"""Write files so that an interrupted write never leaves a half-written file behind."""
+"""Write files so that an interrupted write never leaves a half-written file behind.
+
+Also ``torch.save`` files written so, and their reading back with errors that name the file.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import torch
 
 
 @contextmanager
@@ -31,6 +38,36 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_torch(path: str | os.PathLike[str], payload: Any) -> None:
+    """``torch.save`` ``payload`` to ``path`` atomically, serialised in memory first.
+
+    torch names the archive's folder after the file it writes, so saving to the temporary name
+    directly would make equal payloads give unequal files (and unequal SHA-256 in the
+    data-efficiency provenance).
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_torch(path: str | os.PathLike[str], what: str, written_by: str) -> Any:
+    """What a ``torch.save`` file holds, read with ``weights_only=True`` onto the CPU.
+
+    Raises:
+        ValueError: ``"<what> '<path>' does not exist"``, or ``"'<path>' is not <written_by>
+            (torch.load failed: ...)"``: torch's unpickling errors say much, but not which file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise ValueError(f"{what} {str(path)!r} does not exist") from err
+    except Exception as err:
+        raise ValueError(
+            f"{str(path)!r} is not {written_by} (torch.load failed: {str(err).splitlines()[0][:200]})"
+        ) from err
 
 
 _TMP = re.compile(r"^\..+\.(\d+)\.tmp")

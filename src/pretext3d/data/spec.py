@@ -308,7 +308,19 @@ def _folder(spec: DataSpec) -> str:
 _IMAGE_FOLDERS = (("images", "labels"), ("imagesTr", "labelsTr"))
 #: the kinds that read images from PNG/JPEG files (data.channels applies to them)
 IMAGE_FILES = ("labelled-image-folder", "graded-image-folder", "fundus-folder", "aptos")
-_VOLUME = re.compile(r"(\.nii\.gz|\.nii|\.npy)$", re.IGNORECASE)
+#: the file names of scans a labelled volume folder pairs (and ``pretext3d predict`` reads)
+SCAN_FILE = re.compile(r"(\.nii\.gz|\.nii|\.npy)$", re.IGNORECASE)
+
+
+def case_stem(name: str) -> str:
+    """A scan's case id: its file name without the suffix and nnU-Net's channel suffix ``_0000``.
+
+    Examples:
+        >>> case_stem("liver_003_0000.nii.gz"), case_stem("case1.NPY")
+        ('liver_003', 'case1')
+    """
+    stem = SCAN_FILE.sub("", name)
+    return stem[:-5] if stem.endswith("_0000") else stem
 
 
 def _pairs(spec: DataSpec) -> list[tuple[str, Path, Path]]:
@@ -322,10 +334,9 @@ def _pairs(spec: DataSpec) -> list[tuple[str, Path, Path]]:
     images, labels = folders
     found = {}
     for image in sorted(images.iterdir()):
-        if not _VOLUME.search(image.name):
+        if not SCAN_FILE.search(image.name):
             continue
-        stem = _VOLUME.sub("", image.name)
-        stem = stem[:-5] if stem.endswith("_0000") else stem
+        stem = case_stem(image.name)
         candidates = [labels / (stem + ext) for ext in (".nii.gz", ".nii", ".npy")]
         label = next((c for c in candidates if c.exists()), None)
         if label is None:

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pretext3d._atomic import atomic_path, write_text
+from pretext3d._atomic import atomic_path, load_torch, save_torch, write_text
 from pretext3d._version import __version__
+from pretext3d.data._optional import require
 from pretext3d.data.io import Volume, read_nifti, read_rgb, read_volume, write_nifti
 from pretext3d.data.preprocess import FundusPreprocessing, Geometry
-from pretext3d.data.spec import DataSpec
+from pretext3d.data.spec import SCAN_FILE, DataSpec, case_stem
 from pretext3d.engine import resolve_device
 from pretext3d.experiments.recipes import GradingRecipe, Recipe, SegmentationRecipe
 from pretext3d.registry import RECIPES
@@ -39,7 +40,6 @@ from pretext3d.registry import RECIPES
 __all__ = ["FineTunedModel", "load_model", "predict", "save_model"]
 
 _FORMAT = "pretext3d-model-v1"
-_SCANS = re.compile(r"(\.nii\.gz|\.nii|\.npy)$", re.IGNORECASE)
 _IMAGES = re.compile(r"\.(png|jpe?g)$", re.IGNORECASE)
 #: scans with a side longer than this are predicted by sliding windows of it (the paper's 128^3
 #: input), unless the recipe sets its inference_window
@@ -153,10 +153,7 @@ def save_model(
         "record": _plain(dict(record or {})),
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
     }
-    buffer = io.BytesIO()  # in memory first: equal weights give equal files (see save_encoder)
-    torch.save(payload, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    save_torch(path, payload)
 
 
 def load_model(path: str | os.PathLike[str]) -> FineTunedModel:
@@ -178,15 +175,7 @@ def load_model(path: str | os.PathLike[str]) -> FineTunedModel:
         Traceback (most recent call last):
         ValueError: model file 'missing.pt' does not exist
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise ValueError(f"model file {str(path)!r} does not exist") from err
-    except Exception as err:  # torch's unpickling errors say much, but not which file
-        raise ValueError(
-            f"{str(path)!r} is not a model file written by pretext3d (torch.load failed: "
-            f"{str(err).splitlines()[0][:200]})"
-        ) from err
+    payload = load_torch(path, "model file", "a model file written by pretext3d")
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         hint = " (it is an encoder file: fine-tune it first)" if isinstance(payload, dict) and str(
             payload.get("format", "")).startswith("pretext3d-encoder") else ""  # fmt: skip
@@ -262,7 +251,7 @@ def predict(
         model = load_model(model)
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         raise ValueError(f"window must be None or a positive number of voxels, got {window!r}")
-    files = _inputs(inputs, _SCANS if model.spatial_dims == 3 else _IMAGES, model.spatial_dims)
+    files = _inputs(inputs, SCAN_FILE if model.spatial_dims == 3 else _IMAGES, model.spatial_dims)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = resolve_device(device)
@@ -311,11 +300,10 @@ def _predict_scan(
     label = model.predict_tensor(image, device)[0].numpy().astype(np.int16)
     label = geometry.restore(label)
     if orientation is not None:  # back from the canonical orientation to the file's
-        nib = _nibabel()
+        nib = require("nibabel")
         ras = nib.orientations.axcodes2ornt(("R", "A", "S"))
         label = nib.orientations.apply_orientation(label, nib.orientations.ornt_transform(ras, orientation))
-    stem = _SCANS.sub("", file.name)
-    stem = stem[:-5] if stem.endswith("_0000") else stem  # nnU-Net's channel suffix, as nnU-Net names outputs
+    stem = case_stem(file.name)  # nnU-Net's channel suffix dropped, as nnU-Net names its outputs
     if file.name.lower().endswith(".npy"):
         target = out / f"{stem}.npy"
         with atomic_path(target) as tmp, open(tmp, "wb") as handle:
@@ -332,14 +320,8 @@ def _read_scan(file: Path) -> tuple[Volume, np.ndarray, np.ndarray | None]:
         volume = read_volume(file)
         return volume, volume.affine, None
     original = read_nifti(file, canonical=False)
-    orientation = _nibabel().io_orientation(original.affine)
+    orientation = require("nibabel").io_orientation(original.affine)
     return read_nifti(file), original.affine, orientation
-
-
-def _nibabel() -> Any:
-    from pretext3d.data._optional import require
-
-    return require("nibabel")
 
 
 def _inputs(inputs: Any, accept: re.Pattern[str], dims: int) -> list[Path]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from os import PathLike
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from pretext3d._atomic import atomic_path
+from pretext3d._atomic import load_torch, save_torch
 from pretext3d._version import __version__
 from pretext3d.registry import ENCODERS
 
@@ -67,13 +65,7 @@ def save_encoder(encoder: nn.Module, path: str | PathLike[str], *, decoder: nn.M
             "options": dict(getattr(decoder, "options", {})),
             "state_dict": decoder.state_dict(),
         }
-    # serialised in memory first: torch names the archive's folder after the file it writes,
-    # so saving to the temporary name directly would make equal weights give unequal files
-    # (and unequal SHA-256 in the data-efficiency provenance)
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    save_torch(path, payload)
 
 
 def encoder_info(path: str | PathLike[str]) -> dict[str, Any]:
@@ -287,15 +279,7 @@ def load_decoder(network: nn.Module, path: str | PathLike[str]) -> list[str]:
 
 
 def _read(path: str | PathLike[str]) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise ValueError(f"encoder file {str(path)!r} does not exist") from err
-    except Exception as err:  # torch's unpickling errors say much, but not which file
-        raise ValueError(
-            f"{str(path)!r} is not an encoder file written by pretext3d.models.save_encoder "
-            f"(torch.load failed: {str(err).splitlines()[0][:200]})"
-        ) from err
+    payload = load_torch(path, "encoder file", "an encoder file written by pretext3d.models.save_encoder")
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{str(path)!r} is not an encoder file written by pretext3d.models.save_encoder")
     return payload
