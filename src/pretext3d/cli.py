@@ -200,7 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(<name>.nii.gz) on the scan's own grid, with its affine; grading and classification: "
         "predictions.csv (the class and each class's probability per image).",
     )
-    p.add_argument("--model", required=True, type=Path, help="the model file (<output_dir>/models/<run>.pt)")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="the model file (finetune's <output_dir>/model.pt, or a grid's models/<run>.pt)",
+    )
     p.add_argument("--input", required=True, nargs="+", help="scans or images, or folders of them")
     p.add_argument("--output", required=True, type=Path, help="folder for the predictions")
     p.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda[:i]"')

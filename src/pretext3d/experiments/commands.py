@@ -241,7 +241,8 @@ def finetune(config: Finetuning) -> list[dict[str, Any]]:
         0.5
     """
     title = f"Fine-tuning run {config.name!r}: {config.fraction:.0%} of the labelled pool"
-    rows = data_efficiency(config.grid(), title=title)
+    grid = config.grid()
+    rows = data_efficiency(grid, title=title)
     row = rows[0]
     name = run_name(
         row["method"], row["split_seed"], row["repetition"], row["fraction"], row["pretraining_seed"]
@@ -251,7 +252,7 @@ def finetune(config: Finetuning) -> list[dict[str, Any]]:
         target = Path(config.output_dir) / "model.pt"
         with atomic_path(target) as tmp:
             shutil.copyfile(model, tmp)
-        best = "n/a" if row["best_val"] is None else f"{config.grid().recipe.metric} {row['best_val']:.4f}"
+        best = "n/a" if row["best_val"] is None else f"{grid.recipe.metric} {row['best_val']:.4f}"
         print(f"wrote {target} (validation {best}); apply it with pretext3d predict")
     return rows
 
