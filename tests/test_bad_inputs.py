@@ -65,7 +65,7 @@ def probes() -> list[Probe]:
     return [
         # --- tasks: construction
         t(lambda: Rotation(4), VE, "spatial_dims must be 2 or 3"),
-        t(lambda: Rotation("3"), TE, "spatial_dims must be the int 2 or 3"),
+        t(lambda: Rotation("3"), TE, r"spatial_dims must be an integer in \[2, 3\]"),
         t(lambda: Rotation(True), TE, "spatial_dims"),
         t(lambda: Rotation(3, "cube"), VE, "rotations"),
         t(lambda: Rotation(3, plane=(0, 0)), VE, "plane"),

@@ -1,25 +1,52 @@
-"""Typed configuration: dataclasses filled from TOML tables, strictly.
+"""Typed configuration and typed arguments: one check, driven by the annotations.
 
 An unknown or misspelled key is an error that names it, where it is, and the nearest
 valid key (the original silently ignored stale keys); a value of the wrong type names
 the key and the type expected.
+
+The same check guards the Python API: :func:`checked` wraps a constructor, a function or a
+config dataclass so that every argument is checked against its annotation before the body
+runs: ``bool`` is a bool (the string ``"false"`` is refused, never taken as true), ``int`` an
+integer, ``float`` a number, ``str`` a string, ``Literal`` one of its values, tuples and
+sequences element by element (and their length), unions any of their members, a class an
+instance of it. Ranges are declared once, in the annotation: ``Annotated[float, Range(0, 1)]``.
+Every error names the argument, the value and what is accepted.
 """
 
 from __future__ import annotations
 
+import collections.abc as cabc
 import dataclasses
 import difflib
+import functools
 import inspect
+import numbers
+import os
 import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
-__all__ = ["ConfigError", "check_keywords", "from_mapping", "load_toml", "merge_override", "parse_override"]
+from typing_extensions import get_type_hints
+
+__all__ = [
+    "ArgumentError",
+    "ConfigError",
+    "Range",
+    "SpatialDims",
+    "check_keywords",
+    "check_value",
+    "checked",
+    "from_mapping",
+    "load_toml",
+    "merge_override",
+    "parse_override",
+]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ConfigError(ValueError):
@@ -80,64 +107,296 @@ def check_keywords(
             raise ConfigError(f"unknown key {key!r} in [{where}] for {name}{_suggest(key, valid)}")
 
 
-def _convert(value: Any, kind: Any, where: str) -> Any:
-    origin = typing.get_origin(kind)
-    args = typing.get_args(kind)
-    if kind is Any:
+class ArgumentError(TypeError, ValueError):
+    """An argument that does not fit its annotation (a ``TypeError`` and a ``ValueError``).
+
+    Examples:
+        >>> issubclass(ArgumentError, TypeError) and issubclass(ArgumentError, ValueError)
+        True
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a number, declared in its annotation: ``Annotated[float, Range(0, 1)]``.
+
+    Attributes:
+        low: the smallest value (``None``: no bound).
+        high: the largest value (``None``: no bound).
+        low_open: ``low`` itself excluded.
+        high_open: ``high`` itself excluded.
+
+    Examples:
+        >>> Range(0, 1).describe(), Range(0, low_open=True).describe(), Range(1).describe()
+        ('in [0, 1]', '> 0', '>= 1')
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies within the bounds (NaN never does)."""
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self) -> str:
+        """The bounds in words, e.g. ``"in [0, 1)"`` or ``">= 1"``."""
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "any number"
+
+
+#: ``spatial_dims`` of the public API: 2 or 3.
+SpatialDims = Annotated[int, Range(2, 3)]
+
+_SEQUENCES = (list, cabc.Sequence, cabc.Iterable, cabc.Collection)
+
+
+def describe(hint: Any) -> str:
+    """What a value of the annotation ``hint`` is, in words.
+
+    Examples:
+        >>> describe(bool), describe(tuple[int, int]), describe(Literal["a", "b"] | None)
+        ('true or false (a bool)', 'an array of 2 entries (an integer each)', "one of ['a', 'b'] or None")
+    """
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is type(None) or hint is None:
+        return "None"
+    if origin is Annotated:
+        ranges = " ".join(m.describe() for m in args[1:] if isinstance(m, Range))
+        return f"{describe(args[0])} {ranges}".strip()
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(describe(a) for a in args))
+    if origin is Literal:
+        return repr(args[0]) if len(args) == 1 else f"one of {list(args)}"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"an array ({describe(args[0])} each)"
+        if len(set(args)) == 1:
+            return f"an array of {len(args)} entries ({describe(args[0])} each)"
+        return f"an array of {len(args)} entries ({', '.join(describe(a) for a in args)})"
+    if origin in _SEQUENCES:
+        return f"an array ({describe(args[0])} each)" if args else "an array"
+    if origin in (dict, cabc.Mapping):
+        return "a table"
+    simple = {bool: "true or false (a bool)", int: "an integer", float: "a number", str: "a string"}
+    if hint in simple:
+        return simple[hint]
+    if origin is cabc.Callable or hint is cabc.Callable:
+        return "a callable"
+    cls = origin if isinstance(origin, type) else hint
+    return f"a {getattr(cls, '__name__', str(cls))}"
+
+
+def _fail(error: type[Exception], where: str, hint: Any, value: Any) -> Exception:
+    shown = f"{value!r}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return error(f"{where} must be {describe(hint)}, got {shown} ({type(value).__name__})")
+
+
+def check_value(
+    value: Any,
+    hint: Any,
+    where: str,
+    *,
+    error: type[Exception] = ArgumentError,
+    table: Callable[[Any, Mapping[str, Any], str], Any] | None = None,
+) -> Any:
+    """``value`` checked against the annotation ``hint`` (arrays as tuples, ints as floats for floats).
+
+    Args:
+        value: what was given.
+        hint: its annotation (resolved; ``Annotated`` ranges kept).
+        where: the argument's or key's name, for the message.
+        error: the exception raised (:class:`ArgumentError`; the configs raise their ``ConfigError``).
+        table: how to build a dataclass from a mapping (the configs' ``from_mapping``); without
+            it a dataclass annotation takes only its instances.
+
+    Raises:
+        ArgumentError: (or ``error``) naming ``where``, the value and what ``hint`` accepts.
+
+    Examples:
+        >>> check_value([1, 2], tuple[int, int], "size")
+        (1, 2)
+        >>> check_value("false", bool, "tile_flip")
+        Traceback (most recent call last):
+        pretext3d.config.ArgumentError: tile_flip must be true or false (a bool), got 'false' (str)
+    """
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any or hint is object or isinstance(hint, TypeVar):
+        return value
+    if hint is type(None) or hint is None:
+        if value is not None:
+            raise _fail(error, where, hint, value)
+        return None
+    if origin is Annotated:
+        kinds = {int: numbers.Integral, float: numbers.Real}
+        if args[0] in kinds and (isinstance(value, bool) or not isinstance(value, kinds[args[0]])):
+            raise _fail(error, where, hint, value)  # say the range too
+        value = check_value(value, args[0], where, error=error, table=table)
+        for meta in args[1:]:
+            if isinstance(meta, Range) and not meta.contains(value):
+                raise error(f"{where} must be {describe(hint)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for option in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, option, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {kind}")
+                return check_value(value, option, where, error=error, table=table)
+            except error:
+                continue
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1 and get_origin(candidates[0]) is Annotated:  # a range, not a type, failed
+            check_value(value, candidates[0], where, error=error, table=table)
+        raise _fail(error, where, hint, value)
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise _fail(error, where, hint, value)
         return value
-    if dataclasses.is_dataclass(kind):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} must be a table, got {value!r}")
-        return from_mapping(typing.cast(type, kind), value, where)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+        if table is not None and isinstance(value, Mapping):
+            return table(hint, value, where)
+        raise error(f"{where} must be a {hint.__name__} (in a config file: a table), got {value!r}")
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be an array, got {value!r}")
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise _fail(error, where, hint, value)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {len(value)}")
+            return tuple(
+                check_value(v, args[0], f"{where}[{i}]", error=error, table=table)
+                for i, v in enumerate(value)
+            )
+        if args and len(value) != len(args):
+            raise error(f"{where} must have {len(args)} entries, got {len(value)}: {value!r}")
         return tuple(
-            _convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+            check_value(v, a, f"{where}[{i}]", error=error, table=table)
+            for i, (v, a) in enumerate(zip(value, args, strict=False))
         )
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be an array, got {value!r}")
-        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+    if origin in _SEQUENCES:
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, cabc.Iterable):
+            raise _fail(error, where, hint, value)
+        if not args or not isinstance(value, (list, tuple)):
+            return value  # an iterator or tensor: read once by its user
+        return type(value)(
+            check_value(v, args[0], f"{where}[{i}]", error=error, table=table) for i, v in enumerate(value)
+        )
+    if origin in (dict, cabc.Mapping):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} must be a table, got {value!r}")
-        return {str(k): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    if kind is bool:
+            raise _fail(error, where, hint, value)
+        if len(args) == 2:
+            return {
+                k: check_value(v, args[1], f"{where}.{k}", error=error, table=table) for k, v in value.items()
+            }
+        return value
+    if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
+            raise _fail(error, where, hint, value)
         return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise _fail(error, where, hint, value)
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise _fail(error, where, hint, value)
         return float(value)
-    if kind is str:
+    if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
+            raise _fail(error, where, hint, value)
         return value
-    raise ConfigError(f"{where}: unsupported type {kind}")
+    if origin is cabc.Callable or hint is cabc.Callable:
+        if not callable(value):
+            raise _fail(error, where, hint, value)
+        return value
+    if hint is os.PathLike or origin is os.PathLike:
+        if not isinstance(value, os.PathLike):
+            raise _fail(error, where, hint, value)
+        return value
+    cls = origin if isinstance(origin, type) else hint
+    if isinstance(cls, type) and not getattr(cls, "_is_protocol", False) and not isinstance(value, cls):
+        raise _fail(error, where, hint, value)
+    return value  # a protocol or a form this check does not know: the body checks it
+
+
+def _hints(target: Callable[..., Any], owner: type | None = None) -> dict[str, Any]:
+    """The resolved annotations of ``target``'s parameters (those that resolve; the rest unchecked)."""
+    source: Any = owner if owner is not None and dataclasses.is_dataclass(owner) else target
+    try:
+        return dict(get_type_hints(source, include_extras=True))
+    except Exception:  # an annotation imported only for the type checker: resolve one by one
+        module = inspect.getmodule(source)
+        namespace = dict(vars(module)) if module is not None else {}
+        raw = dict(getattr(source, "__annotations__", {}))
+        hints = {}
+        for name, annotation in raw.items():
+            try:
+                hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+            except Exception:  # left to the body's own checks
+                continue
+        return hints
+
+
+def checked(target: F) -> F:
+    """Check every argument of a function, a class's ``__init__`` or a dataclass against its annotations.
+
+    Decorate a function, a class (its ``__init__`` is wrapped) or a dataclass (after
+    ``@dataclass``: the fields' annotations). The checks run before the body; defaults are not
+    checked. Plugin authors can use it on their own encoders and tasks.
+
+    Raises:
+        ArgumentError: at call time, naming the argument, the value and what is accepted.
+
+    Examples:
+        >>> @checked
+        ... def scale(x: float, mode: Literal["up", "down"] = "up") -> float:
+        ...     return x
+        >>> scale(2, mode="sideways")
+        Traceback (most recent call last):
+        pretext3d.config.ArgumentError: scale: mode must be one of ['up', 'down'], got 'sideways' (str)
+    """
+    if isinstance(target, type):
+        init = target.__init__  # type: ignore[misc]
+        if getattr(init, "__checked__", False) and "__init__" not in vars(target):
+            return target  # checked in a base class that does not change the signature
+        target.__init__ = _wrap(init, target.__name__, target)  # type: ignore[misc]
+        return target
+    return typing.cast(F, _wrap(target, getattr(target, "__qualname__", "call"), None))
+
+
+def _wrap(function: Callable[..., Any], name: str, owner: type | None) -> Callable[..., Any]:
+    signature = inspect.signature(function)
+    hints: dict[str, Any] | None = None
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal hints
+        if hints is None:
+            hints = _hints(function, owner)
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+        except TypeError:
+            return function(*args, **kwargs)  # Python's own message: an unknown argument
+        for key, value in bound.arguments.items():
+            parameter = signature.parameters[key]
+            if key in hints and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                check_value(value, hints[key], f"{name}: {key}")
+        return function(*args, **kwargs)
+
+    call.__checked__ = True  # type: ignore[attr-defined]
+    return call
 
 
 def from_mapping(cls: type[T], values: Mapping[str, Any], where: str = "") -> T:
@@ -155,19 +414,21 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], where: str = "") -> T:
     Examples:
         >>> from_mapping(p3.finetune.TrainConfig, {"epochs": 5, "lr": "3e-4"}, where="train")
         Traceback (most recent call last):
-        pretext3d.config.ConfigError: train.lr must be a number, got '3e-4'
+        pretext3d.config.ConfigError: train.lr must be a number, got '3e-4' (str)
         >>> from_mapping(p3.finetune.TrainConfig, {"epochs": 5, "lr": 3e-4}, where="train").epochs
         5
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
-    hints = typing.get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"unknown key {key!r} in [{where or 'top level'}]{_suggest(key, list(fields))}")
-        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
+        kwargs[key] = check_value(
+            value, hints[key], f"{where}.{key}" if where else key, error=ConfigError, table=from_mapping
+        )
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
+from pretext3d.config import Range, checked
 from pretext3d.heads import global_pool
 from pretext3d.models.base import evaluating
 from pretext3d.tasks._grid import GridPatchTask
@@ -216,16 +217,17 @@ class ShortcutReport:
 
 
 @torch.no_grad()
+@checked
 def shortcut_score(
     task: PretextTask[Any, Any],
     images: Tensor,
     *,
     generator: torch.Generator | int = 0,
-    repeats: int = 8,
-    blocks: int = 2,
-    batch_size: int = 16,
-    threshold: float = 1.5,
-    task_accuracy: float | None = None,
+    repeats: Annotated[int, Range(1)] = 8,
+    blocks: Annotated[int, Range(1)] = 2,
+    batch_size: Annotated[int, Range(1)] = 16,
+    threshold: Annotated[float, Range(0, low_open=True)] = 1.5,
+    task_accuracy: Annotated[float, Range(high=1)] | None = None,
 ) -> ShortcutReport:
     """How well trivial statistics of a task's views predict its targets, beside chance.
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from pretext3d._checks import (
     check_precision,
     check_unit_interval,
 )
+from pretext3d.config import Range, checked
 from pretext3d.diagnostics import FeatureProbe, chance_level, shortcut_score
 from pretext3d.models.io import save_encoder
 from pretext3d.provenance import environment, write_pretraining_record
@@ -71,6 +72,7 @@ ROTATION_NOTE = (
 )
 
 
+@checked
 @dataclass
 class PretrainConfig:
     """How to pretrain.
@@ -787,7 +789,12 @@ def _writable(output: Path) -> tuple[Path, Path]:
     return output, run_dir
 
 
-def pretext_warning(task: PretextTask[Any, Any], accuracy: float, count: int | None = None) -> str | None:
+@checked
+def pretext_warning(
+    task: PretextTask[Any, Any],
+    accuracy: Annotated[float, Range(high=1)],
+    count: Annotated[int, Range(0)] | None = None,
+) -> str | None:
     """A warning when a held-out pretext accuracy says the task teaches little.
 
     At chance (classification: below 1.5 x chance, and the accuracy's 95 % Wilson interval
@@ -819,6 +826,7 @@ def pretext_warning(task: PretextTask[Any, Any], accuracy: float, count: int | N
                 "0 is the trivial predictor's)"
             )
         return None
+    check_unit_interval("accuracy (of a classification task)", accuracy)
     interval = wilson_interval(accuracy, count) if count is not None else None
     on = f" on {count} images, 95 % interval {interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
     if accuracy >= 0.99 and (interval is None or interval[0] >= 0.9):
@@ -833,14 +841,19 @@ def pretext_warning(task: PretextTask[Any, Any], accuracy: float, count: int | N
 MIN_HELD_OUT = 16
 
 
-def wilson_interval(proportion: float, count: int, z: float = 1.96) -> tuple[float, float]:
+@checked
+def wilson_interval(
+    proportion: Annotated[float, Range(0, 1)],
+    count: Annotated[int, Range(1)],
+    z: Annotated[float, Range(0, low_open=True)] = 1.96,
+) -> tuple[float, float]:
     """The Wilson score interval of a proportion measured on ``count`` trials (95 % for ``z=1.96``).
 
     Examples:
         >>> [round(v, 3) for v in wilson_interval(1.0, 8)]   # 8 of 8 right: still possibly 0.68
         [0.676, 1.0]
     """
-    n = max(1, count)
+    n = count
     centre = (proportion + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)

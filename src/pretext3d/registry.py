@@ -20,11 +20,11 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from torch import nn
 
-from pretext3d.config import check_keywords
+from pretext3d.config import Range, check_keywords, checked
 
 __all__ = [
     "DATA_KINDS",
@@ -144,6 +144,17 @@ DATA_KINDS: Registry[Any] = Registry("data kind")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _checked_if_ours(target: F) -> F:
+    """The library's own tasks and encoders check their arguments against their annotations.
+
+    A plugin's are left as they are (decorate them with :func:`pretext3d.config.checked` to
+    have the same checks).
+    """
+    if getattr(target, "__module__", "").startswith("pretext3d."):
+        return checked(target)
+    return target
+
+
 def register_task(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
     """Class decorator: register a :class:`~pretext3d.tasks.PretextTask` subclass as ``name``.
 
@@ -162,6 +173,7 @@ def register_task(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
             isinstance(cls, type) and issubclass(cls, nn.Module) and callable(getattr(cls, "loss", None))
         ):
             raise TypeError(f"register_task({name!r}) takes a PretextTask subclass, got {cls!r}")
+        cls = _checked_if_ours(cls)
         TASKS.register(name, cls, overwrite=overwrite)
         return cls
 
@@ -184,6 +196,7 @@ def register_encoder(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
     def add(builder: F) -> F:
         if not callable(builder):
             raise TypeError(f"register_encoder({name!r}) takes a class or callable, got {builder!r}")
+        builder = _checked_if_ours(builder)
         ENCODERS.register(name, builder, overwrite=overwrite)
         return builder
 
@@ -234,22 +247,29 @@ def registered(name: str, registry: Registry[Any]) -> None:
         raise ValueError(f'{err.args[0]} (add your own with plugins = ["your.module"])') from None
 
 
-def create_task(name: str, **options: Any) -> Any:
+def create_task(name: str, *args: Any, **options: Any) -> Any:
     """The registered task ``name`` built with ``options`` (timm's ``create_model`` habit).
 
     Args:
         name: a registered task (``"rotation"``, ``"jigsaw"``, ``"rpl"``, ``"exemplar"``,
             ``"cpc"`` or one you registered).
+        args: refused: the options go by keyword (``create_task("jigsaw", 3)`` says so).
         options: its keyword arguments, ``spatial_dims`` included.
 
     Raises:
         ValueError: an unknown name or option (with the nearest valid one).
+        TypeError: a positional option.
 
     Examples:
         >>> task = p3.create_task("jigsaw", spatial_dims=3, grid=2, num_permutations=24)
         >>> type(task).__name__, task.num_classes
         ('Jigsaw', 24)
     """
+    if args:
+        raise TypeError(
+            f"create_task({name!r}, ...) takes the task's options by keyword, got positional "
+            f"argument(s) {args!r}: e.g. create_task({name!r}, spatial_dims=3)"
+        )
     registered(name, TASKS)
     cls = TASKS.get(name)
     check_keywords(getattr(cls, "__name__", name), options, cls, f"create_task({name!r})")
@@ -311,7 +331,11 @@ def _foreign_builder(library: str, model: str) -> Callable[..., nn.Module]:
     """A builder ``(spatial_dims, in_channels, **options) -> module`` of ``library``'s ``model``."""
     name = f"{library}/{model}"
 
-    def build(spatial_dims: int = 2, in_channels: int = 1, **options: Any) -> nn.Module:
+    def build(
+        spatial_dims: Annotated[int, Range(2, 3)] = 2,
+        in_channels: Annotated[int, Range(1)] = 1,
+        **options: Any,
+    ) -> nn.Module:
         try:
             package = importlib.import_module(library)
         except ImportError as err:
@@ -326,7 +350,7 @@ def _foreign_builder(library: str, model: str) -> Callable[..., nn.Module]:
         return module
 
     build.__name__ = build.__qualname__ = name
-    return build
+    return checked(build)
 
 
 def _unknown(what: str, model: str, names: list[str]) -> ValueError:

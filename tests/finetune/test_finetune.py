@@ -385,5 +385,5 @@ def test_fast_path_settings_channels_last_compile_and_validation_precision(spati
     )
     with pytest.raises(ValueError, match=r'prefetch must be an int >= 0 or "auto", got -1'):
         TrainConfig(prefetch=-1)
-    with pytest.raises(ValueError, match=r'compile must be true, false or "auto", got \'yes\''):
+    with pytest.raises(ValueError, match=r"compile must be true or false \(a bool\) or 'auto', got 'yes'"):
         TrainConfig(compile="yes")  # type: ignore[arg-type]

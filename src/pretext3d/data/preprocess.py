@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from pretext3d._checks import check_choice, check_int
+from pretext3d.config import checked
 
 __all__ = [
     "CTPreprocessing",
@@ -199,6 +200,7 @@ class Geometry:
         return label
 
 
+@checked
 @dataclass(frozen=True)
 class CTPreprocessing:
     """The CT pipeline's arguments; call it on an image (and label) to apply them.
@@ -436,6 +438,7 @@ def ben_graham(
     return result
 
 
+@checked
 @dataclass(frozen=True)
 class FundusPreprocessing:
     """Fundus image preprocessing.

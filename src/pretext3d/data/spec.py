@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pretext3d._checks import check_int
-from pretext3d.config import ConfigError
+from pretext3d.config import ConfigError, Range, checked
 from pretext3d.data.aptos import APTOS
 from pretext3d.data.cache import CaseCache
 from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeFolder, labelled_arrays
@@ -38,6 +38,7 @@ __all__ = ["UNLABELLED_PHANTOMS", "DataKind", "DataSpec"]
 UNLABELLED_PHANTOMS = 50_000
 
 
+@checked
 @dataclass
 class DataSpec:
     """Where the images come from.
@@ -243,6 +244,7 @@ class DataSpec:
         return self.info.unlabelled(self)
 
 
+@checked
 @dataclass(frozen=True)
 class DataKind:
     """What a ``data.kind`` is: its images' shape, how to read them, which recipe fine-tunes them.
@@ -273,8 +275,8 @@ class DataKind:
         torch.Size([1, 8, 8, 8])
     """
 
-    spatial_dims: int
-    in_channels: int
+    spatial_dims: Annotated[int, Range(2, 3)]
+    in_channels: Annotated[int, Range(1)]
     unlabelled: Callable[[DataSpec], Dataset[Tensor]]
     labelled: Callable[[DataSpec], tuple[Tensor, Tensor, list[str]]] | None = None
     recipe: str = ""

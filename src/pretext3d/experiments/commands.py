@@ -17,7 +17,7 @@ from typing import Any
 
 from pretext3d._atomic import atomic_path
 from pretext3d._checks import check_device_name, check_int
-from pretext3d.config import ConfigError
+from pretext3d.config import ConfigError, checked
 from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.locks import RunLock
 from pretext3d.experiments.recipes import (
@@ -40,6 +40,7 @@ from pretext3d.finetune.trainer import TrainConfig
 __all__ = ["DataEfficiency", "Finetuning", "data_efficiency", "finetune", "write_report_once"]
 
 
+@checked
 @dataclass
 class DataEfficiency:
     """``pretext3d data-efficiency``: downstream quality against the fraction of labels.
@@ -100,6 +101,7 @@ class DataEfficiency:
         return recipe_for(self.data, {**recipes, "classification": self.classification})
 
 
+@checked
 @dataclass
 class Finetuning:
     """``pretext3d finetune``: one fine-tuning run (one method, one label fraction).

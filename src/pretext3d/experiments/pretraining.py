@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Subset
 
 from pretext3d import engine
 from pretext3d._checks import check_int
-from pretext3d.config import ConfigError, check_keywords
+from pretext3d.config import ConfigError, check_keywords, checked
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe
 from pretext3d.experiments.recipes import recipe_for
@@ -31,6 +31,7 @@ from pretext3d.training import TaskSpec
 __all__ = ["Pretraining", "accuracy_summary", "pretrain", "pretrain_encoder"]
 
 
+@checked
 @dataclass
 class Pretraining:
     """``pretext3d pretrain``: pretrain an encoder on one or several pretext tasks.

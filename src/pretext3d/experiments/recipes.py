@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
-from pretext3d.config import check_keywords
+from pretext3d.config import check_keywords, checked
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import fit_logistic
 from pretext3d.finetune.inference import sliding_window_inference
@@ -253,6 +253,7 @@ class Recipe(abc.ABC):
         return self.score_cases(model, images, labels, device)[0]
 
 
+@checked
 @dataclass
 @register_recipe("segmentation")
 class SegmentationRecipe(Recipe):
@@ -501,6 +502,7 @@ class SegmentationRecipe(Recipe):
         return summary, per_case
 
 
+@checked
 @dataclass
 @register_recipe("grading")
 class GradingRecipe(Recipe):
@@ -702,6 +704,7 @@ class GradingRecipe(Recipe):
         return summary, per_case
 
 
+@checked
 @dataclass
 @register_recipe("classification")
 class ClassificationRecipe(GradingRecipe):

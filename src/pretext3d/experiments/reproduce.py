@@ -25,14 +25,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from pretext3d import engine
 from pretext3d._atomic import write_text
 from pretext3d._checks import check_device_name, check_int
-from pretext3d.config import from_mapping, load_toml, merge_override, parse_override
+from pretext3d.config import Range, checked, from_mapping, load_toml, merge_override, parse_override
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
 from pretext3d.experiments.cost import estimate_cost
@@ -87,6 +87,7 @@ def _every_task() -> dict[str, TaskSpec]:
     return {name: TaskSpec(name=name) for name in TASKS.names()}
 
 
+@checked
 @dataclass
 class Reproduction:
     """A data-efficiency reproduction: every pretext task against the from-scratch baseline.
@@ -300,7 +301,8 @@ def load_reproduction(path: str | os.PathLike[str], overrides: Sequence[str] = (
     return from_mapping(Reproduction, values)
 
 
-def held_out_block(config: Reproduction, offset: int = 100) -> Reproduction:
+@checked
+def held_out_block(config: Reproduction, offset: Annotated[int, Range(1)] = 100) -> Reproduction:
     """The same reproduction on a held-out block of seeds: the one run a verdict comes from.
 
     Develop (choose settings, read curves) on ``config``'s split seeds, then run this once and

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from pretext3d import engine
 from pretext3d._atomic import remove_stale_temporaries, write_text
 from pretext3d._checks import check_device_name
+from pretext3d.config import checked
 from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.fitted import save_model
 from pretext3d.experiments.locks import RunLock, remove_stale_locks
@@ -80,6 +81,7 @@ _POLL_SECONDS = 5.0  # how often a worker looks again at runs that other workers
 EncoderFiles = str | os.PathLike[str] | None | Sequence[str | os.PathLike[str]]
 
 
+@checked
 @dataclass
 class DataEfficiencyConfig:
     """Settings of the data-efficiency grid.

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from pretext3d import engine
 from pretext3d._checks import check_choice, check_count_or_auto, check_int, check_positive, check_precision
+from pretext3d.config import checked
 from pretext3d.engine import Callback
 from pretext3d.training import Optimization, OptimSettings
 
@@ -36,6 +37,7 @@ Batch = tuple[Tensor, Tensor]
 _RESUMABLE_WITH_OTHER = ("prefetch", "compile")
 
 
+@checked
 @dataclass
 class TrainConfig:
     """Optimisation settings of one fine-tuning run.

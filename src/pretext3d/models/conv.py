@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_spatial_dims, check_unit_interval
+from pretext3d.config import SpatialDims
 from pretext3d.models import _layers as L
 from pretext3d.models.base import Encoder
 from pretext3d.registry import register_encoder
@@ -47,7 +48,7 @@ class ConvEncoder(Encoder):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         in_channels: int = 1,
         widths: Sequence[int] = (8, 16, 32),
         *,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_spatial_dims, check_unit_interval
+from pretext3d.config import SpatialDims
 from pretext3d.models import _layers as L
 from pretext3d.models.base import Encoder
 from pretext3d.registry import register_encoder
@@ -26,7 +27,7 @@ __all__ = ["DenseNet", "DenseNet121", "DenseNetEncoder"]
 
 class _DenseLayer(nn.Module):
     def __init__(
-        self, spatial_dims: int, cin: int, growth: int, bn_size: int, norm: str, dropout: float
+        self, spatial_dims: SpatialDims, cin: int, growth: int, bn_size: int, norm: str, dropout: float
     ) -> None:
         super().__init__()
         conv = L.conv(spatial_dims)
@@ -59,7 +60,7 @@ class _DenseLayer(nn.Module):
 class _DenseBlock(nn.ModuleDict):
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         num_layers: int,
         cin: int,
         growth: int,
@@ -82,7 +83,7 @@ class _DenseBlock(nn.ModuleDict):
 
 
 class _Transition(nn.Sequential):
-    def __init__(self, spatial_dims: int, cin: int, cout: int, norm: str) -> None:
+    def __init__(self, spatial_dims: SpatialDims, cin: int, cout: int, norm: str) -> None:
         super().__init__()
         self.add_module("norm", L.norm(norm, spatial_dims, cin))
         self.add_module("relu", nn.ReLU(inplace=True))
@@ -129,7 +130,7 @@ class DenseNetEncoder(Encoder):
 
     def __init__(
         self,
-        spatial_dims: int = 2,
+        spatial_dims: SpatialDims = 2,
         in_channels: int = 3,
         growth_rate: int = 32,
         block_config: Sequence[int] = (6, 12, 24, 16),
@@ -278,7 +279,7 @@ class DenseNet(nn.Module):
 
     def __init__(
         self,
-        spatial_dims: int = 2,
+        spatial_dims: SpatialDims = 2,
         in_channels: int = 3,
         num_classes: int = 5,
         growth_rate: int = 32,
@@ -363,7 +364,7 @@ class DenseNet121(DenseNet):
 
     def __init__(
         self,
-        spatial_dims: int = 2,
+        spatial_dims: SpatialDims = 2,
         in_channels: int = 3,
         num_classes: int = 5,
         *,

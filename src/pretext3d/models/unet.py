@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_spatial_dims, check_unit_interval
+from pretext3d.config import SpatialDims
 from pretext3d.models import _layers as L
 from pretext3d.models.base import Encoder
 from pretext3d.registry import register_encoder
@@ -23,7 +24,7 @@ __all__ = ["UNet", "UNetEncoder"]
 class DoubleConv(nn.Sequential):
     """(3x3[x3] conv, norm, ReLU) x 2, then optional channel dropout."""
 
-    def __init__(self, spatial_dims: int, cin: int, cout: int, norm: str, dropout: float) -> None:
+    def __init__(self, spatial_dims: SpatialDims, cin: int, cout: int, norm: str, dropout: float) -> None:
         conv = L.conv(spatial_dims)
         layers: list[nn.Module] = []
         for i in range(2):
@@ -108,7 +109,7 @@ class UNetEncoder(Encoder):
 
     def __init__(
         self,
-        spatial_dims: int = 3,
+        spatial_dims: SpatialDims = 3,
         in_channels: int = 1,
         widths: Sequence[int] = (16, 32, 64, 128, 256),
         *,
@@ -216,7 +217,7 @@ class UNet(nn.Module):
 
     def __init__(
         self,
-        spatial_dims: int = 3,
+        spatial_dims: SpatialDims = 3,
         in_channels: int = 1,
         out_channels: int = 3,
         widths: Sequence[int] = (16, 32, 64, 128, 256),

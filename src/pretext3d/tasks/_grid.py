@@ -37,6 +37,7 @@ from torch import Tensor
 
 from pretext3d._checks import check_choice, check_int
 from pretext3d._random import rand, randint
+from pretext3d.config import SpatialDims
 from pretext3d.functional.patches import cell_origins, extract_patches, standardize
 from pretext3d.functional.rotation import apply_flips
 from pretext3d.tasks.base import ClassificationTask, P, TaskParams
@@ -112,7 +113,7 @@ class GridPatchTask(ClassificationTask[P]):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         grid: int,
         jitter: int | float,
         *,

@@ -42,6 +42,7 @@ from typing_extensions import Self
 
 from pretext3d._checks import check_batch, check_spatial_dims
 from pretext3d._random import as_generator
+from pretext3d.config import SpatialDims
 from pretext3d.heads import ClassifierHead, MultiPatchClassifierHead, ProjectionHead
 from pretext3d.objectives import check_embeddings
 
@@ -131,7 +132,7 @@ class PretextTask(nn.Module, abc.ABC, Generic[P, T]):
     params_type: type[P]
     num_patches: int | None = None
 
-    def __init__(self, spatial_dims: int, *, check_finite: bool = True) -> None:
+    def __init__(self, spatial_dims: SpatialDims, *, check_finite: bool = True) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.check_finite = bool(check_finite)

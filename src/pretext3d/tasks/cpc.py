@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int, check_positive, check_unit_interval
 from pretext3d._random import as_generator, rand
+from pretext3d.config import SpatialDims
 from pretext3d.functional.patches import extract_patches, standardize
 from pretext3d.functional.rotation import apply_flips
 from pretext3d.heads import CPCHead
@@ -109,7 +110,7 @@ class CPC(PredictiveTask[CPCParams]):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         grid: int | None = None,
         patch: int | None = None,
         overlap: float | None = None,

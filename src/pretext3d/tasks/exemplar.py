@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int
 from pretext3d._random import as_generator, randint
+from pretext3d.config import SpatialDims
 from pretext3d.objectives.gather import gather_labels, gather_with_grad
 from pretext3d.objectives.losses import TripletMarginLoss
 from pretext3d.objectives.memory import CrossBatchMemory
@@ -135,7 +136,7 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         augmenter: ExemplarAugmenter | None = None,
         *,
         protocol: Literal["two_views", "original"] = "two_views",

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from pretext3d._checks import check_unit_interval
 from pretext3d._random import rand, randint
+from pretext3d.config import SpatialDims
 from pretext3d.registry import register_task
 from pretext3d.tasks.base import DenseTask, Reconstruction, TaskParams
 
@@ -249,7 +250,7 @@ class ModelsGenesis(DenseTask[GenesisParams]):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         *,
         local_p: float = 0.5,
         nonlinear_p: float = 0.9,

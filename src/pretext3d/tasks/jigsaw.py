@@ -12,6 +12,7 @@ from torch import Tensor
 
 from pretext3d._checks import check_int
 from pretext3d._random import randint
+from pretext3d.config import SpatialDims
 from pretext3d.permutations import HammingStats, hamming_stats, load_permutation_set, permutation_set
 from pretext3d.registry import register_task
 from pretext3d.tasks._grid import GridCrop, GridPatchTask
@@ -126,7 +127,7 @@ class Jigsaw(GridPatchTask[JigsawParams]):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         grid: int = 3,
         num_permutations: int | None = None,
         jitter: int | float = 0.1,

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from pretext3d._checks import check_choice, check_int, check_unit_interval
 from pretext3d._random import rand
+from pretext3d.config import SpatialDims
 from pretext3d.registry import register_task
 from pretext3d.tasks.base import DenseTask, Reconstruction, TaskParams
 
@@ -110,7 +111,7 @@ class MaskedImageModeling(DenseTask[MaskedImageModelingParams]):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         mask_ratio: float = 0.6,
         patch: int = 8,
         *,

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from pretext3d._checks import check_choice
 from pretext3d._random import randint
+from pretext3d.config import SpatialDims
 from pretext3d.functional.rotation import apply_rotations, plane_rotation_matrix, rotation_group
 from pretext3d.registry import register_task
 from pretext3d.tasks.base import ClassificationTask, TaskParams, check_classes
@@ -91,7 +92,7 @@ class Rotation(ClassificationTask[RotationParams]):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         rotations: RotationSet | None = None,
         *,
         plane: tuple[int, int] | None = None,

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from pretext3d._checks import check_int
 from pretext3d._random import randint
+from pretext3d.config import SpatialDims
 from pretext3d.registry import register_task
 from pretext3d.tasks._grid import GridCrop, GridPatchTask
 from pretext3d.tasks.base import TaskParams, check_classes
@@ -92,7 +93,7 @@ class RelativePatchLocation(GridPatchTask[RelativePatchLocationParams]):
 
     def __init__(
         self,
-        spatial_dims: int,
+        spatial_dims: SpatialDims,
         grid: int = 3,
         jitter: int | float = 0.1,
         *,

@@ -20,10 +20,12 @@ from torch import Tensor, nn
 
 from pretext3d import engine
 from pretext3d._checks import check_choice, check_int, check_positive
+from pretext3d.config import checked
 
 __all__ = ["OptimSettings", "Optimization", "build_optimizer", "check_finite", "lr_factor", "lr_schedule"]
 
 
+@checked
 @dataclass(frozen=True)
 class OptimSettings:
     """What an optimisation block is made of (the configs' fields of the same names).

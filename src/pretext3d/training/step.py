@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._checks import check_int, check_positive
-from pretext3d.config import check_keywords
+from pretext3d.config import check_keywords, checked
 from pretext3d.pretext_model import PretextModel, infer_num_features
 from pretext3d.registry import TASKS, registered
 from pretext3d.tasks.base import PretextTask
@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 
+@checked
 @dataclass
 class TaskSpec:
     """A pretext task of a run: which task, its options, its loss weight, its name in the logs.
