@@ -64,7 +64,7 @@ def probes() -> list[Probe]:
     images, labels, _ = DataSpec(count=8, size=16).labelled()
     return [
         # --- tasks: construction
-        t(lambda: Rotation(4), VE, "spatial_dims must be 2 or 3"),
+        t(lambda: Rotation(4), VE, r"spatial_dims must be an integer in \[2, 3\]"),
         t(lambda: Rotation("3"), TE, r"spatial_dims must be an integer in \[2, 3\]"),
         t(lambda: Rotation(True), TE, "spatial_dims"),
         t(lambda: Rotation(3, "cube"), VE, "rotations"),

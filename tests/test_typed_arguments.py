@@ -212,7 +212,8 @@ def test_check_value_against_hand_written_cases() -> None:
         ([1, 2, 3], tuple[int, int], "2 entries"),
         ([1, "a"], tuple[int, ...], r"size\[1\]"),
         ("abc", list[str], "an array"),
-        ("up", Literal["down"], r"one of \['down'\]"),
+        ("up", Literal["down"], "must be 'down'"),
+        ("up", Literal["down", "left"], r"one of \['down', 'left'\]"),
     ]:
         with pytest.raises(ArgumentError, match=message):
             check_value(value, hint, "size")

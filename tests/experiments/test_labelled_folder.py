@@ -114,3 +114,24 @@ def test_a_volume_folder_at_an_nnunet_root_refuses_its_label_maps(tmp_path: Path
         kind="volume-folder", path=str(root / "imagesTs"), preprocessing={"modality": "mr"}
     ).unlabelled()
     assert len(pool) == 1  # the unlabelled scans, as the message says
+
+
+@pytest.mark.parametrize("change", ["shifted", "coarser"])
+def test_issue_39_a_label_off_its_image_grid_is_refused(tmp_path: Path, change: str) -> None:
+    root = _folder(tmp_path, cases=2)
+    label = root / "labels" / "case01.nii.gz"
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    if change == "shifted":
+        affine[0, 3] = 10.0  # 10 mm off
+    else:
+        affine[:3, :3] *= 2  # 2 mm voxels over the 1 mm image, the same shape
+    write_nifti(label, p3.data.io.read_volume(label).array, affine)
+    spec = DataSpec(kind="labelled-volume-folder", path=str(root), preprocessing={"modality": "mr"})
+    with pytest.raises(ValueError, match=r"case01\.nii\.gz' and image .* differ in geometry"):
+        spec.labelled()
+
+
+def test_issue_39_a_labelled_volume_folder_needs_its_modality(tmp_path: Path) -> None:
+    root = str(_folder(tmp_path, cases=2))
+    with pytest.raises(ValueError, match=r"modality must be given for a labelled-volume-folder"):
+        DataSpec(kind="labelled-volume-folder", path=root)

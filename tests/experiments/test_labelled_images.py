@@ -230,3 +230,45 @@ def test_grey_images_are_read_with_one_channel_end_to_end(tmp_path: Path) -> Non
     assert main(["predict", "--model", str(out / "model.pt"), "--input", str(root / "images"),
                  "--output", str(tmp_path / "pred")]) == 0  # fmt: skip
     assert len((tmp_path / "pred" / "predictions.csv").read_text().splitlines()) == 1 + 21
+
+
+def test_issue_39_what_was_silent_or_unclear_in_a_labels_table(tmp_path: Path) -> None:
+    root = _table(tmp_path / "t", count=4, unlabelled=0, label="number")
+    table = root / "labels.csv"
+    # every label one value: one class present, where classes 0 and 1 were reported
+    table.write_text("image,label\nimages/img00.png,1\nimages/img01.png,1\n")
+    with pytest.raises(
+        ValueError, match=r"labels every image '1': classification needs images of at least two"
+    ):
+        LabelledImageFolder(root)
+    # i0 for i0.PNG: the suffix is found whatever its case
+    (root / "images" / "img02.png").rename(root / "images" / "IMG02.PNG")
+    table.write_text("image,label\nimages/img00,0\nimages/IMG02,1\n")
+    assert [p.name for p in LabelledImageFolder(root).files] == ["img00.png", "IMG02.PNG"]
+    # an absolute path, a path out of the folder, and a root that is a plain file
+    table.write_text(f"image,label\n{root / 'images' / 'img00.png'},0\nimages/img01.png,1\n")
+    with pytest.raises(ValueError, match=r"row 2: image .* must be a path relative to the table's folder"):
+        LabelledImageFolder(root)
+    table.write_text("image,label\n../outside.png,0\nimages/img01.png,1\n")
+    with pytest.raises(ValueError, match=r"row 2: image '\.\./outside\.png' must be a path relative"):
+        LabelledImageFolder(root)
+    with pytest.raises(ValueError, match=r"is a file: give the folder"):
+        LabelledImageFolder(root / "images" / "img00.png")
+
+
+def test_issue_39_recipe_classes_that_contradict_the_data_are_refused(tmp_path: Path) -> None:
+    root = _class_folders(tmp_path / "f", ["cat", "dog", "owl"], 2)
+    spec = DataSpec(kind="labelled-image-folder", path=str(root), size=16)
+    assert spec.class_names() == ["cat", "dog", "owl"]
+    for given in (("dog", "cat", "owl"), ("a", "b")):  # another order; another count
+        with pytest.raises(
+            ValueError, match=r"\[classification\] classes = .* numbered as \['cat', 'dog', 'owl'\]"
+        ):
+            recipe_for(spec, {"classification": ClassificationRecipe(classes=given)})
+    assert recipe_for(spec, {"classification": ClassificationRecipe(classes=("cat", "dog", "owl"))}).classes
+    numbered = _table(tmp_path / "n", count=6, unlabelled=0, label="number")
+    named = recipe_for(
+        DataSpec(kind="labelled-image-folder", path=str(numbered), size=16),
+        {"classification": ClassificationRecipe(classes=("round", "square", "cross"))},
+    )
+    assert named.classes == ("round", "square", "cross")  # numbered labels may be named by the recipe

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import pretext3d as p3
-from pretext3d.functional.patches import cell_origins
-from pretext3d.tasks._grid import crop_resample
+from pretext3d.functional.patches import cell_origins, extract_patches
+from pretext3d.functional.rotation import apply_flips
+from pretext3d.tasks._grid import crop_resample, crop_tiles
 from pretext3d.tasks.jigsaw import JigsawParams
 from pretext3d.training import SeededCrops
 
@@ -54,6 +55,32 @@ def test_tiles_match_a_hand_written_reference(spatial_dims: int) -> None:
             tile = tile.flip([1 + a for a in range(d) if params.tile_flips[b, slot, a]])
             tile = (tile - tile.mean()) / (tile.std(unbiased=False) + 1e-5)
             torch.testing.assert_close(views[b, slot], tile, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_separable_crop_equals_grid_sample_mirrored_and_in_float32(spatial_dims: int) -> None:
+    # issue 39: the crop is interpolated one axis after another, mirrored tiles read their
+    # positions backwards; the views are grid_sample's, flipped afterwards, to float rounding
+    d, g = spatial_dims, torch.Generator().manual_seed(3)
+    shape = (23, 30, 17)[:d]
+    x = torch.randn(3, 2, *shape, generator=g)
+    scale = torch.tensor([0.4, 0.73, 1.0])
+    centre = (2 * torch.rand(3, d, generator=g) - 1) * (1 - scale[:, None])
+    centre[0] = 1 - scale[0]  # at the far border
+    patch = tuple(n // 3 for n in shape)
+    starts = torch.stack(
+        [torch.randint(0, n - t + 1, (3, 5), generator=g) for n, t in zip(shape, patch, strict=True)], -1
+    )
+    flips = torch.rand(3, 5, d, generator=g) < 0.5
+    reference = extract_patches(crop_resample(x, scale, centre), starts, patch)
+    reference = apply_flips(reference.flatten(0, 1), flips.flatten(0, 1)).view(reference.shape)
+    torch.testing.assert_close(
+        crop_tiles(x, scale, centre, starts, patch, flips), reference, atol=1e-5, rtol=1e-5
+    )
+    # bf16 input: positions and weights in float32, only the result rounded to bf16
+    low = x.bfloat16()
+    expected = crop_tiles(low.float(), scale, centre, starts, patch, flips).bfloat16()
+    assert torch.equal(crop_tiles(low, scale, centre, starts, patch, flips), expected)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -189,7 +189,7 @@ def test_jigsaw_external_sets(tmp_path: Path) -> None:
         (lambda: Jigsaw(3, jitter=-1), ValueError, "jitter must be an int >= 0, got -1"),
         (lambda: Jigsaw(2, grid=2, num_permutations=25), ValueError, r"num_permutations must be <= 4! = 24"),
         (lambda: Jigsaw(3, grid=1), ValueError, "grid must be an int >= 2, got 1"),
-        (lambda: Jigsaw(5), ValueError, "spatial_dims must be 2 or 3, got 5"),
+        (lambda: Jigsaw(5), ValueError, r"spatial_dims must be an integer in \[2, 3\], got 5"),
         (lambda: RelativePatchLocation(3, grid=4), ValueError, "grid must be odd"),
         (
             lambda: RelativePatchLocation(2, jitter=1.5),

@@ -145,7 +145,7 @@ def test_non_contiguous_input() -> None:
 @pytest.mark.parametrize(
     ("make", "error", "match"),
     [
-        (lambda: Rotation(4), ValueError, "spatial_dims must be 2 or 3, got 4"),
+        (lambda: Rotation(4), ValueError, r"spatial_dims must be an integer in \[2, 3\], got 4"),
         (lambda: Rotation("3"), TypeError, r"spatial_dims must be an integer in \[2, 3\]"),  # type: ignore[arg-type]
         (
             lambda: Rotation(2, "taleb10"),

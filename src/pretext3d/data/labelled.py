@@ -84,6 +84,11 @@ class LabelledImageFolder(Dataset[tuple[Tensor, Tensor]]):
         elif root.is_dir():
             self.root = root
             entries = _read_class_folders(root)
+        elif root.exists():
+            raise ValueError(
+                f"labelled image folder {str(root)!r} is a file: give the folder (with a labels.csv or one "
+                "sub-folder per class) or the .csv table itself"
+            )
         else:
             raise ValueError(f"labelled image folder {str(root)!r} does not exist")
         labelled = [(path, label) for path, label in entries if label]
@@ -132,8 +137,13 @@ def _read_table(table: Path) -> list[tuple[Path, str]]:
     for line, row in enumerate(rows, start=2):
         name = (row["image"] or "").strip()
         path = table.parent / name
+        if Path(name).is_absolute() or not path.resolve().is_relative_to(table.parent.resolve()):
+            raise ValueError(
+                f"{str(table)!r} row {line}: image {name!r} must be a path relative to the table's folder "
+                f"{str(table.parent)!r} and inside it"
+            )
         if not path.is_file() and not path.suffix:
-            path = next((path.with_suffix(s) for s in IMAGE_SUFFIXES if path.with_suffix(s).is_file()), path)
+            path = _with_image_suffix(path)
         if not name or not path.is_file():
             raise ValueError(f"{str(table)!r} row {line}: no image file {name!r} in {str(table.parent)!r}")
         if path in seen:
@@ -141,6 +151,19 @@ def _read_table(table: Path) -> list[tuple[Path, str]]:
         seen.add(path)
         entries.append((path, (row["label"] or "").strip()))
     return entries
+
+
+def _with_image_suffix(path: Path) -> Path:
+    """``path`` with the image suffix (any case: ``.PNG``, ``.jpg``) of the one file it names, else itself."""
+    if not path.parent.is_dir():
+        return path
+    found = [p for p in path.parent.iterdir() if p.stem == path.name and p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(found) > 1:
+        raise ValueError(
+            f"image {str(path)!r} without a suffix names {len(found)} files "
+            f"({sorted(p.name for p in found)}): give the suffix in labels.csv"
+        )
+    return found[0] if found else path
 
 
 def _read_class_folders(root: Path) -> list[tuple[Path, str]]:
@@ -193,4 +216,10 @@ def _classes(
         numbers = [names.index(label) for label in labels]
     if len(names) < 2:
         raise ValueError(f"{where!r} holds one class ({names}): classification needs at least two")
+    present = sorted(set(numbers))
+    if len(present) < 2:
+        raise ValueError(
+            f"{where!r} labels every image {names[present[0]]!r}: classification needs images of at least "
+            f"two classes (of {names})"
+        )
     return names, numbers

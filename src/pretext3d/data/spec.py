@@ -156,9 +156,9 @@ class DataSpec:
         options = dict(self.preprocessing)
         modality = options.pop("modality", None)
         if modality is None:
-            if self.kind == "volume-folder":
+            if self.kind in ("volume-folder", "labelled-volume-folder"):
                 raise ConfigError(
-                    'data.preprocessing.modality must be given for a volume-folder: "ct" (window '
+                    f'data.preprocessing.modality must be given for a {self.kind}: "ct" (window '
                     '[-96, 215] HU, 1.5 x 1.5 x 2.5 mm, body crop, resized to data.size), "mr" '
                     '(percentiles and z-score, no resampling) or "none" (as stored)'
                 )
@@ -370,9 +370,10 @@ def _labelled_volumes(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
     expected = f"but the classes name {len(classes)} ({classes})"
     images, labels, ids = [], [], []
     for case, image_file, label_file in _pairs(spec):
+        geometry = ".npy" not in (image_file.suffix, label_file.suffix)  # a bare array has none to compare
         image, label = labelled_arrays(
             case, image_file, label_file, prep, cache,
-            allowed=range(len(classes)) if classes else None, expected=expected, same_grid=False,
+            allowed=range(len(classes)) if classes else None, expected=expected, same_grid=geometry,
         )  # fmt: skip
         images.append(torch.from_numpy(image.astype(np.float32))[None])
         labels.append(torch.from_numpy(label.astype(np.int64)))

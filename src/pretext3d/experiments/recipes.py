@@ -876,4 +876,13 @@ def recipe_for(data: DataSpec, configured: Mapping[str, Recipe] | None = None) -
     names = data.class_names()
     if names and hasattr(recipe, "classes") and not recipe.classes:  # the data's class names
         recipe = dataclasses.replace(recipe, classes=tuple(names))  # type: ignore[type-var]
+    given = [str(c) for c in getattr(recipe, "classes", ())]
+    if names and given and given != names:
+        numbered = names == [str(i) for i in range(len(names))]
+        if not numbered or len(given) != len(names):  # names of numbered labels are fine, others must agree
+            raise ValueError(
+                f"[{name}] classes = {given}, but the data's labels are numbered as {names} (data.kind = "
+                f"{data.kind!r}): the metrics would carry the wrong names. Leave [{name}] classes out, or "
+                "set data.classes (the order the labels are numbered in) and not the recipe's"
+            )
     return recipe

@@ -6,14 +6,14 @@ Dosovitskiy et al., NeurIPS 2014; in 3D with triplets, Taleb et al., NeurIPS 202
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
 
 from pretext3d._checks import check_choice, check_int
 from pretext3d._random import as_generator, randint
-from pretext3d.config import SpatialDims
+from pretext3d.config import UNCHECKED, SpatialDims
 from pretext3d.objectives.gather import gather_labels, gather_with_grad
 from pretext3d.objectives.losses import TripletMarginLoss
 from pretext3d.objectives.memory import CrossBatchMemory
@@ -140,7 +140,7 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         augmenter: ExemplarAugmenter | None = None,
         *,
         protocol: Literal["two_views", "original"] = "two_views",
-        miner: Miner | None = None,
+        miner: Annotated[Miner | None, UNCHECKED] = None,  # its body names PMLMiner
         margin: float = 1.0,
         loss: nn.Module | None = None,
         embedding_dim: int = 128,
