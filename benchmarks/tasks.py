@@ -8,7 +8,11 @@ With the default allocator, a fresh 64 MB output costs about 16 ms of page fault
 first touch, more than the copy itself (1.4 ms); run with ``THP_MEM_ALLOC_ENABLE=1``
 (PyTorch's switch for huge pages on the CPU) to see the kernels' own cost.
 
-    python benchmarks/tasks.py [--size 128] [--batch 8] [--repeats 15]
+The grid tasks are also timed beside a NumPy jigsaw cut the way the original 3D code cuts it
+(Python loops over volumes and cells, one jittered slice per cell, no defences): ours, defended,
+should be at least as fast.
+
+    python benchmarks/tasks.py [--size 128] [--batch 8] [--repeats 15] [--threads N]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 import pretext3d as p3
@@ -40,12 +45,51 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def numpy_jigsaw(
+    volumes: np.ndarray, permutations: np.ndarray, rng: np.random.Generator, grid: int = 3, jitter: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 3D jigsaw as the original's NumPy code cuts it: per volume and cell a jittered slice, shuffled.
+
+    Args:
+        volumes: ``(B, C, D, H, W)``.
+        permutations: ``(classes, grid**3)`` cell orders.
+        rng: the random draws (labels and jitter).
+        grid: cells per axis.
+        jitter: the largest offset of a patch in its cell (patches are ``cell - jitter``).
+
+    Returns:
+        ``(tiles (B, grid**3, C, *patch), labels (B,))``.
+    """
+    cell = [n // grid for n in volumes.shape[2:]]
+    patch = [k - jitter for k in cell]
+    labels = rng.integers(len(permutations), size=len(volumes))
+    tiles = np.empty((len(volumes), grid**3, volumes.shape[1], *patch), volumes.dtype)
+    for i, volume in enumerate(volumes):
+        for slot, index in enumerate(permutations[labels[i]]):
+            corner = [
+                k * c + int(o)
+                for k, c, o in zip(
+                    np.unravel_index(index, (grid,) * 3), cell, rng.integers(jitter + 1, size=3), strict=True
+                )
+            ]
+            tiles[i, slot] = volume[
+                :,
+                corner[0] : corner[0] + patch[0],
+                corner[1] : corner[1] + patch[1],
+                corner[2] : corner[2] + patch[2],
+            ]
+    return tiles, labels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, args.size, args.size, args.size)
@@ -77,6 +121,12 @@ def main() -> None:
             seconds = median_seconds(lambda task=task: task(x, generator=gen), args.repeats)
             label = name + ("" if check else " (no NaN check)")
             print(f"{label:34s} {args.batch / seconds:8.1f} volumes/s   {copy / seconds:4.2f}x copy")
+
+    volumes, rng = x.numpy(), np.random.default_rng(0)
+    permutations = p3.tasks.Jigsaw(3).permutations.numpy()
+    seconds = median_seconds(lambda: numpy_jigsaw(volumes, permutations, rng), args.repeats)
+    label = "NumPy jigsaw, the original's way"
+    print(f"{label:34s} {args.batch / seconds:8.1f} volumes/s   {copy / seconds:4.2f}x copy")
 
     print("\npermutation sets (first call, uncached):")
     for cells, count, method in [

@@ -35,8 +35,13 @@ def test_view_statistics_match_hand_computed_blocks(spatial_dims: int) -> None:
     n = 2**spatial_dims
     assert torch.isclose(stats[0, 2 * n + n - 1], block.mean(), atol=1e-6)  # channel 1's means
     assert torch.isclose(stats[0, 3 * n + n - 1], block.std(unbiased=False), atol=1e-5)  # its stds
+    # views narrower than the blocks (issue 39: one-voxel tiles): each block repeats the voxels it covers
+    small = view_statistics(x[..., :1, :, :] if spatial_dims == 3 else x[..., :1, :], blocks=2)
+    assert small.shape == stats.shape and bool((small[:, 2 * 2 * n :] >= 0).all())
+    one = view_statistics(torch.full((1, 1, *(1,) * spatial_dims), 5.0), blocks=2)
+    assert one.tolist() == [[5.0] * n + [0.0] * n]
     with pytest.raises(ValueError, match="blocks"):
-        view_statistics(x, blocks=5)
+        view_statistics(x, blocks=0)
 
 
 def test_fit_logistic_separates_and_folds_the_standardisation() -> None:
@@ -190,3 +195,12 @@ def test_pretrainer_logs_probe_and_shortcuts(tmp_path: Path, spatial_dims: int) 
     assert any("shortcut score of Jigsaw" in line for line in lines)
     with pytest.raises(TypeError, match="FeatureProbe"):
         Pretrainer(encoder, jigsaw, data, config, tmp_path / "f.pt", probe=object())  # type: ignore[arg-type]
+
+
+def test_issue_39_a_probe_refuses_unlabelled_images_and_nan_by_name() -> None:
+    images, labels = torch.rand(8, 1, 8, 8), torch.tensor([0, 1] * 4)
+    with pytest.raises(ValueError, match=r"labels must be class numbers >= 0, got -1"):
+        p3.diagnostics.FeatureProbe(images, torch.tensor([-1, 0, 1, 0, 1, 0, 1, 0]))
+    images[3, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="images hold NaN or inf"):
+        p3.diagnostics.FeatureProbe(images, labels)

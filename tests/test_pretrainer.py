@@ -468,3 +468,22 @@ def test_a_rotation_shortcut_is_a_note_and_other_tasks_flags_stay_warnings(tmp_p
     jigsaw = next(line for line in lines if "shortcut score of Jigsaw" in line)
     assert "ABOVE" in rotation and rotation.startswith("note: ") and "expected for rotation" in rotation
     assert "ABOVE" in jigsaw and jigsaw.startswith("warning: ")
+
+
+def test_issue_39_one_voxel_tiles_pass_the_start_up_shortcut_check(tmp_path: Path) -> None:
+    # RPL tiles of one voxel into a one-stage encoder: trained with shortcut_check=0 before, but the
+    # default start-up check died on "views smaller than blocks=2"
+    task = p3.tasks.RelativePatchLocation(3, jitter=0, **p3.tasks.NO_DEFENCES)
+    run = trainer(tmp_path, tasks=task, crop=3, steps=2, eval_every=2, checkpoint_every=2, shortcut_check=8)
+    run.fit()
+    scores = json.loads((run.run_dir / "shortcuts.json").read_text())
+    assert scores["rpl"]["chance"] == pytest.approx(1 / 26)
+
+
+def test_issue_39_a_probe_of_other_dimensions_is_named(tmp_path: Path) -> None:
+    probe = p3.diagnostics.FeatureProbe(torch.rand(8, 1, 16, 16), torch.tensor([0, 1] * 4))
+    with pytest.raises(ValueError, match=r"probe holds 2D images, but the tasks are 3D"):
+        Pretrainer(
+            ConvEncoder(3, widths=(4, 8)), Rotation(3), PhantomImages("ct", 8, 16), PretrainConfig(**RUN),
+            tmp_path / "e.pt", probe=probe, log=lambda line: None,
+        )  # fmt: skip

@@ -230,3 +230,24 @@ def test_checked_functions_and_plugin_classes() -> None:
         Plugin(3, mode="c")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="width"):  # Python's own message for a missing argument
         Plugin()  # type: ignore[call-arg]
+
+
+def test_renamed_names_point_to_their_new_ones() -> None:
+    import pretext3d.engine
+    import pretext3d.pretrainer
+
+    for get, new in [
+        (lambda: pretext3d.pretrainer.WeightedTask, "TaskSpec"),
+        (lambda: p3.experiments.TaskEntry, "TaskSpec"),
+        (lambda: pretext3d.engine.evaluating, "pretext3d.models.evaluating"),
+    ]:
+        with pytest.raises(AttributeError, match=rf"renamed in 0\.2: use .*{new}"):
+            get()
+    with pytest.raises(TypeError, match=r"TrainConfig\(autocast=...\) was renamed in 0\.2: use precision"):
+        p3.finetune.TrainConfig(autocast="bf16")  # type: ignore[call-arg]
+    with pytest.raises(
+        AttributeError, match=r"Pretrainer\.optimizer was renamed in 0\.2: use Pretrainer\.optim"
+    ):
+        p3.Pretrainer.optimizer.fget(object())  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        pretext3d.engine.nothing  # noqa: B018

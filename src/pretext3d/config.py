@@ -355,6 +355,30 @@ def _hints(target: Callable[..., Any], owner: type | None = None) -> dict[str, A
         return hints
 
 
+def renamed(names: Mapping[str, str], owner: str) -> Callable[[str], Any]:
+    """A module's or class's ``__getattr__`` that points a name renamed in 0.2 to its new one.
+
+    Args:
+        names: old name -> what replaces it (as the CHANGELOG's migration table says).
+        owner: the module or class, for the message.
+
+    Examples:
+        >>> lookup = renamed({"Old": "pretext3d.New"}, "pretext3d.mod")
+        >>> lookup("Old")
+        Traceback (most recent call last):
+        AttributeError: pretext3d.mod.Old was renamed in 0.2: use pretext3d.New (CHANGELOG.md, Migration)
+    """
+
+    def lookup(name: str) -> Any:
+        if name in names:
+            raise AttributeError(
+                f"{owner}.{name} was renamed in 0.2: use {names[name]} (CHANGELOG.md, Migration)"
+            )
+        raise AttributeError(f"{owner!r} has no attribute {name!r}")
+
+    return lookup
+
+
 def checked(target: F) -> F:
     """Check every argument of a function, a class's ``__init__`` or a dataclass against its annotations.
 
@@ -394,6 +418,11 @@ def _wrap(function: Callable[..., Any], name: str, owner: type | None) -> Callab
         try:
             bound = signature.bind_partial(*args, **kwargs)
         except TypeError:
+            moved = {k: v for k, v in getattr(owner, "_renamed_arguments", {}).items() if k in kwargs}
+            for key, new in moved.items():
+                raise TypeError(
+                    f"{name}({key}=...) was renamed in 0.2: use {new} (CHANGELOG.md, Migration)"
+                ) from None
             return function(*args, **kwargs)  # Python's own message: an unknown argument
         for key, value in bound.arguments.items():
             parameter = signature.parameters[key]

@@ -60,7 +60,9 @@ def view_statistics(views: Tensor, blocks: int = 2) -> Tensor:
     Args:
         views: ``(N, C, *spatial)`` with 2 or 3 spatial axes (for patches ``(B, P, C,
             *patch)`` pass ``views.flatten(0, 1)``).
-        blocks: blocks per axis.
+        blocks: blocks per axis (adaptive pooling: a view narrower than ``blocks`` along an axis
+            repeats its voxels there, so views of any size, a single voxel included, give
+            statistics of one length).
 
     Returns:
         ``(N, C * 2 * blocks**d)``: the block means (row-major), then the block stds.
@@ -70,13 +72,13 @@ def view_statistics(views: Tensor, blocks: int = 2) -> Tensor:
         >>> x[..., :2, :] = 1.0   # the top half bright
         >>> view_statistics(x, blocks=2)
         tensor([[1., 1., 0., 0., 0., 0., 0., 0.]])
+        >>> view_statistics(torch.full((1, 1, 1, 1), 3.0))   # one voxel: its value in every block
+        tensor([[3., 3., 3., 3., 0., 0., 0., 0.]])
     """
     check_int("blocks", blocks, 1)
     if not isinstance(views, Tensor) or views.dim() not in (4, 5):
         raise ValueError(f"views must be (N, C, *spatial) with 2 or 3 spatial axes, got {_shape(views)}")
     flat = views.float()
-    if any(s < blocks for s in flat.shape[2:]):
-        raise ValueError(f"views of spatial shape {tuple(flat.shape[2:])} are smaller than blocks={blocks}")
     pool = F.adaptive_avg_pool2d if flat.dim() == 4 else F.adaptive_avg_pool3d
     mean = pool(flat, blocks)
     var = (pool(flat.square(), blocks) - mean.square()).clamp_min(0)
@@ -525,6 +527,13 @@ class FeatureProbe:
             )
         if self.task == "classification" and labels.dim() != 1:
             raise ValueError(f"task='classification' takes labels (N,), got {tuple(labels.shape)}")
+        if labels.numel() and int(labels.min()) < 0:
+            raise ValueError(
+                f"labels must be class numbers >= 0, got {int(labels.min())} (an unlabelled image's -1? "
+                "leave unlabelled images out of the probe)"
+            )
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("images hold NaN or inf values: the probe's features would be NaN")
         if self.task == "segmentation" and tuple(labels.shape[1:]) != tuple(images.shape[2:]):
             raise ValueError(
                 f"task='segmentation' takes label maps (N, *spatial) = (N, *{tuple(images.shape[2:])}), "

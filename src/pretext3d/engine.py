@@ -29,6 +29,7 @@ from torch import nn
 
 from pretext3d._atomic import atomic_path
 from pretext3d._checks import check_count_or_auto, check_device, check_precision
+from pretext3d.config import renamed
 
 __all__ = [
     "Callback",
@@ -628,3 +629,6 @@ class LineProgress:
 
     def close(self) -> None:
         """Nothing to clean up (tqdm's ``close``)."""
+
+
+__getattr__ = renamed({"evaluating": "pretext3d.models.evaluating"}, "pretext3d.engine")

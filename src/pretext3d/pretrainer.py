@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from pretext3d._checks import (
     check_precision,
     check_unit_interval,
 )
-from pretext3d.config import Range, checked
+from pretext3d.config import Range, checked, renamed
 from pretext3d.diagnostics import FeatureProbe, chance_level, shortcut_score
 from pretext3d.models.io import save_encoder
 from pretext3d.provenance import environment, write_pretraining_record
@@ -239,6 +239,13 @@ class Pretrainer:
         (['rotation', 'jigsaw'], 2)
     """
 
+    # renamed in 0.2 (CHANGELOG.md, Migration): the old names say where their values went
+    entries = property(lambda self: _moved("entries", "Pretrainer.core (names, tasks, weights)"))
+    generators = property(lambda self: _moved("generators", "Pretrainer.core.generators"))
+    optimizer = property(lambda self: _moved("optimizer", "Pretrainer.optim.optimizer"))
+    scheduler = property(lambda self: _moved("scheduler", "Pretrainer.optim.scheduler"))
+    scaler = property(lambda self: _moved("scaler", "Pretrainer.optim.scaler"))
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -277,6 +284,11 @@ class Pretrainer:
             switch_checkpointing(encoder)
         self.core = PretextStep(encoder, tasks, seed=config.seed, rank=self.rank)
         self.spatial_dims, self.names = self.core.spatial_dims, self.core.names
+        if probe is not None and probe.spatial_dims != self.spatial_dims:
+            raise ValueError(
+                f"probe holds {probe.spatial_dims}D images, but the tasks are {self.spatial_dims}D: give the "
+                f"FeatureProbe {self.spatial_dims}D images of the data"
+            )
         for name, task in zip(self.names, self.core.tasks, strict=True):
             need = getattr(task, "min_batch_size", 1)
             if config.batch_size < need:
@@ -857,3 +869,10 @@ def wilson_interval(
     centre = (proportion + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+__getattr__ = renamed({"WeightedTask": "pretext3d.TaskSpec(task, weight, name=name)"}, "pretext3d.pretrainer")
+
+
+def _moved(name: str, new: str) -> NoReturn:
+    raise AttributeError(f"Pretrainer.{name} was renamed in 0.2: use {new} (CHANGELOG.md, Migration)")

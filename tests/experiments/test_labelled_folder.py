@@ -135,3 +135,22 @@ def test_issue_39_a_labelled_volume_folder_needs_its_modality(tmp_path: Path) ->
     root = str(_folder(tmp_path, cases=2))
     with pytest.raises(ValueError, match=r"modality must be given for a labelled-volume-folder"):
         DataSpec(kind="labelled-volume-folder", path=root)
+
+
+def test_issue_39_a_dataset_json_or_channel_it_cannot_read_is_named(tmp_path: Path) -> None:
+    for text, named in [
+        (json.dumps({"labels": {"background": 0, "whole": [1, 2]}}), "region labels"),
+        (json.dumps({"labels": ["background", "box"]}), '"labels" is a list'),
+        ('{"labels": {"0": "background"', "is not a readable dataset.json"),
+    ]:
+        root = _folder(tmp_path / named.replace(" ", "_").replace('"', ""), cases=2)
+        (root / "dataset.json").write_text(text)
+        spec = DataSpec(kind="labelled-volume-folder", path=str(root), preprocessing={"modality": "mr"})
+        with pytest.raises(ValueError, match=rf"dataset\.json.*{named}"):
+            spec.class_names()
+    root = _folder(tmp_path / "channels", cases=2, nnunet=True)
+    second = root / "imagesTr" / "case00_0001.nii.gz"
+    second.write_bytes((root / "imagesTr" / "case00_0000.nii.gz").read_bytes())
+    spec = DataSpec(kind="labelled-volume-folder", path=str(root), preprocessing={"modality": "mr"})
+    with pytest.raises(ValueError, match=r"case00_0001\.nii\.gz' is a second image channel"):
+        spec.labelled()

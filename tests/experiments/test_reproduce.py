@@ -218,3 +218,14 @@ def test_workers_split_the_encoders_wait_for_a_live_one_and_take_over_a_dead_one
     assert not list(tmp_path.glob("*.lock"))
     reproduce._make_encoders([(a, maker(a)), (b, maker(b))], lines.append)  # all made: nothing to do
     assert made == ["b.pt", "c.pt"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_issue_39_an_unavailable_pretraining_device_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    config = _tiny(tmp_path / "out")
+    config.pretrain = PretrainConfig(steps=2, batch_size=2, device="cuda", eval_every=2, progress=False)
+    with pytest.raises(ValueError, match="cuda"):
+        run_reproduction(config, progress=False, log=lambda line: None)
+    assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -173,15 +174,40 @@ def test_a_lock_whose_pid_was_given_to_another_process_is_taken_over(
     path.write_text(f"{host} {parent} boot-1:100\n")  # the live holder itself
     with RunLock(path) as claimed:
         assert not claimed
-    path.write_text(f"{host} {parent}\n")  # an older lock without identity: the pid decides
+    path.write_text(f"{host} {parent}\n")  # without identity (older, or off Linux): the pid and its beat
     with RunLock(path) as claimed:
-        assert not claimed
+        assert not claimed  # a live pid that touched its lock lately: a holder at work
+    os.utime(path, (0, time.time() - locks._SILENT_SECONDS - 1))
+    with RunLock(path) as claimed:
+        assert (
+            claimed
+        )  # issue 39: a live pid whose lock went silent is another process; waited forever before
     path.write_text("garbage\n")  # not a lock's text: left alone for a minute, as a half-written one
     with RunLock(path) as claimed:
         assert not claimed
     os.utime(path, (0, 0))
     with RunLock(path) as claimed:
         assert claimed
+
+
+def test_a_held_lock_beats_so_that_it_is_never_taken_for_a_silent_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from pretext3d.experiments import locks
+
+    monkeypatch.setattr(locks, "_HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(locks, "process_identity", lambda pid: "")  # as off Linux
+    path = tmp_path / "run.lock"
+    with locks.RunLock(path) as claimed:
+        assert claimed
+        os.utime(path, (0, 0))  # as if silent for ever ...
+        deadline = time.time() + 5
+        while path.stat().st_mtime < time.time() - 60 and time.time() < deadline:
+            time.sleep(0.02)
+        assert not locks.RunLock(path).stale()  # ... until the holder's next beat
+    assert not path.exists()
 
 
 def test_corrupt_checkpoints_are_named_and_recomputed(tmp_path: Path) -> None:

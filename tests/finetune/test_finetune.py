@@ -387,3 +387,17 @@ def test_fast_path_settings_channels_last_compile_and_validation_precision(spati
         TrainConfig(prefetch=-1)
     with pytest.raises(ValueError, match=r"compile must be true or false \(a bool\) or 'auto', got 'yes'"):
         TrainConfig(compile="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_issue_39_a_sample_that_is_not_a_pair_of_tensors_is_named(prefetch: int) -> None:
+    model = nn.Sequential(nn.Flatten(1), nn.Linear(16, 2))
+    x, y = torch.randn(4, 1, 4, 4), torch.randint(0, 2, (4,))
+    config = TrainConfig(epochs=1, steps_per_epoch=1, prefetch=prefetch)
+    for bad, named in [
+        (lambda g: (x,), "a tuple of 1"),
+        (lambda g: [x.tolist(), y.tolist()], r"\['list', 'list'\]"),
+    ]:
+        with pytest.raises(TypeError, match=rf"sample\(generator\) must return a pair of tensors.*{named}"):
+            Trainer(model, nn.functional.cross_entropy, bad, config).fit()
+    assert Trainer(model, nn.functional.cross_entropy, lambda g: [x, y], config).fit() is not None

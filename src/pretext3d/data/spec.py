@@ -338,6 +338,12 @@ def _pairs(spec: DataSpec) -> list[tuple[str, Path, Path]]:
     for image in sorted(images.iterdir()):
         if not SCAN_FILE.search(image.name):
             continue
+        channel = re.search(r"_(?!0000)\d{4}(\.nii\.gz|\.nii|\.npy)$", image.name)
+        if channel and (images / (image.name[: channel.start()] + "_0000" + channel.group(1))).exists():
+            raise ConfigError(
+                f"{str(image)!r} is a second image channel (nnU-Net's _0001, ...): multi-channel scans are "
+                "not supported; keep one channel (_0000) per case in the folder"
+            )
         stem = case_stem(image.name)
         candidates = [labels / (stem + ext) for ext in (".nii.gz", ".nii", ".npy")]
         label = next((c for c in candidates if c.exists()), None)
@@ -356,11 +362,27 @@ def _volume_classes(spec: DataSpec) -> list[str]:
     meta = Path(spec.path) / "dataset.json"
     if not meta.exists():
         return []
-    labels = json.loads(meta.read_text()).get("labels", {})
+    expected = (
+        'its "labels" must map label values to names (MSD, nnU-Net v1: {"0": "background", ...}) or names '
+        'to values (nnU-Net v2: {"background": 0, ...}); or give data.classes'
+    )
     try:
-        return [str(labels[k]) for k in sorted(labels, key=int)]
-    except (TypeError, ValueError):  # nnU-Net v2 writes {"name": value}
-        return [str(k) for k, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
+        labels = json.loads(meta.read_text(encoding="utf-8-sig")).get("labels", {})
+    except (ValueError, AttributeError) as err:  # not JSON, or not a JSON object
+        raise ConfigError(f"{str(meta)!r} is not a readable dataset.json ({err}): {expected}") from err
+    if not isinstance(labels, dict):
+        raise ConfigError(f'{str(meta)!r}: "labels" is a {type(labels).__name__}; {expected}')
+    try:
+        if all(str(k).isdigit() for k in labels):
+            return [str(labels[k]) for k in sorted(labels, key=int)]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):  # nnU-Net v2
+            return [str(k) for k, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(
+        f"{str(meta)!r}: labels {labels} are not one value per class (nnU-Net's region labels such as "
+        f"[1, 2] are not supported); {expected}"
+    )
 
 
 def _labelled_volumes(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:

@@ -6,6 +6,7 @@ pretrain``, ``finetune``, ``data-efficiency``), and the reproductions of the pap
 figures (``pretext3d reproduce``). Provenance records live in :mod:`pretext3d.provenance`.
 """
 
+from pretext3d.config import renamed
 from pretext3d.experiments.commands import DataEfficiency, Finetuning, data_efficiency, finetune
 from pretext3d.experiments.fitted import FineTunedModel, load_model, predict, save_model
 from pretext3d.experiments.pretraining import (
@@ -94,3 +95,12 @@ __all__ = [
     "verdict_table",
     "write_report",
 ]
+
+
+__getattr__ = renamed(
+    {
+        "TaskEntry": "pretext3d.TaskSpec(name, weight, options)",
+        "PretextSetting": "pretext3d.TaskSpec(options=..., crop=...)",
+    },
+    "pretext3d.experiments",
+)

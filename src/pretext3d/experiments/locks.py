@@ -5,14 +5,19 @@ on local and NFSv3+ file systems) with its host name, process id and process ide
 Linux the boot id and the process's start time) in it, and deletes it when the run is written
 or fails. A lock whose holder no longer runs on this host is stale (its holder was killed) and
 is taken over, also when another process has since been given the holder's pid (after a reboot
-or in a container): the identity tells them apart. A lock from another host is respected until
-its holder removes it (delete it by hand if that machine died).
+or in a container): the identity tells them apart. Where there is no identity (off Linux, or a
+lock written by an older version), the holder's heartbeat does: a holder touches its lock every
+``_HEARTBEAT_SECONDS``, and a lock without an identity whose live-looking pid has not touched it
+for ``_SILENT_SECONDS`` is stale (its pid was given to another process), so a grid never waits
+forever. A lock from another host is respected until its holder removes it (delete it by hand if
+that machine died).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +27,8 @@ from pretext3d._atomic import pid_alive, process_identity
 __all__ = ["RunLock", "remove_stale_locks"]
 
 _EMPTY_LOCK_SECONDS = 60.0
+_HEARTBEAT_SECONDS = 30.0  # how often a holder touches its lock
+_SILENT_SECONDS = 300.0  # a lock without a process identity, untouched this long, is stale
 
 
 class RunLock:
@@ -40,6 +47,8 @@ class RunLock:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.held = False
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def acquire(self) -> bool:
         """Try to take the lock (taking over a stale one); ``True`` when this process holds it."""
@@ -55,12 +64,29 @@ class RunLock:
                 pid = os.getpid()
                 handle.write(f"{socket.gethostname()} {pid} {process_identity(pid) or '-'}\n")
             self.held = True
+            self._stop.clear()
+            self._beat = threading.Thread(
+                target=self._heartbeat, name=f"heartbeat {self.path.name}", daemon=True
+            )
+            self._beat.start()
             return True
         return False
+
+    def _heartbeat(self) -> None:
+        """Touch the lock while it is held, so that a lock without an identity can still be told stale."""
+        while not self._stop.wait(_HEARTBEAT_SECONDS):
+            try:
+                os.utime(self.path)
+            except OSError:  # removed under us: nothing left to keep alive
+                return
 
     def release(self) -> None:
         """Give the lock up (only if this process holds it)."""
         if self.held:
+            self._stop.set()
+            if self._beat is not None:
+                self._beat.join()
+                self._beat = None
             self.path.unlink(missing_ok=True)
             self.held = False
 
@@ -82,7 +108,9 @@ class RunLock:
         if not pid_alive(pid):
             return True
         recorded = parts[2] if len(parts) > 2 and parts[2] != "-" else ""
-        return bool(recorded) and recorded != process_identity(pid)  # the pid was given to another
+        if recorded:
+            return recorded != process_identity(pid)  # the pid was given to another
+        return age > _SILENT_SECONDS  # no identity: a holder that stopped beating is gone
 
     def __enter__(self) -> bool:
         return self.acquire()

@@ -638,6 +638,10 @@ class GradingRecipe(Recipe):
         """
         if not isinstance(model, (DenseNet, PooledClassifier)):
             raise TypeError(f"model must be the recipe's classifier, got {type(model).__name__}")
+        if len(indices) == 0:
+            raise ValueError(
+                "indices names no training case: fit_head needs at least one to fit the classifier"
+            )
         was_training = encoder.training
         chosen = torch.as_tensor(list(indices), dtype=torch.long)
         views = [(), (-1,), (-2,), (-2, -1)] if self.flip else [()]  # the flips training draws from

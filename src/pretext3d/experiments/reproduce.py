@@ -479,6 +479,8 @@ def run_reproduction(
         torch.set_num_threads(config.threads)
     recipe = config.recipe
     device = engine.resolve_device(config.device)
+    if config.pretrain.device != "auto":  # refused before anything is written, as config.device is
+        engine.resolve_device(config.pretrain.device)
     out = Path(config.output_dir)
     fingerprint = _fingerprint(config)
     saved = out / "reproduction.json"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -98,6 +98,10 @@ class TrainConfig:
         Traceback (most recent call last):
         ValueError: epochs must be an int >= 1, got 0
     """
+
+    _renamed_arguments: ClassVar[dict[str, str]] = {
+        "autocast": 'precision = "fp32" / "bf16" / "fp16" (or "auto") for autocast = "none" / "bf16" / "fp16"'
+    }
 
     epochs: int = 10
     steps_per_epoch: int = 20
@@ -385,7 +389,14 @@ class Trainer:
 
     def _draw(self) -> Batch:
         """The next batch of the run's stream (in pinned memory when it goes to a GPU)."""
-        x, y = self.sample(self.generator)
+        batch = self.sample(self.generator)
+        if not (
+            isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)
+        ):
+            shown = type(batch).__name__ + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+            kinds = [type(t).__name__ for t in batch] if isinstance(batch, (tuple, list)) else []
+            raise TypeError(f"sample(generator) must return a pair of tensors (x, y), got a {shown} {kinds}")
+        x, y = batch
         if self.device.type == "cuda" and x.device.type == "cpu":
             x, y = x.pin_memory(), y.pin_memory()
         return x, y

@@ -39,7 +39,7 @@ from torch import Tensor
 from pretext3d._checks import check_choice, check_int
 from pretext3d._random import rand, randint
 from pretext3d.config import SpatialDims
-from pretext3d.functional.patches import cell_origins, extract_patches
+from pretext3d.functional.patches import cell_origins, extract_patches, standardize
 from pretext3d.functional.rotation import apply_flips
 from pretext3d.tasks.base import ClassificationTask, P, TaskParams
 
@@ -278,7 +278,9 @@ class GridPatchTask(ClassificationTask[P]):
             tiles = extract_patches(x, starts, patch)  # (B, P, C, *patch)
             if flips is not None:
                 tiles = apply_flips(tiles.flatten(0, 1), flips.flatten(0, 1)).view(tiles.shape)
-        if self.normalize_tiles:  # in place: the tiles are this call's own
+        if self.normalize_tiles and tiles.requires_grad:
+            tiles = standardize(tiles, self.spatial_dims)
+        elif self.normalize_tiles:  # in place: the tiles are this call's own
             var, mean = torch.var_mean(tiles, tuple(range(3, tiles.dim())), correction=0, keepdim=True)
             tiles = tiles.sub_(mean).div_(var.sqrt_().add_(1e-5))
         if channels is not None:

@@ -142,7 +142,7 @@ class Exemplar(EmbeddingTask[ExemplarParams]):
         protocol: Literal["two_views", "original"] = "two_views",
         miner: Annotated[Miner | None, UNCHECKED] = None,  # its body names PMLMiner
         margin: float = 1.0,
-        loss: nn.Module | None = None,
+        loss: Annotated[nn.Module | None, UNCHECKED] = None,  # its body names PMLLoss
         embedding_dim: int = 128,
         memory_size: int | None = None,
         gather: bool = False,
