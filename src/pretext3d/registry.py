@@ -24,7 +24,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from torch import nn
 
-from pretext3d.config import Range, check_keywords, checked
+from pretext3d.config import Range, SpatialDims, check_keywords, checked
 
 __all__ = [
     "DATA_KINDS",
@@ -332,7 +332,7 @@ def _foreign_builder(library: str, model: str) -> Callable[..., nn.Module]:
     name = f"{library}/{model}"
 
     def build(
-        spatial_dims: Annotated[int, Range(2, 3)] = 2,
+        spatial_dims: SpatialDims = 2,
         in_channels: Annotated[int, Range(1)] = 1,
         **options: Any,
     ) -> nn.Module:

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pretext3d._checks import check_int
-from pretext3d.config import ConfigError, Range, checked
+from pretext3d.config import ConfigError, Range, SpatialDims, checked
 from pretext3d.data.aptos import APTOS
 from pretext3d.data.cache import CaseCache
 from pretext3d.data.folders import DicomFolder, FundusFolder, VolumeFolder, labelled_arrays
@@ -275,7 +275,7 @@ class DataKind:
         torch.Size([1, 8, 8, 8])
     """
 
-    spatial_dims: Annotated[int, Range(2, 3)]
+    spatial_dims: SpatialDims
     in_channels: Annotated[int, Range(1)]
     unlabelled: Callable[[DataSpec], Dataset[Tensor]]
     labelled: Callable[[DataSpec], tuple[Tensor, Tensor, list[str]]] | None = None

@@ -344,11 +344,14 @@ def crop_tiles(
     rounding) but computes only the tiles' voxels, and separably: the crop is a scale and a
     shift per sample along each axis, so (bi/tri)linear interpolation is a linear interpolation
     along one axis after the other. Each tile's footprint in ``x`` (at most ``patch + 2`` voxels
-    per axis, as the crop is never larger than the image) is cut out in one gather, then each
-    axis is interpolated by two gathers and a ``lerp``, at each tile's own sample positions
+    per axis, as the crop is never larger than the image) is cut out in one gather, then the
+    first and last axes are interpolated by a matmul per tile with its two-tap weights and a
+    middle one by two row gathers and a ``lerp``, at each tile's own sample positions
     (``grid_sample``'s, ``align_corners=False``, border padding). Positions and weights are
     computed in float32 whatever ``x``'s precision (bf16 positions are up to a fifth of a voxel
-    off at 128³), and the tiles come back in ``x``'s dtype.
+    off at 128³), and the tiles come back in ``x``'s dtype. A NaN or inf in a tile's footprint
+    spreads along its matmul rows, where ``grid_sample`` kept it to its neighbours (the tasks
+    refuse non-finite input unless ``check_finite=False``).
 
     Args:
         x: ``(B, C, *spatial)``.
