@@ -115,3 +115,15 @@ def test_original_protocol_params_name_the_negative(spatial_dims: int) -> None:
     params.negative = torch.arange(4)
     with pytest.raises(ValueError, match="indices of another image for every anchor"):
         task.apply_params(x, params)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_input_gives_the_same_views(spatial_dims: int, dtype: torch.dtype) -> None:
+    # issue 39 lists channels-last input to the exemplar; the same draws give the same views
+    fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    task = Exemplar(spatial_dims)
+    x = torch.randn(4, 3, *(12,) * spatial_dims).to(dtype)
+    params = task.randomize(x, generator=0)
+    plain, last = task.apply_params(x, params), task.apply_params(x.contiguous(memory_format=fmt), params)
+    assert all(torch.equal(a, b) for a, b in zip(plain, last, strict=True))
