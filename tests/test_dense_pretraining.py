@@ -9,10 +9,10 @@ import torch
 
 import pretext3d as p3
 from pretext3d.data import PhantomImages
-from pretext3d.diagnostics import chance_level, shortcut_score
+from pretext3d.diagnostics import chance_level, pretext_warning, shortcut_score
 from pretext3d.experiments import SegmentationRecipe
 from pretext3d.models import DenseHead, MultiScaleUNet, UNetEncoder, encoder_info, load_decoder, save_encoder
-from pretext3d.pretrainer import PretrainConfig, Pretrainer, pretext_warning
+from pretext3d.pretrainer import PretrainConfig, Pretrainer
 from pretext3d.tasks import MaskedImageModeling, ModelsGenesis, Rotation
 from pretext3d.training import TaskSpec
 

@@ -13,8 +13,9 @@ import torch
 import pretext3d as p3
 from pretext3d import engine
 from pretext3d.data import PhantomImages, VolumeFolder, write_task07_phantom
+from pretext3d.diagnostics import pretext_warning
 from pretext3d.models import ConvEncoder
-from pretext3d.pretrainer import PretrainConfig, Pretrainer, pretext_warning
+from pretext3d.pretrainer import PretrainConfig, Pretrainer
 from pretext3d.tasks import Jigsaw, Rotation
 from pretext3d.training import TaskSpec
 
@@ -156,7 +157,7 @@ def test_warnings_at_chance_and_when_solved() -> None:
 
 
 def test_wilson_interval_matches_the_formula() -> None:
-    from pretext3d.pretrainer import wilson_interval
+    from pretext3d.diagnostics import wilson_interval
 
     low, high = wilson_interval(0.5, 100)  # a textbook value: 0.404-0.596
     assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)

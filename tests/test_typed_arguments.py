@@ -173,7 +173,7 @@ def test_bool_options_are_bools_not_strings(spatial_dims: int) -> None:
 
 
 def test_ranges_are_declared_in_the_annotation() -> None:
-    from pretext3d.pretrainer import pretext_warning, wilson_interval
+    from pretext3d.diagnostics import pretext_warning, wilson_interval
 
     for call, named in [
         (lambda: wilson_interval(0.5, 0), "count must be an integer >= 1, got 0"),

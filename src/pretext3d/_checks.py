@@ -198,3 +198,8 @@ def check_device(device: object) -> torch.device:
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} is not available here; use device='cpu'")
     return parsed
+
+
+def shape_of(x: object) -> object:
+    """``x``'s shape if it is a tensor, else its type's name (for messages)."""
+    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import torch
@@ -44,8 +44,8 @@ from pretext3d._checks import (
     check_precision,
     check_unit_interval,
 )
-from pretext3d.config import Range, checked, renamed
-from pretext3d.diagnostics import FeatureProbe, chance_level, shortcut_score
+from pretext3d.config import checked, renamed
+from pretext3d.diagnostics import FeatureProbe, chance_level, pretext_warning, shortcut_score
 from pretext3d.models.io import save_encoder
 from pretext3d.provenance import environment, write_pretraining_record
 from pretext3d.tasks.base import DenseTask, PretextTask
@@ -62,7 +62,7 @@ from pretext3d.training import (
     switch_checkpointing,
 )
 
-__all__ = ["MIN_HELD_OUT", "PretrainConfig", "Pretrainer", "pretext_warning", "wilson_interval"]
+__all__ = ["PretrainConfig", "Pretrainer"]
 
 #: what a rotation's shortcut score above the flag means (expected, not a fault of the run)
 ROTATION_NOTE = (
@@ -801,77 +801,14 @@ def _writable(output: Path) -> tuple[Path, Path]:
     return output, run_dir
 
 
-@checked
-def pretext_warning(
-    task: PretextTask[Any, Any],
-    accuracy: Annotated[float, Range(high=1)],
-    count: Annotated[int, Range(0)] | None = None,
-) -> str | None:
-    """A warning when a held-out pretext accuracy says the task teaches little.
-
-    At chance (classification: below 1.5 x chance, and the accuracy's 95 % Wilson interval
-    reaches chance; a dense task: a reconstruction skill of 0 or less, no better than its
-    trivial predictor) the encoder learns nothing from it; at 0.99 or more (and the interval's
-    lower end at 0.9 or more) the task is solved outright, often from a shortcut (see
-    docs/tasks/rotation.md). With ``count`` held-out images below :data:`MIN_HELD_OUT` no
-    warning is given: 8 images cannot tell 0.875 from 1.0 or 0 from chance.
-
-    Args:
-        task: the pretext task.
-        accuracy: its held-out accuracy.
-        count: held-out images it was measured on (``None``: no interval).
-
-    Examples:
-        >>> pretext_warning(p3.tasks.Rotation(3), 0.11, count=64)   # 10 classes: chance is 0.1
-        'is at chance (held-out accuracy 0.110 on 64 images, 95 % interval 0.054-0.210; chance 0.100)'
-        >>> pretext_warning(p3.tasks.Rotation(3), 0.0, count=8) is None   # too few images to tell
-        True
-        >>> pretext_warning(p3.tasks.Rotation(3), 0.6) is None
-        True
-    """
-    if count is not None and count < MIN_HELD_OUT:
-        return None
-    if isinstance(task, DenseTask):  # a skill, not a proportion: no interval
-        if accuracy <= 0:
-            return (
-                f"is no better than its trivial predictor (held-out reconstruction skill {accuracy:.3f}; "
-                "0 is the trivial predictor's)"
-            )
-        return None
-    check_unit_interval("accuracy (of a classification task)", accuracy)
-    interval = wilson_interval(accuracy, count) if count is not None else None
-    on = f" on {count} images, 95 % interval {interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
-    if accuracy >= 0.99 and (interval is None or interval[0] >= 0.9):
-        return f"is solved outright (held-out accuracy {accuracy:.3f}{on}): it may be too easy to teach much"
-    chance = chance_level(task)
-    if chance is not None and accuracy < 1.5 * chance and (interval is None or interval[0] <= chance):
-        return f"is at chance (held-out accuracy {accuracy:.3f}{on}; chance {chance:.3f})"
-    return None
-
-
-#: fewer held-out images than this give no at-chance or solved warning (see :func:`pretext_warning`)
-MIN_HELD_OUT = 16
-
-
-@checked
-def wilson_interval(
-    proportion: Annotated[float, Range(0, 1)],
-    count: Annotated[int, Range(1)],
-    z: Annotated[float, Range(0, low_open=True)] = 1.96,
-) -> tuple[float, float]:
-    """The Wilson score interval of a proportion measured on ``count`` trials (95 % for ``z=1.96``).
-
-    Examples:
-        >>> [round(v, 3) for v in wilson_interval(1.0, 8)]   # 8 of 8 right: still possibly 0.68
-        [0.676, 1.0]
-    """
-    n = count
-    centre = (proportion + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-__getattr__ = renamed({"WeightedTask": "pretext3d.TaskSpec(task, weight, name=name)"}, "pretext3d.pretrainer")
+__getattr__ = renamed(
+    {
+        "WeightedTask": "pretext3d.TaskSpec(task, weight, name=name)",
+        "wilson_interval": "pretext3d.diagnostics.wilson_interval",
+        "MIN_HELD_OUT": "pretext3d.diagnostics.MIN_HELD_OUT",
+    },
+    "pretext3d.pretrainer",
+)
 
 
 def _moved(name: str, new: str) -> NoReturn:
