@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from pretext3d import engine
 from pretext3d._checks import check_choice, check_int
+from pretext3d._random import Seeds
 from pretext3d.diagnostics import FeatureProbe
 from pretext3d.tasks import PretextTask
 from pretext3d.training import (
@@ -184,7 +185,7 @@ class PretextLightningModule(pl.LightningModule):
         """Held-out pretext loss and accuracy of every task (eval mode, the same draw per batch)."""
         x = self._images(batch)
         generators = [
-            torch.Generator().manual_seed(self.seed * 1000 + 500 + 31 * k + batch_idx)
+            torch.Generator().manual_seed(Seeds.lightning_held_out_views(self.seed, k, batch_idx))
             for k in range(len(self.core.tasks))
         ]
         for name, (loss, accuracy) in self.core.measure(x, generators).items():

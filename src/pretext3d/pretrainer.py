@@ -44,6 +44,7 @@ from pretext3d._checks import (
     check_precision,
     check_unit_interval,
 )
+from pretext3d._random import Seeds
 from pretext3d.config import checked, renamed
 from pretext3d.diagnostics import FeatureProbe, chance_level, pretext_warning, shortcut_score
 from pretext3d.models.io import save_encoder
@@ -591,7 +592,7 @@ class Pretrainer:
         count = min(self.config.shortcut_check, self.size)
         if count < 4:
             return
-        crops = self._crops(self.data, self.config.seed + 104_729)
+        crops = self._crops(self.data, Seeds.shortcut_crops(self.config.seed))
         images = stack_images([crops[i] for i in range(count)]).to(self.device)
         reports = {}
         for k, (name, task) in enumerate(zip(self.names, self.core.tasks, strict=True)):
@@ -628,11 +629,11 @@ class Pretrainer:
         assert self.held_out is not None
         n = len(self.held_out)
         batches = max(1, n // self._held_out_batch())
-        loader = self._loader(self.held_out, 0, batches, self.config.seed + 7919, False)
+        loader = self._loader(self.held_out, 0, batches, Seeds.held_out_crops(self.config.seed), False)
         for model in self.models.values():
             model.eval()
         sums: dict[str, list[float]] = {}
-        generators = [torch.Generator().manual_seed(10**6 + k) for k in range(len(self.names))]
+        generators = [torch.Generator().manual_seed(Seeds.held_out_views(k)) for k in range(len(self.names))]
         count = 0
         for x in loader:
             count += x.shape[0]

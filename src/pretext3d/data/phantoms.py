@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from pretext3d._atomic import write_text
 from pretext3d._checks import check_choice, check_int, check_unit_interval
+from pretext3d._random import Seeds
 
 __all__ = [
     "APTOS_PRIOR",
@@ -474,7 +475,7 @@ def ct_phantom_batch(
     """
     from pretext3d.data.preprocess import window as apply_window
 
-    cases = [ct_phantom(seed * 100_003 + first + i, size) for i in range(count)]
+    cases = [ct_phantom(Seeds.phantom_case(seed, first, i), size) for i in range(count)]
     images = np.stack([apply_window(c.image, *window) for c in cases])[:, None]
     labels = np.stack([c.label for c in cases]).astype(np.int64)
     return torch.from_numpy(images.astype(np.float32)), torch.from_numpy(labels)
@@ -495,7 +496,10 @@ def fundus_phantom_batch(
         >>> images.shape, grades.shape, bool(images.min() >= 0 and images.max() <= 1)
         (torch.Size([4, 3, 64, 64]), torch.Size([4]), True)
     """
-    drawn = [fundus_phantom(seed * 100_003 + first + i, size, label_noise=label_noise) for i in range(count)]
+    drawn = [
+        fundus_phantom(Seeds.phantom_case(seed, first, i), size, label_noise=label_noise)
+        for i in range(count)
+    ]
     images = np.stack([image for image, _ in drawn]).transpose(0, 3, 1, 2).astype(np.float32) / 255
     return torch.from_numpy(images), torch.tensor([grade for _, grade in drawn])
 
@@ -526,7 +530,7 @@ def write_task07_phantom(
         (folder / sub).mkdir(parents=True, exist_ok=True)
     training, test = [], []
     for i in range(num_train + num_test):
-        case = ct_phantom(seed * 100_003 + i, size)
+        case = ct_phantom(Seeds.phantom_case(seed, 0, i), size)
         name = f"pancreas_{i + 1:03d}.nii.gz"
         if i < num_train:
             write_nifti(folder / "imagesTr" / name, case.image, case.affine)
@@ -587,7 +591,7 @@ def write_aptos_phantom(
         (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)
         lines = ["id_code,diagnosis" if split == "train" else "id_code"]
         for i in range(count):
-            image, grade = fundus_phantom(seed * 100_003 + offset + i, size, label_noise=label_noise)
+            image, grade = fundus_phantom(Seeds.phantom_case(seed, offset, i), size, label_noise=label_noise)
             ident = f"phantom{seed:03d}{offset + i:05d}"
             write_png(folder / f"{split}_images" / f"{ident}.png", image)
             lines.append(f"{ident},{grade}" if split == "train" else ident)
@@ -629,7 +633,7 @@ class PhantomImages(Dataset[Tensor]):
     @property
     def case_ids(self) -> list[str]:
         """``ct-phantom-<case number>`` (or ``fundus-phantom-...``), as the CLI names them."""
-        start = self.seed * 100_003 + self.first
+        start = Seeds.phantom_case(self.seed, self.first, 0)
         return [f"{self.kind}-phantom-{start + i}" for i in range(self.count)]
 
     def __getitem__(self, index: int) -> Tensor:

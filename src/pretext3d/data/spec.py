@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pretext3d._checks import check_int
+from pretext3d._random import Seeds
 from pretext3d.config import ConfigError, Range, SpatialDims, checked
 from pretext3d.data.aptos import APTOS
 from pretext3d.data.cache import CaseCache
@@ -286,7 +287,7 @@ class DataKind:
 
 
 def _phantom_labelled(spec: DataSpec) -> tuple[Tensor, Tensor, list[str]]:
-    start = spec.seed * 100_003
+    start = Seeds.phantom_case(spec.seed, 0, 0)
     ids = [f"{spec.kind}-{start + i}" for i in range(spec.count)]
     draw = ct_phantom_batch if spec.spatial_dims == 3 else fundus_phantom_batch
     return (*draw(spec.count, spec.size, seed=spec.seed, first=0), ids)

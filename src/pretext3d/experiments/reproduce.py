@@ -32,6 +32,7 @@ import torch
 from pretext3d import engine
 from pretext3d._atomic import write_text
 from pretext3d._checks import check_device_name, check_int
+from pretext3d._random import Seeds
 from pretext3d.config import Range, checked, from_mapping, load_toml, merge_override, parse_override
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
@@ -397,7 +398,9 @@ def probe_for(data: DataSpec, count: int, every: int) -> FeatureProbe:
     """
     if not data.synthetic:
         raise ValueError(f"probe_for draws phantoms; data.kind={data.kind!r} is not a phantom")
-    images, labels, _ = dataclasses.replace(data, count=count, seed=data.seed + 7919).labelled()
+    images, labels, _ = dataclasses.replace(
+        data, count=count, seed=Seeds.probe_phantoms(data.seed)
+    ).labelled()
     if labels.ndim > 1:  # label maps, or grades: what the data kind's labels are
         return FeatureProbe(images, labels, task="segmentation", every=every)
     return FeatureProbe(images, labels, task="classification", every=every)
@@ -751,7 +754,9 @@ def _positive_control(
     if _made(encoder_file):
         return encoder_file
     recipe, data = config.recipe, config.data
-    control = dataclasses.replace(data, count=config.positive_control, seed=data.seed + 104_729 + k)
+    control = dataclasses.replace(
+        data, count=config.positive_control, seed=Seeds.positive_control(data.seed, k)
+    )
     images, labels, ids = control.labelled()
     seed = config.pretrain.seed + k
     train = dataclasses.replace(

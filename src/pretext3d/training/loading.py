@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler, Subset
 
+from pretext3d._random import Seeds
 from pretext3d.training.step import image_of
 from pretext3d.transforms.crops import random_crop
 
@@ -75,7 +76,7 @@ class SeededCrops(Dataset[Tensor]):
                     f"{tuple(spatial)}: {100 * (1 - inside):.0f} % of each crop would be padding; "
                     "use a crop no larger than the images (or 0 for whole images)"
                 )
-            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + i)
+            generator = torch.Generator().manual_seed(Seeds.loader_crop(self.seed, epoch, i))
             image = torch.from_numpy(self._varied_crop(image.numpy(), generator))
         return image.float().contiguous()
 
@@ -134,7 +135,7 @@ class ResumableBatches(Sampler[list[int]]):
         for b in range(self.first, self.first + self.count):
             epoch, j = divmod(b, self.per_epoch)
             if epoch != epoch_of_order:
-                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                g = torch.Generator().manual_seed(Seeds.batch_order(self.seed, epoch))
                 order = torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
                 epoch_of_order = epoch
             assert order is not None

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d._checks import check_int, check_positive
+from pretext3d._random import Seeds
 from pretext3d.config import check_keywords, checked
 from pretext3d.pretext_model import PretextModel, infer_num_features
 from pretext3d.registry import TASKS, registered
@@ -336,7 +337,7 @@ class PretextStep:
     def seed_streams(self, seed: int, rank: int = 0) -> None:
         """One draw stream per task, of ``(seed, task index, rank)``."""
         self.generators = [
-            torch.Generator().manual_seed(seed * 1000 + k + 1 + 7919 * rank) for k in range(len(self.tasks))
+            torch.Generator().manual_seed(Seeds.task_views(seed, k, rank)) for k in range(len(self.tasks))
         ]
 
     def active(self, step: int, mode: str) -> list[int]:
