@@ -58,6 +58,7 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tasks.py
+	$(BIN)/python benchmarks/crop_shortcut.py
 	$(BIN)/python benchmarks/exemplar.py
 	$(BIN)/python benchmarks/cpc.py
 	$(BIN)/python benchmarks/backbones.py
