@@ -19,16 +19,21 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from pretext3d._atomic import pid_alive, process_identity
 
-__all__ = ["RunLock", "remove_stale_locks"]
+__all__ = ["RunLock", "remove_stale_locks", "work_through"]
+
+J = TypeVar("J")
 
 _EMPTY_LOCK_SECONDS = 60.0
 _HEARTBEAT_SECONDS = 30.0  # how often a holder touches its lock
 _SILENT_SECONDS = 300.0  # a lock without a process identity, untouched this long, is stale
+_POLL_SECONDS = 5.0  # how often a worker looks again at jobs that other workers hold
 
 
 class RunLock:
@@ -141,3 +146,50 @@ def remove_stale_locks(folder: str | os.PathLike[str]) -> list[Path]:
             lock.unlink(missing_ok=True)
             removed.append(lock)
     return removed
+
+
+def work_through(
+    jobs: Sequence[J],
+    *,
+    done: Callable[[J], bool],
+    lock: Callable[[J], Path],
+    run: Callable[[J], object],
+    log: Callable[[str], None],
+    waiting: str,
+) -> None:
+    """Run every job not yet done; workers sharing the folder split them (the one worker loop).
+
+    Each job is claimed with its lock file (:class:`RunLock`) and run unless it was done meanwhile;
+    a job a live worker holds is left to it and looked at again every ``_POLL_SECONDS`` (saying
+    ``waiting for <n> <waiting>`` when a pass got nowhere), one whose worker died is taken over.
+
+    Args:
+        jobs: what to do, in order.
+        done: whether a job's result exists.
+        lock: its lock file.
+        run: does it (writing the result ``done`` looks for).
+        log: where the waiting line goes.
+        waiting: the jobs in the waiting line, e.g. ``"run(s) that other workers hold"``.
+
+    Examples:
+        >>> made = []
+        >>> work_through(["a", "b"], done=lambda j: j in made, lock=lambda j: Path(f"{j}.lock"),
+        ...              run=made.append, log=print, waiting="job(s)")
+        >>> made
+        ['a', 'b']
+    """
+    pending = [job for job in jobs if not done(job)]
+    while pending:
+        progressed = False
+        for job in list(pending):
+            if not done(job):
+                with RunLock(lock(job)) as claimed:
+                    if not claimed:
+                        continue
+                    if not done(job):
+                        run(job)
+            pending.remove(job)
+            progressed = True
+        if pending and not progressed:
+            log(f"waiting for {len(pending)} {waiting}")
+            time.sleep(_POLL_SECONDS)

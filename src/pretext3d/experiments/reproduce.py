@@ -37,7 +37,7 @@ from pretext3d.config import Range, checked, from_mapping, load_toml, merge_over
 from pretext3d.data.spec import DataSpec
 from pretext3d.diagnostics import FeatureProbe, chance_level
 from pretext3d.experiments.cost import estimate_cost
-from pretext3d.experiments.locks import RunLock, remove_stale_locks
+from pretext3d.experiments.locks import remove_stale_locks, work_through
 from pretext3d.experiments.pretraining import (
     Pretraining,
     accuracy_summary,
@@ -709,9 +709,6 @@ def _calibrate(
     return dataclasses.replace(experiment, learning_rates=frozen, lr_search=())
 
 
-_POLL_SECONDS = 5.0  # how often a worker looks again at encoders other workers are making
-
-
 def _made(encoder: Path) -> bool:
     return encoder.exists() and read_pretraining_record(encoder) is not None
 
@@ -727,18 +724,10 @@ def _make_encoders(jobs: Sequence[tuple[Path, Callable[[], object]]], log: Calla
     for folder in {job[0].parent for job in jobs}:
         for lock in remove_stale_locks(folder):
             log(f"removed {lock}, the lock of a killed worker")
-    pending = [job for job in jobs if not _made(job[0])]
-    while pending:
-        for job in list(pending):
-            encoder, make = job
-            with RunLock(encoder.with_name(encoder.name + ".lock")) as claimed:
-                if claimed and not _made(encoder):
-                    make()
-            if claimed or _made(encoder):
-                pending.remove(job)
-        if pending:
-            log(f"waiting for {len(pending)} encoder(s) that other workers are pretraining")
-            time.sleep(_POLL_SECONDS)
+    work_through(
+        jobs, done=lambda job: _made(job[0]), lock=lambda job: job[0].with_name(job[0].name + ".lock"),
+        run=lambda job: job[1](), log=log, waiting="encoder(s) that other workers are pretraining",
+    )  # fmt: skip
 
 
 def _positive_control(

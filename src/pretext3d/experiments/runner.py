@@ -52,7 +52,7 @@ from pretext3d._checks import check_device_name
 from pretext3d.config import checked
 from pretext3d.data.spec import DataSpec
 from pretext3d.experiments.fitted import save_model
-from pretext3d.experiments.locks import RunLock, remove_stale_locks
+from pretext3d.experiments.locks import RunLock, remove_stale_locks, work_through
 from pretext3d.experiments.recipes import Recipe
 from pretext3d.experiments.subsets import RunSeeds, Split, nested_subsets, run_seeds, split_cases
 from pretext3d.finetune.trainer import TrainConfig, Trainer
@@ -76,7 +76,6 @@ __all__ = [
 ]
 
 _FLAG_NOTES = {"epoch-0": ", FAILED: never improved on its first epoch", "budget": ", NOT converged"}
-_POLL_SECONDS = 5.0  # how often a worker looks again at runs that other workers hold
 
 EncoderFiles = str | os.PathLike[str] | None | Sequence[str | os.PathLike[str]]
 
@@ -588,10 +587,13 @@ class DataEfficiencyGrid:
         """Whether the run has finished (its result file exists)."""
         return self.path(cell).exists()
 
+    def _lock(self, cell: RunCell) -> Path:
+        return self.out / "runs" / f"{cell.name}.lock"
+
     @contextlib.contextmanager
     def claim(self, cell: RunCell) -> Iterator[bool]:
         """Hold the run's lock while the block runs; ``True`` if this worker holds it."""
-        with RunLock(self.out / "runs" / f"{cell.name}.lock") as claimed:
+        with RunLock(self._lock(cell)) as claimed:
             yield claimed
 
     def prepare(self) -> None:
@@ -681,20 +683,10 @@ class DataEfficiencyGrid:
         return self.collect()
 
     def _run_pending(self, pending: list[RunCell], bar: Any) -> None:
-        while pending:
-            progressed = False
-            for cell in list(pending):
-                if not self.done(cell):
-                    with self.claim(cell) as claimed:
-                        if not claimed:
-                            continue
-                        if not self.done(cell):
-                            self.run_one(cell, bar)
-                pending.remove(cell)
-                progressed = True
-            if pending and not progressed:
-                self.log(f"waiting for {len(pending)} run(s) that other workers hold")
-                time.sleep(_POLL_SECONDS)
+        work_through(
+            pending, done=self.done, lock=self._lock, run=lambda cell: self.run_one(cell, bar), log=self.log,
+            waiting="run(s) that other workers hold",
+        )  # fmt: skip
 
     def collect(self) -> list[dict[str, Any]]:
         """The rows of every run of the plan (all must have finished)."""
