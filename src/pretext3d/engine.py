@@ -263,20 +263,36 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def to_channels_last(module: nn.Module, spatial_dims: int | None = None) -> nn.Module:
+def to_channels_last(
+    module: nn.Module,
+    spatial_dims: int | None = None,
+    *,
+    setting: bool | None = True,
+    device: torch.device | None = None,
+) -> nn.Module:
     """``module`` in the channels-last memory format of its dimension (faster convolutions on GPUs).
+
+    The one rule of the loops' ``channels_last`` setting: ``True`` converts, ``False`` does not,
+    ``None`` converts on CUDA only (where it is faster).
 
     Args:
         module: changed in place.
         spatial_dims: convert the weights of this dimension's convolutions (2: ``(O, I, h, w)``,
             3: ``(O, I, d, h, w)``); ``None``: every 2D and 3D convolution weight, each in its
             own format.
+        setting: a loop's ``channels_last`` (``True``, ``False`` or ``None``).
+        device: where the module runs (for ``setting=None``).
 
     Examples:
         >>> conv = to_channels_last(torch.nn.Conv3d(1, 8, 3), spatial_dims=3)
         >>> conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
         True
+        >>> cpu = torch.device("cpu")
+        >>> to_channels_last(torch.nn.Conv3d(1, 8, 3), 3, setting=None, device=cpu).weight.is_contiguous()
+        True
     """
+    if not (setting or (setting is None and device is not None and device.type == "cuda")):
+        return module
     formats = {4: torch.channels_last, 5: torch.channels_last_3d}
     for param in module.parameters():  # (nn.Module.to takes memory_format, its stubs do not)
         if param.dim() in formats and (spatial_dims is None or param.dim() == spatial_dims + 2):

@@ -143,8 +143,9 @@ class PretextLightningModule(pl.LightningModule):
         """Seed one draw stream per task and rank (unless resumed); channels-last on CUDA (or when asked)."""
         if not self._resumed:
             self.core.seed_streams(self.seed, self.global_rank)
-        if self.channels_last or (self.channels_last is None and self.device.type == "cuda"):
-            engine.to_channels_last(self.models, self.spatial_dims)
+        engine.to_channels_last(
+            self.models, self.spatial_dims, setting=self.channels_last, device=self.device
+        )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Probe the randomly initialised encoder before the first step (the reference)."""

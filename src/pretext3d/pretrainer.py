@@ -299,8 +299,9 @@ class Pretrainer:
                 )
         self.models = self.core.models.to(self.device)
         self.encoder = encoder
-        if config.channels_last or (config.channels_last is None and self.device.type == "cuda"):
-            engine.to_channels_last(self.models, self.spatial_dims)
+        engine.to_channels_last(
+            self.models, self.spatial_dims, setting=config.channels_last, device=self.device
+        )
         # the shared encoder's parameters once
         self.optim = Optimization(
             self.models.parameters(), config.optim_settings(), self.steps, self.device, self.precision

@@ -222,8 +222,7 @@ class Trainer:
         if config.freeze_encoder_epochs and encoder is None:
             raise ValueError("freeze_encoder_epochs > 0 needs the encoder to freeze")
         self.model = model.to(device)
-        if config.channels_last or (config.channels_last is None and device.type == "cuda"):
-            engine.to_channels_last(self.model)
+        engine.to_channels_last(self.model, setting=config.channels_last, device=device)
         total = config.epochs * config.steps_per_epoch
         self.compiled, self.compile_reason = engine.resolve_compile(config.compile, device, total)
         if self.compiled:
