@@ -258,14 +258,14 @@ def check_value(
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for option in (a for a in args if a is not type(None)):
+        candidates = [a for a in args if a is not type(None)]
+        for option in candidates:
             try:
                 return check_value(value, option, where, error=error, table=table)
-            except error:
-                continue
-        candidates = [a for a in args if a is not type(None)]
+            except error as err:
+                failed = err
         if len(candidates) == 1 and get_origin(candidates[0]) is Annotated:  # a range, not a type, failed
-            check_value(value, candidates[0], where, error=error, table=table)
+            raise failed
         raise _fail(error, where, hint, value)
     if origin is Literal:
         if not any(value == a and type(value) is type(a) for a in args):
@@ -371,12 +371,14 @@ def renamed(names: Mapping[str, str], owner: str) -> Callable[[str], Any]:
 
     def lookup(name: str) -> Any:
         if name in names:
-            raise AttributeError(
-                f"{owner}.{name} was renamed in 0.2: use {names[name]} (CHANGELOG.md, Migration)"
-            )
+            raise AttributeError(_renamed_text(f"{owner}.{name}", names[name]))
         raise AttributeError(f"{owner!r} has no attribute {name!r}")
 
     return lookup
+
+
+def _renamed_text(old: str, new: str) -> str:
+    return f"{old} was renamed in 0.2: use {new} (CHANGELOG.md, Migration)"
 
 
 def checked(target: F) -> F:
@@ -408,26 +410,28 @@ def checked(target: F) -> F:
 
 def _wrap(function: Callable[..., Any], name: str, owner: type | None) -> Callable[..., Any]:
     signature = inspect.signature(function)
-    hints: dict[str, Any] | None = None
+    renamed_arguments: Mapping[str, str] = getattr(owner, "_renamed_arguments", {})
+    checks: dict[str, Any] | None = None  # the annotated parameters, resolved at the first call
 
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> Any:
-        nonlocal hints
-        if hints is None:
+        nonlocal checks
+        if checks is None:
             hints = _hints(function, owner)
+            plain = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            checks = {
+                k: hints[k] for k, p in signature.parameters.items() if k in hints and p.kind not in plain
+            }
         try:
             bound = signature.bind_partial(*args, **kwargs)
         except TypeError:
-            moved = {k: v for k, v in getattr(owner, "_renamed_arguments", {}).items() if k in kwargs}
-            for key, new in moved.items():
-                raise TypeError(
-                    f"{name}({key}=...) was renamed in 0.2: use {new} (CHANGELOG.md, Migration)"
-                ) from None
+            moved = next((key for key in kwargs if key in renamed_arguments), None)
+            if moved is not None:
+                raise TypeError(_renamed_text(f"{name}({moved}=...)", renamed_arguments[moved])) from None
             return function(*args, **kwargs)  # Python's own message: an unknown argument
         for key, value in bound.arguments.items():
-            parameter = signature.parameters[key]
-            if key in hints and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-                check_value(value, hints[key], f"{name}: {key}")
+            if key in checks:
+                check_value(value, checks[key], f"{name}: {key}")
         return function(*args, **kwargs)
 
     call.__checked__ = True  # type: ignore[attr-defined]

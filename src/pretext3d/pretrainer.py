@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -200,6 +200,19 @@ class PretrainConfig:
         )  # fmt: skip
 
 
+#: what the Pretrainer's attributes renamed in 0.2 became
+_RENAMED = renamed(
+    {
+        "entries": "Pretrainer.core (names, tasks, weights)",
+        "generators": "Pretrainer.core.generators",
+        "optimizer": "Pretrainer.optim.optimizer",
+        "scheduler": "Pretrainer.optim.scheduler",
+        "scaler": "Pretrainer.optim.scaler",
+    },
+    "Pretrainer",
+)
+
+
 class Pretrainer:
     """Pretrain ``encoder`` on one or several pretext tasks; see the module docstring.
 
@@ -241,11 +254,11 @@ class Pretrainer:
     """
 
     # renamed in 0.2 (CHANGELOG.md, Migration): the old names say where their values went
-    entries = property(lambda self: _moved("entries", "Pretrainer.core (names, tasks, weights)"))
-    generators = property(lambda self: _moved("generators", "Pretrainer.core.generators"))
-    optimizer = property(lambda self: _moved("optimizer", "Pretrainer.optim.optimizer"))
-    scheduler = property(lambda self: _moved("scheduler", "Pretrainer.optim.scheduler"))
-    scaler = property(lambda self: _moved("scaler", "Pretrainer.optim.scaler"))
+    entries = property(lambda self: _RENAMED("entries"))
+    generators = property(lambda self: _RENAMED("generators"))
+    optimizer = property(lambda self: _RENAMED("optimizer"))
+    scheduler = property(lambda self: _RENAMED("scheduler"))
+    scaler = property(lambda self: _RENAMED("scaler"))
 
     def __init__(
         self,
@@ -811,7 +824,3 @@ __getattr__ = renamed(
     },
     "pretext3d.pretrainer",
 )
-
-
-def _moved(name: str, new: str) -> NoReturn:
-    raise AttributeError(f"Pretrainer.{name} was renamed in 0.2: use {new} (CHANGELOG.md, Migration)")

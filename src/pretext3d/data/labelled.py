@@ -134,6 +134,7 @@ def _read_table(table: Path) -> list[tuple[Path, str]]:
     if not rows:
         raise ValueError(f"{str(table)!r} lists no images (a header without rows)")
     entries, seen = [], set()
+    listings: dict[Path, dict[str, list[Path]]] = {}  # folder -> stem -> its image files, read once
     for line, row in enumerate(rows, start=2):
         name = (row["image"] or "").strip()
         path = table.parent / name
@@ -143,7 +144,7 @@ def _read_table(table: Path) -> list[tuple[Path, str]]:
                 f"{str(table.parent)!r} and inside it"
             )
         if not path.is_file() and not path.suffix:
-            path = _with_image_suffix(path)
+            path = _with_image_suffix(path, listings)
         if not name or not path.is_file():
             raise ValueError(f"{str(table)!r} row {line}: no image file {name!r} in {str(table.parent)!r}")
         if path in seen:
@@ -153,11 +154,20 @@ def _read_table(table: Path) -> list[tuple[Path, str]]:
     return entries
 
 
-def _with_image_suffix(path: Path) -> Path:
-    """``path`` with the image suffix (any case: ``.PNG``, ``.jpg``) of the one file it names, else itself."""
+def _with_image_suffix(path: Path, listings: dict[Path, dict[str, list[Path]]]) -> Path:
+    """``path`` with the image suffix (any case: ``.PNG``, ``.jpg``) of the one file it names, else itself.
+
+    ``listings`` keeps each folder's image files by stem, so that a table lists a folder once.
+    """
     if not path.parent.is_dir():
         return path
-    found = [p for p in path.parent.iterdir() if p.stem == path.name and p.suffix.lower() in IMAGE_SUFFIXES]
+    if path.parent not in listings:
+        by_stem: dict[str, list[Path]] = {}
+        for file in path.parent.iterdir():
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                by_stem.setdefault(file.stem, []).append(file)
+        listings[path.parent] = by_stem
+    found = listings[path.parent].get(path.name, [])
     if len(found) > 1:
         raise ValueError(
             f"image {str(path)!r} without a suffix names {len(found)} files "

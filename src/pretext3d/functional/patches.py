@@ -76,7 +76,7 @@ def extract_patches(x: Tensor, starts: Tensor, patch_size: Sequence[int]) -> Ten
     return patches.view(batch, num, *patches.shape[1:])
 
 
-def standardize(x: Tensor, spatial_dims: int) -> Tensor:
+def standardize(x: Tensor, spatial_dims: int, *, inplace: bool = False) -> Tensor:
     """Each channel of each patch to zero mean and unit variance over its last ``spatial_dims`` axes.
 
     ``(x - mean) / (std + 1e-5)`` with the population std: what the grid tasks' tile
@@ -85,9 +85,10 @@ def standardize(x: Tensor, spatial_dims: int) -> Tensor:
     Args:
         x: ``(..., C, *spatial)``, e.g. tiles ``(B, P, C, *patch)``.
         spatial_dims: the number of trailing spatial axes.
+        inplace: overwrite ``x`` (no new tensor; not for a tensor autograd still needs).
 
     Returns:
-        ``x``'s shape.
+        ``x``'s shape (``x`` itself with ``inplace``).
 
     Examples:
         >>> out = standardize(torch.tensor([[[1.0, 3.0], [5.0, 5.0]]]), spatial_dims=1)
@@ -95,4 +96,6 @@ def standardize(x: Tensor, spatial_dims: int) -> Tensor:
         [[[-1.0, 1.0], [0.0, 0.0]]]
     """
     var, mean = torch.var_mean(x, tuple(range(x.dim() - spatial_dims, x.dim())), correction=0, keepdim=True)
+    if inplace:
+        return x.sub_(mean).div_(var.sqrt_().add_(1e-5))
     return (x - mean) / (var.sqrt() + 1e-5)

@@ -278,11 +278,8 @@ class GridPatchTask(ClassificationTask[P]):
             tiles = extract_patches(x, starts, patch)  # (B, P, C, *patch)
             if flips is not None:
                 tiles = apply_flips(tiles.flatten(0, 1), flips.flatten(0, 1)).view(tiles.shape)
-        if self.normalize_tiles and tiles.requires_grad:
-            tiles = standardize(tiles, self.spatial_dims)
-        elif self.normalize_tiles:  # in place: the tiles are this call's own
-            var, mean = torch.var_mean(tiles, tuple(range(3, tiles.dim())), correction=0, keepdim=True)
-            tiles = tiles.sub_(mean).div_(var.sqrt_().add_(1e-5))
+        if self.normalize_tiles:  # in place (the tiles are this call's own) unless autograd needs them
+            tiles = standardize(tiles, self.spatial_dims, inplace=not tiles.requires_grad)
         if channels is not None:
             keep = F.one_hot(channels, x.shape[1]).to(tiles.dtype)  # (B, P, C)
             keep = keep.view(*keep.shape, *[1] * self.spatial_dims)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pretext3d._checks import shape_of
 from pretext3d._random import as_generator, rand
 from pretext3d.functional.patches import extract_patches
 
@@ -40,8 +41,7 @@ def random_crops(x: Tensor, size: Sequence[int], generator: torch.Generator | in
         torch.Size([2, 1, 32, 32, 32])
     """
     if not isinstance(x, Tensor) or x.dim() < 3 or x.shape[0] == 0:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be a non-empty batch (B, C, *spatial), got {shape}")
+        raise ValueError(f"x must be a non-empty batch (B, C, *spatial), got {shape_of(x)}")
     generator = as_generator(generator)
     spatial = x.shape[2:]
     if len(size) != len(spatial) or any(not 1 <= s <= n for s, n in zip(size, spatial, strict=True)):
